@@ -1,0 +1,92 @@
+/**
+ * The error catalogue. Every failure the proxy answers with has a stable `code`, the HTTP status
+ * it maps to and a short text body. Users match on `.code`.
+ *
+ * Retry safety (SPEC §4): codes under `UPSTREAM_NOT_DELIVERED` mean nothing of the request
+ * reached the upstream (the connection was never established), so a client may retry any
+ * method. Every other upstream code means the upstream may have seen (part of) the request.
+ */
+export class ProxyError extends Error {
+  readonly code: string;
+  readonly status: number;
+  constructor(code: string, status: number, message: string) {
+    super(message);
+    this.name = 'ProxyError';
+    this.code = code;
+    this.status = status;
+  }
+}
+
+export const ErrorCodes = {
+  BAD_REQUEST: 'CMUX_BAD_REQUEST',
+  EMPTY_HEADER: 'CMUX_EMPTY_HEADER',
+  INVALID_PORT: 'CMUX_INVALID_PORT',
+  INVALID_WORKSPACE: 'CMUX_INVALID_WORKSPACE',
+  NO_ROUTE: 'CMUX_NO_ROUTE',
+  CONTAINER_NOT_FOUND: 'CMUX_CONTAINER_NOT_FOUND',
+  RESOLVER_FAILED: 'CMUX_RESOLVER_FAILED',
+  LOOP_DETECTED: 'CMUX_LOOP_DETECTED',
+  HEADERS_TOO_LARGE: 'CMUX_HEADERS_TOO_LARGE',
+  URI_TOO_LONG: 'CMUX_URI_TOO_LONG',
+  REQUEST_TIMEOUT: 'CMUX_REQUEST_TIMEOUT',
+  UPSTREAM_REQUEST_ERROR: 'CMUX_UPSTREAM_REQUEST_ERROR',
+  UPSTREAM_TIMEOUT: 'CMUX_UPSTREAM_TIMEOUT',
+  UPSTREAM_BAD_RESPONSE: 'CMUX_UPSTREAM_BAD_RESPONSE',
+  AT_CAPACITY: 'CMUX_AT_CAPACITY',
+  SHUTTING_DOWN: 'CMUX_SHUTTING_DOWN',
+  HTTP_VERSION_NOT_SUPPORTED: 'CMUX_HTTP_VERSION_NOT_SUPPORTED',
+  WEBSOCKETS_DISABLED: 'CMUX_WEBSOCKETS_DISABLED',
+  NOT_IMPLEMENTED: 'CMUX_NOT_IMPLEMENTED',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+/** Upstream error codes (as shown in `upstream request error: <code>` and in stats). */
+export const UPSTREAM_NOT_DELIVERED: ReadonlySet<string> = new Set([
+  'ECONNREFUSED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EADDRNOTAVAIL',
+  'ENOENT', // unix socket path missing
+  'CONNECT_TIMEOUT',
+]);
+
+const STATUS_TEXT: Record<number, string> = {
+  400: 'Bad Request',
+  404: 'Not Found',
+  408: 'Request Timeout',
+  413: 'Content Too Large',
+  414: 'URI Too Long',
+  431: 'Request Header Fields Too Large',
+  501: 'Not Implemented',
+  502: 'Bad Gateway',
+  503: 'Service Unavailable',
+  504: 'Gateway Timeout',
+  505: 'HTTP Version Not Supported',
+  508: 'Loop Detected',
+};
+
+export function statusText(status: number): string {
+  return STATUS_TEXT[status] ?? 'Error';
+}
+
+/**
+ * A complete HTTP/1.1 error response that closes the connection. Used where no exchange
+ * exists yet (parse errors, capacity) and for canned answers.
+ */
+export function closingErrorResponse(status: number, body: string): Buffer {
+  const bytes = Buffer.byteLength(body);
+  return Buffer.from(
+    `HTTP/1.1 ${status} ${statusText(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
+      `content-length: ${bytes}\r\nconnection: close\r\n\r\n${body}`,
+    'latin1',
+  );
+}
+
+// Preallocated answers for the hot failure paths (STYLE habit 6).
+export const RESPONSE_400_BAD_REQUEST = closingErrorResponse(400, 'bad request');
+export const RESPONSE_408_TIMEOUT = closingErrorResponse(408, 'request headers timeout');
+export const RESPONSE_414_URI_TOO_LONG = closingErrorResponse(414, 'request line too long');
+export const RESPONSE_431_HEADERS_TOO_LARGE = closingErrorResponse(431, 'request headers too large');
+export const RESPONSE_503_AT_CAPACITY = closingErrorResponse(503, 'proxy at connection capacity');
+export const RESPONSE_505_NO_HTTP2 = closingErrorResponse(505, 'HTTP/2 is disabled on this proxy');

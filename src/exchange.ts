@@ -1,0 +1,294 @@
+import type { ProxyCore } from './proxy-core.js';
+import type { RequestHeadFacts, ResponseHeadFacts } from './headers.js';
+import { trailerLines } from './headers.js';
+import type { Target } from './route/target.js';
+import { PHASE_UPGRADED, type UpstreamConn, type UpstreamUser } from './upstream/h1-pool.js';
+
+export const BODY_NONE = 0;
+export const BODY_LENGTH = 1;
+export const BODY_CHUNKED = 2;
+
+const CRLF = Buffer.from('\r\n', 'latin1');
+const LAST_CHUNK = '0\r\n\r\n';
+
+/** Methods that may be replayed on a fresh socket when a reused one dies before any byte back (RFC 9110 §9.2.2). */
+const RETRYABLE_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+/**
+ * The client end of an exchange: an HTTP/1 connection or an HTTP/2 stream. It owns response
+ * framing toward its client and request body flow control.
+ */
+export interface ClientSide {
+  respond(ex: Exchange, status: number, statusMessage: string, raw: string[]): void;
+  interim(ex: Exchange, status: number, statusMessage: string, raw: string[]): void;
+  writeBody(ex: Exchange, chunk: Buffer): boolean;
+  end(ex: Exchange, trailers: string[] | null): void;
+  /** A response the proxy makes itself (nothing was sent to the client yet). */
+  fail(ex: Exchange, status: number, code: string, message: string): void;
+  /** The upstream failed after the response started: reset, never a complete-looking body. */
+  reset(ex: Exchange): void;
+  pauseRequest(ex: Exchange): void;
+  resumeRequest(ex: Exchange): void;
+  /** The upstream accepted an upgrade (101); `rest` is what it sent after its head. */
+  upgraded(ex: Exchange, conn: UpstreamConn, status: number, statusMessage: string, raw: string[], rest: Buffer): void;
+  /** The exchange is over (response ended or failed); the client may go on. */
+  done(ex: Exchange): void;
+}
+
+export const EX_RESPONSE_STARTED = 1;
+export const EX_REQUEST_ENDED = 2;
+export const EX_FINISHED = 4;
+export const EX_RETRIED = 8;
+export const EX_HEAD_SENT = 16;
+export const EX_UPGRADE = 32;
+export const EX_WAITING_SOCKET = 64;
+
+/**
+ * One request/response through the proxy to an HTTP/1.1 upstream. Fixed shape; the client side
+ * and the upstream socket reach it through `client` and `conn.user`.
+ */
+export class Exchange implements UpstreamUser {
+  readonly core: ProxyCore;
+  readonly client: ClientSide;
+  method: string;
+  /** Origin-form target sent upstream. */
+  path: string;
+  readonly raw: string[];
+  readonly facts: RequestHeadFacts;
+  /** Host (or :authority / absolute-form authority) used for routing and forwarding. */
+  host: string | undefined;
+  readonly clientAddress: string;
+  readonly proto: 'http' | 'https';
+  readonly clientVersion: string;
+  bodyMode: number;
+  flags = 0;
+  target: Target | null = null;
+  conn: UpstreamConn | null = null;
+  /** Request body that arrived before the upstream socket was ready. */
+  private queued: Buffer[] | null = null;
+  private requestTrailers: string[] | null = null;
+  head = '';
+  status = 0;
+  /** Free slot for the client side's own per-exchange state. */
+  clientState: unknown = undefined;
+  readonly responseFacts: ResponseHeadFacts = { contentLength: false, keepAliveTimeoutSec: 0 };
+
+  constructor(
+    core: ProxyCore,
+    client: ClientSide,
+    method: string,
+    path: string,
+    raw: string[],
+    facts: RequestHeadFacts,
+    host: string | undefined,
+    clientAddress: string,
+    proto: 'http' | 'https',
+    clientVersion: string,
+    bodyMode: number,
+  ) {
+    this.core = core;
+    this.client = client;
+    this.method = method;
+    this.path = path;
+    this.raw = raw;
+    this.facts = facts;
+    this.host = host;
+    this.clientAddress = clientAddress;
+    this.proto = proto;
+    this.clientVersion = clientVersion;
+    this.bodyMode = bodyMode;
+  }
+
+  get finished(): boolean {
+    return (this.flags & EX_FINISHED) !== 0;
+  }
+
+  get isHead(): boolean {
+    return this.method === 'HEAD';
+  }
+
+  /** Routed: ask the pool for a socket. */
+  start(target: Target): void {
+    if (this.finished) return;
+    this.target = target;
+    this.head = this.core.buildHead(this, target);
+    this.flags |= EX_WAITING_SOCKET;
+    this.core.pool.acquire(target, this);
+  }
+
+  onUpstreamReady(conn: UpstreamConn): void {
+    this.flags &= ~EX_WAITING_SOCKET;
+    if (this.finished) {
+      this.core.pool.release(conn);
+      return;
+    }
+    this.conn = conn;
+    conn.socket.setTimeout(this.core.options.upstreamResponseTimeoutMs);
+    const socket = conn.socket;
+    const queued = this.queued;
+    this.queued = null;
+    socket.cork();
+    socket.write(this.head, 'latin1');
+    this.flags |= EX_HEAD_SENT;
+    if (queued !== null) for (const chunk of queued) this.writeFramed(chunk);
+    if ((this.flags & EX_REQUEST_ENDED) !== 0) this.writeRequestEnd();
+    socket.uncork();
+    if (queued !== null) this.client.resumeRequest(this);
+  }
+
+  private writeFramed(chunk: Buffer): boolean {
+    const socket = this.conn!.socket;
+    if (this.bodyMode !== BODY_CHUNKED) return socket.write(chunk);
+    socket.cork();
+    socket.write(`${chunk.length.toString(16)}\r\n`, 'latin1');
+    socket.write(chunk);
+    const ok = socket.write(CRLF);
+    socket.uncork();
+    return ok;
+  }
+
+  private writeRequestEnd(): void {
+    if (this.bodyMode !== BODY_CHUNKED) return;
+    const trailers = this.requestTrailers;
+    this.conn!.socket.write(trailers === null ? LAST_CHUNK : `0\r\n${trailerLines(trailers)}\r\n`, 'latin1');
+  }
+
+  /** A piece of the request body from the client. Returns false when the client should pause. */
+  requestBody(chunk: Buffer): boolean {
+    if (this.finished || chunk.length === 0) return true;
+    if ((this.flags & EX_HEAD_SENT) === 0) {
+      (this.queued ??= []).push(chunk);
+      this.client.pauseRequest(this);
+      return false;
+    }
+    if (this.writeFramed(chunk)) return true;
+    this.client.pauseRequest(this);
+    return false;
+  }
+
+  requestEnd(trailers: string[] | null): void {
+    this.flags |= EX_REQUEST_ENDED;
+    this.requestTrailers = trailers;
+    if (this.finished || (this.flags & EX_HEAD_SENT) === 0) return;
+    this.writeRequestEnd();
+  }
+
+  onUpstreamDrain(): void {
+    this.client.resumeRequest(this);
+  }
+
+  onResponseHead(conn: UpstreamConn, status: number, statusMessage: string, raw: string[], upgrade: boolean, keepAlive: boolean): number {
+    if (this.finished) return 0;
+    if (status < 200 && status !== 101) {
+      this.client.interim(this, status, statusMessage, raw);
+      return 0;
+    }
+    conn.socket.setTimeout(this.core.options.upstreamIdleTimeoutMs);
+    if (status === 101) {
+      if ((this.flags & EX_UPGRADE) === 0 || !upgrade) {
+        conn.errorCode = 'BAD_RESPONSE';
+        conn.socket.destroy();
+        return 0;
+      }
+      this.status = status;
+      this.flags |= EX_RESPONSE_STARTED;
+      conn.phase = PHASE_UPGRADED;
+      this.upgradeHead = { statusMessage, raw };
+      return 0;
+    }
+    void keepAlive;
+    this.status = status;
+    this.flags |= EX_RESPONSE_STARTED;
+    this.client.respond(this, status, statusMessage, raw);
+    if (this.responseFacts.keepAliveTimeoutSec > 0) conn.keepAliveMs = this.responseFacts.keepAliveTimeoutSec * 1000;
+    return this.method === 'HEAD' ? 1 : 0;
+  }
+
+  private upgradeHead: { statusMessage: string; raw: string[] } | null = null;
+
+  onUpgradeData(conn: UpstreamConn, rest: Buffer): void {
+    const head = this.upgradeHead;
+    if (head === null || this.finished) return;
+    this.upgradeHead = null;
+    this.flags |= EX_FINISHED;
+    this.conn = null;
+    this.core.pool.detach(conn);
+    this.client.upgraded(this, conn, this.status, head.statusMessage, head.raw, rest);
+  }
+
+  onResponseBody(chunk: Buffer): void {
+    if (this.finished) return;
+    if (!this.client.writeBody(this, chunk)) this.conn?.socket.pause();
+  }
+
+  /** The client drained what we wrote: let the upstream flow again. */
+  clientDrained(): void {
+    const conn = this.conn;
+    if (conn !== null && conn.socket.isPaused()) conn.socket.resume();
+  }
+
+  onResponseEnd(conn: UpstreamConn, trailers: string[] | null): void {
+    if (this.finished) return;
+    this.flags |= EX_FINISHED;
+    this.conn = null;
+    this.client.end(this, trailers);
+    // Reuse only after a clean exchange: response complete, request fully sent, upstream willing.
+    if (conn.keepAlive && (this.flags & EX_REQUEST_ENDED) !== 0 && conn.errorCode === undefined) {
+      if (conn.socket.isPaused()) conn.socket.resume();
+      this.core.pool.release(conn);
+    } else {
+      this.core.pool.destroy(conn);
+    }
+    this.client.done(this);
+  }
+
+  onUpstreamFailure(conn: UpstreamConn | null, code: string): void {
+    if (this.finished) return;
+    this.conn = null;
+    this.flags &= ~EX_WAITING_SOCKET;
+    const core = this.core;
+    if (
+      (this.flags & EX_RESPONSE_STARTED) === 0 &&
+      conn !== null &&
+      conn.responses > 0 &&
+      !conn.responseBytes &&
+      (this.flags & EX_RETRIED) === 0 &&
+      this.bodyMode === BODY_NONE &&
+      RETRYABLE_METHODS.has(this.method) &&
+      code !== 'RESPONSE_TIMEOUT'
+    ) {
+      // A reused keep-alive socket closed before answering: the upstream's idle close raced our
+      // reuse and nothing was processed. Replay once on a fresh socket.
+      this.flags = (this.flags | EX_RETRIED) & ~EX_HEAD_SENT;
+      core.stats.upstreamRetries++;
+      this.flags |= EX_WAITING_SOCKET;
+      core.pool.acquireFresh(this.target!, this);
+      return;
+    }
+    this.flags |= EX_FINISHED;
+    core.countUpstreamFailure(code);
+    if ((this.flags & EX_RESPONSE_STARTED) === 0) {
+      if (code === 'CONNECT_TIMEOUT' || code === 'RESPONSE_TIMEOUT') {
+        this.client.fail(this, 504, code, 'upstream timeout');
+      } else {
+        this.client.fail(this, 502, code, `upstream request error: ${code}`);
+      }
+    } else {
+      core.stats.responsesReset++;
+      this.client.reset(this);
+    }
+    this.client.done(this);
+  }
+
+  /** The client went away (or the proxy is tearing the exchange down). Idempotent. */
+  abort(): void {
+    if (this.finished) return;
+    this.flags |= EX_FINISHED;
+    this.core.stats.clientAborts++;
+    const conn = this.conn;
+    this.conn = null;
+    this.queued = null;
+    if (conn !== null) this.core.pool.destroy(conn);
+    else if ((this.flags & EX_WAITING_SOCKET) !== 0 && this.target !== null) this.core.pool.cancel(this.target, this);
+  }
+}

@@ -1,0 +1,67 @@
+import { createRequire } from 'node:module';
+
+/**
+ * Node's own llhttp binding, as `node:http` uses it (through `_http_common`, which Node keeps for
+ * compatibility; `process.binding('http_parser')` warns). No HTTP/1 parser from npm.
+ */
+export interface HTTPParser {
+  initialize(type: number, resource: object, maxHeaderSize: number, lenient: number): void;
+  execute(data: Buffer): number | ParseError;
+  finish(): number | ParseError | undefined;
+  close(): void;
+  free(): void;
+  remove(): void;
+  [index: number]: unknown;
+}
+
+export interface ParseError extends Error {
+  code: string;
+  reason?: string;
+  bytesParsed: number;
+}
+
+interface HTTPParserClass {
+  new (): HTTPParser;
+  readonly REQUEST: number;
+  readonly RESPONSE: number;
+  readonly kOnMessageBegin: number;
+  readonly kOnHeaders: number;
+  readonly kOnHeadersComplete: number;
+  readonly kOnBody: number;
+  readonly kOnMessageComplete: number;
+  readonly kOnExecute: number;
+  readonly kOnTimeout: number;
+  readonly kLenientNone: number;
+}
+
+const requireBuiltin = createRequire(import.meta.url);
+const common = requireBuiltin('_http_common') as { HTTPParser: HTTPParserClass; methods: string[] };
+
+export const Parser = common.HTTPParser;
+/**
+ * Method names indexed by llhttp's method number. `_http_common.methods` is llhttp's HTTP list,
+ * which matches the enum only up to 33; the enum goes on with PRI, the RTSP methods and QUERY
+ * (llhttp `llhttp_method_t`), which `node:http` reads from the binding's `allMethods`.
+ */
+export const METHODS: readonly string[] = [
+  ...common.methods.slice(0, 34),
+  'PRI', 'DESCRIBE', 'ANNOUNCE', 'SETUP', 'PLAY', 'PAUSE', 'TEARDOWN',
+  'GET_PARAMETER', 'SET_PARAMETER', 'REDIRECT', 'RECORD', 'FLUSH', 'QUERY',
+];
+export const REQUEST = Parser.REQUEST;
+export const RESPONSE = Parser.RESPONSE;
+export const kOnHeaders = Parser.kOnHeaders;
+export const kOnHeadersComplete = Parser.kOnHeadersComplete;
+export const kOnBody = Parser.kOnBody;
+export const kOnMessageComplete = Parser.kOnMessageComplete;
+export const kLenientNone = Parser.kLenientNone;
+
+export const METHOD_HEAD = METHODS.indexOf('HEAD');
+export const METHOD_CONNECT = METHODS.indexOf('CONNECT');
+
+export function isParseError(value: unknown): value is ParseError {
+  return value instanceof Error;
+}
+
+/** The llhttp "resource" argument (async_hooks bookkeeping); one shared object suffices. */
+export const PARSER_RESOURCE = Object.freeze({});

@@ -1,0 +1,753 @@
+import net from 'node:net';
+import {
+  BODY_CHUNKED,
+  BODY_LENGTH,
+  BODY_NONE,
+  EX_FINISHED,
+  EX_REQUEST_ENDED,
+  EX_UPGRADE,
+  Exchange,
+  type ClientSide,
+} from '../exchange.js';
+import {
+  RESPONSE_400_BAD_REQUEST,
+  RESPONSE_414_URI_TOO_LONG,
+  RESPONSE_431_HEADERS_TOO_LARGE,
+  ErrorCodes,
+  statusText,
+} from '../errors.js';
+import { emptyFacts, filterResponseHeadersH1, scanRequestHeaders, trailerLines } from '../headers.js';
+import type { ProxyCore } from '../proxy-core.js';
+import { ERR_LOOP, isContainerRoute, isRouteError, route } from '../route/router.js';
+import { tcpTarget } from '../route/target.js';
+import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
+import type { UpstreamConn } from '../upstream/h1-pool.js';
+import {
+  METHODS,
+  PARSER_RESOURCE,
+  Parser,
+  REQUEST,
+  isParseError,
+  kLenientNone,
+  kOnBody,
+  kOnHeaders,
+  kOnHeadersComplete,
+  kOnMessageComplete,
+  type HTTPParser,
+  type ParseError,
+} from './parser.js';
+
+const kOnMessageBegin = Parser.kOnMessageBegin;
+const kH1 = Symbol('cmux.h1');
+
+type ClientSocket = net.Socket & { [kH1]: H1Connection };
+type RequestParser = HTTPParser & { conn: H1Connection };
+
+/** Response framing toward the client, kept in `exchange.clientState`. */
+const FRAME_PASS = 0; // Content-Length given, or no body: bytes pass as they are
+const FRAME_CHUNKED = 1;
+const FRAME_CLOSE = 2; // HTTP/1.0 client, length unknown: the close ends the body
+
+// Connection flags
+const C_CLOSE_AFTER = 1; // close once the current response is written
+const C_CLOSED = 2;
+const C_BROKEN = 4; // the parser hit bad input; answer it once nothing is in flight
+const C_UPGRADING = 8; // the parser stopped at an upgrade/CONNECT head
+const C_TUNNEL = 16; // the socket belongs to a tunnel now
+const C_HEAD_PENDING = 32; // a request head is being received (header timeout armed)
+
+// Reasons the client socket is paused
+const P_BACKPRESSURE = 1;
+const P_PIPELINE = 2;
+const P_UPGRADE = 4;
+
+/** Hooks the server gives each session. */
+export interface SessionHost {
+  readonly core: ProxyCore;
+  h1Closed(conn: H1Connection): void;
+  headTimer: HeadTimer;
+}
+
+/**
+ * Request-head deadlines for every connection on one coarse 1 s sweep (STYLE habit 9):
+ * no timer is created per request.
+ */
+export class HeadTimer {
+  private readonly waiting = new Set<H1Connection>();
+  private readonly timeoutMs: number;
+  private timer: NodeJS.Timeout | null = null;
+  now = Date.now();
+
+  constructor(timeoutMs: number) {
+    this.timeoutMs = timeoutMs;
+  }
+
+  arm(conn: H1Connection): void {
+    conn.headStartedAt = this.now;
+    this.waiting.add(conn);
+    if (this.timer === null) {
+      this.now = Date.now();
+      conn.headStartedAt = this.now;
+      this.timer = setInterval(headTimerSweep, 1000, this);
+      this.timer.unref();
+    }
+  }
+
+  disarm(conn: H1Connection): void {
+    this.waiting.delete(conn);
+  }
+
+  sweep(): void {
+    this.now = Date.now();
+    const limit = this.now - this.timeoutMs;
+    for (const conn of this.waiting) {
+      if (conn.headStartedAt <= limit) {
+        this.waiting.delete(conn);
+        conn.headersTimedOut();
+      }
+    }
+    if (this.waiting.size === 0 && this.timer !== null) {
+      clearInterval(this.timer);
+      this.timer = null;
+    }
+  }
+
+  stop(): void {
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+    this.waiting.clear();
+  }
+}
+
+function headTimerSweep(timer: HeadTimer): void {
+  timer.sweep();
+}
+
+function errorResponse(status: number, message: string, keepAlive: boolean): string {
+  return (
+    `HTTP/1.1 ${status} ${statusText(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
+    `content-length: ${Buffer.byteLength(message)}\r\nconnection: ${keepAlive ? 'keep-alive' : 'close'}\r\n\r\n${message}`
+  );
+}
+
+/** One HTTP/1.x client connection, parsed by llhttp, its exchanges answered in order. */
+export class H1Connection implements ClientSide {
+  readonly socket: ClientSocket;
+  readonly host: SessionHost;
+  readonly core: ProxyCore;
+  readonly parser: RequestParser;
+  readonly clientAddress: string;
+  readonly proto: 'http' | 'https';
+  readonly tls: boolean;
+  flags = 0;
+  pauses = 0;
+  /** The exchange whose response is being produced. */
+  current: Exchange | null = null;
+  /** Pipelined exchanges waiting for `current` to finish. */
+  pending: Exchange[] | null = null;
+  /** The exchange whose request is being parsed. */
+  parsing: Exchange | null = null;
+  pendingHeaders: string[] | null = null;
+  headerCount = 0;
+  headStartedAt = 0;
+  requestKeepAlive = true;
+  parseError: ParseError | null = null;
+  brokenStatus = 400;
+  /** Bytes the client sent after an upgrade/CONNECT head. */
+  upgradeRest: Buffer | null = null;
+
+  constructor(host: SessionHost, socket: net.Socket, tls: boolean) {
+    this.host = host;
+    this.core = host.core;
+    this.socket = socket as ClientSocket;
+    this.socket[kH1] = this;
+    this.tls = tls;
+    this.proto = tls ? 'https' : 'http';
+    this.clientAddress = socket.remoteAddress ?? '';
+    const parser = new Parser() as RequestParser;
+    parser.initialize(REQUEST, PARSER_RESOURCE, this.core.options.maxHeaderSize, kLenientNone);
+    parser.conn = this;
+    parser[kOnMessageBegin] = parserOnMessageBegin;
+    parser[kOnHeaders] = parserOnHeaders;
+    parser[kOnHeadersComplete] = parserOnHeadersComplete;
+    parser[kOnBody] = parserOnBody;
+    parser[kOnMessageComplete] = parserOnMessageComplete;
+    this.parser = parser;
+    socket.setNoDelay(true);
+    const { keepaliveMs, clientIdleTimeoutMs } = this.core.options;
+    if (keepaliveMs > 0) socket.setKeepAlive(true, keepaliveMs);
+    socket.setTimeout(clientIdleTimeoutMs);
+    socket.on('data', socketOnData);
+    socket.on('drain', socketOnDrain);
+    socket.on('timeout', socketOnTimeout);
+    socket.on('error', socketOnError);
+    socket.on('close', socketOnClose);
+    this.flags |= C_HEAD_PENDING;
+    host.headTimer.arm(this);
+  }
+
+  /** Feeds bytes read before this session took the socket (sniffing). */
+  feed(chunk: Buffer): void {
+    socketOnData.call(this.socket, chunk);
+  }
+
+  // ---- parsing --------------------------------------------------------------------------
+
+  onData(chunk: Buffer): void {
+    if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL)) !== 0) return;
+    const ret = this.parser.execute(chunk);
+    if (isParseError(ret)) {
+      this.broken(ret.code === 'HPE_HEADER_OVERFLOW' ? this.overflowStatus(chunk, ret) : 400, ret);
+      return;
+    }
+    if ((this.flags & C_UPGRADING) !== 0 && (this.flags & C_TUNNEL) === 0) {
+      // llhttp stopped after the upgrade/CONNECT head: the rest is tunnel data.
+      const rest = ret < chunk.length ? chunk.subarray(ret) : null;
+      if (rest !== null) this.upgradeRest = this.upgradeRest === null ? rest : Buffer.concat([this.upgradeRest, rest]);
+      this.pause(P_UPGRADE);
+    }
+  }
+
+  private overflowStatus(chunk: Buffer, err: ParseError): number {
+    // Over the limit before the request line ended: 414, else 431 (RFC 9112 §3).
+    return this.parsing === null && (this.flags & C_HEAD_PENDING) !== 0 && chunk.subarray(0, err.bytesParsed).indexOf(10) === -1 ? 414 : 431;
+  }
+
+  /** Bad input: answer once nothing is in flight, then close. */
+  broken(status: number, err: ParseError | null): void {
+    if ((this.flags & C_BROKEN) !== 0) return;
+    this.flags |= C_BROKEN;
+    this.brokenStatus = status;
+    this.parseError = err;
+    this.core.stats.parseErrors++;
+    if (this.core.log.debugEnabled) this.core.log.debug(`h1 ${this.clientAddress}: bad request (${err?.code ?? status}) -> ${status}`);
+    const parsing = this.parsing;
+    if (parsing !== null && parsing !== this.current && (parsing.flags & EX_FINISHED) === 0) {
+      // A pipelined request that never started: drop it.
+      parsing.flags |= EX_FINISHED;
+      const at = this.pending?.indexOf(parsing) ?? -1;
+      if (at !== -1) this.pending!.splice(at, 1);
+    } else if (parsing !== null && parsing === this.current && (parsing.flags & EX_REQUEST_ENDED) === 0) {
+      // Its body is corrupt (bad chunking): the upstream must not get a complete-looking request.
+      parsing.abort();
+      this.current = null;
+    }
+    this.parsing = null;
+    if (this.current === null) this.sendBrokenAndClose();
+  }
+
+  private sendBrokenAndClose(): void {
+    const status = this.brokenStatus;
+    const body =
+      status === 414 ? RESPONSE_414_URI_TOO_LONG : status === 431 ? RESPONSE_431_HEADERS_TOO_LARGE : status === 408 ? null : RESPONSE_400_BAD_REQUEST;
+    this.core.stats.proxyErrorResponses++;
+    this.core.stats.countStatus(status);
+    this.closeWith(body ?? Buffer.from(errorResponse(408, 'request headers timeout', false), 'latin1'));
+  }
+
+  /** Writes a last answer and closes after it is flushed (the client gets to read it). */
+  closeWith(data: Buffer | string): void {
+    if ((this.flags & C_CLOSED) !== 0) return;
+    this.flags |= C_CLOSE_AFTER;
+    this.host.headTimer.disarm(this);
+    const socket = this.socket;
+    socket.removeListener('data', socketOnData);
+    // Keep reading (and dropping) what the client still sends, so the close is a FIN, not a RST.
+    socket.on('data', discard);
+    socket.resume();
+    socket.end(data);
+    socket.setTimeout(5_000);
+  }
+
+  headersTimedOut(): void {
+    if ((this.flags & (C_CLOSED | C_TUNNEL)) !== 0) return;
+    this.core.stats.requestHeadersTimeouts++;
+    this.flags &= ~C_HEAD_PENDING;
+    if (this.current !== null || this.parsing !== null) {
+      this.broken(408, null);
+      return;
+    }
+    // Nothing was ever asked on this connection (or it is between requests): a quiet 408.
+    this.flags |= C_BROKEN;
+    this.brokenStatus = 408;
+    this.sendBrokenAndClose();
+  }
+
+  onHeadersComplete(
+    major: number,
+    minor: number,
+    headers: string[] | undefined,
+    methodIndex: number,
+    url: string,
+    upgrade: boolean,
+    keepAlive: boolean,
+  ): number {
+    const core = this.core;
+    const stats = core.stats;
+    let raw = headers;
+    if (raw === undefined) {
+      raw = this.pendingHeaders ?? [];
+      this.pendingHeaders = null;
+    }
+    this.flags &= ~C_HEAD_PENDING;
+    this.host.headTimer.disarm(this);
+    stats.totalRequests++;
+    stats.http1Requests++;
+    if (this.tls) stats.tlsRequests++;
+    if ((this.flags & C_BROKEN) !== 0) return 0;
+    // llhttp accepts HTTP/0.9 and HTTP/2.0 request lines; a proxy must not (SPEC §4).
+    if (major !== 1 || minor > 1) {
+      this.broken(400, null);
+      return 0;
+    }
+    if (raw.length / 2 > core.options.maxHeadersCount) {
+      this.broken(431, null);
+      return 0;
+    }
+    const facts = emptyFacts();
+    scanRequestHeaders(raw, core.viaToken, facts);
+    if (facts.hostCount > 1 || (minor === 1 && facts.hostCount === 0)) {
+      // RFC 9112 §3.2: exactly one Host in HTTP/1.1.
+      this.broken(400, null);
+      return 0;
+    }
+    const method = METHODS[methodIndex] ?? 'GET';
+    let path = url;
+    let host = facts.host;
+    if (method === 'CONNECT') {
+      host = url;
+    } else if (url.charCodeAt(0) !== 47 /* / */ && url !== '*') {
+      // Absolute form: its authority replaces Host (RFC 9112 §3.2.2); the upstream gets origin-form.
+      const parsed = splitAbsoluteForm(url);
+      if (parsed === null) {
+        this.broken(400, null);
+        return 0;
+      }
+      host = parsed.authority;
+      path = parsed.path;
+    }
+    const bodyMode = facts.chunked ? BODY_CHUNKED : facts.contentLength !== undefined && facts.contentLength !== '0' ? BODY_LENGTH : BODY_NONE;
+    const ex = new Exchange(core, this, method, path, raw, facts, host, this.clientAddress, this.proto, minor === 0 ? '1.0' : '1.1', bodyMode);
+    this.requestKeepAlive = keepAlive;
+    this.parsing = ex;
+    if (upgrade) {
+      this.flags |= C_UPGRADING;
+      if (method !== 'CONNECT') ex.flags |= EX_UPGRADE;
+      ex.flags |= EX_REQUEST_ENDED;
+    }
+    if (this.current === null) {
+      this.current = ex;
+      this.startExchange(ex);
+    } else {
+      (this.pending ??= []).push(ex);
+      this.pause(P_PIPELINE);
+    }
+    return 0;
+  }
+
+  private startExchange(ex: Exchange): void {
+    if ((ex.flags & EX_UPGRADE) !== 0) {
+      if (!this.core.options.enableWebsockets) {
+        this.fail(ex, 501, ErrorCodes.WEBSOCKETS_DISABLED, 'websockets disabled');
+        ex.flags |= EX_FINISHED;
+        this.done(ex);
+        return;
+      }
+      this.core.stats.websocketsUpgradeTotal++;
+    }
+    if (ex.method === 'CONNECT') {
+      this.startConnectTunnel(ex);
+      return;
+    }
+    this.core.dispatch(ex);
+  }
+
+  onBody(chunk: Buffer): void {
+    const ex = this.parsing;
+    if (ex !== null) ex.requestBody(chunk);
+  }
+
+  onMessageComplete(): void {
+    const ex = this.parsing;
+    if (ex === null) return;
+    this.parsing = null;
+    const trailers = this.pendingHeaders;
+    this.pendingHeaders = null;
+    if ((ex.flags & EX_UPGRADE) === 0 && ex.method !== 'CONNECT') ex.requestEnd(trailers);
+  }
+
+  // ---- flow control -------------------------------------------------------------------
+
+  pause(reason: number): void {
+    if (this.pauses === 0) this.socket.pause();
+    this.pauses |= reason;
+  }
+
+  unpause(reason: number): void {
+    if ((this.pauses & reason) === 0) return;
+    this.pauses &= ~reason;
+    if (this.pauses === 0 && (this.flags & C_CLOSED) === 0) this.socket.resume();
+  }
+
+  pauseRequest(): void {
+    this.pause(P_BACKPRESSURE);
+  }
+
+  resumeRequest(): void {
+    this.unpause(P_BACKPRESSURE);
+  }
+
+  // ---- ClientSide: responses ----------------------------------------------------------
+
+  private willKeepAlive(ex: Exchange): boolean {
+    return (
+      this.requestKeepAlive &&
+      !this.core.draining &&
+      (this.flags & (C_CLOSE_AFTER | C_BROKEN | C_UPGRADING)) === 0 &&
+      ((ex.flags & EX_REQUEST_ENDED) !== 0 || ex.bodyMode === BODY_NONE)
+    );
+  }
+
+  respond(ex: Exchange, status: number, statusMessage: string, raw: string[]): void {
+    const facts = ex.responseFacts;
+    let head = `HTTP/1.1 ${status} ${statusMessage}\r\n${filterResponseHeadersH1(raw, false, facts)}`;
+    let framing = FRAME_PASS;
+    const noBody = ex.method === 'HEAD' || status === 204 || status === 304;
+    if (!noBody && !facts.contentLength) {
+      if (ex.clientVersion === '1.0') framing = FRAME_CLOSE;
+      else {
+        framing = FRAME_CHUNKED;
+        head += 'transfer-encoding: chunked\r\n';
+      }
+    }
+    ex.clientState = framing;
+    if (framing === FRAME_CLOSE || !this.willKeepAlive(ex)) {
+      this.flags |= C_CLOSE_AFTER;
+      head += 'connection: close\r\n\r\n';
+    } else {
+      head += ex.clientVersion === '1.0' ? 'connection: keep-alive\r\n\r\n' : '\r\n';
+    }
+    this.core.stats.countStatus(status);
+    this.socket.write(head, 'latin1');
+  }
+
+  interim(ex: Exchange, status: number, statusMessage: string, raw: string[]): void {
+    if (ex.clientVersion === '1.0') return; // RFC 9110 §15.2: no 1xx to HTTP/1.0 clients
+    this.socket.write(`HTTP/1.1 ${status} ${statusMessage}\r\n${filterResponseHeadersH1(raw, false, ex.responseFacts)}\r\n`, 'latin1');
+  }
+
+  writeBody(ex: Exchange, chunk: Buffer): boolean {
+    const socket = this.socket;
+    if (socket.destroyed) return true;
+    if (ex.clientState !== FRAME_CHUNKED) return socket.write(chunk);
+    socket.cork();
+    socket.write(`${chunk.length.toString(16)}\r\n`, 'latin1');
+    socket.write(chunk);
+    const ok = socket.write('\r\n', 'latin1');
+    socket.uncork();
+    return ok;
+  }
+
+  end(ex: Exchange, trailers: string[] | null): void {
+    if (ex.clientState === FRAME_CHUNKED && !this.socket.destroyed) {
+      this.socket.write(trailers === null ? '0\r\n\r\n' : `0\r\n${trailerLines(trailers)}\r\n`, 'latin1');
+    }
+  }
+
+  fail(ex: Exchange, status: number, code: string, message: string): void {
+    const stats = this.core.stats;
+    stats.proxyErrorResponses++;
+    stats.countStatus(status);
+    if (this.core.log.debugEnabled) this.core.log.debug(`h1 ${ex.method} ${ex.path} -> ${status} ${code}`);
+    if ((this.flags & C_CLOSED) !== 0) return;
+    const keepAlive = this.willKeepAlive(ex);
+    if (!keepAlive || (ex.flags & EX_UPGRADE) !== 0 || ex.method === 'CONNECT') {
+      this.flags |= C_CLOSE_AFTER;
+      this.socket.write(errorResponse(status, message, false), 'latin1');
+    } else {
+      this.socket.write(errorResponse(status, message, true), 'latin1');
+    }
+  }
+
+  reset(): void {
+    // HTTP/1.1 has no per-response reset: closing without the final chunk (or short of
+    // Content-Length) is how the client learns the body is incomplete.
+    this.socket.destroy();
+  }
+
+  upgraded(ex: Exchange, conn: UpstreamConn, status: number, statusMessage: string, raw: string[], rest: Buffer): void {
+    const socket = this.socket;
+    this.core.stats.countStatus(status);
+    this.flags |= C_TUNNEL;
+    this.current = null;
+    this.detach();
+    socket.write(`HTTP/1.1 ${status} ${statusMessage}\r\n${filterResponseHeadersH1(raw, true, ex.responseFacts)}\r\n`, 'latin1');
+    if (rest.length > 0) socket.write(rest);
+    const upstream = conn.socket;
+    const early = this.upgradeRest;
+    this.upgradeRest = null;
+    if (early !== null) upstream.write(early);
+    this.openTunnel(upstream, TUNNEL_WEBSOCKET);
+  }
+
+  private openTunnel(upstream: net.Socket, kind: number): void {
+    const { keepaliveMs } = this.core.options;
+    configureTunnelSocket(this.socket, keepaliveMs);
+    configureTunnelSocket(upstream, keepaliveMs);
+    new Tunnel(this.socket, upstream, kind, this.core.stats);
+    this.socket.resume();
+    upstream.resume();
+  }
+
+  /** Removes this session's listeners: the socket now belongs to a tunnel. */
+  private detach(): void {
+    const socket = this.socket;
+    this.host.headTimer.disarm(this);
+    socket.removeListener('data', socketOnData);
+    socket.removeListener('drain', socketOnDrain);
+    socket.removeListener('timeout', socketOnTimeout);
+    socket.removeListener('error', socketOnError);
+    socket.removeListener('close', socketOnClose);
+    this.host.h1Closed(this);
+    this.parser.close();
+  }
+
+  /** CONNECT host:port -> the routed target, 200, then splice (SPEC §5). */
+  private startConnectTunnel(ex: Exchange): void {
+    const core = this.core;
+    const r = route(core.options, { portHeader: ex.facts.portHeader, workspaceHeader: ex.facts.workspaceHeader, host: ex.host }, false);
+    let target = r;
+    if (target === null || isContainerRoute(target)) {
+      // No routing rule: a CONNECT to a loopback port of this machine is the plain reading.
+      const authority = splitAuthority(ex.host ?? '');
+      target = authority !== null && (authority.host === 'localhost' || authority.host === '127.0.0.1') ? tcpTarget('127.0.0.1', authority.port) : null;
+    }
+    if (target === null) {
+      this.fail(ex, 400, ErrorCodes.NO_ROUTE, 'CONNECT needs X-Cmux-Port-Internal or a routable authority');
+      ex.flags |= EX_FINISHED;
+      this.done(ex);
+      return;
+    }
+    if (isRouteError(target)) {
+      this.fail(ex, target.status, target.code, target.message);
+      ex.flags |= EX_FINISHED;
+      this.done(ex);
+      return;
+    }
+    if (core.isSelf(target)) {
+      this.fail(ex, ERR_LOOP.status, ERR_LOOP.code, ERR_LOOP.message);
+      ex.flags |= EX_FINISHED;
+      this.done(ex);
+      return;
+    }
+    const upstream = net.connect({ host: target.host, port: target.port });
+    ex.clientState = upstream;
+    upstream.setTimeout(core.options.upstreamConnectTimeoutMs);
+    upstream.on('connect', connectTunnelOnConnect);
+    upstream.on('error', connectTunnelOnError);
+    upstream.on('timeout', connectTunnelOnTimeout);
+    (upstream as net.Socket & { [kH1]?: H1Connection })[kH1] = this;
+  }
+
+  connectTunnelReady(upstream: net.Socket): void {
+    upstream.removeListener('connect', connectTunnelOnConnect);
+    upstream.removeListener('error', connectTunnelOnError);
+    upstream.removeListener('timeout', connectTunnelOnTimeout);
+    const ex = this.current;
+    if ((this.flags & C_CLOSED) !== 0 || ex === null) {
+      upstream.destroy();
+      return;
+    }
+    ex.flags |= EX_FINISHED;
+    this.core.stats.countStatus(200);
+    this.flags |= C_TUNNEL;
+    this.current = null;
+    this.detach();
+    this.socket.write('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
+    const early = this.upgradeRest;
+    this.upgradeRest = null;
+    if (early !== null) upstream.write(early);
+    this.openTunnel(upstream, TUNNEL_CONNECT);
+  }
+
+  connectTunnelFailed(upstream: net.Socket, code: string): void {
+    upstream.destroy();
+    const ex = this.current;
+    if (ex === null || (ex.flags & EX_FINISHED) !== 0) return;
+    ex.flags |= EX_FINISHED;
+    this.core.countUpstreamFailure(code);
+    if (code === 'CONNECT_TIMEOUT') this.fail(ex, 504, code, 'upstream timeout');
+    else this.fail(ex, 502, code, `upstream request error: ${code}`);
+    this.done(ex);
+  }
+
+  done(ex: Exchange): void {
+    if (ex !== this.current) return;
+    this.current = null;
+    if ((this.flags & C_CLOSED) !== 0) return;
+    if ((this.flags & C_BROKEN) !== 0) {
+      this.sendBrokenAndClose();
+      return;
+    }
+    if ((this.flags & C_CLOSE_AFTER) !== 0 || (this.flags & C_UPGRADING) !== 0) {
+      this.closeWith('');
+      return;
+    }
+    const next = this.pending?.shift();
+    if (next !== undefined) {
+      this.current = next;
+      if (this.pending!.length === 0) this.unpause(P_PIPELINE);
+      this.startExchange(next);
+      return;
+    }
+    this.unpause(P_PIPELINE);
+    if (this.parsing === null) {
+      this.flags |= C_HEAD_PENDING;
+      this.host.headTimer.arm(this);
+    }
+  }
+
+  /** `stop()`: close now if idle, else after the current response. */
+  drain(): void {
+    if ((this.flags & (C_CLOSED | C_TUNNEL)) !== 0) return;
+    if (this.current === null && this.parsing === null) this.closeWith('');
+    else this.flags |= C_CLOSE_AFTER;
+  }
+
+  onClose(): void {
+    this.flags |= C_CLOSED;
+    this.host.headTimer.disarm(this);
+    const ex = this.current;
+    this.current = null;
+    if (ex !== null && (ex.flags & EX_FINISHED) === 0) {
+      if (ex.method === 'CONNECT' && ex.clientState instanceof net.Socket) ex.clientState.destroy();
+      ex.abort();
+    }
+    const pending = this.pending;
+    this.pending = null;
+    if (pending !== null) for (const p of pending) p.flags |= EX_FINISHED;
+    this.parser.close();
+    this.host.h1Closed(this);
+  }
+
+  onTimeout(): void {
+    // Idle: nothing in flight and nothing received for clientIdleTimeoutMs.
+    if (this.current === null && this.parsing === null) {
+      this.core.stats.clientIdleTimeouts++;
+      this.socket.destroy();
+    }
+  }
+}
+
+function discard(): void {}
+
+function splitAbsoluteForm(url: string): { authority: string; path: string } | null {
+  const scheme = url.indexOf('://');
+  if (scheme === -1) return null;
+  const s = url.slice(0, scheme).toLowerCase();
+  if (s !== 'http' && s !== 'https' && s !== 'ws' && s !== 'wss') return null;
+  const rest = url.slice(scheme + 3);
+  let end = rest.length;
+  for (let i = 0; i < rest.length; i++) {
+    const c = rest.charCodeAt(i);
+    if (c === 47 || c === 63 || c === 35) {
+      end = i;
+      break;
+    }
+  }
+  const authority = rest.slice(0, end);
+  if (authority === '' || authority.includes('@')) return null;
+  let path = rest.slice(end);
+  if (path === '' || path.charCodeAt(0) !== 47) path = `/${path}`;
+  return { authority, path };
+}
+
+function splitAuthority(authority: string): { host: string; port: number } | null {
+  const colon = authority.lastIndexOf(':');
+  if (colon === -1) return null;
+  const port = Number(authority.slice(colon + 1));
+  if (!Number.isInteger(port) || port < 1 || port > 65535) return null;
+  let host = authority.slice(0, colon).toLowerCase();
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  return { host, port };
+}
+
+// ---- module-level listeners (no closure per connection or request) ------------------------
+
+function parserOnMessageBegin(this: RequestParser): void {
+  const conn = this.conn;
+  if ((conn.flags & C_HEAD_PENDING) === 0) {
+    conn.flags |= C_HEAD_PENDING;
+    conn.host.headTimer.arm(conn);
+  }
+}
+
+function parserOnHeaders(this: RequestParser, headers: string[]): void {
+  const conn = this.conn;
+  conn.pendingHeaders = conn.pendingHeaders === null ? headers : conn.pendingHeaders.concat(headers);
+  if (conn.pendingHeaders.length / 2 > conn.core.options.maxHeadersCount) {
+    conn.pendingHeaders = null;
+    conn.broken(431, null);
+  }
+}
+
+function parserOnHeadersComplete(
+  this: RequestParser,
+  major: number,
+  minor: number,
+  headers: string[] | undefined,
+  method: number,
+  url: string,
+  _status: number,
+  _statusMessage: string,
+  upgrade: boolean,
+  keepAlive: boolean,
+): number {
+  return this.conn.onHeadersComplete(major, minor, headers, method, url, upgrade, keepAlive);
+}
+
+function parserOnBody(this: RequestParser, chunk: Buffer): void {
+  this.conn.onBody(chunk);
+}
+
+function parserOnMessageComplete(this: RequestParser): void {
+  this.conn.onMessageComplete();
+}
+
+function socketOnData(this: ClientSocket, chunk: Buffer): void {
+  this[kH1].onData(chunk);
+}
+
+function socketOnDrain(this: ClientSocket): void {
+  const ex = this[kH1].current;
+  if (ex !== null) ex.clientDrained();
+}
+
+function socketOnTimeout(this: ClientSocket): void {
+  const conn = this[kH1];
+  if ((conn.flags & C_CLOSE_AFTER) !== 0 && conn.current === null) {
+    this.destroy();
+    return;
+  }
+  conn.onTimeout();
+}
+
+function socketOnError(this: ClientSocket): void {
+  // 'close' follows; the exchange is torn down there.
+}
+
+function socketOnClose(this: ClientSocket): void {
+  this[kH1].onClose();
+}
+
+function connectTunnelOnConnect(this: net.Socket & { [kH1]: H1Connection }): void {
+  this[kH1].connectTunnelReady(this);
+}
+
+function connectTunnelOnError(this: net.Socket & { [kH1]: H1Connection }, err: NodeJS.ErrnoException): void {
+  this[kH1].connectTunnelFailed(this, err.code ?? 'UPSTREAM_ERROR');
+}
+
+function connectTunnelOnTimeout(this: net.Socket & { [kH1]: H1Connection }): void {
+  this[kH1].connectTunnelFailed(this, 'CONNECT_TIMEOUT');
+}

@@ -1,0 +1,280 @@
+import http2 from 'node:http2';
+import type net from 'node:net';
+import { BODY_CHUNKED, BODY_LENGTH, BODY_NONE, EX_FINISHED, Exchange, type ClientSide } from '../exchange.js';
+import { ErrorCodes } from '../errors.js';
+import { emptyFacts, responseHeadersH2, scanRequestHeaders, trailersH2 } from '../headers.js';
+import type { ProxyCore } from '../proxy-core.js';
+import { hostName } from '../route/host-patterns.js';
+import type { UpstreamConn } from '../upstream/h1-pool.js';
+import { startExtendedConnect } from './extended-connect.js';
+
+const {
+  NGHTTP2_INTERNAL_ERROR,
+  NGHTTP2_REFUSED_STREAM,
+  NGHTTP2_FLAG_END_STREAM,
+  HTTP2_HEADER_STATUS,
+  HTTP2_HEADER_CONTENT_TYPE,
+  HTTP2_HEADER_CONTENT_LENGTH,
+} = http2.constants;
+
+const kEx = Symbol('cmux.h2.exchange');
+const kSession = Symbol('cmux.h2.session');
+
+type ProxyStream = http2.ServerHttp2Stream & { [kEx]?: Exchange };
+
+/** Per-exchange state of the HTTP/2 side, in `exchange.clientState`. */
+interface H2StreamState {
+  stream: ProxyStream;
+  trailers: string[] | null;
+  waitForTrailers: boolean;
+}
+
+/** Hooks the server gives the HTTP/2 sessions. */
+export interface H2Host {
+  readonly core: ProxyCore;
+  sessionOpened(session: http2.ServerHttp2Session): void;
+  sessionClosed(session: http2.ServerHttp2Session): void;
+}
+
+type TrackedSession = http2.ServerHttp2Session & { [kSession]?: SessionState };
+
+interface SessionState {
+  ping: NodeJS.Timeout | null;
+  tls: boolean;
+}
+
+const NO_BODY_STATUS = (status: number): boolean => status === 204 || status === 304;
+
+/**
+ * The HTTP/2 side of exchanges: one stateless object shared by every stream (per-stream
+ * state lives in the exchange), so no closure is made per request.
+ */
+const h2ClientSide: ClientSide = {
+  respond(ex, status, _statusMessage, raw) {
+    const state = ex.clientState as H2StreamState;
+    const stream = state.stream;
+    const headers = responseHeadersH2(raw, status, ex.responseFacts);
+    const endStream = ex.method === 'HEAD' || NO_BODY_STATUS(status);
+    // Trailers only come with a chunked upstream body that announced them.
+    state.waitForTrailers = !endStream && headers['trailer'] === undefined ? false : !endStream && raw.some(isTrailerName);
+    ex.core.stats.countStatus(status);
+    try {
+      stream.respond(headers, { endStream, waitForTrailers: state.waitForTrailers });
+    } catch (err) {
+      // Invalid header values from the upstream, or a stream the client already reset.
+      if (!stream.destroyed && !stream.headersSent) {
+        ex.core.countUpstreamFailure('BAD_RESPONSE');
+        respondError(stream, 502, 'upstream request error: BAD_RESPONSE');
+      }
+      ex.abort();
+      void err;
+    }
+  },
+  interim(ex, status, _statusMessage, raw) {
+    const stream = (ex.clientState as H2StreamState).stream;
+    if (stream.destroyed || stream.headersSent) return;
+    try {
+      stream.additionalHeaders(responseHeadersH2(raw, status, ex.responseFacts));
+    } catch {
+      // interim answers are advisory
+    }
+  },
+  writeBody(ex, chunk) {
+    const stream = (ex.clientState as H2StreamState).stream;
+    if (stream.destroyed || stream.writableEnded) return true;
+    return stream.write(chunk);
+  },
+  end(ex, trailers) {
+    const state = ex.clientState as H2StreamState;
+    state.trailers = trailers;
+    if (!state.stream.destroyed && !state.stream.writableEnded) state.stream.end();
+  },
+  fail(ex, status, code, message) {
+    const stats = ex.core.stats;
+    stats.proxyErrorResponses++;
+    stats.countStatus(status);
+    if (ex.core.log.debugEnabled) ex.core.log.debug(`h2 ${ex.method} ${ex.path} -> ${status} ${code}`);
+    respondError((ex.clientState as H2StreamState).stream, status, message);
+  },
+  reset(ex) {
+    const stream = (ex.clientState as H2StreamState).stream;
+    if (!stream.destroyed) stream.close(NGHTTP2_INTERNAL_ERROR);
+  },
+  pauseRequest(ex) {
+    (ex.clientState as H2StreamState).stream.pause();
+  },
+  resumeRequest(ex) {
+    (ex.clientState as H2StreamState).stream.resume();
+  },
+  upgraded(_ex: Exchange, conn: UpstreamConn) {
+    // HTTP/2 requests never ask for an HTTP/1.1 upgrade (RFC 9113 §8.6); extended CONNECT has its own path.
+    conn.socket.destroy();
+  },
+  done() {},
+};
+
+function isTrailerName(value: string, index: number, raw: string[]): boolean {
+  return index % 2 === 0 && value.length === 7 && value.toLowerCase() === 'trailer' && raw[index + 1] !== '';
+}
+
+export function respondError(stream: http2.ServerHttp2Stream, status: number, message: string): void {
+  if (stream.destroyed || stream.closed) return;
+  if (stream.headersSent) {
+    stream.close(NGHTTP2_INTERNAL_ERROR);
+    return;
+  }
+  try {
+    stream.respond({
+      [HTTP2_HEADER_STATUS]: status,
+      [HTTP2_HEADER_CONTENT_TYPE]: 'text/plain; charset=utf-8',
+      [HTTP2_HEADER_CONTENT_LENGTH]: Buffer.byteLength(message),
+    });
+    stream.end(message);
+  } catch {
+    if (!stream.destroyed) stream.close(NGHTTP2_INTERNAL_ERROR);
+  }
+}
+
+function streamOnData(this: ProxyStream, chunk: Buffer): void {
+  this[kEx]?.requestBody(chunk);
+}
+
+function streamOnEnd(this: ProxyStream): void {
+  const ex = this[kEx];
+  if (ex !== undefined) ex.requestEnd(null);
+}
+
+function streamOnDrain(this: ProxyStream): void {
+  this[kEx]?.clientDrained();
+}
+
+function streamOnClose(this: ProxyStream): void {
+  const ex = this[kEx];
+  if (ex !== undefined && (ex.flags & EX_FINISHED) === 0) ex.abort();
+}
+
+function streamOnError(this: ProxyStream): void {
+  // 'close' follows and tears the exchange down.
+}
+
+function streamOnWantTrailers(this: ProxyStream): void {
+  const ex = this[kEx];
+  const trailers = ex === undefined ? null : (ex.clientState as H2StreamState).trailers;
+  try {
+    this.sendTrailers(trailers === null ? {} : trailersH2(trailers));
+  } catch {
+    if (!this.destroyed) this.close(NGHTTP2_INTERNAL_ERROR);
+  }
+}
+
+/** The proxy's `http2.Server` (never listening; the sniffer hands it sockets). */
+export function createH2Server(host: H2Host): http2.Http2Server {
+  const { core } = host;
+  const options = core.options;
+  const server = http2.createServer({
+    settings: {
+      enableConnectProtocol: options.enableWebsockets,
+      maxConcurrentStreams: 256,
+      maxHeaderListSize: options.maxHeaderSize * 2,
+    },
+    // The 10 MB default is too small for a proxy with slow readers (DESIGN.md, Node pitfalls).
+    maxSessionMemory: 64,
+    maxHeaderListPairs: options.maxHeadersCount + 8,
+  });
+  server.on('session', (session: TrackedSession) => {
+    const socket = session.socket as net.Socket & { encrypted?: boolean };
+    const state: SessionState = { ping: null, tls: socket.encrypted === true };
+    session[kSession] = state;
+    host.sessionOpened(session);
+    session.on('error', sessionOnError);
+    session.on('close', function sessionClosed(this: TrackedSession) {
+      const s = this[kSession];
+      if (s?.ping) clearInterval(s.ping);
+      host.sessionClosed(this);
+    });
+    if (options.keepaliveMs > 0) {
+      state.ping = setInterval(pingSession, options.keepaliveMs, session);
+      state.ping.unref();
+    }
+    if (options.clientIdleTimeoutMs > 0) session.setTimeout(options.clientIdleTimeoutMs, sessionOnTimeout);
+  });
+  server.on('stream', (stream: ProxyStream, headers: http2.IncomingHttpHeaders, flags: number, raw: string[]) => {
+    onStream(core, stream, headers, flags, raw);
+  });
+  server.on('sessionError', () => {});
+  return server;
+}
+
+function sessionOnError(this: http2.ServerHttp2Session): void {
+  // The session closes; its streams' 'close' events tear their exchanges down.
+}
+
+function sessionOnTimeout(this: TrackedSession): void {
+  // Idle: no frames for clientIdleTimeoutMs. Close gracefully (GOAWAY, running streams finish).
+  this.close();
+}
+
+function pingSession(session: http2.ServerHttp2Session): void {
+  if (session.closed || session.destroyed) return;
+  try {
+    session.ping(pingAnswered);
+  } catch {
+    // too many outstanding pings: the peer is not answering
+    session.destroy();
+  }
+}
+
+function pingAnswered(this: unknown, err: Error | null): void {
+  void err; // a failed ping means the session is already going away
+}
+
+function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingHttpHeaders, flags: number, raw: string[]): void {
+  const stats = core.stats;
+  stats.totalRequests++;
+  stats.http2Requests++;
+  const session = stream.session as TrackedSession | undefined;
+  const tls = session?.[kSession]?.tls === true;
+  if (tls) stats.tlsRequests++;
+  stream.on('error', streamOnError);
+  if (core.draining) {
+    stream.close(NGHTTP2_REFUSED_STREAM);
+    return;
+  }
+  const method = headers[':method'] ?? 'GET';
+  const authority = headers[':authority'];
+  const hostHeader = headers['host'];
+  if (authority !== undefined && hostHeader !== undefined && hostName(authority) !== hostName(hostHeader)) {
+    // RFC 9113 §8.3.1: Host and :authority must agree; routing must not see two answers.
+    stats.proxyErrorResponses++;
+    stats.countStatus(400);
+    respondError(stream, 400, 'Host and :authority disagree');
+    return;
+  }
+  const host = authority ?? hostHeader;
+  const facts = emptyFacts();
+  scanRequestHeaders(raw, core.viaToken, facts);
+  const clientAddress = session?.socket?.remoteAddress ?? '';
+  if (method === 'CONNECT') {
+    startExtendedConnect(core, stream, headers, raw, facts, clientAddress, tls);
+    return;
+  }
+  const path = headers[':path'] ?? '/';
+  const ended = (flags & NGHTTP2_FLAG_END_STREAM) !== 0;
+  const bodyMode = ended ? BODY_NONE : facts.contentLength !== undefined ? BODY_LENGTH : BODY_CHUNKED;
+  const ex = new Exchange(core, h2ClientSide, method, path, raw, facts, host, clientAddress, tls ? 'https' : 'http', '2', bodyMode);
+  const state: H2StreamState = { stream, trailers: null, waitForTrailers: false };
+  ex.clientState = state;
+  stream[kEx] = ex;
+  stream.on('close', streamOnClose);
+  stream.on('drain', streamOnDrain);
+  stream.on('wantTrailers', streamOnWantTrailers);
+  if (ended) {
+    ex.requestEnd(null);
+  } else {
+    stream.on('data', streamOnData);
+    stream.on('end', streamOnEnd);
+  }
+  core.dispatch(ex);
+}
+
+export { ErrorCodes };

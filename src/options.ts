@@ -1,0 +1,262 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger, LogLevel } from './log.js';
+
+/** Looks up the host port a container publishes for `port`; `null` when the container is unknown. */
+export type ContainerPortResolver = (container: string, port: number) => Promise<number | null>;
+
+/**
+ * Where requests that match no route go (SPEC §3 rule 6): the embedding app's own port or unix
+ * socket (proxied like any upstream), or a handler. A handler is served by a private
+ * `http.Server` on a loopback port that the proxy forwards to, so it sees ordinary
+ * `IncomingMessage` / `ServerResponse` objects (and `upgrade` sees the raw socket).
+ */
+export type FallbackOption =
+  | { port: number; host?: string }
+  | { socketPath: string }
+  | {
+      handler: (req: IncomingMessage, res: ServerResponse) => void;
+      upgrade?: (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
+    };
+
+export type UpstreamProtocol = 'http1';
+
+export interface ProxyOptions {
+  /** Port to listen on; 0 picks a free one. */
+  listenPort: number;
+  /** Address to bind. */
+  listenHost?: string;
+  enableHttp2?: boolean;
+  enableWebsockets?: boolean;
+  /** Client connections served at once; more wait (bounded by `connectionQueueTimeoutMs`), then 503. */
+  maxConnections?: number;
+  /** How long a connection past `maxConnections` may wait for a free slot. */
+  connectionQueueTimeoutMs?: number;
+  /** Most connections allowed to wait for a slot; past it they get 503 at once. */
+  maxQueuedConnections?: number;
+  idleTimeoutMs?: number;
+  clientIdleTimeoutMs?: number;
+  upstreamIdleTimeoutMs?: number;
+  keepaliveMs?: number;
+  headerRoutingEnabled?: boolean;
+  workspaceIsolation?: boolean;
+  /** false rewrites Host to the target (like `changeOrigin`). */
+  preserveHost?: boolean;
+  upstreamProtocol?: UpstreamProtocol;
+  upstreamConnectTimeoutMs?: number;
+  /** Time from the request being sent until the upstream's response head arrives. */
+  upstreamResponseTimeoutMs?: number;
+  /** Time a client has to send a complete request head (slowloris guard). */
+  requestHeadersTimeoutMs?: number;
+  /** How long `stop()` lets in-flight exchanges finish. */
+  drainTimeoutMs?: number;
+  /** Largest request/response head in bytes (431 past it). */
+  maxHeaderSize?: number;
+  /** Most header fields in one request head (431 past it). */
+  maxHeadersCount?: number;
+  /** Most sockets (busy + idle) to one upstream; further requests wait for a free one. */
+  maxSocketsPerUpstream?: number;
+  /** Most idle keep-alive sockets kept per upstream. */
+  maxIdleSocketsPerUpstream?: number;
+  fallback?: FallbackOption;
+  containerPortResolver?: ContainerPortResolver;
+  /** Docker Engine API unix socket; builds a container port resolver when no resolver is given. */
+  dockerSocketPath?: string;
+  portResolverCacheTtlMs?: number;
+  logger?: Logger;
+  logLevel?: LogLevel;
+}
+
+export interface ResolvedOptions {
+  listenPort: number;
+  listenHost: string;
+  enableHttp2: boolean;
+  enableWebsockets: boolean;
+  maxConnections: number;
+  connectionQueueTimeoutMs: number;
+  maxQueuedConnections: number;
+  idleTimeoutMs: number;
+  clientIdleTimeoutMs: number;
+  upstreamIdleTimeoutMs: number;
+  keepaliveMs: number;
+  headerRoutingEnabled: boolean;
+  workspaceIsolation: boolean;
+  preserveHost: boolean;
+  upstreamProtocol: UpstreamProtocol;
+  upstreamConnectTimeoutMs: number;
+  upstreamResponseTimeoutMs: number;
+  requestHeadersTimeoutMs: number;
+  drainTimeoutMs: number;
+  maxHeaderSize: number;
+  maxHeadersCount: number;
+  maxSocketsPerUpstream: number;
+  maxIdleSocketsPerUpstream: number;
+  fallback: FallbackOption | undefined;
+  containerPortResolver: ContainerPortResolver | undefined;
+  dockerSocketPath: string | undefined;
+  portResolverCacheTtlMs: number;
+  logger: Logger | undefined;
+  logLevel: LogLevel;
+}
+
+export const DEFAULTS = {
+  listenHost: '127.0.0.1',
+  enableHttp2: true,
+  enableWebsockets: true,
+  maxConnections: 1000,
+  connectionQueueTimeoutMs: 10_000,
+  maxQueuedConnections: 1000,
+  idleTimeoutMs: 120_000,
+  keepaliveMs: 30_000,
+  headerRoutingEnabled: true,
+  workspaceIsolation: true,
+  preserveHost: true,
+  upstreamProtocol: 'http1' as UpstreamProtocol,
+  upstreamConnectTimeoutMs: 5_000,
+  upstreamResponseTimeoutMs: 120_000,
+  requestHeadersTimeoutMs: 30_000,
+  drainTimeoutMs: 10_000,
+  maxHeaderSize: 16_384,
+  maxHeadersCount: 200,
+  maxSocketsPerUpstream: 1024,
+  maxIdleSocketsPerUpstream: 256,
+  portResolverCacheTtlMs: 2_000,
+  logLevel: 'info' as LogLevel,
+} as const;
+
+const LOG_LEVELS: ReadonlySet<string> = new Set(['silent', 'error', 'warn', 'info', 'debug']);
+const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
+  'listenPort', 'listenHost', 'enableHttp2', 'enableWebsockets', 'maxConnections',
+  'connectionQueueTimeoutMs', 'maxQueuedConnections', 'idleTimeoutMs', 'clientIdleTimeoutMs',
+  'upstreamIdleTimeoutMs', 'keepaliveMs', 'headerRoutingEnabled', 'workspaceIsolation',
+  'preserveHost', 'upstreamProtocol', 'upstreamConnectTimeoutMs', 'upstreamResponseTimeoutMs',
+  'requestHeadersTimeoutMs', 'drainTimeoutMs', 'maxHeaderSize', 'maxHeadersCount',
+  'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'fallback', 'containerPortResolver',
+  'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel',
+]);
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'function') return 'a function';
+  if (typeof value === 'object' && value !== null) {
+    try {
+      return JSON.stringify(value);
+    } catch {
+      return 'an object';
+    }
+  }
+  return String(value);
+}
+
+function fail(name: string, value: unknown, expected: string): never {
+  throw new TypeError(`Invalid option ${name}: ${describe(value)} (expected ${expected})`);
+}
+
+function integer(o: Record<string, unknown>, name: string, fallback: number | undefined, min: number, max: number): number {
+  const value = o[name];
+  if (value === undefined) {
+    if (fallback === undefined) fail(name, value, `an integer from ${min} to ${max}`);
+    return fallback;
+  }
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    fail(name, value, `an integer from ${min} to ${max}`);
+  }
+  return value;
+}
+
+function bool(o: Record<string, unknown>, name: string, fallback: boolean): boolean {
+  const value = o[name];
+  if (value === undefined) return fallback;
+  if (typeof value !== 'boolean') fail(name, value, 'a boolean');
+  return value;
+}
+
+const MAX_TIMEOUT = 2_147_483_647; // setTimeout's limit
+
+function validateFallback(value: unknown): FallbackOption | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'object' || value === null) fail('fallback', value, '{ port }, { socketPath } or { handler }');
+  const f = value as Record<string, unknown>;
+  if ('handler' in f) {
+    if (typeof f['handler'] !== 'function') fail('fallback.handler', f['handler'], 'a function (req, res)');
+    if (f['upgrade'] !== undefined && typeof f['upgrade'] !== 'function') {
+      fail('fallback.upgrade', f['upgrade'], 'a function (req, socket, head)');
+    }
+    return value as FallbackOption;
+  }
+  if ('socketPath' in f) {
+    if (typeof f['socketPath'] !== 'string' || f['socketPath'] === '') fail('fallback.socketPath', f['socketPath'], 'a non-empty path');
+    return { socketPath: f['socketPath'] };
+  }
+  if ('port' in f) {
+    const port = f['port'];
+    if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) {
+      fail('fallback.port', port, 'an integer from 1 to 65535');
+    }
+    const host = f['host'];
+    if (host !== undefined && (typeof host !== 'string' || host === '')) fail('fallback.host', host, 'a host name or address');
+    return { port, host: host ?? '127.0.0.1' };
+  }
+  return fail('fallback', value, '{ port }, { socketPath } or { handler }');
+}
+
+/** Applies defaults and validates; throws a TypeError naming the bad option and its value. */
+export function resolveOptions(input: ProxyOptions): ResolvedOptions {
+  if (typeof input !== 'object' || input === null) fail('options', input, 'an object');
+  const o = input as unknown as Record<string, unknown>;
+  for (const key of Object.keys(o)) {
+    if (!KNOWN_OPTIONS.has(key)) fail(key, o[key], 'no such option; see the README for the list');
+  }
+  const listenHost = o['listenHost'] ?? DEFAULTS.listenHost;
+  if (typeof listenHost !== 'string' || listenHost === '') fail('listenHost', listenHost, 'an address to bind');
+  const idleTimeoutMs = integer(o, 'idleTimeoutMs', DEFAULTS.idleTimeoutMs, 0, MAX_TIMEOUT);
+  const upstreamProtocol = o['upstreamProtocol'] ?? DEFAULTS.upstreamProtocol;
+  if (upstreamProtocol !== 'http1') fail('upstreamProtocol', upstreamProtocol, '"http1" (h2c upstreams are not built yet)');
+  const logLevel = o['logLevel'] ?? DEFAULTS.logLevel;
+  if (typeof logLevel !== 'string' || !LOG_LEVELS.has(logLevel)) fail('logLevel', logLevel, 'silent, error, warn, info or debug');
+  const logger = o['logger'];
+  if (logger !== undefined) {
+    const l = logger as Record<string, unknown>;
+    if (typeof logger !== 'object' || logger === null || ['debug', 'info', 'warn', 'error'].some((m) => typeof l[m] !== 'function')) {
+      fail('logger', logger, 'an object with debug, info, warn and error methods');
+    }
+  }
+  const resolver = o['containerPortResolver'];
+  if (resolver !== undefined && typeof resolver !== 'function') fail('containerPortResolver', resolver, 'a function (container, port) => Promise<number | null>');
+  const dockerSocketPath = o['dockerSocketPath'];
+  if (dockerSocketPath !== undefined && (typeof dockerSocketPath !== 'string' || dockerSocketPath === '')) {
+    fail('dockerSocketPath', dockerSocketPath, 'a unix socket path');
+  }
+  const maxSocketsPerUpstream = integer(o, 'maxSocketsPerUpstream', DEFAULTS.maxSocketsPerUpstream, 1, 1_000_000);
+  return {
+    listenPort: integer(o, 'listenPort', undefined, 0, 65535),
+    listenHost,
+    enableHttp2: bool(o, 'enableHttp2', DEFAULTS.enableHttp2),
+    enableWebsockets: bool(o, 'enableWebsockets', DEFAULTS.enableWebsockets),
+    maxConnections: integer(o, 'maxConnections', DEFAULTS.maxConnections, 1, 10_000_000),
+    connectionQueueTimeoutMs: integer(o, 'connectionQueueTimeoutMs', DEFAULTS.connectionQueueTimeoutMs, 0, MAX_TIMEOUT),
+    maxQueuedConnections: integer(o, 'maxQueuedConnections', DEFAULTS.maxQueuedConnections, 0, 10_000_000),
+    idleTimeoutMs,
+    clientIdleTimeoutMs: integer(o, 'clientIdleTimeoutMs', idleTimeoutMs, 0, MAX_TIMEOUT),
+    upstreamIdleTimeoutMs: integer(o, 'upstreamIdleTimeoutMs', idleTimeoutMs, 0, MAX_TIMEOUT),
+    keepaliveMs: integer(o, 'keepaliveMs', DEFAULTS.keepaliveMs, 0, MAX_TIMEOUT),
+    headerRoutingEnabled: bool(o, 'headerRoutingEnabled', DEFAULTS.headerRoutingEnabled),
+    workspaceIsolation: bool(o, 'workspaceIsolation', DEFAULTS.workspaceIsolation),
+    preserveHost: bool(o, 'preserveHost', DEFAULTS.preserveHost),
+    upstreamProtocol,
+    upstreamConnectTimeoutMs: integer(o, 'upstreamConnectTimeoutMs', DEFAULTS.upstreamConnectTimeoutMs, 1, MAX_TIMEOUT),
+    upstreamResponseTimeoutMs: integer(o, 'upstreamResponseTimeoutMs', DEFAULTS.upstreamResponseTimeoutMs, 1, MAX_TIMEOUT),
+    requestHeadersTimeoutMs: integer(o, 'requestHeadersTimeoutMs', DEFAULTS.requestHeadersTimeoutMs, 1, MAX_TIMEOUT),
+    drainTimeoutMs: integer(o, 'drainTimeoutMs', DEFAULTS.drainTimeoutMs, 0, MAX_TIMEOUT),
+    maxHeaderSize: integer(o, 'maxHeaderSize', DEFAULTS.maxHeaderSize, 1024, 1_048_576),
+    maxHeadersCount: integer(o, 'maxHeadersCount', DEFAULTS.maxHeadersCount, 1, 10_000),
+    maxSocketsPerUpstream,
+    maxIdleSocketsPerUpstream: integer(o, 'maxIdleSocketsPerUpstream', Math.min(DEFAULTS.maxIdleSocketsPerUpstream, maxSocketsPerUpstream), 0, maxSocketsPerUpstream),
+    fallback: validateFallback(o['fallback']),
+    containerPortResolver: resolver as ContainerPortResolver | undefined,
+    dockerSocketPath: dockerSocketPath as string | undefined,
+    portResolverCacheTtlMs: integer(o, 'portResolverCacheTtlMs', DEFAULTS.portResolverCacheTtlMs, 0, MAX_TIMEOUT),
+    logger: logger as Logger | undefined,
+    logLevel: logLevel as LogLevel,
+  };
+}

@@ -1,0 +1,158 @@
+import { randomBytes } from 'node:crypto';
+import { BODY_CHUNKED, EX_FINISHED, EX_UPGRADE, type Exchange } from './exchange.js';
+import { buildUpstreamRequestHead } from './headers.js';
+import type { Logger } from './log.js';
+import type { ResolvedOptions } from './options.js';
+import { CachedPortResolver } from './route/port-resolver.js';
+import {
+  ERR_CONTAINER_NOT_FOUND,
+  ERR_LOOP,
+  ERR_NO_ROUTE,
+  ERR_RESOLVER_FAILED,
+  LOCAL_HOST,
+  isContainerRoute,
+  isRouteError,
+  route,
+  type RouteError,
+} from './route/router.js';
+import { socketTarget, tcpTarget, type Target } from './route/target.js';
+import type { StatsCounters } from './stats.js';
+import { UpstreamPool } from './upstream/h1-pool.js';
+
+/** `Via` entries naming this instance beyond this many mean a loop (SPEC §4). */
+const MAX_VIA_SELF = 3;
+
+/**
+ * What every session handler shares: options, stats, the upstream pool, routing with the
+ * resolver and fallback, loop detection and the forwarded head.
+ */
+export class ProxyCore {
+  readonly options: ResolvedOptions;
+  readonly stats: StatsCounters;
+  readonly log: Logger & { readonly debugEnabled: boolean };
+  readonly pool: UpstreamPool;
+  readonly resolver: CachedPortResolver | undefined;
+  /** This instance's pseudonym in `Via` (RFC 9110 §7.6.3). */
+  readonly viaToken: string;
+  readonly viaEntryH1: string;
+  readonly viaEntryH2: string;
+  /** Set once listening: the bound address, for loop detection. */
+  listenAddress = '';
+  listenPort = 0;
+  /** Where unrouted requests go (the fallback's port, socket, or private handler server). */
+  fallbackTarget: Target | null = null;
+  /** True from `stop()` on: keep-alive ends after the current exchange. */
+  draining = false;
+
+  constructor(options: ResolvedOptions, stats: StatsCounters, log: Logger & { readonly debugEnabled: boolean }, resolver: CachedPortResolver | undefined) {
+    this.options = options;
+    this.stats = stats;
+    this.log = log;
+    this.resolver = resolver;
+    this.viaToken = `cmux-proxy-${randomBytes(4).toString('hex')}`;
+    this.viaEntryH1 = `1.1 ${this.viaToken}`;
+    this.viaEntryH2 = `2 ${this.viaToken}`;
+    this.pool = new UpstreamPool(
+      {
+        connectTimeoutMs: options.upstreamConnectTimeoutMs,
+        idleTimeoutMs: options.upstreamIdleTimeoutMs,
+        keepaliveMs: options.keepaliveMs,
+        maxSockets: options.maxSocketsPerUpstream,
+        maxIdleSockets: options.maxIdleSocketsPerUpstream,
+        maxHeaderSize: options.maxHeaderSize,
+      },
+      stats,
+    );
+    const fallback = options.fallback;
+    if (fallback !== undefined) {
+      if ('socketPath' in fallback) this.fallbackTarget = socketTarget(fallback.socketPath);
+      else if ('port' in fallback) this.fallbackTarget = tcpTarget(fallback.host ?? LOCAL_HOST, fallback.port);
+    }
+  }
+
+  /** Routes an exchange and starts it, or answers it with the routing error. */
+  dispatch(ex: Exchange): void {
+    if (ex.facts.viaSelfCount > MAX_VIA_SELF) return this.refuse(ex, ERR_LOOP);
+    const r = route(
+      this.options,
+      { portHeader: ex.facts.portHeader, workspaceHeader: ex.facts.workspaceHeader, host: ex.host },
+      this.resolver !== undefined,
+    );
+    if (r === null) {
+      const fallback = this.fallbackTarget;
+      if (fallback === null) return this.refuse(ex, ERR_NO_ROUTE);
+      ex.start(fallback);
+      return;
+    }
+    if (isRouteError(r)) return this.refuse(ex, r);
+    if (isContainerRoute(r)) {
+      const resolver = this.resolver!;
+      const cached = resolver.peek(r.container, r.port);
+      if (cached !== undefined) {
+        this.startResolved(ex, cached);
+        return;
+      }
+      resolver.resolve(r.container, r.port).then(
+        (port) => this.startResolved(ex, port),
+        (err: unknown) => {
+          this.log.warn(`container port resolver failed for ${r.container}:${r.port}: ${(err as Error)?.message ?? String(err)}`);
+          this.refuse(ex, ERR_RESOLVER_FAILED);
+        },
+      );
+      return;
+    }
+    if (this.isSelf(r)) return this.refuse(ex, ERR_LOOP);
+    ex.start(r);
+  }
+
+  private startResolved(ex: Exchange, port: number | null): void {
+    if (ex.finished) return;
+    if (port === null) return this.refuse(ex, ERR_CONTAINER_NOT_FOUND);
+    const target = tcpTarget(LOCAL_HOST, port);
+    if (this.isSelf(target)) return this.refuse(ex, ERR_LOOP);
+    ex.start(target);
+  }
+
+  refuse(ex: Exchange, err: RouteError): void {
+    ex.flags |= EX_FINISHED;
+    ex.client.fail(ex, err.status, err.code, err.message);
+    ex.client.done(ex);
+  }
+
+  /** A target that is this proxy's own listening socket would loop forever. */
+  isSelf(target: Target): boolean {
+    if (target.socketPath !== undefined || target.port !== this.listenPort) return false;
+    const host = target.host;
+    const bound = this.listenAddress;
+    if (host === bound) return true;
+    if (bound === '0.0.0.0' || bound === '::') {
+      return host === 'localhost' || host === '::1' || host === '0.0.0.0' || host.startsWith('127.');
+    }
+    return bound === '127.0.0.1' && host === 'localhost';
+  }
+
+  buildHead(ex: Exchange, target: Target): string {
+    const options = this.options;
+    let host: string;
+    if (ex.facts.hostOverride !== undefined && ex.facts.hostOverride.trim() !== '') host = ex.facts.hostOverride.trim();
+    else if (options.preserveHost && ex.host !== undefined && ex.host !== '') host = ex.host;
+    else host = target.socketPath !== undefined ? 'localhost' : target.key;
+    return buildUpstreamRequestHead(ex.method, ex.path, ex.raw, ex.facts.connectionTokens, {
+      host,
+      forwardedHost: ex.host ?? host,
+      clientAddress: ex.clientAddress,
+      proto: ex.proto,
+      viaEntry: ex.clientVersion === '2' ? this.viaEntryH2 : ex.clientVersion === '1.0' ? `1.0 ${this.viaToken}` : this.viaEntryH1,
+      upgrade: (ex.flags & EX_UPGRADE) !== 0,
+      chunked: ex.bodyMode === BODY_CHUNKED,
+    });
+  }
+
+  countUpstreamFailure(code: string): void {
+    const stats = this.stats;
+    stats.countUpstreamError(code);
+    if (code === 'CONNECT_TIMEOUT') stats.upstreamConnectTimeouts++;
+    else if (code === 'RESPONSE_TIMEOUT') stats.upstreamResponseTimeouts++;
+    if (this.log.debugEnabled) this.log.debug(`upstream failure ${code}`);
+  }
+}

@@ -1,0 +1,346 @@
+import http from 'node:http';
+import type http2 from 'node:http2';
+import net from 'node:net';
+import { RESPONSE_503_AT_CAPACITY, RESPONSE_505_NO_HTTP2 } from './errors.js';
+import { H1Connection, HeadTimer, type SessionHost } from './h1/session.js';
+import { createH2Server, type H2Host } from './h2/session.js';
+import { createLogger } from './log.js';
+import { resolveOptions, type ProxyOptions, type ResolvedOptions } from './options.js';
+import { ProxyCore } from './proxy-core.js';
+import { createDockerPortResolver } from './route/docker-resolver.js';
+import { CachedPortResolver } from './route/port-resolver.js';
+import { tcpTarget } from './route/target.js';
+import { SNIFF_H1, SNIFF_H2, SNIFF_MORE, SNIFF_TLS, sniff } from './sniff.js';
+import { StatsCounters, snapshot, type ProxyStats } from './stats.js';
+
+const kSniff = Symbol('cmux.sniff');
+const kServer = Symbol('cmux.server');
+/** Bytes a client may send before the sniffer has decided (the h2 preface is 24). */
+const MAX_SNIFF_BYTES = 64;
+
+type AcceptedSocket = net.Socket & { [kSniff]?: Buffer | null; [kServer]: ProxyServer };
+
+interface QueuedConnection {
+  socket: AcceptedSocket;
+  timer: NodeJS.Timeout;
+}
+
+export interface ProxyAddress {
+  address: string;
+  port: number;
+  family: string;
+}
+
+/**
+ * The embedding API (SPEC §1): one listening port, sniffed per connection, connection
+ * accounting with `maxConnections`, graceful drain on `stop()`, stats.
+ */
+export class ProxyServer implements SessionHost, H2Host {
+  readonly options: ResolvedOptions;
+  readonly core: ProxyCore;
+  readonly headTimer: HeadTimer;
+  private readonly stats = new StatsCounters();
+  private readonly h2server: http2.Http2Server;
+  private server: net.Server | null = null;
+  private fallbackServer: http.Server | null = null;
+  private running = false;
+  private stopping: Promise<void> | null = null;
+  /** Client sockets being served (not the queued ones). */
+  private readonly sockets = new Set<AcceptedSocket>();
+  private readonly h1 = new Set<H1Connection>();
+  private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private readonly queue: QueuedConnection[] = [];
+  private allClosed: (() => void) | null = null;
+
+  constructor(input: ProxyOptions) {
+    this.options = resolveOptions(input);
+    const log = createLogger(this.options.logLevel, this.options.logger);
+    const resolverFn =
+      this.options.containerPortResolver ??
+      (this.options.dockerSocketPath !== undefined ? createDockerPortResolver(this.options.dockerSocketPath) : undefined);
+    const resolver = resolverFn === undefined ? undefined : new CachedPortResolver(resolverFn, this.options.portResolverCacheTtlMs);
+    this.core = new ProxyCore(this.options, this.stats, log, resolver);
+    this.headTimer = new HeadTimer(this.options.requestHeadersTimeoutMs);
+    this.h2server = createH2Server(this);
+  }
+
+  async start(): Promise<void> {
+    if (this.running || this.stopping !== null) throw new Error('cmux-proxy is already running');
+    this.running = true;
+    try {
+      await this.startFallbackServer();
+      const server = net.createServer({ pauseOnConnect: true, noDelay: true });
+      server.on('connection', serverOnConnection);
+      (server as net.Server & { [kServer]: ProxyServer })[kServer] = this;
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ port: this.options.listenPort, host: this.options.listenHost }, () => {
+          server.removeListener('error', reject);
+          resolve();
+        });
+      });
+      server.on('error', (err) => this.core.log.error(`listener error: ${err.message}`));
+      this.server = server;
+      const address = server.address() as net.AddressInfo;
+      this.core.listenAddress = address.address;
+      this.core.listenPort = address.port;
+      this.core.draining = false;
+      this.core.pool.reopen();
+      this.core.log.info(`listening on ${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`);
+    } catch (err) {
+      this.running = false;
+      await this.stopFallbackServer();
+      const e = err as NodeJS.ErrnoException;
+      if (e.code === 'EADDRINUSE') {
+        throw new Error(`cannot listen on ${this.options.listenHost}:${this.options.listenPort}: address already in use`, { cause: err });
+      }
+      if (e.code === 'EADDRNOTAVAIL' || e.code === 'EACCES') {
+        throw new Error(`cannot listen on ${this.options.listenHost}:${this.options.listenPort}: ${e.code}`, { cause: err });
+      }
+      throw err;
+    }
+  }
+
+  private async startFallbackServer(): Promise<void> {
+    const fallback = this.options.fallback;
+    if (fallback === undefined || !('handler' in fallback)) return;
+    const server = http.createServer(fallback.handler);
+    if (fallback.upgrade !== undefined) server.on('upgrade', fallback.upgrade);
+    else server.on('upgrade', (_req, socket) => socket.end('HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n'));
+    // The handler is served on a private loopback port and proxied like any upstream.
+    server.keepAliveTimeout = this.options.upstreamIdleTimeoutMs + 1000;
+    server.requestTimeout = 0;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => {
+        server.removeListener('error', reject);
+        resolve();
+      });
+    });
+    this.fallbackServer = server;
+    this.core.fallbackTarget = tcpTarget('127.0.0.1', (server.address() as net.AddressInfo).port);
+  }
+
+  private async stopFallbackServer(): Promise<void> {
+    const server = this.fallbackServer;
+    if (server === null) return;
+    this.fallbackServer = null;
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  /**
+   * Graceful: the listener closes at once, idle keep-alive connections close, HTTP/2 sessions
+   * get GOAWAY, in-flight exchanges get `drainTimeoutMs` to finish, then whatever is left
+   * (WebSockets, tunnels, slow exchanges) is closed.
+   */
+  stop(): Promise<void> {
+    if (!this.running) return Promise.reject(new Error('cmux-proxy is not running'));
+    if (this.stopping !== null) return this.stopping;
+    this.stopping = this.drainAndClose().finally(() => {
+      this.running = false;
+      this.stopping = null;
+    });
+    return this.stopping;
+  }
+
+  private async drainAndClose(): Promise<void> {
+    const core = this.core;
+    core.draining = true;
+    const server = this.server!;
+    this.server = null;
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const queued of this.queue.splice(0)) this.refuseQueued(queued);
+    for (const conn of this.h1) conn.drain();
+    for (const session of this.sessions) session.close();
+    core.pool.closeIdle();
+    if (this.sockets.size > 0 && this.options.drainTimeoutMs > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, this.options.drainTimeoutMs);
+        this.allClosed = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.allClosed = null;
+    }
+    for (const session of this.sessions) session.destroy();
+    for (const socket of this.sockets) socket.destroy();
+    core.pool.close();
+    this.headTimer.stop();
+    await closed;
+    await this.stopFallbackServer();
+    core.log.info('stopped');
+  }
+
+  isRunning(): boolean {
+    return this.running && this.stopping === null;
+  }
+
+  address(): ProxyAddress | null {
+    const address = this.server?.address();
+    if (address === null || address === undefined || typeof address === 'string') return null;
+    return { address: address.address, port: address.port, family: address.family };
+  }
+
+  getStats(): ProxyStats {
+    let live = 0;
+    for (const socket of this.sockets) live += socket.bytesRead + socket.bytesWritten;
+    return snapshot(this.stats, live, this.core.pool.stats_());
+  }
+
+  // ---- connections ----------------------------------------------------------------------
+
+  accept(socket: AcceptedSocket): void {
+    const stats = this.stats;
+    stats.connectionsTotal++;
+    socket[kServer] = this;
+    if (this.core.draining) {
+      socket.destroy();
+      return;
+    }
+    if (stats.activeConnections >= this.options.maxConnections) {
+      if (this.queue.length >= this.options.maxQueuedConnections || this.options.connectionQueueTimeoutMs === 0) {
+        stats.connectionsRefusedAtCapacity++;
+        socket.on('error', ignoreError);
+        socket.end(RESPONSE_503_AT_CAPACITY);
+        return;
+      }
+      // Wait (not read) for a free slot, bounded in time.
+      socket.on('error', ignoreError);
+      const queued: QueuedConnection = { socket, timer: setTimeout(queuedTimedOut, this.options.connectionQueueTimeoutMs, this, socket) };
+      socket.once('close', queuedSocketOnClose);
+      this.queue.push(queued);
+      stats.connectionsQueued++;
+      return;
+    }
+    this.admit(socket);
+  }
+
+  private admit(socket: AcceptedSocket): void {
+    this.stats.activeConnections++;
+    this.sockets.add(socket);
+    socket.on('close', servedSocketOnClose);
+    socket.on('error', ignoreError);
+    socket[kSniff] = null;
+    socket.on('data', sniffOnData);
+    socket.resume();
+  }
+
+  queuedTimedOut(socket: AcceptedSocket): void {
+    const at = this.queue.findIndex((q) => q.socket === socket);
+    if (at === -1) return;
+    const [queued] = this.queue.splice(at, 1);
+    this.refuseQueued(queued!);
+  }
+
+  private refuseQueued(queued: QueuedConnection): void {
+    clearTimeout(queued.timer);
+    this.stats.connectionsQueued--;
+    this.stats.connectionsRefusedAtCapacity++;
+    queued.socket.removeListener('close', queuedSocketOnClose);
+    queued.socket.end(RESPONSE_503_AT_CAPACITY);
+  }
+
+  queuedClosed(socket: AcceptedSocket): void {
+    const at = this.queue.findIndex((q) => q.socket === socket);
+    if (at === -1) return;
+    const [queued] = this.queue.splice(at, 1);
+    clearTimeout(queued!.timer);
+    this.stats.connectionsQueued--;
+  }
+
+  servedClosed(socket: AcceptedSocket): void {
+    if (!this.sockets.delete(socket)) return;
+    const stats = this.stats;
+    stats.activeConnections--;
+    stats.closedConnectionBytes += socket.bytesRead + socket.bytesWritten;
+    if (this.sockets.size === 0 && this.allClosed !== null) this.allClosed();
+    const next = this.queue.shift();
+    if (next !== undefined) {
+      clearTimeout(next.timer);
+      stats.connectionsQueued--;
+      next.socket.removeListener('close', queuedSocketOnClose);
+      if (next.socket.destroyed) return;
+      this.admit(next.socket);
+    }
+  }
+
+  sniffed(socket: AcceptedSocket, chunk: Buffer): void {
+    const seen = socket[kSniff];
+    const data = seen === null || seen === undefined ? chunk : Buffer.concat([seen, chunk]);
+    const kind = sniff(data);
+    if (kind === SNIFF_MORE && data.length < MAX_SNIFF_BYTES) {
+      socket[kSniff] = data;
+      return;
+    }
+    socket.removeListener('data', sniffOnData);
+    socket[kSniff] = undefined;
+    switch (kind) {
+      case SNIFF_H2:
+        if (!this.options.enableHttp2) {
+          this.stats.proxyErrorResponses++;
+          this.stats.countStatus(505);
+          socket.end(RESPONSE_505_NO_HTTP2);
+          return;
+        }
+        socket.pause();
+        socket.unshift(data);
+        this.h2server.emit('connection', socket);
+        return;
+      case SNIFF_TLS:
+        // TLS termination is not configured: there is no certificate to answer with.
+        this.stats.parseErrors++;
+        socket.destroy();
+        return;
+      case SNIFF_H1:
+      default: {
+        const conn = new H1Connection(this, socket, false);
+        this.h1.add(conn);
+        conn.feed(data);
+      }
+    }
+  }
+
+  h1Closed(conn: H1Connection): void {
+    this.h1.delete(conn);
+  }
+
+  sessionOpened(session: http2.ServerHttp2Session): void {
+    this.stats.http2Connections++;
+    this.sessions.add(session);
+  }
+
+  sessionClosed(session: http2.ServerHttp2Session): void {
+    if (this.sessions.delete(session)) this.stats.http2Connections--;
+  }
+}
+
+function serverOnConnection(this: net.Server & { [kServer]: ProxyServer }, socket: net.Socket): void {
+  this[kServer].accept(socket as AcceptedSocket);
+}
+
+function sniffOnData(this: AcceptedSocket, chunk: Buffer): void {
+  this[kServer].sniffed(this, chunk);
+}
+
+function servedSocketOnClose(this: AcceptedSocket): void {
+  this[kServer].servedClosed(this);
+}
+
+function queuedSocketOnClose(this: AcceptedSocket): void {
+  this[kServer].queuedClosed(this);
+}
+
+function queuedTimedOut(server: ProxyServer, socket: AcceptedSocket): void {
+  server.queuedTimedOut(socket);
+}
+
+function ignoreError(): void {
+  // 'close' follows every socket error; accounting happens there.
+}
+
+/** Creates a proxy; options are validated now (TypeError naming the bad option). */
+export function createProxyServer(options: ProxyOptions): ProxyServer {
+  return new ProxyServer(options);
+}

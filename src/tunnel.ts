@@ -1,0 +1,97 @@
+import type { Duplex } from 'node:stream';
+import type net from 'node:net';
+import type { StatsCounters } from './stats.js';
+
+export const TUNNEL_WEBSOCKET = 1;
+export const TUNNEL_CONNECT = 2;
+
+/** After one side has closed cleanly, how long the other may take to flush and close. */
+const LINGER_MS = 5_000;
+
+const kTunnel = Symbol('cmux.tunnel');
+type TunnelEnd = Duplex & { [kTunnel]?: Tunnel; setTimeout?: (ms: number) => unknown };
+
+/**
+ * Two byte streams spliced raw (no frame parsing), backpressure both ways through `pipe`.
+ * A FIN on one side becomes a FIN on the other after what is buffered is flushed; an error on
+ * either side destroys both. The tunnel counts as open until both sides have closed.
+ */
+export class Tunnel {
+  readonly a: TunnelEnd;
+  readonly b: TunnelEnd;
+  private readonly stats: StatsCounters;
+  private readonly kind: number;
+  private open = 2;
+  private settled = false;
+  private readonly onClosed: ((tunnel: Tunnel) => void) | undefined;
+
+  constructor(a: Duplex, b: Duplex, kind: number, stats: StatsCounters, onClosed?: (tunnel: Tunnel) => void) {
+    this.a = a as TunnelEnd;
+    this.b = b as TunnelEnd;
+    this.kind = kind;
+    this.stats = stats;
+    this.onClosed = onClosed;
+    if (kind === TUNNEL_WEBSOCKET) stats.websocketConnections++;
+    else stats.tunnelsOpen++;
+    for (const end of [this.a, this.b]) {
+      end[kTunnel] = this;
+      end.on('error', tunnelEndOnError);
+      end.on('close', tunnelEndOnClose);
+      end.on('end', tunnelEndOnEnd);
+      end.on('timeout', tunnelEndOnTimeout);
+    }
+    this.a.pipe(this.b, { end: false });
+    this.b.pipe(this.a, { end: false });
+  }
+
+  other(end: TunnelEnd): TunnelEnd {
+    return end === this.a ? this.b : this.a;
+  }
+
+  /** Tears both sides down at once (errors, proxy shutdown). */
+  destroy(): void {
+    this.a.destroy();
+    this.b.destroy();
+  }
+
+  sideClosed(end: TunnelEnd): void {
+    this.open--;
+    if (this.open > 0) {
+      const other = this.other(end);
+      // Let the other side flush what it holds, then close; never wait forever.
+      if (!other.destroyed) {
+        other.end();
+        other.setTimeout?.(LINGER_MS);
+      }
+      return;
+    }
+    if (this.settled) return;
+    this.settled = true;
+    if (this.kind === TUNNEL_WEBSOCKET) this.stats.websocketConnections--;
+    else this.stats.tunnelsOpen--;
+    this.onClosed?.(this);
+  }
+}
+
+function tunnelEndOnError(this: TunnelEnd): void {
+  this[kTunnel]?.destroy();
+}
+
+function tunnelEndOnClose(this: TunnelEnd): void {
+  this[kTunnel]?.sideClosed(this);
+}
+
+function tunnelEndOnEnd(this: TunnelEnd): void {
+  const tunnel = this[kTunnel];
+  if (tunnel !== undefined) tunnel.other(this).end();
+}
+
+function tunnelEndOnTimeout(this: TunnelEnd): void {
+  this.destroy();
+}
+
+export function configureTunnelSocket(socket: net.Socket, keepaliveMs: number): void {
+  socket.setNoDelay(true);
+  socket.setTimeout(0);
+  if (keepaliveMs > 0) socket.setKeepAlive(true, keepaliveMs);
+}

@@ -1,0 +1,408 @@
+import net from 'node:net';
+import type { Target } from '../route/target.js';
+import type { StatsCounters, PoolStats } from '../stats.js';
+import {
+  Parser,
+  RESPONSE,
+  PARSER_RESOURCE,
+  kLenientNone,
+  kOnBody,
+  kOnHeaders,
+  kOnHeadersComplete,
+  kOnMessageComplete,
+  isParseError,
+  type HTTPParser,
+} from '../h1/parser.js';
+
+/** What an upstream connection reports to the exchange using it. */
+export interface UpstreamUser {
+  /** The socket is connected (or reused) and now belongs to this user. */
+  onUpstreamReady(conn: UpstreamConn): void;
+  /** Connecting failed, or the socket failed while this user held it. */
+  onUpstreamFailure(conn: UpstreamConn | null, code: string): void;
+  /** Returns 1 to tell llhttp the response has no body (HEAD). */
+  onResponseHead(conn: UpstreamConn, status: number, statusMessage: string, raw: string[], upgrade: boolean, keepAlive: boolean): number;
+  onResponseBody(chunk: Buffer): void;
+  onResponseEnd(conn: UpstreamConn, trailers: string[] | null): void;
+  onUpstreamDrain(): void;
+  /** Bytes after an upgrade (101) response head, already read from the upstream. */
+  onUpgradeData(conn: UpstreamConn, rest: Buffer): void;
+}
+
+export const PHASE_CONNECTING = 0;
+export const PHASE_IDLE = 1;
+export const PHASE_WAITING_HEAD = 2;
+export const PHASE_STREAMING = 3;
+export const PHASE_UPGRADED = 4;
+
+const kUpstream = Symbol('cmux.upstream');
+
+type UpstreamSocket = net.Socket & { [kUpstream]: UpstreamConn };
+type ResponseParser = HTTPParser & { conn: UpstreamConn };
+
+/** One keep-alive socket to an upstream, with its own llhttp response parser. */
+export class UpstreamConn {
+  readonly socket: UpstreamSocket;
+  readonly parser: ResponseParser;
+  readonly entry: PoolEntry;
+  user: UpstreamUser | null = null;
+  phase = PHASE_CONNECTING;
+  /** Responses completed on this socket; > 0 means a reused socket. */
+  responses = 0;
+  /** Upstream's `Keep-Alive: timeout`, in ms (0: none given). */
+  keepAliveMs = 0;
+  /** Set by the response head: the upstream will keep the socket open. */
+  keepAlive = false;
+  /** kOnHeaders accumulation (heads with > 32 fields, and trailers). */
+  pendingHeaders: string[] | null = null;
+  headComplete = false;
+  /** Any response byte received for the current exchange. */
+  responseBytes = false;
+  errorCode: string | undefined;
+
+  constructor(entry: PoolEntry, socket: net.Socket, maxHeaderSize: number) {
+    this.entry = entry;
+    this.socket = socket as UpstreamSocket;
+    this.socket[kUpstream] = this;
+    const parser = new Parser() as ResponseParser;
+    parser.initialize(RESPONSE, PARSER_RESOURCE, maxHeaderSize, kLenientNone);
+    parser.conn = this;
+    parser[kOnHeaders] = parserOnHeaders;
+    parser[kOnHeadersComplete] = parserOnHeadersComplete;
+    parser[kOnBody] = parserOnBody;
+    parser[kOnMessageComplete] = parserOnMessageComplete;
+    this.parser = parser;
+  }
+
+  /** Prepares for the next exchange's response. */
+  beginExchange(user: UpstreamUser): void {
+    this.user = user;
+    this.headComplete = false;
+    this.responseBytes = false;
+    this.pendingHeaders = null;
+  }
+}
+
+function parserOnHeaders(this: ResponseParser, headers: string[]): void {
+  const conn = this.conn;
+  conn.pendingHeaders = conn.pendingHeaders === null ? headers : conn.pendingHeaders.concat(headers);
+}
+
+function parserOnHeadersComplete(
+  this: ResponseParser,
+  _major: number,
+  _minor: number,
+  headers: string[] | undefined,
+  _method: number,
+  _url: string | undefined,
+  status: number,
+  statusMessage: string,
+  upgrade: boolean,
+  keepAlive: boolean,
+): number {
+  const conn = this.conn;
+  let raw = headers;
+  if (raw === undefined) {
+    raw = conn.pendingHeaders ?? [];
+    conn.pendingHeaders = null;
+  }
+  const user = conn.user;
+  if (user === null) return 0;
+  if (status >= 200 || status === 101) {
+    conn.headComplete = true;
+    conn.keepAlive = keepAlive;
+    conn.phase = PHASE_STREAMING;
+  }
+  return user.onResponseHead(conn, status, statusMessage, raw, upgrade, keepAlive);
+}
+
+function parserOnBody(this: ResponseParser, chunk: Buffer): void {
+  this.conn.user?.onResponseBody(chunk);
+}
+
+function parserOnMessageComplete(this: ResponseParser): void {
+  const conn = this.conn;
+  // Interim (1xx) responses complete as messages of their own; the final one follows.
+  if (!conn.headComplete) return;
+  const trailers = conn.pendingHeaders;
+  conn.pendingHeaders = null;
+  conn.user?.onResponseEnd(conn, trailers);
+}
+
+function socketOnConnect(this: UpstreamSocket): void {
+  const conn = this[kUpstream];
+  const pool = conn.entry.pool;
+  this.setTimeout(0);
+  this.setNoDelay(true);
+  if (pool.keepaliveMs > 0) this.setKeepAlive(true, pool.keepaliveMs);
+  conn.phase = PHASE_WAITING_HEAD;
+  const user = conn.user;
+  if (user !== null) user.onUpstreamReady(conn);
+}
+
+function socketOnData(this: UpstreamSocket, chunk: Buffer): void {
+  const conn = this[kUpstream];
+  if (conn.user === null) {
+    // Bytes on an idle socket: the upstream broke framing. Never reuse it.
+    this.destroy();
+    return;
+  }
+  conn.responseBytes = true;
+  const ret = conn.parser.execute(chunk);
+  if (isParseError(ret)) {
+    conn.errorCode = 'BAD_RESPONSE';
+    this.destroy();
+    return;
+  }
+  if (conn.phase === PHASE_UPGRADED && conn.user !== null) {
+    conn.user.onUpgradeData(conn, ret < chunk.length ? chunk.subarray(ret) : EMPTY);
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+function socketOnEnd(this: UpstreamSocket): void {
+  const conn = this[kUpstream];
+  if (conn.phase === PHASE_UPGRADED) return;
+  // A close-delimited body ends here; an incomplete one makes finish() fail (HPE_INVALID_EOF_STATE).
+  if (conn.user !== null && conn.headComplete) {
+    const ret = conn.parser.finish();
+    if (isParseError(ret)) conn.errorCode = 'UPSTREAM_TRUNCATED';
+  }
+}
+
+function socketOnError(this: UpstreamSocket, err: NodeJS.ErrnoException): void {
+  const conn = this[kUpstream];
+  conn.errorCode ??= err.code ?? 'UPSTREAM_ERROR';
+}
+
+function socketOnTimeout(this: UpstreamSocket): void {
+  const conn = this[kUpstream];
+  switch (conn.phase) {
+    case PHASE_CONNECTING:
+      conn.errorCode = 'CONNECT_TIMEOUT';
+      break;
+    case PHASE_WAITING_HEAD:
+      conn.errorCode = 'RESPONSE_TIMEOUT';
+      break;
+    case PHASE_IDLE:
+      break;
+    default:
+      conn.errorCode = 'IDLE_TIMEOUT';
+  }
+  this.destroy();
+}
+
+function socketOnDrain(this: UpstreamSocket): void {
+  this[kUpstream].user?.onUpstreamDrain();
+}
+
+function socketOnClose(this: UpstreamSocket): void {
+  const conn = this[kUpstream];
+  conn.entry.pool.forget(conn);
+  conn.parser.close();
+  const user = conn.user;
+  conn.user = null;
+  if (user !== null) user.onUpstreamFailure(conn, conn.errorCode ?? (conn.responseBytes ? 'UPSTREAM_CLOSED' : 'ECONNRESET'));
+}
+
+/** Sockets and waiters for one upstream address. */
+class PoolEntry {
+  readonly pool: UpstreamPool;
+  readonly target: Target;
+  readonly idle: UpstreamConn[] = [];
+  readonly waiters: UpstreamUser[] = [];
+  total = 0;
+  constructor(pool: UpstreamPool, target: Target) {
+    this.pool = pool;
+    this.target = target;
+  }
+}
+export type { PoolEntry };
+
+export interface PoolConfig {
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  keepaliveMs: number;
+  maxSockets: number;
+  maxIdleSockets: number;
+  maxHeaderSize: number;
+}
+
+/**
+ * Keep-alive HTTP/1.1 sockets per upstream: LIFO idle stack (the warmest socket first), a bound
+ * on sockets per upstream with a FIFO of waiters, idle sockets closed after the idle timeout or
+ * just before the upstream's own `Keep-Alive: timeout` would close them.
+ */
+export class UpstreamPool {
+  private readonly entries = new Map<string, PoolEntry>();
+  private readonly stats: StatsCounters;
+  readonly keepaliveMs: number;
+  private readonly config: PoolConfig;
+  private closed = false;
+
+  constructor(config: PoolConfig, stats: StatsCounters) {
+    this.config = config;
+    this.stats = stats;
+    this.keepaliveMs = config.keepaliveMs;
+  }
+
+  /** Gives `user` a ready socket now (reused), later (new or after waiting), or a failure. */
+  acquire(target: Target, user: UpstreamUser): void {
+    let entry = this.entries.get(target.key);
+    if (entry === undefined) {
+      entry = new PoolEntry(this, target);
+      this.entries.set(target.key, entry);
+    }
+    const idle = entry.idle.pop();
+    if (idle !== undefined) {
+      this.stats.upstreamSocketsReused++;
+      idle.phase = PHASE_WAITING_HEAD;
+      idle.socket.setTimeout(0);
+      idle.beginExchange(user);
+      user.onUpstreamReady(idle);
+      return;
+    }
+    if (entry.total >= this.config.maxSockets) {
+      entry.waiters.push(user);
+      return;
+    }
+    this.connect(entry, user);
+  }
+
+  /** A fresh socket even when idle ones exist (retries after a stale reused socket). */
+  acquireFresh(target: Target, user: UpstreamUser): void {
+    let entry = this.entries.get(target.key);
+    if (entry === undefined) {
+      entry = new PoolEntry(this, target);
+      this.entries.set(target.key, entry);
+    }
+    this.connect(entry, user);
+  }
+
+  /** Withdraws a waiter that no longer wants a socket (client went away). */
+  cancel(target: Target, user: UpstreamUser): void {
+    const entry = this.entries.get(target.key);
+    if (entry === undefined) return;
+    const at = entry.waiters.indexOf(user);
+    if (at !== -1) entry.waiters.splice(at, 1);
+  }
+
+  private connect(entry: PoolEntry, user: UpstreamUser): void {
+    const target = entry.target;
+    const socket =
+      target.socketPath !== undefined ? net.connect({ path: target.socketPath }) : net.connect({ host: target.host, port: target.port });
+    this.stats.upstreamSocketsCreated++;
+    entry.total++;
+    const conn = new UpstreamConn(entry, socket, this.config.maxHeaderSize);
+    conn.beginExchange(user);
+    socket.setTimeout(this.config.connectTimeoutMs);
+    socket.on('connect', socketOnConnect);
+    socket.on('data', socketOnData);
+    socket.on('end', socketOnEnd);
+    socket.on('error', socketOnError);
+    socket.on('timeout', socketOnTimeout);
+    socket.on('drain', socketOnDrain);
+    socket.on('close', socketOnClose);
+  }
+
+  /** Returns a socket after a clean exchange; it serves a waiter or goes idle. */
+  release(conn: UpstreamConn): void {
+    conn.user = null;
+    conn.responses++;
+    const entry = conn.entry;
+    const waiter = entry.waiters.shift();
+    if (waiter !== undefined) {
+      this.stats.upstreamSocketsReused++;
+      conn.phase = PHASE_WAITING_HEAD;
+      conn.beginExchange(waiter);
+      waiter.onUpstreamReady(conn);
+      return;
+    }
+    if (this.closed || entry.idle.length >= this.config.maxIdleSockets) {
+      this.destroy(conn);
+      return;
+    }
+    // Close before the upstream's own keep-alive timeout can race a reuse (1 s margin, as Node's Agent).
+    let idleMs = this.config.idleTimeoutMs;
+    if (conn.keepAliveMs > 0) idleMs = Math.min(idleMs, conn.keepAliveMs - 1000);
+    if (idleMs <= 0) {
+      this.destroy(conn);
+      return;
+    }
+    conn.phase = PHASE_IDLE;
+    conn.socket.setTimeout(idleMs);
+    entry.idle.push(conn);
+  }
+
+  /** Closes a socket that must not be reused; the exchange holding it lets go first. */
+  destroy(conn: UpstreamConn): void {
+    conn.user = null;
+    conn.socket.destroy();
+  }
+
+  /**
+   * Hands a socket over to a tunnel (after a 101): the pool's listeners come off, its slot is
+   * freed, and the parser is released. The caller owns the socket from here on.
+   */
+  detach(conn: UpstreamConn): void {
+    const socket = conn.socket;
+    socket.removeListener('connect', socketOnConnect);
+    socket.removeListener('data', socketOnData);
+    socket.removeListener('end', socketOnEnd);
+    socket.removeListener('error', socketOnError);
+    socket.removeListener('timeout', socketOnTimeout);
+    socket.removeListener('drain', socketOnDrain);
+    socket.removeListener('close', socketOnClose);
+    socket.setTimeout(0);
+    conn.user = null;
+    conn.parser.close();
+    this.forget(conn);
+  }
+
+  /** Called once per socket when it closes (or is detached). */
+  forget(conn: UpstreamConn): void {
+    const entry = conn.entry;
+    entry.total--;
+    const at = entry.idle.indexOf(conn);
+    if (at !== -1) entry.idle.splice(at, 1);
+    // A slot freed: a waiter may connect.
+    const waiter = entry.waiters.shift();
+    if (waiter !== undefined) {
+      if (this.closed) waiter.onUpstreamFailure(null, 'PROXY_STOPPING');
+      else this.connect(entry, waiter);
+    }
+    if (entry.total === 0 && entry.waiters.length === 0) this.entries.delete(entry.target.key);
+  }
+
+  stats_(): PoolStats {
+    let active = 0;
+    let idle = 0;
+    let waiters = 0;
+    for (const entry of this.entries.values()) {
+      active += entry.total - entry.idle.length;
+      idle += entry.idle.length;
+      waiters += entry.waiters.length;
+    }
+    return { upstreamSocketsActive: active, upstreamSocketsIdle: idle, upstreamWaiters: waiters };
+  }
+
+  /** Closes idle sockets now; busy ones close when their exchange ends. */
+  closeIdle(): void {
+    for (const entry of this.entries.values()) {
+      for (const conn of entry.idle.splice(0)) conn.socket.destroy();
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const entry of this.entries.values()) {
+      for (const conn of entry.idle.splice(0)) conn.socket.destroy();
+      for (const waiter of entry.waiters.splice(0)) waiter.onUpstreamFailure(null, 'PROXY_STOPPING');
+    }
+  }
+
+  reopen(): void {
+    this.closed = false;
+  }
+}

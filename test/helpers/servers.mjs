@@ -1,0 +1,172 @@
+// Real servers on port 0 for the tests: the proxy (through the public API), upstreams that
+// record what reached them, and raw clients.
+import http from 'node:http';
+import http2 from 'node:http2';
+import net from 'node:net';
+import { once } from 'node:events';
+import { createProxyServer } from '../../dist/index.js';
+
+/** Starts a proxy on 127.0.0.1:0; returns { proxy, port, url }. */
+export async function startProxy(options = {}) {
+  const proxy = createProxyServer({ listenPort: 0, logLevel: 'silent', ...options });
+  await proxy.start();
+  const port = proxy.address().port;
+  return { proxy, port, url: `http://127.0.0.1:${port}` };
+}
+
+/**
+ * An HTTP/1.1 upstream that answers JSON describing the request it got (method, url, headers,
+ * rawHeaders, body length and sha of the body), unless `handler` is given.
+ */
+export async function startUpstream(handler, { host = '127.0.0.1', port = 0 } = {}) {
+  const requests = [];
+  const server = http.createServer((req, res) => {
+    requests.push(req);
+    if (handler) return handler(req, res);
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const payload = JSON.stringify({
+        method: req.method,
+        url: req.url,
+        httpVersion: req.httpVersion,
+        headers: req.headers,
+        rawHeaders: req.rawHeaders,
+        trailers: req.trailers,
+        body: body.toString('utf8'),
+        bodyLength: body.length,
+        remoteAddress: req.socket.remoteAddress,
+        localAddress: req.socket.localAddress,
+      });
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) });
+      res.end(payload);
+    });
+  });
+  server.listen(port, host);
+  await once(server, 'listening');
+  const sockets = new Set();
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  return {
+    server,
+    requests,
+    sockets,
+    port: server.address().port,
+    async close() {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+/** A raw TCP server whose connections get `onConnection(socket)`. */
+export async function startRawServer(onConnection, { host = '127.0.0.1', port = 0 } = {}) {
+  const sockets = new Set();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => {});
+    onConnection(socket);
+  });
+  server.listen(port, host);
+  await once(server, 'listening');
+  return {
+    server,
+    port: server.address().port,
+    sockets,
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+/** Sends raw bytes, collects everything until the server closes (or `timeoutMs`). */
+export function rawRequest(port, data, { timeoutMs = 3000, host = '127.0.0.1', until } = {}) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port, host });
+    const chunks = [];
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(Buffer.concat(chunks).toString('latin1'));
+    };
+    const timer = setTimeout(finish, timeoutMs);
+    socket.on('connect', () => {
+      if (Array.isArray(data)) {
+        let i = 0;
+        const next = () => {
+          if (i >= data.length) return;
+          socket.write(data[i++]);
+          setTimeout(next, 30);
+        };
+        next();
+      } else socket.write(data);
+    });
+    socket.on('data', (c) => {
+      chunks.push(c);
+      if (until && until(Buffer.concat(chunks).toString('latin1'))) finish();
+    });
+    socket.on('end', finish);
+    socket.on('close', finish);
+    socket.on('error', (err) => (chunks.length ? finish() : reject(err)));
+  });
+}
+
+/** One HTTP/1.1 request with node:http (no agent reuse); resolves { status, headers, body }. */
+export function request(url, { method = 'GET', headers = {}, body, agent = false, timeoutMs = 10000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method, headers, agent }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () =>
+        resolve({ status: res.statusCode, headers: res.headers, rawHeaders: res.rawHeaders, trailers: res.trailers, body: Buffer.concat(chunks).toString('utf8'), complete: res.complete }),
+      );
+      res.on('error', reject);
+    });
+    req.setTimeout(timeoutMs, () => req.destroy(new Error('client timeout')));
+    req.on('error', reject);
+    if (body !== undefined) req.end(body);
+    else req.end();
+  });
+}
+
+/** One HTTP/2 request over a session; resolves { status, headers, body }. */
+export function h2request(session, headers, body) {
+  return new Promise((resolve, reject) => {
+    const stream = session.request(headers, { endStream: body === undefined });
+    let response;
+    const chunks = [];
+    stream.on('response', (h) => (response = h));
+    stream.on('data', (c) => chunks.push(c));
+    stream.on('end', () => resolve({ status: response?.[':status'], headers: response, body: Buffer.concat(chunks).toString('utf8') }));
+    stream.on('error', reject);
+    if (body !== undefined) stream.end(body);
+  });
+}
+
+export function h2connect(port) {
+  const session = http2.connect(`http://127.0.0.1:${port}`);
+  session.on('error', () => {});
+  return session;
+}
+
+export function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls `predicate` until it is true or `timeoutMs` passes. */
+export async function waitFor(predicate, { timeoutMs = 5000, stepMs = 20 } = {}) {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await predicate()) return true;
+    await sleep(stepMs);
+  }
+  return false;
+}
