@@ -42,6 +42,8 @@ export const EX_RETRIED = 8;
 export const EX_HEAD_SENT = 16;
 export const EX_UPGRADE = 32;
 export const EX_WAITING_SOCKET = 64;
+/** The client asked to close after this exchange (Connection: close, or HTTP/1.0 without keep-alive). */
+export const EX_CLIENT_CLOSE = 128;
 
 /**
  * One request/response through the proxy to an HTTP/1.1 upstream. Fixed shape; the client side

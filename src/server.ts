@@ -47,6 +47,8 @@ export class ProxyServer implements SessionHost, H2Host {
   private stopping: Promise<void> | null = null;
   /** Client sockets being served (not the queued ones). */
   private readonly sockets = new Set<AcceptedSocket>();
+  /** Every accepted socket still open, served or not (queued, refused, lingering). */
+  private readonly accepted = new Set<AcceptedSocket>();
   private readonly h1 = new Set<H1Connection>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly queue: QueuedConnection[] = [];
@@ -152,6 +154,8 @@ export class ProxyServer implements SessionHost, H2Host {
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     for (const queued of this.queue.splice(0)) this.refuseQueued(queued);
     for (const conn of this.h1) conn.drain();
+    // Connections that have not said anything yet have nothing in flight.
+    for (const socket of this.sockets) if (socket[kSniff] !== undefined) socket.destroy();
     for (const session of this.sessions) session.close();
     core.pool.closeIdle();
     if (this.sockets.size > 0 && this.options.drainTimeoutMs > 0) {
@@ -165,7 +169,7 @@ export class ProxyServer implements SessionHost, H2Host {
       this.allClosed = null;
     }
     for (const session of this.sessions) session.destroy();
-    for (const socket of this.sockets) socket.destroy();
+    for (const socket of this.accepted) socket.destroy();
     core.pool.close();
     this.headTimer.stop();
     await closed;
@@ -195,6 +199,9 @@ export class ProxyServer implements SessionHost, H2Host {
     const stats = this.stats;
     stats.connectionsTotal++;
     socket[kServer] = this;
+    this.accepted.add(socket);
+    socket.on('close', acceptedSocketOnClose);
+    socket.on('error', ignoreError);
     if (this.core.draining) {
       socket.destroy();
       return;
@@ -202,12 +209,10 @@ export class ProxyServer implements SessionHost, H2Host {
     if (stats.activeConnections >= this.options.maxConnections) {
       if (this.queue.length >= this.options.maxQueuedConnections || this.options.connectionQueueTimeoutMs === 0) {
         stats.connectionsRefusedAtCapacity++;
-        socket.on('error', ignoreError);
-        socket.end(RESPONSE_503_AT_CAPACITY);
+        endAndLinger(socket, RESPONSE_503_AT_CAPACITY);
         return;
       }
       // Wait (not read) for a free slot, bounded in time.
-      socket.on('error', ignoreError);
       const queued: QueuedConnection = { socket, timer: setTimeout(queuedTimedOut, this.options.connectionQueueTimeoutMs, this, socket) };
       socket.once('close', queuedSocketOnClose);
       this.queue.push(queued);
@@ -221,7 +226,6 @@ export class ProxyServer implements SessionHost, H2Host {
     this.stats.activeConnections++;
     this.sockets.add(socket);
     socket.on('close', servedSocketOnClose);
-    socket.on('error', ignoreError);
     socket[kSniff] = null;
     socket.on('data', sniffOnData);
     socket.resume();
@@ -239,7 +243,11 @@ export class ProxyServer implements SessionHost, H2Host {
     this.stats.connectionsQueued--;
     this.stats.connectionsRefusedAtCapacity++;
     queued.socket.removeListener('close', queuedSocketOnClose);
-    queued.socket.end(RESPONSE_503_AT_CAPACITY);
+    endAndLinger(queued.socket, RESPONSE_503_AT_CAPACITY);
+  }
+
+  acceptedClosed(socket: AcceptedSocket): void {
+    this.accepted.delete(socket);
   }
 
   queuedClosed(socket: AcceptedSocket): void {
@@ -281,7 +289,7 @@ export class ProxyServer implements SessionHost, H2Host {
         if (!this.options.enableHttp2) {
           this.stats.proxyErrorResponses++;
           this.stats.countStatus(505);
-          socket.end(RESPONSE_505_NO_HTTP2);
+          endAndLinger(socket, RESPONSE_505_NO_HTTP2);
           return;
         }
         socket.pause();
@@ -334,6 +342,26 @@ function queuedSocketOnClose(this: AcceptedSocket): void {
 
 function queuedTimedOut(server: ProxyServer, socket: AcceptedSocket): void {
   server.queuedTimedOut(socket);
+}
+
+function acceptedSocketOnClose(this: AcceptedSocket): void {
+  this[kServer].acceptedClosed(this);
+}
+
+/**
+ * Writes a last answer and closes once it is flushed. Reads (and drops) what the client still
+ * sends, so the close is a FIN and the client gets to read the answer; bounded by a timer.
+ */
+function endAndLinger(socket: net.Socket, data: Buffer): void {
+  socket.removeAllListeners('data');
+  socket.on('data', ignoreError);
+  socket.resume();
+  socket.end(data);
+  socket.setTimeout(5_000, destroySocket);
+}
+
+function destroySocket(this: net.Socket): void {
+  this.destroy();
 }
 
 function ignoreError(): void {

@@ -3,6 +3,7 @@ import {
   BODY_CHUNKED,
   BODY_LENGTH,
   BODY_NONE,
+  EX_CLIENT_CLOSE,
   EX_FINISHED,
   EX_REQUEST_ENDED,
   EX_UPGRADE,
@@ -38,6 +39,7 @@ import {
 } from './parser.js';
 
 const kOnMessageBegin = Parser.kOnMessageBegin;
+const HTTP_SLASH = Buffer.from(' HTTP/', 'latin1');
 const kH1 = Symbol('cmux.h1');
 
 type ClientSocket = net.Socket & { [kH1]: H1Connection };
@@ -55,6 +57,8 @@ const C_BROKEN = 4; // the parser hit bad input; answer it once nothing is in fl
 const C_UPGRADING = 8; // the parser stopped at an upgrade/CONNECT head
 const C_TUNNEL = 16; // the socket belongs to a tunnel now
 const C_HEAD_PENDING = 32; // a request head is being received (header timeout armed)
+const C_NO_MORE = 64; // a request asked to close: later bytes are ignored (RFC 9112 §9.6)
+const C_SEEN_DATA = 128;
 
 // Reasons the client socket is paused
 const P_BACKPRESSURE = 1;
@@ -148,9 +152,10 @@ export class H1Connection implements ClientSide {
   /** The exchange whose request is being parsed. */
   parsing: Exchange | null = null;
   pendingHeaders: string[] | null = null;
+  /** The request target when llhttp delivers it with header batches (heads of > 32 fields). */
+  pendingUrl = '';
   headerCount = 0;
   headStartedAt = 0;
-  requestKeepAlive = true;
   parseError: ParseError | null = null;
   brokenStatus = 400;
   /** Bytes the client sent after an upgrade/CONNECT head. */
@@ -194,9 +199,23 @@ export class H1Connection implements ClientSide {
   // ---- parsing --------------------------------------------------------------------------
 
   onData(chunk: Buffer): void {
-    if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL)) !== 0) return;
+    if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_NO_MORE)) !== 0) return;
+    if ((this.flags & C_SEEN_DATA) === 0) {
+      this.flags |= C_SEEN_DATA;
+      // llhttp waits for header lines after an HTTP/0.9 request line; refuse it at once.
+      const eol = chunk.indexOf(10);
+      if (eol !== -1 && chunk.lastIndexOf(HTTP_SLASH, eol) === -1) {
+        this.broken(400, null);
+        return;
+      }
+    }
     const ret = this.parser.execute(chunk);
     if (isParseError(ret)) {
+      // Bytes after a request that asked to close are not a request (RFC 9112 §9.6): ignore them.
+      if (ret.code === 'HPE_CLOSED_CONNECTION') {
+        this.flags |= C_NO_MORE;
+        return;
+      }
       this.broken(ret.code === 'HPE_HEADER_OVERFLOW' ? this.overflowStatus(chunk, ret) : 400, ret);
       return;
     }
@@ -278,7 +297,7 @@ export class H1Connection implements ClientSide {
     minor: number,
     headers: string[] | undefined,
     methodIndex: number,
-    url: string,
+    url: string | undefined,
     upgrade: boolean,
     keepAlive: boolean,
   ): number {
@@ -288,6 +307,10 @@ export class H1Connection implements ClientSide {
     if (raw === undefined) {
       raw = this.pendingHeaders ?? [];
       this.pendingHeaders = null;
+    }
+    if (url === undefined) {
+      url = this.pendingUrl;
+      this.pendingUrl = '';
     }
     this.flags &= ~C_HEAD_PENDING;
     this.host.headTimer.disarm(this);
@@ -328,7 +351,9 @@ export class H1Connection implements ClientSide {
     }
     const bodyMode = facts.chunked ? BODY_CHUNKED : facts.contentLength !== undefined && facts.contentLength !== '0' ? BODY_LENGTH : BODY_NONE;
     const ex = new Exchange(core, this, method, path, raw, facts, host, this.clientAddress, this.proto, minor === 0 ? '1.0' : '1.1', bodyMode);
-    this.requestKeepAlive = keepAlive;
+    if (!keepAlive) {
+      ex.flags |= EX_CLIENT_CLOSE;
+    }
     this.parsing = ex;
     if (upgrade) {
       this.flags |= C_UPGRADING;
@@ -401,7 +426,7 @@ export class H1Connection implements ClientSide {
 
   private willKeepAlive(ex: Exchange): boolean {
     return (
-      this.requestKeepAlive &&
+      (ex.flags & EX_CLIENT_CLOSE) === 0 &&
       !this.core.draining &&
       (this.flags & (C_CLOSE_AFTER | C_BROKEN | C_UPGRADING)) === 0 &&
       ((ex.flags & EX_REQUEST_ENDED) !== 0 || ex.bodyMode === BODY_NONE)
@@ -682,8 +707,9 @@ function parserOnMessageBegin(this: RequestParser): void {
   }
 }
 
-function parserOnHeaders(this: RequestParser, headers: string[]): void {
+function parserOnHeaders(this: RequestParser, headers: string[], url: string | undefined): void {
   const conn = this.conn;
+  if (url) conn.pendingUrl += url;
   conn.pendingHeaders = conn.pendingHeaders === null ? headers : conn.pendingHeaders.concat(headers);
   if (conn.pendingHeaders.length / 2 > conn.core.options.maxHeadersCount) {
     conn.pendingHeaders = null;
@@ -697,7 +723,7 @@ function parserOnHeadersComplete(
   minor: number,
   headers: string[] | undefined,
   method: number,
-  url: string,
+  url: string | undefined,
   _status: number,
   _statusMessage: string,
   upgrade: boolean,

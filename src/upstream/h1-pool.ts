@@ -123,7 +123,8 @@ function parserOnBody(this: ResponseParser, chunk: Buffer): void {
 function parserOnMessageComplete(this: ResponseParser): void {
   const conn = this.conn;
   // Interim (1xx) responses complete as messages of their own; the final one follows.
-  if (!conn.headComplete) return;
+  // A 101 completes too, just before llhttp stops for the upgrade: the tunnel takes over.
+  if (!conn.headComplete || conn.phase === PHASE_UPGRADED) return;
   const trailers = conn.pendingHeaders;
   conn.pendingHeaders = null;
   conn.user?.onResponseEnd(conn, trailers);

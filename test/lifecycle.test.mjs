@@ -1,0 +1,168 @@
+// SPEC §1: createProxyServer / start / stop / isRunning / getStats, maxConnections and drain.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { createProxyServer } from '../dist/index.js';
+import { startProxy, startUpstream, request, rawRequest, h2connect, h2request, sleep, waitFor } from './helpers/servers.mjs';
+
+describe('embedding API', () => {
+  it('validates options with a TypeError naming the option and the value', () => {
+    assert.throws(() => createProxyServer({ listenPort: -1 }), (e) => e instanceof TypeError && /listenPort/.test(e.message) && /-1/.test(e.message));
+    assert.throws(() => createProxyServer({ listenPort: 1, maxConnections: 'many' }), (e) => e instanceof TypeError && /maxConnections/.test(e.message) && /many/.test(e.message));
+    assert.throws(() => createProxyServer({}), TypeError);
+  });
+
+  it('starts, refuses a second start, stops, refuses a second stop, and starts again', async () => {
+    const proxy = createProxyServer({ listenPort: 0, logLevel: 'silent' });
+    assert.equal(proxy.isRunning(), false);
+    await assert.rejects(proxy.stop(), /not running/);
+    await proxy.start();
+    assert.equal(proxy.isRunning(), true);
+    const port = proxy.address().port;
+    assert.ok(port > 0);
+    await assert.rejects(proxy.start(), /already running/);
+    await proxy.stop();
+    assert.equal(proxy.isRunning(), false);
+    await assert.rejects(proxy.stop(), /not running/);
+    await assert.rejects(rawRequest(port, 'GET / HTTP/1.1\r\nHost: x\r\n\r\n'), /ECONNREFUSED/);
+    await proxy.start();
+    assert.equal(proxy.isRunning(), true);
+    const res = await request(`http://127.0.0.1:${proxy.address().port}/`);
+    assert.equal(res.status, 400);
+    await proxy.stop();
+  });
+
+  it('rejects start() with a clear error when the port is taken', async () => {
+    const first = await startProxy();
+    const second = createProxyServer({ listenPort: first.port, logLevel: 'silent' });
+    await assert.rejects(second.start(), (e) => /address already in use/.test(e.message) && e.message.includes(String(first.port)));
+    assert.equal(second.isRunning(), false);
+    await first.proxy.stop();
+  });
+});
+
+describe('stats', () => {
+  let up;
+  let px;
+  before(async () => {
+    up = await startUpstream();
+    px = await startProxy();
+  });
+  after(async () => {
+    await px.proxy.stop();
+    await up.close();
+  });
+
+  it('counts requests, connections, protocols, outcomes and bytes as plain numbers', async () => {
+    const before = px.proxy.getStats();
+    for (const v of Object.values(before)) {
+      if (typeof v === 'object') for (const n of Object.values(v)) assert.equal(typeof n, 'number');
+      else assert.equal(typeof v, 'number');
+    }
+    assert.equal(before.totalRequests, 0);
+    assert.equal(before.activeConnections, 0);
+    await request(px.url, { method: 'POST', headers: { 'x-cmux-port-internal': String(up.port) }, body: 'hello' });
+    await request(px.url); // 400, no route
+    const session = h2connect(px.port);
+    await h2request(session, { ':path': '/', 'x-cmux-port-internal': String(up.port) });
+    assert.equal(px.proxy.getStats().http2Connections, 1);
+    session.close();
+    assert.ok(await waitFor(() => px.proxy.getStats().activeConnections === 0));
+    const s = px.proxy.getStats();
+    assert.equal(s.totalRequests, 3);
+    assert.equal(s.http1Requests, 2);
+    assert.equal(s.http2Requests, 1);
+    assert.equal(s.http2Connections, 0);
+    assert.equal(s.responses2xx, 2);
+    assert.equal(s.responses4xx, 1);
+    assert.equal(s.proxyErrorResponses, 1);
+    assert.equal(s.websocketConnections, 0);
+    assert.ok(s.bytesTransferred > 300, `bytesTransferred ${s.bytesTransferred}`);
+    assert.equal(s.connectionsTotal, 3);
+  });
+
+  it('counts bytes of connections that are still open', async () => {
+    const socket = net.connect(px.port, '127.0.0.1');
+    await new Promise((r) => socket.on('connect', r));
+    const before = px.proxy.getStats().bytesTransferred;
+    socket.write(`GET / HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`);
+    await new Promise((r) => socket.once('data', r));
+    await sleep(20);
+    const s = px.proxy.getStats();
+    assert.equal(s.activeConnections, 1);
+    assert.ok(s.bytesTransferred - before > 100);
+    socket.destroy();
+    assert.ok(await waitFor(() => px.proxy.getStats().activeConnections === 0));
+  });
+});
+
+describe('maxConnections', () => {
+  it('makes extra connections wait, serves them when a slot frees, and answers 503 after the bound', async () => {
+    const up = await startUpstream();
+    const px = await startProxy({ maxConnections: 1, connectionQueueTimeoutMs: 400 });
+    try {
+      const holder = net.connect(px.port, '127.0.0.1');
+      await new Promise((r) => holder.on('connect', r));
+      await waitFor(() => px.proxy.getStats().activeConnections === 1);
+      // Past the limit for longer than the bound: 503.
+      const t0 = Date.now();
+      const refused = await rawRequest(px.port, `GET / HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`, { timeoutMs: 3000 });
+      assert.match(refused, /^HTTP\/1\.1 503 /);
+      assert.ok(Date.now() - t0 >= 350, 'it waited for the bound first');
+      assert.equal(px.proxy.getStats().connectionsRefusedAtCapacity, 1);
+      // A waiting connection is served once the slot frees.
+      const waiting = rawRequest(px.port, `GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`, { timeoutMs: 3000 });
+      await waitFor(() => px.proxy.getStats().connectionsQueued === 1);
+      assert.equal(px.proxy.getStats().activeConnections, 1, 'never more than the limit at once');
+      holder.destroy();
+      assert.match(await waiting, /^HTTP\/1\.1 200 /);
+    } finally {
+      await px.proxy.stop();
+      await up.close();
+    }
+  });
+});
+
+describe('graceful stop', () => {
+  it('refuses new connections at once, lets in-flight exchanges finish, closes idle keep-alive connections', async () => {
+    const up = await startUpstream((req, res) => {
+      if (req.url === '/slow') setTimeout(() => res.end('slow done'), 300);
+      else res.end('fast');
+    });
+    const px = await startProxy({ drainTimeoutMs: 5000 });
+    try {
+      const idle = net.connect(px.port, '127.0.0.1');
+      await new Promise((r) => idle.on('connect', r));
+      const idleClosed = new Promise((r) => idle.on('close', r));
+      const slow = request(`${px.url}/slow`, { headers: { 'x-cmux-port-internal': String(up.port) } });
+      await waitFor(() => up.requests.length === 1);
+      const stopped = px.proxy.stop();
+      await sleep(20);
+      await assert.rejects(rawRequest(px.port, 'GET / HTTP/1.1\r\nHost: x\r\n\r\n'), /ECONNREFUSED/);
+      await idleClosed;
+      const res = await slow;
+      assert.equal(res.status, 200);
+      assert.equal(res.body, 'slow done');
+      assert.equal(res.headers.connection, 'close');
+      await stopped;
+      assert.equal(px.proxy.isRunning(), false);
+    } finally {
+      await up.close();
+    }
+  });
+
+  it('closes what is left after the drain timeout', async () => {
+    const up = await startUpstream(() => {}); // never answers
+    const px = await startProxy({ drainTimeoutMs: 200, upstreamResponseTimeoutMs: 60_000 });
+    try {
+      const pending = request(px.url, { headers: { 'x-cmux-port-internal': String(up.port) } }).catch((e) => e);
+      await waitFor(() => up.requests.length === 1);
+      const t0 = Date.now();
+      await px.proxy.stop();
+      assert.ok(Date.now() - t0 < 2000);
+      assert.ok((await pending) instanceof Error, 'the stuck exchange was closed');
+    } finally {
+      await up.close();
+    }
+  });
+});

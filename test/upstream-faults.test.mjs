@@ -1,0 +1,462 @@
+// SPEC §4 "Upstream failures" and pooled-socket reuse: real upstreams that refuse, hang, close,
+// truncate or speak garbage. HTTP/1.1 clients unless stated. Every test uses a fresh proxy so
+// the stats it checks are exact.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import http2 from 'node:http2';
+import net from 'node:net';
+import { once } from 'node:events';
+import { startProxy, startUpstream, startRawServer, request, h2connect, h2request, sleep, waitFor } from './helpers/servers.mjs';
+
+const TEXT_PLAIN = 'text/plain; charset=utf-8';
+
+/** A TCP port nothing listens on (bound once, then closed). */
+async function closedPort() {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address();
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+/** Calls `onRequest(socket, head, index)` for each request head (no body parsing) a raw upstream gets. */
+function onRequestHeads(socket, onRequest) {
+  let buf = '';
+  let index = 0;
+  socket.on('data', (c) => {
+    buf += c.toString('latin1');
+    let at;
+    while ((at = buf.indexOf('\r\n\r\n')) !== -1) {
+      const head = buf.slice(0, at);
+      buf = buf.slice(at + 4);
+      onRequest(socket, head, index++);
+    }
+  });
+}
+
+/**
+ * An HTTP/1.1 request that reports how the response ended: `complete` is true only when the
+ * body ended cleanly; `aborted`/`error` tell how it did not.
+ */
+function h1Outcome(url, { method = 'GET', headers = {}, timeoutMs = 5000 } = {}) {
+  return new Promise((resolve) => {
+    const out = { status: undefined, headers: undefined, bytes: 0, body: '', ended: false, complete: false, aborted: false, error: null };
+    let settled = false;
+    const settle = () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve(out);
+    };
+    const timer = setTimeout(() => {
+      out.error = 'client timeout';
+      req.destroy();
+      settle();
+    }, timeoutMs);
+    const req = http.request(url, { method, headers, agent: false }, (res) => {
+      out.status = res.statusCode;
+      out.headers = res.headers;
+      res.on('data', (c) => {
+        out.bytes += c.length;
+        out.body += c.toString('latin1');
+      });
+      res.on('aborted', () => (out.aborted = true));
+      res.on('error', (err) => (out.error = err.code ?? err.message));
+      res.on('end', () => {
+        out.ended = true;
+        out.complete = res.complete;
+      });
+      res.on('close', () => {
+        out.complete = res.complete;
+        settle();
+      });
+    });
+    req.on('error', (err) => {
+      out.error ??= err.code ?? err.message;
+      settle();
+    });
+    req.end();
+  });
+}
+
+/** An HTTP/2 request that reports how the stream ended (clean END_STREAM or reset). */
+function h2Outcome(session, headers, { timeoutMs = 5000 } = {}) {
+  return new Promise((resolve) => {
+    const out = { status: undefined, bytes: 0, ended: false, rstCode: undefined, error: null };
+    const stream = session.request(headers, { endStream: true });
+    const timer = setTimeout(() => {
+      out.error = 'client timeout';
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+    }, timeoutMs);
+    stream.on('response', (h) => (out.status = h[':status']));
+    stream.on('data', (c) => (out.bytes += c.length));
+    stream.on('end', () => (out.ended = true));
+    stream.on('error', (err) => (out.error ??= err.code ?? err.message));
+    stream.on('close', () => {
+      clearTimeout(timer);
+      out.rstCode = stream.rstCode;
+      resolve(out);
+    });
+  });
+}
+
+/**
+ * An HTTP/2 session to the proxy through a relay that parses the frames the proxy sends, so a
+ * test can tell a real reset (RST_STREAM with an error code, no END_STREAM) from a clean end
+ * that the client's own content-length check happens to catch.
+ */
+async function tappedH2Session(proxyPort) {
+  const frames = [];
+  const relay = net.createServer((client) => {
+    const upstream = net.connect({ port: proxyPort, host: '127.0.0.1' });
+    client.pipe(upstream);
+    let buf = Buffer.alloc(0);
+    upstream.on('data', (d) => {
+      client.write(d);
+      buf = Buffer.concat([buf, d]);
+      while (buf.length >= 9) {
+        const length = buf.readUIntBE(0, 3);
+        if (buf.length < 9 + length) break;
+        const type = buf[3];
+        frames.push({ type, flags: buf[4], streamId: buf.readUInt32BE(5) & 0x7fffffff, errorCode: type === 3 ? buf.readUInt32BE(9) : undefined });
+        buf = buf.subarray(9 + length);
+      }
+    });
+    upstream.on('close', () => client.destroy());
+    client.on('close', () => upstream.destroy());
+    upstream.on('error', () => {});
+    client.on('error', () => {});
+  });
+  relay.listen(0, '127.0.0.1');
+  await once(relay, 'listening');
+  const session = h2connect(relay.address().port);
+  return {
+    session,
+    frames,
+    /** Frames of one stream: `END_STREAM` = a DATA/HEADERS frame with flag 0x1; `rst` = RST_STREAM error codes. */
+    streamSummary(streamId) {
+      const mine = frames.filter((f) => f.streamId === streamId);
+      return {
+        endStream: mine.some((f) => (f.type === 0 || f.type === 1) && (f.flags & 1) === 1),
+        rst: mine.filter((f) => f.type === 3).map((f) => f.errorCode),
+      };
+    },
+    close() {
+      session.destroy();
+      relay.close();
+    },
+  };
+}
+
+/** The proxy still serves a normal request after a fault. */
+async function assertStillServes(proxyUrl, echoPort, path = '/still-up') {
+  const res = await request(`${proxyUrl}${path}`, { headers: { 'x-cmux-port-internal': String(echoPort) } });
+  assert.equal(res.status, 200, 'the proxy no longer serves after the fault');
+  assert.equal(JSON.parse(res.body).url, path);
+}
+
+async function assertNoActiveUpstreamSockets(proxy) {
+  const ok = await waitFor(() => proxy.getStats().upstreamSocketsActive === 0, { timeoutMs: 2000 });
+  assert.ok(ok, `upstream sockets leaked: upstreamSocketsActive=${proxy.getStats().upstreamSocketsActive}`);
+}
+
+describe('upstream faults', () => {
+  let echo;
+
+  before(async () => {
+    echo = await startUpstream();
+  });
+  after(async () => {
+    await echo.close();
+  });
+
+  /** A fresh proxy for one test, stopped after it. */
+  async function proxyFor(t, options = {}) {
+    const p = await startProxy(options);
+    t.after(() => p.proxy.stop());
+    return p;
+  }
+  async function rawUpstream(t, onConnection) {
+    const up = await startRawServer(onConnection);
+    t.after(() => up.close());
+    return up;
+  }
+
+  it("refused -> 502 'upstream request error: ECONNREFUSED', counted in upstreamErrors", async (t) => {
+    const { proxy, url } = await proxyFor(t);
+    const dead = await closedPort();
+    const res = await request(`${url}/x`, { headers: { 'x-cmux-port-internal': String(dead) } });
+    assert.equal(res.status, 502);
+    assert.equal(res.headers['content-type'], TEXT_PLAIN);
+    assert.equal(res.body, 'upstream request error: ECONNREFUSED');
+    assert.equal(res.headers['content-length'], String(res.body.length));
+    const stats = proxy.getStats();
+    assert.equal(stats.upstreamErrors.ECONNREFUSED, 1);
+    assert.equal(stats.upstreamRetries, 0);
+    await assertStillServes(url, echo.port);
+    await assertNoActiveUpstreamSockets(proxy);
+  });
+
+  it("an upstream that never answers -> 504 'upstream timeout' after upstreamResponseTimeoutMs", async (t) => {
+    const { proxy, url } = await proxyFor(t, { upstreamResponseTimeoutMs: 300 });
+    let gotRequest = false;
+    const up = await rawUpstream(t, (socket) => onRequestHeads(socket, () => (gotRequest = true)));
+    const started = Date.now();
+    const res = await request(`${url}/hang`, { headers: { 'x-cmux-port-internal': String(up.port) } });
+    const elapsed = Date.now() - started;
+    assert.equal(gotRequest, true);
+    assert.equal(res.status, 504);
+    assert.equal(res.headers['content-type'], TEXT_PLAIN);
+    assert.equal(res.body, 'upstream timeout');
+    assert.ok(elapsed >= 250, `answered too early (${elapsed} ms)`);
+    assert.ok(elapsed < 2000, `answered too late (${elapsed} ms)`);
+    assert.equal(proxy.getStats().upstreamResponseTimeouts, 1);
+    // The timed-out upstream socket is closed, not pooled.
+    assert.ok(await waitFor(() => up.sockets.size === 0, { timeoutMs: 2000 }), 'the hung upstream socket stays open');
+    await assertStillServes(url, echo.port);
+    await assertNoActiveUpstreamSockets(proxy);
+  });
+
+  for (const how of ['end', 'reset']) {
+    it(`an upstream that closes (${how}) before any response byte on a fresh socket -> 502`, async (t) => {
+      const { proxy, url } = await proxyFor(t);
+      let connections = 0;
+      const up = await rawUpstream(t, (socket) => {
+        connections++;
+        onRequestHeads(socket, () => (how === 'end' ? socket.end() : socket.resetAndDestroy()));
+      });
+      const res = await request(`${url}/close`, { headers: { 'x-cmux-port-internal': String(up.port) } });
+      assert.equal(res.status, 502);
+      assert.equal(res.headers['content-type'], TEXT_PLAIN);
+      assert.match(res.body, /^upstream request error: [A-Z_]+$/);
+      if (how === 'reset') assert.equal(res.body, 'upstream request error: ECONNRESET');
+      assert.ok(connections >= 1);
+      await assertStillServes(url, echo.port);
+      await assertNoActiveUpstreamSockets(proxy);
+    });
+  }
+
+  it('Content-Length 1000 then 10 bytes then close -> the HTTP/1.1 client never sees a complete response', async (t) => {
+    const { proxy, url } = await proxyFor(t);
+    const up = await rawUpstream(t, (socket) =>
+      onRequestHeads(socket, async () => {
+        socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n0123456789');
+        await sleep(50);
+        socket.destroy();
+      }),
+    );
+    const out = await h1Outcome(`${url}/short`, { headers: { 'x-cmux-port-internal': String(up.port) } });
+    assert.notEqual(out.error, 'client timeout', 'the client was left hanging instead of being reset');
+    assert.equal(out.complete, false, `the truncated body looked complete: ${JSON.stringify(out)}`);
+    assert.ok(out.bytes <= 10, `got ${out.bytes} bytes`);
+    if (out.status !== undefined) assert.equal(out.status, 200);
+    assert.equal(proxy.getStats().responsesReset, 1);
+    await assertStillServes(url, echo.port);
+    await assertNoActiveUpstreamSockets(proxy);
+  });
+
+  it('Content-Length 1000 then 10 bytes then close -> over HTTP/2 the stream is reset, not ended', async (t) => {
+    const { proxy, port, url } = await proxyFor(t);
+    const up = await rawUpstream(t, (socket) =>
+      onRequestHeads(socket, async () => {
+        socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n0123456789');
+        await sleep(50);
+        socket.destroy();
+      }),
+    );
+    const tap = await tappedH2Session(port);
+    t.after(() => tap.close());
+    const session = tap.session;
+    const out = await h2Outcome(session, { ':method': 'GET', ':path': '/short', 'x-cmux-port-internal': String(up.port) });
+    assert.notEqual(out.error, 'client timeout', 'the stream was left hanging instead of being reset');
+    assert.ok(out.bytes <= 10, `got ${out.bytes} bytes`);
+    if (out.status !== undefined) assert.equal(out.status, 200);
+    // On the wire: the proxy resets the stream with an error code and never sends END_STREAM
+    // (node's client may also flag the content-length mismatch itself; that must not be what saves us).
+    await sleep(50);
+    const wire = tap.streamSummary(1);
+    assert.equal(out.ended, false, `the truncated stream ended cleanly: ${JSON.stringify(out)}; frames: ${JSON.stringify(tap.frames.filter((f) => f.streamId === 1))}`);
+    assert.equal(wire.endStream, false, `the proxy ended the truncated stream with END_STREAM (frames: ${JSON.stringify(tap.frames.filter((f) => f.streamId === 1))})`);
+    assert.ok(wire.rst.length === 1 && wire.rst[0] !== http2.constants.NGHTTP2_NO_ERROR, `RST_STREAM codes from the proxy: ${JSON.stringify(wire.rst)}`);
+    assert.notEqual(out.rstCode, http2.constants.NGHTTP2_NO_ERROR, `rstCode ${out.rstCode}`);
+    // Only the stream is reset: the session keeps serving.
+    const again = await h2request(session, { ':method': 'GET', ':path': '/h2-after', 'x-cmux-port-internal': String(echo.port) });
+    assert.equal(again.status, 200);
+    assert.equal(JSON.parse(again.body).url, '/h2-after');
+    await assertStillServes(url, echo.port);
+    await assertNoActiveUpstreamSockets(proxy);
+  });
+
+  it('a chunked upstream response cut mid-body is incomplete at the HTTP/1.1 client', async (t) => {
+    const { proxy, url } = await proxyFor(t);
+    const up = await rawUpstream(t, (socket) =>
+      onRequestHeads(socket, async () => {
+        socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n');
+        await sleep(30);
+        socket.write('10\r\nabcde');
+        await sleep(30);
+        socket.destroy();
+      }),
+    );
+    const out = await h1Outcome(`${url}/chunked`, { headers: { 'x-cmux-port-internal': String(up.port) } });
+    assert.notEqual(out.error, 'client timeout', 'the client was left hanging instead of being reset');
+    assert.equal(out.complete, false, `the cut chunked body looked complete: ${JSON.stringify(out)}`);
+    assert.ok(out.bytes <= 15, `got ${out.bytes} bytes`);
+    if (out.status !== undefined) assert.equal(out.status, 200);
+    await assertStillServes(url, echo.port);
+    await assertNoActiveUpstreamSockets(proxy);
+  });
+
+  it('a chunked upstream response cut mid-body resets the HTTP/2 stream', async (t) => {
+    const { proxy, port } = await proxyFor(t);
+    const up = await rawUpstream(t, (socket) =>
+      onRequestHeads(socket, async () => {
+        socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n');
+        await sleep(30);
+        socket.write('10\r\nabcde');
+        await sleep(30);
+        socket.destroy();
+      }),
+    );
+    const tap = await tappedH2Session(port);
+    t.after(() => tap.close());
+    const out = await h2Outcome(tap.session, { ':method': 'GET', ':path': '/chunked', 'x-cmux-port-internal': String(up.port) });
+    assert.notEqual(out.error, 'client timeout');
+    await sleep(50);
+    const wire = tap.streamSummary(1);
+    assert.equal(out.ended, false, `the cut stream ended cleanly: ${JSON.stringify(out)}; frames: ${JSON.stringify(tap.frames.filter((f) => f.streamId === 1))}`);
+    assert.equal(wire.endStream, false, 'the proxy sent END_STREAM on a cut body');
+    assert.ok(wire.rst.length === 1 && wire.rst[0] !== http2.constants.NGHTTP2_NO_ERROR, `RST_STREAM codes from the proxy: ${JSON.stringify(wire.rst)}`);
+    assert.notEqual(out.rstCode, http2.constants.NGHTTP2_NO_ERROR);
+    const again = await h2request(tap.session, { ':method': 'GET', ':path': '/h2-after', 'x-cmux-port-internal': String(echo.port) });
+    assert.equal(again.status, 200);
+    await assertNoActiveUpstreamSockets(proxy);
+  });
+
+  it("an invalid status line ('HTTP/1.1 abc') -> 502", async (t) => {
+    const { proxy, url } = await proxyFor(t);
+    const up = await rawUpstream(t, (socket) =>
+      onRequestHeads(socket, () => socket.write('HTTP/1.1 abc\r\nContent-Length: 2\r\n\r\nok')),
+    );
+    const res = await request(`${url}/garbage`, { headers: { 'x-cmux-port-internal': String(up.port) } });
+    assert.equal(res.status, 502);
+    assert.equal(res.headers['content-type'], TEXT_PLAIN);
+    assert.match(res.body, /^upstream request error: [A-Z_]+$/);
+    assert.doesNotMatch(res.body, /\bat \S+:\d+/, 'a stack trace leaked');
+    // The broken upstream socket is closed, never pooled.
+    assert.ok(await waitFor(() => up.sockets.size === 0, { timeoutMs: 2000 }), 'the broken upstream socket stays open');
+    await assertStillServes(url, echo.port);
+    await assertNoActiveUpstreamSockets(proxy);
+    assert.equal(proxy.getStats().upstreamSocketsIdle, 1, 'only the echo socket is pooled');
+  });
+
+  /**
+   * A keep-alive upstream whose sockets each answer one request (Connection: keep-alive) and
+   * then close, unanswered, when the next request arrives on them: the idle-close race.
+   */
+  async function oneShotKeepAliveUpstream(t, closeHow) {
+    const seen = []; // { connection, index, requestLine }
+    let connections = 0;
+    const up = await rawUpstream(t, (socket) => {
+      const connection = ++connections;
+      onRequestHeads(socket, (s, head, index) => {
+        seen.push({ connection, index, requestLine: head.split('\r\n')[0] });
+        if (index === 0) {
+          const body = `conn ${connection}`;
+          s.write(`HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+        } else if (closeHow === 'reset') {
+          s.resetAndDestroy();
+        } else {
+          s.end();
+        }
+      });
+    });
+    return { up, seen, connections: () => connections };
+  }
+
+  for (const closeHow of ['end', 'reset']) {
+    it(`a GET whose reused pooled socket closes (${closeHow}) unanswered is retried once on a fresh socket`, async (t) => {
+      const { proxy, url } = await proxyFor(t);
+      const { up, seen, connections } = await oneShotKeepAliveUpstream(t, closeHow);
+      const headers = { 'x-cmux-port-internal': String(up.port) };
+      const first = await request(`${url}/one`, { headers });
+      assert.equal(first.status, 200);
+      assert.equal(first.body, 'conn 1');
+      assert.ok(await waitFor(() => proxy.getStats().upstreamSocketsIdle === 1), 'the first socket was not pooled');
+
+      const second = await request(`${url}/two`, { headers });
+      assert.equal(second.status, 200, `the GET was not retried: ${second.status} ${second.body}`);
+      assert.equal(second.body, 'conn 2');
+      const stats = proxy.getStats();
+      assert.equal(stats.upstreamRetries, 1);
+      assert.equal(stats.upstreamSocketsReused, 1);
+      assert.equal(connections(), 2);
+      assert.deepEqual(
+        seen.map((r) => [r.connection, r.index, r.requestLine]),
+        [
+          [1, 0, 'GET /one HTTP/1.1'],
+          [1, 1, 'GET /two HTTP/1.1'],
+          [2, 0, 'GET /two HTTP/1.1'],
+        ],
+      );
+      await assertStillServes(url, echo.port);
+      await assertNoActiveUpstreamSockets(proxy);
+    });
+  }
+
+  it('a POST with a body on a reused socket that closes unanswered is not retried -> 502', async (t) => {
+    const { proxy, url } = await proxyFor(t);
+    const { up, seen, connections } = await oneShotKeepAliveUpstream(t, 'end');
+    const headers = { 'x-cmux-port-internal': String(up.port) };
+    const first = await request(`${url}/one`, { headers });
+    assert.equal(first.status, 200);
+    assert.ok(await waitFor(() => proxy.getStats().upstreamSocketsIdle === 1), 'the first socket was not pooled');
+
+    const post = await request(`${url}/post`, {
+      method: 'POST',
+      headers: { ...headers, 'content-type': 'text/plain', 'content-length': '11' },
+      body: 'hello world',
+    });
+    assert.equal(post.status, 502);
+    assert.equal(post.headers['content-type'], TEXT_PLAIN);
+    assert.match(post.body, /^upstream request error: [A-Z_]+$/);
+    assert.equal(proxy.getStats().upstreamRetries, 0);
+    assert.equal(connections(), 1, 'the POST was replayed on a new socket');
+    assert.deepEqual(
+      seen.map((r) => r.requestLine),
+      ['GET /one HTTP/1.1', 'POST /post HTTP/1.1'],
+    );
+    await assertStillServes(url, echo.port);
+    await assertNoActiveUpstreamSockets(proxy);
+  });
+
+  it('after a burst of mixed faults the proxy serves and holds no upstream socket', async (t) => {
+    const { proxy, url } = await proxyFor(t, { upstreamResponseTimeoutMs: 300 });
+    const dead = await closedPort();
+    const hang = await rawUpstream(t, () => {});
+    const cut = await rawUpstream(t, (socket) =>
+      onRequestHeads(socket, () => {
+        socket.write('HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc');
+        setTimeout(() => socket.destroy(), 20);
+      }),
+    );
+    const outcomes = await Promise.all([
+      ...Array.from({ length: 5 }, () => request(`${url}/r`, { headers: { 'x-cmux-port-internal': String(dead) } })),
+      ...Array.from({ length: 5 }, () => request(`${url}/h`, { headers: { 'x-cmux-port-internal': String(hang.port) } })),
+      ...Array.from({ length: 5 }, () => h1Outcome(`${url}/c`, { headers: { 'x-cmux-port-internal': String(cut.port) } })),
+    ]);
+    assert.deepEqual(
+      outcomes.slice(0, 10).map((r) => r.status),
+      [502, 502, 502, 502, 502, 504, 504, 504, 504, 504],
+    );
+    for (const o of outcomes.slice(10)) assert.equal(o.complete, false);
+    const stats = proxy.getStats();
+    assert.equal(stats.upstreamErrors.ECONNREFUSED, 5);
+    assert.equal(stats.upstreamResponseTimeouts, 5);
+    await assertNoActiveUpstreamSockets(proxy);
+    await assertStillServes(url, echo.port);
+    assert.ok(await waitFor(() => proxy.getStats().activeConnections === 0), `activeConnections=${proxy.getStats().activeConnections}`);
+  });
+});
