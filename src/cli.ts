@@ -120,31 +120,48 @@ async function main(): Promise<void> {
     process.stdout.write(usage());
     return;
   }
-  let proxy;
+  let proxy: ReturnType<typeof createProxyServer>;
   try {
     proxy = createProxyServer(options);
-    await proxy.start();
   } catch (err) {
     process.stderr.write(`cmux-proxy: ${(err as Error).message}\n`);
     process.exit(1);
   }
+  // Handlers go in before listening: a signal right after the listening line must still stop cleanly.
   let stopping = false;
+  let started: Promise<void> = Promise.resolve();
   const stop = (signal: string): void => {
     if (stopping) {
       process.stderr.write(`cmux-proxy: second ${signal}, exiting now\n`);
       process.exit(1);
     }
     stopping = true;
-    proxy.stop().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        process.stderr.write(`cmux-proxy: stop failed: ${(err as Error).message}\n`);
-        process.exit(1);
-      },
-    );
+    started
+      .then(() => proxy.stop())
+      .then(
+        () => process.exit(0),
+        (err: unknown) => {
+          process.stderr.write(`cmux-proxy: stop failed: ${(err as Error).message}\n`);
+          process.exit(1);
+        },
+      );
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+  started = proxy.start();
+  try {
+    await started;
+  } catch (err) {
+    process.stderr.write(`cmux-proxy: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
+  if (options.logLevel !== 'silent') {
+    const address = proxy.address();
+    if (address !== null) {
+      const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+      process.stderr.write(`cmux-proxy: listening on ${host}:${address.port} (HTTP/1.1${options.enableHttp2 === false ? '' : ', h2c'})\n`);
+    }
+  }
 }
 
 void main();

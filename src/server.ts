@@ -88,7 +88,7 @@ export class ProxyServer implements SessionHost, H2Host {
       this.core.listenPort = address.port;
       this.core.draining = false;
       this.core.pool.reopen();
-      this.core.log.info(`listening on ${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`);
+      this.core.log.debug(`listening on ${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`);
     } catch (err) {
       this.running = false;
       await this.stopFallbackServer();

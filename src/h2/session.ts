@@ -9,7 +9,6 @@ import type { UpstreamConn } from '../upstream/h1-pool.js';
 import { startExtendedConnect } from './extended-connect.js';
 
 const {
-  NGHTTP2_INTERNAL_ERROR,
   NGHTTP2_REFUSED_STREAM,
   NGHTTP2_FLAG_END_STREAM,
   HTTP2_HEADER_STATUS,
@@ -98,7 +97,7 @@ const h2ClientSide: ClientSide = {
   },
   reset(ex) {
     const stream = (ex.clientState as H2StreamState).stream;
-    if (!stream.destroyed) stream.close(NGHTTP2_INTERNAL_ERROR);
+    resetStream(stream);
   },
   pauseRequest(ex) {
     (ex.clientState as H2StreamState).stream.pause();
@@ -120,7 +119,7 @@ function isTrailerName(value: string, index: number, raw: string[]): boolean {
 export function respondError(stream: http2.ServerHttp2Stream, status: number, message: string): void {
   if (stream.destroyed || stream.closed) return;
   if (stream.headersSent) {
-    stream.close(NGHTTP2_INTERNAL_ERROR);
+    resetStream(stream);
     return;
   }
   try {
@@ -131,8 +130,18 @@ export function respondError(stream: http2.ServerHttp2Stream, status: number, me
     });
     stream.end(message);
   } catch {
-    if (!stream.destroyed) stream.close(NGHTTP2_INTERNAL_ERROR);
+    resetStream(stream);
   }
+}
+
+const RESET_ERROR = Object.assign(new Error('upstream failed after the response started'), { code: 'CMUX_UPSTREAM_FAILED' });
+
+/**
+ * RST_STREAM(INTERNAL_ERROR) without END_STREAM first. `stream.close(code)` ends the writable
+ * side before resetting when it is still open (Node 20), so the client would see a clean end.
+ */
+export function resetStream(stream: http2.ServerHttp2Stream): void {
+  if (!stream.destroyed) stream.destroy(RESET_ERROR);
 }
 
 function streamOnData(this: ProxyStream, chunk: Buffer): void {
@@ -163,7 +172,7 @@ function streamOnWantTrailers(this: ProxyStream): void {
   try {
     this.sendTrailers(trailers === null ? {} : trailersH2(trailers));
   } catch {
-    if (!this.destroyed) this.close(NGHTTP2_INTERNAL_ERROR);
+    resetStream(this);
   }
 }
 

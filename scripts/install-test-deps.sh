@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Debian packages the test suite uses as real clients (curl; nghttp2's h2load/nghttp).
+# Idempotent: installs only what is missing. Runs as root (CI) or through sudo.
+set -euo pipefail
+need=()
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v nghttp >/dev/null 2>&1 || need+=(nghttp2-client)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
