@@ -1,4 +1,4 @@
-import type { ProxyCore } from './proxy-core.js';
+import type { ProxyCore, Routable } from './proxy-core.js';
 import type { RequestHeadFacts, ResponseHeadFacts } from './headers.js';
 import { trailerLines } from './headers.js';
 import type { Target } from './route/target.js';
@@ -49,7 +49,7 @@ export const EX_CLIENT_CLOSE = 128;
  * One request/response through the proxy to an HTTP/1.1 upstream. Fixed shape; the client side
  * and the upstream socket reach it through `client` and `conn.user`.
  */
-export class Exchange implements UpstreamUser {
+export class Exchange implements UpstreamUser, Routable {
   readonly core: ProxyCore;
   readonly client: ClientSide;
   method: string;
@@ -107,6 +107,13 @@ export class Exchange implements UpstreamUser {
 
   get isHead(): boolean {
     return this.method === 'HEAD';
+  }
+
+  reject(status: number, code: string, message: string): void {
+    if (this.finished) return;
+    this.flags |= EX_FINISHED;
+    this.client.fail(this, status, code, message);
+    this.client.done(this);
   }
 
   /** Routed: ask the pool for a socket. */
@@ -235,7 +242,8 @@ export class Exchange implements UpstreamUser {
     this.conn = null;
     this.client.end(this, trailers);
     // Reuse only after a clean exchange: response complete, request fully sent, upstream willing.
-    if (conn.keepAlive && (this.flags & EX_REQUEST_ENDED) !== 0 && conn.errorCode === undefined) {
+    // A refused upgrade's socket is never reused: the upstream saw an Upgrade request on it.
+    if (conn.keepAlive && (this.flags & (EX_REQUEST_ENDED | EX_UPGRADE)) === EX_REQUEST_ENDED && conn.errorCode === undefined) {
       if (conn.socket.isPaused()) conn.socket.resume();
       this.core.pool.release(conn);
     } else {

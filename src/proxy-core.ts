@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { BODY_CHUNKED, EX_FINISHED, EX_UPGRADE, type Exchange } from './exchange.js';
-import { buildUpstreamRequestHead } from './headers.js';
+import { BODY_CHUNKED, EX_UPGRADE, type Exchange } from './exchange.js';
+import { ErrorCodes } from './errors.js';
+import { buildUpstreamRequestHead, type RequestHeadFacts } from './headers.js';
 import type { Logger } from './log.js';
 import type { ResolvedOptions } from './options.js';
 import { CachedPortResolver } from './route/port-resolver.js';
@@ -18,6 +19,37 @@ import {
 import { socketTarget, tcpTarget, type Target } from './route/target.js';
 import type { StatsCounters } from './stats.js';
 import { UpstreamPool } from './upstream/h1-pool.js';
+
+/** A request being routed: an exchange, a WebSocket bridge or a tunnel. */
+export interface Routable {
+  readonly facts: RequestHeadFacts;
+  readonly host: string | undefined;
+  readonly finished: boolean;
+  start(target: Target): void;
+  /** Answers with a proxy-made error and ends. */
+  reject(status: number, code: string, message: string): void;
+}
+
+function refuse(req: Routable, err: RouteError): void {
+  req.reject(err.status, err.code, err.message);
+}
+
+const ERR_CONNECT_NO_ROUTE: RouteError = Object.freeze({
+  kind: 'error',
+  status: 400,
+  code: ErrorCodes.NO_ROUTE,
+  message: 'CONNECT needs X-Cmux-Port-Internal or a routable authority',
+});
+
+export function splitAuthority(authority: string): { host: string; port: number } | null {
+  const colon = authority.lastIndexOf(':');
+  if (colon === -1) return null;
+  const port = Number(authority.slice(colon + 1));
+  if (!Number.isInteger(port) || port < 1 || port > 65535) return null;
+  let host = authority.slice(0, colon).toLowerCase();
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  return { host, port };
+}
 
 /** `Via` entries naming this instance beyond this many mean a loop (SPEC §4). */
 const MAX_VIA_SELF = 3;
@@ -70,53 +102,63 @@ export class ProxyCore {
     }
   }
 
-  /** Routes an exchange and starts it, or answers it with the routing error. */
-  dispatch(ex: Exchange): void {
-    if (ex.facts.viaSelfCount > MAX_VIA_SELF) return this.refuse(ex, ERR_LOOP);
+  /** Routes a request and starts it, or answers it with the routing error (SPEC §3). */
+  dispatch(req: Routable): void {
+    if (req.facts.viaSelfCount > MAX_VIA_SELF) return refuse(req, ERR_LOOP);
     const r = route(
       this.options,
-      { portHeader: ex.facts.portHeader, workspaceHeader: ex.facts.workspaceHeader, host: ex.host },
+      { portHeader: req.facts.portHeader, workspaceHeader: req.facts.workspaceHeader, host: req.host },
       this.resolver !== undefined,
     );
     if (r === null) {
       const fallback = this.fallbackTarget;
-      if (fallback === null) return this.refuse(ex, ERR_NO_ROUTE);
-      ex.start(fallback);
+      if (fallback === null) return refuse(req, ERR_NO_ROUTE);
+      req.start(fallback);
       return;
     }
-    if (isRouteError(r)) return this.refuse(ex, r);
+    if (isRouteError(r)) return refuse(req, r);
     if (isContainerRoute(r)) {
       const resolver = this.resolver!;
       const cached = resolver.peek(r.container, r.port);
       if (cached !== undefined) {
-        this.startResolved(ex, cached);
+        this.startResolved(req, cached);
         return;
       }
       resolver.resolve(r.container, r.port).then(
-        (port) => this.startResolved(ex, port),
+        (port) => this.startResolved(req, port),
         (err: unknown) => {
           this.log.warn(`container port resolver failed for ${r.container}:${r.port}: ${(err as Error)?.message ?? String(err)}`);
-          this.refuse(ex, ERR_RESOLVER_FAILED);
+          if (!req.finished) refuse(req, ERR_RESOLVER_FAILED);
         },
       );
       return;
     }
-    if (this.isSelf(r)) return this.refuse(ex, ERR_LOOP);
-    ex.start(r);
+    if (this.isSelf(r)) return refuse(req, ERR_LOOP);
+    req.start(r);
   }
 
-  private startResolved(ex: Exchange, port: number | null): void {
-    if (ex.finished) return;
-    if (port === null) return this.refuse(ex, ERR_CONTAINER_NOT_FOUND);
+  private startResolved(req: Routable, port: number | null): void {
+    if (req.finished) return;
+    if (port === null) return refuse(req, ERR_CONTAINER_NOT_FOUND);
     const target = tcpTarget(LOCAL_HOST, port);
-    if (this.isSelf(target)) return this.refuse(ex, ERR_LOOP);
-    ex.start(target);
+    if (this.isSelf(target)) return refuse(req, ERR_LOOP);
+    req.start(target);
   }
 
-  refuse(ex: Exchange, err: RouteError): void {
-    ex.flags |= EX_FINISHED;
-    ex.client.fail(ex, err.status, err.code, err.message);
-    ex.client.done(ex);
+  /**
+   * Where a plain `CONNECT host:port` goes (SPEC §5): the routing headers or a Host pattern in
+   * the authority, else the authority itself when it names this machine's loopback.
+   */
+  connectTarget(facts: RequestHeadFacts, authority: string): Target | RouteError {
+    const r = route(this.options, { portHeader: facts.portHeader, workspaceHeader: facts.workspaceHeader, host: authority }, false);
+    let target: Target | RouteError | null = r !== null && !isContainerRoute(r) ? r : null;
+    if (target === null) {
+      const parsed = splitAuthority(authority);
+      if (parsed !== null && (parsed.host === 'localhost' || parsed.host === LOCAL_HOST)) target = tcpTarget(LOCAL_HOST, parsed.port);
+    }
+    if (target === null) return ERR_CONNECT_NO_ROUTE;
+    if (!isRouteError(target) && this.isSelf(target)) return ERR_LOOP;
+    return target;
   }
 
   /** A target that is this proxy's own listening socket would loop forever. */

@@ -173,6 +173,10 @@ export class ProxyServer implements SessionHost, H2Host {
     core.pool.close();
     this.headTimer.stop();
     await closed;
+    // Destroyed sockets report 'close' asynchronously; let the tunnels settle their counts.
+    for (let i = 0; i < 100 && this.stats.websocketConnections + this.stats.tunnelsOpen > 0; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
     await this.stopFallbackServer();
     core.log.info('stopped');
   }

@@ -58,8 +58,12 @@ export class Tunnel {
     this.open--;
     if (this.open > 0) {
       const other = this.other(end);
-      // Let the other side flush what it holds, then close; never wait forever.
-      if (!other.destroyed) {
+      // Nothing can reach the closed side any more: the other side flushes what it holds
+      // toward its peer, ends, and is closed then (or after LINGER_MS at the latest).
+      if (other.writableFinished) {
+        other.destroy();
+      } else if (!other.destroyed) {
+        other.once('finish', tunnelEndOnFinish);
         other.end();
         other.setTimeout?.(LINGER_MS);
       }
@@ -84,6 +88,10 @@ function tunnelEndOnClose(this: TunnelEnd): void {
 function tunnelEndOnEnd(this: TunnelEnd): void {
   const tunnel = this[kTunnel];
   if (tunnel !== undefined) tunnel.other(this).end();
+}
+
+function tunnelEndOnFinish(this: TunnelEnd): void {
+  this.destroy();
 }
 
 function tunnelEndOnTimeout(this: TunnelEnd): void {

@@ -19,8 +19,7 @@ import {
 } from '../errors.js';
 import { emptyFacts, filterResponseHeadersH1, scanRequestHeaders, trailerLines } from '../headers.js';
 import type { ProxyCore } from '../proxy-core.js';
-import { ERR_LOOP, isContainerRoute, isRouteError, route } from '../route/router.js';
-import { tcpTarget } from '../route/target.js';
+import { isRouteError } from '../route/router.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import type { UpstreamConn } from '../upstream/h1-pool.js';
 import {
@@ -540,29 +539,9 @@ export class H1Connection implements ClientSide {
   /** CONNECT host:port -> the routed target, 200, then splice (SPEC §5). */
   private startConnectTunnel(ex: Exchange): void {
     const core = this.core;
-    const r = route(core.options, { portHeader: ex.facts.portHeader, workspaceHeader: ex.facts.workspaceHeader, host: ex.host }, false);
-    let target = r;
-    if (target === null || isContainerRoute(target)) {
-      // No routing rule: a CONNECT to a loopback port of this machine is the plain reading.
-      const authority = splitAuthority(ex.host ?? '');
-      target = authority !== null && (authority.host === 'localhost' || authority.host === '127.0.0.1') ? tcpTarget('127.0.0.1', authority.port) : null;
-    }
-    if (target === null) {
-      this.fail(ex, 400, ErrorCodes.NO_ROUTE, 'CONNECT needs X-Cmux-Port-Internal or a routable authority');
-      ex.flags |= EX_FINISHED;
-      this.done(ex);
-      return;
-    }
+    const target = core.connectTarget(ex.facts, ex.host ?? '');
     if (isRouteError(target)) {
-      this.fail(ex, target.status, target.code, target.message);
-      ex.flags |= EX_FINISHED;
-      this.done(ex);
-      return;
-    }
-    if (core.isSelf(target)) {
-      this.fail(ex, ERR_LOOP.status, ERR_LOOP.code, ERR_LOOP.message);
-      ex.flags |= EX_FINISHED;
-      this.done(ex);
+      ex.reject(target.status, target.code, target.message);
       return;
     }
     const upstream = net.connect({ host: target.host, port: target.port });
@@ -685,16 +664,6 @@ function splitAbsoluteForm(url: string): { authority: string; path: string } | n
   let path = rest.slice(end);
   if (path === '' || path.charCodeAt(0) !== 47) path = `/${path}`;
   return { authority, path };
-}
-
-function splitAuthority(authority: string): { host: string; port: number } | null {
-  const colon = authority.lastIndexOf(':');
-  if (colon === -1) return null;
-  const port = Number(authority.slice(colon + 1));
-  if (!Number.isInteger(port) || port < 1 || port > 65535) return null;
-  let host = authority.slice(0, colon).toLowerCase();
-  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
-  return { host, port };
 }
 
 // ---- module-level listeners (no closure per connection or request) ------------------------

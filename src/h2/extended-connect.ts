@@ -1,27 +1,389 @@
-import type http2 from 'node:http2';
-import type { RequestHeadFacts } from '../headers.js';
-import type { ProxyCore } from '../proxy-core.js';
-import { respondError } from './session.js';
+import { createHash, randomBytes } from 'node:crypto';
+import http2 from 'node:http2';
+import net from 'node:net';
+import { buildUpstreamRequestHead, responseHeadersH2, type RequestHeadFacts, type ResponseHeadFacts } from '../headers.js';
+import type { ProxyCore, Routable } from '../proxy-core.js';
+import { isRouteError } from '../route/router.js';
+import type { Target } from '../route/target.js';
+import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
+import {
+  PARSER_RESOURCE,
+  Parser,
+  RESPONSE,
+  isParseError,
+  kLenientNone,
+  kOnBody,
+  kOnHeaders,
+  kOnHeadersComplete,
+  kOnMessageComplete,
+  type HTTPParser,
+} from '../h1/parser.js';
+import { resetStream, respondError } from './session.js';
+
+const WEBSOCKET_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+const { HTTP2_HEADER_STATUS } = http2.constants;
+
+const kBridge = Symbol('cmux.h2.bridge');
+type BridgeSocket = net.Socket & { [kBridge]: WebSocketBridge | ConnectTunnel };
+type BridgeStream = http2.ServerHttp2Stream & { [kBridge]?: WebSocketBridge | ConnectTunnel };
+type BridgeParser = HTTPParser & { bridge: WebSocketBridge };
 
 /**
- * HTTP/2 CONNECT: RFC 8441 extended CONNECT (`:protocol websocket`) and plain CONNECT tunnels.
- * Not built yet: answered 501 so clients fail fast and clearly.
+ * HTTP/2 CONNECT (SPEC §5): RFC 8441 extended CONNECT with `:protocol websocket` is bridged to
+ * an HTTP/1.1 Upgrade on the upstream (the proxy makes the Sec-WebSocket-Key and checks the
+ * Accept), then the stream and the upstream socket are spliced raw. Plain CONNECT opens a
+ * tunnel to the routed target.
  */
 export function startExtendedConnect(
   core: ProxyCore,
   stream: http2.ServerHttp2Stream,
   headers: http2.IncomingHttpHeaders,
-  _raw: string[],
-  _facts: RequestHeadFacts,
-  _clientAddress: string,
-  _tls: boolean,
+  raw: string[],
+  facts: RequestHeadFacts,
+  clientAddress: string,
+  tls: boolean,
 ): void {
-  core.stats.proxyErrorResponses++;
-  core.stats.countStatus(501);
-  const isWebSocket = headers[':protocol'] === 'websocket';
-  if (isWebSocket && !core.options.enableWebsockets) {
-    respondError(stream, 501, 'websockets disabled');
+  const protocol = headers[':protocol'];
+  const stats = core.stats;
+  if (protocol === undefined) {
+    const authority = headers[':authority'] ?? '';
+    const target = core.connectTarget(facts, authority);
+    if (isRouteError(target)) {
+      answer(core, stream, target.status, target.message);
+      return;
+    }
+    new ConnectTunnel(core, stream as BridgeStream, target);
     return;
   }
-  respondError(stream, 501, 'CONNECT over HTTP/2 is not supported yet');
+  if (protocol !== 'websocket') {
+    answer(core, stream, 501, `unsupported :protocol ${protocol}`);
+    return;
+  }
+  if (!core.options.enableWebsockets) {
+    answer(core, stream, 501, 'websockets disabled');
+    return;
+  }
+  stats.websocketsExtendedConnectTotal++;
+  const bridge = new WebSocketBridge(core, stream as BridgeStream, headers, raw, facts, clientAddress, tls);
+  core.dispatch(bridge);
 }
+
+function answer(core: ProxyCore, stream: http2.ServerHttp2Stream, status: number, message: string): void {
+  core.stats.proxyErrorResponses++;
+  core.stats.countStatus(status);
+  respondError(stream, status, message);
+}
+
+function upstreamFailure(core: ProxyCore, stream: http2.ServerHttp2Stream, code: string): void {
+  core.countUpstreamFailure(code);
+  if (code === 'CONNECT_TIMEOUT' || code === 'RESPONSE_TIMEOUT') answer(core, stream, 504, 'upstream timeout');
+  else answer(core, stream, 502, `upstream request error: ${code}`);
+}
+
+/** One RFC 8441 WebSocket: h2 stream <-> HTTP/1.1 Upgrade on a fresh upstream socket. */
+class WebSocketBridge implements Routable {
+  readonly core: ProxyCore;
+  readonly stream: BridgeStream;
+  readonly facts: RequestHeadFacts;
+  readonly host: string | undefined;
+  private readonly raw: string[];
+  private readonly path: string;
+  private readonly clientAddress: string;
+  private readonly tls: boolean;
+  private readonly key = randomBytes(16).toString('base64');
+  private socket: BridgeSocket | null = null;
+  private parser: BridgeParser | null = null;
+  private pendingHeaders: string[] | null = null;
+  /** 0 routing/connecting, 1 waiting for the upstream's answer, 2 relaying a non-101 answer, 3 spliced, 4 over */
+  private phase = 0;
+  private readonly responseFacts: ResponseHeadFacts = { contentLength: false, keepAliveTimeoutSec: 0 };
+
+  constructor(core: ProxyCore, stream: BridgeStream, headers: http2.IncomingHttpHeaders, raw: string[], facts: RequestHeadFacts, clientAddress: string, tls: boolean) {
+    this.core = core;
+    this.stream = stream;
+    this.facts = facts;
+    this.host = headers[':authority'] ?? headers['host'];
+    this.raw = raw;
+    this.path = headers[':path'] ?? '/';
+    this.clientAddress = clientAddress;
+    this.tls = tls;
+    stream[kBridge] = this;
+    stream.on('close', bridgeStreamOnClose);
+  }
+
+  get finished(): boolean {
+    return this.phase >= 3;
+  }
+
+  reject(status: number, _code: string, message: string): void {
+    if (this.phase >= 3) return;
+    this.phase = 4;
+    answer(this.core, this.stream, status, message);
+  }
+
+  start(target: Target): void {
+    if (this.phase !== 0 || this.stream.destroyed) return;
+    const socket = (target.socketPath !== undefined ? net.connect({ path: target.socketPath }) : net.connect({ host: target.host, port: target.port })) as BridgeSocket;
+    socket[kBridge] = this;
+    this.socket = socket;
+    socket.setTimeout(this.core.options.upstreamConnectTimeoutMs);
+    socket.on('connect', bridgeSocketOnConnect);
+    socket.on('error', bridgeSocketOnError);
+    socket.on('timeout', bridgeSocketOnTimeout);
+    socket.on('data', bridgeSocketOnData);
+    socket.on('close', bridgeSocketOnClose);
+  }
+
+  connected(): void {
+    const socket = this.socket!;
+    const options = this.core.options;
+    socket.setTimeout(options.upstreamResponseTimeoutMs);
+    this.phase = 1;
+    const raw = this.raw.slice();
+    raw.push('upgrade', 'websocket', 'sec-websocket-key', this.key);
+    if (!raw.some((name, i) => i % 2 === 0 && name === 'sec-websocket-version')) raw.push('sec-websocket-version', '13');
+    const host = this.facts.hostOverride?.trim() || (options.preserveHost && this.host ? this.host : socket.remoteAddress === undefined ? 'localhost' : `${socket.remoteAddress}:${socket.remotePort}`);
+    const head = buildUpstreamRequestHead('GET', this.path, raw, this.facts.connectionTokens, {
+      host,
+      forwardedHost: this.host ?? host,
+      clientAddress: this.clientAddress,
+      proto: this.tls ? 'https' : 'http',
+      viaEntry: this.core.viaEntryH2,
+      upgrade: true,
+      chunked: false,
+    });
+    const parser = new Parser() as BridgeParser;
+    parser.initialize(RESPONSE, PARSER_RESOURCE, options.maxHeaderSize, kLenientNone);
+    parser.bridge = this;
+    parser[kOnHeaders] = bridgeParserOnHeaders;
+    parser[kOnHeadersComplete] = bridgeParserOnHeadersComplete;
+    parser[kOnBody] = bridgeParserOnBody;
+    parser[kOnMessageComplete] = bridgeParserOnMessageComplete;
+    this.parser = parser;
+    socket.write(head, 'latin1');
+  }
+
+  /** Connected and the upgrade request sent (a timeout now means no answer, not no connection). */
+  connectedOnce(): boolean {
+    return this.phase >= 1;
+  }
+
+  onData(chunk: Buffer): void {
+    const parser = this.parser;
+    if (parser === null || this.phase >= 3) return;
+    const ret = parser.execute(chunk);
+    if (isParseError(ret)) {
+      this.fail('BAD_RESPONSE');
+      return;
+    }
+    if (this.phase === 3) {
+      // llhttp stopped after the 101 head: the rest is WebSocket data.
+      this.splice(ret < chunk.length ? chunk.subarray(ret) : null);
+    }
+  }
+
+  onHeaders(headers: string[]): void {
+    this.pendingHeaders = this.pendingHeaders === null ? headers : this.pendingHeaders.concat(headers);
+  }
+
+  onHeadersComplete(headers: string[] | undefined, status: number, upgrade: boolean): number {
+    const raw = headers ?? this.pendingHeaders ?? [];
+    this.pendingHeaders = null;
+    if (status < 200 && status !== 101) return 0;
+    const stream = this.stream;
+    if (status === 101) {
+      const accept = headerValue(raw, 'sec-websocket-accept');
+      const expected = createHash('sha1').update(this.key + WEBSOCKET_GUID).digest('base64');
+      if (!upgrade || accept !== expected) {
+        this.fail('BAD_HANDSHAKE');
+        return 0;
+      }
+      const out = responseHeadersH2(raw, 200, this.responseFacts);
+      delete out['sec-websocket-accept'];
+      out[HTTP2_HEADER_STATUS] = 200;
+      try {
+        stream.respond(out);
+      } catch {
+        this.fail('BAD_RESPONSE');
+        return 0;
+      }
+      this.core.stats.countStatus(200);
+      this.phase = 3;
+      return 0;
+    }
+    // Refused (403, 404, ...): relay the answer as a normal response (SPEC §5).
+    this.phase = 2;
+    this.core.stats.countStatus(status);
+    try {
+      stream.respond(responseHeadersH2(raw, status, this.responseFacts));
+    } catch {
+      this.fail('BAD_RESPONSE');
+    }
+    return 0;
+  }
+
+  onBody(chunk: Buffer): void {
+    if (this.phase === 2 && !this.stream.destroyed) this.stream.write(chunk);
+  }
+
+  onMessageComplete(): void {
+    if (this.phase !== 2) return;
+    this.phase = 4;
+    if (!this.stream.destroyed) this.stream.end();
+    this.socket?.destroy();
+  }
+
+  private splice(rest: Buffer | null): void {
+    const socket = this.socket!;
+    socket.removeListener('data', bridgeSocketOnData);
+    socket.removeListener('error', bridgeSocketOnError);
+    socket.removeListener('timeout', bridgeSocketOnTimeout);
+    socket.removeListener('close', bridgeSocketOnClose);
+    this.stream.removeListener('close', bridgeStreamOnClose);
+    this.parser?.close();
+    this.parser = null;
+    configureTunnelSocket(socket, this.core.options.keepaliveMs);
+    if (rest !== null && rest.length > 0) this.stream.write(rest);
+    new Tunnel(this.stream, socket, TUNNEL_WEBSOCKET, this.core.stats);
+  }
+
+  fail(code: string): void {
+    if (this.phase >= 3 && this.phase !== 2) {
+      this.socket?.destroy();
+      return;
+    }
+    const relaying = this.phase === 2;
+    this.phase = 4;
+    this.socket?.destroy();
+    this.parser?.close();
+    this.parser = null;
+    if (relaying) {
+      this.core.stats.responsesReset++;
+      resetStream(this.stream);
+      return;
+    }
+    upstreamFailure(this.core, this.stream, code);
+  }
+
+  streamClosed(): void {
+    if (this.phase >= 3 && this.phase !== 2) return;
+    this.phase = 4;
+    this.socket?.destroy();
+    this.parser?.close();
+    this.parser = null;
+  }
+}
+
+function headerValue(raw: string[], lowerName: string): string | undefined {
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.toLowerCase() === lowerName) return raw[i + 1];
+  return undefined;
+}
+
+function bridgeParserOnHeaders(this: BridgeParser, headers: string[]): void {
+  this.bridge.onHeaders(headers);
+}
+
+function bridgeParserOnHeadersComplete(
+  this: BridgeParser,
+  _major: number,
+  _minor: number,
+  headers: string[] | undefined,
+  _method: number,
+  _url: string,
+  status: number,
+  _statusMessage: string,
+  upgrade: boolean,
+): number {
+  return this.bridge.onHeadersComplete(headers, status, upgrade);
+}
+
+function bridgeParserOnBody(this: BridgeParser, chunk: Buffer): void {
+  this.bridge.onBody(chunk);
+}
+
+function bridgeParserOnMessageComplete(this: BridgeParser): void {
+  this.bridge.onMessageComplete();
+}
+
+function bridgeSocketOnConnect(this: BridgeSocket): void {
+  const owner = this[kBridge];
+  owner.connected();
+}
+
+function bridgeSocketOnData(this: BridgeSocket, chunk: Buffer): void {
+  (this[kBridge] as WebSocketBridge).onData(chunk);
+}
+
+function bridgeSocketOnError(this: BridgeSocket, err: NodeJS.ErrnoException): void {
+  this[kBridge].fail(err.code ?? 'UPSTREAM_ERROR');
+}
+
+function bridgeSocketOnTimeout(this: BridgeSocket): void {
+  const owner = this[kBridge];
+  owner.fail(owner instanceof WebSocketBridge && owner.connectedOnce() ? 'RESPONSE_TIMEOUT' : 'CONNECT_TIMEOUT');
+}
+
+function bridgeSocketOnClose(this: BridgeSocket): void {
+  // Closed before the handshake finished (or while relaying a refusal).
+  this[kBridge].fail(this.bytesRead > 0 ? 'UPSTREAM_CLOSED' : 'ECONNRESET');
+}
+
+function bridgeStreamOnClose(this: BridgeStream): void {
+  this[kBridge]?.streamClosed();
+}
+
+/** Plain HTTP/2 CONNECT: a stream spliced to a TCP connection to the routed target. */
+class ConnectTunnel {
+  readonly core: ProxyCore;
+  readonly stream: BridgeStream;
+  private readonly socket: BridgeSocket;
+  private done = false;
+
+  constructor(core: ProxyCore, stream: BridgeStream, target: Target) {
+    this.core = core;
+    this.stream = stream;
+    stream[kBridge] = this;
+    stream.on('close', bridgeStreamOnClose);
+    const socket = net.connect({ host: target.host, port: target.port }) as BridgeSocket;
+    socket[kBridge] = this;
+    this.socket = socket;
+    socket.setTimeout(core.options.upstreamConnectTimeoutMs);
+    socket.on('connect', bridgeSocketOnConnect);
+    socket.on('error', bridgeSocketOnError);
+    socket.on('timeout', bridgeSocketOnTimeout);
+    socket.on('close', bridgeSocketOnClose);
+  }
+
+  connected(): void {
+    if (this.done) return;
+    this.done = true;
+    const socket = this.socket;
+    socket.removeListener('error', bridgeSocketOnError);
+    socket.removeListener('timeout', bridgeSocketOnTimeout);
+    socket.removeListener('close', bridgeSocketOnClose);
+    this.stream.removeListener('close', bridgeStreamOnClose);
+    try {
+      this.stream.respond({ [HTTP2_HEADER_STATUS]: 200 });
+    } catch {
+      socket.destroy();
+      return;
+    }
+    this.core.stats.countStatus(200);
+    configureTunnelSocket(socket, this.core.options.keepaliveMs);
+    new Tunnel(this.stream, socket, TUNNEL_CONNECT, this.core.stats);
+  }
+
+  fail(code: string): void {
+    if (this.done) return;
+    this.done = true;
+    this.socket.destroy();
+    upstreamFailure(this.core, this.stream, code);
+  }
+
+  streamClosed(): void {
+    if (this.done) return;
+    this.done = true;
+    this.socket.destroy();
+  }
+}
+

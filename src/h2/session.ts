@@ -1,7 +1,6 @@
 import http2 from 'node:http2';
 import type net from 'node:net';
 import { BODY_CHUNKED, BODY_LENGTH, BODY_NONE, EX_FINISHED, Exchange, type ClientSide } from '../exchange.js';
-import { ErrorCodes } from '../errors.js';
 import { emptyFacts, responseHeadersH2, scanRequestHeaders, trailersH2 } from '../headers.js';
 import type { ProxyCore } from '../proxy-core.js';
 import { hostName } from '../route/host-patterns.js';
@@ -285,5 +284,3 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   }
   core.dispatch(ex);
 }
-
-export { ErrorCodes };
