@@ -232,6 +232,9 @@ export class ProxyServer implements SessionHost, H2Host {
     socket.on('close', servedSocketOnClose);
     socket[kSniff] = null;
     socket.on('data', sniffOnData);
+    // A connection that never says anything must not hold a slot (slowloris).
+    socket.setTimeout(this.options.requestHeadersTimeoutMs);
+    socket.on('timeout', sniffOnTimeout);
     socket.resume();
   }
 
@@ -287,6 +290,8 @@ export class ProxyServer implements SessionHost, H2Host {
       return;
     }
     socket.removeListener('data', sniffOnData);
+    socket.removeListener('timeout', sniffOnTimeout);
+    socket.setTimeout(0);
     socket[kSniff] = undefined;
     switch (kind) {
       case SNIFF_H2:
@@ -334,6 +339,11 @@ function serverOnConnection(this: net.Server & { [kServer]: ProxyServer }, socke
 
 function sniffOnData(this: AcceptedSocket, chunk: Buffer): void {
   this[kServer].sniffed(this, chunk);
+}
+
+function sniffOnTimeout(this: AcceptedSocket): void {
+  this[kServer].core.stats.requestHeadersTimeouts++;
+  this.destroy();
 }
 
 function servedSocketOnClose(this: AcceptedSocket): void {

@@ -166,3 +166,32 @@ describe('graceful stop', () => {
     }
   });
 });
+
+describe('silent connections', () => {
+  it('closes a connection that sends nothing within requestHeadersTimeoutMs', async () => {
+    const px = await startProxy({ requestHeadersTimeoutMs: 300 });
+    try {
+      const socket = net.connect(px.port, '127.0.0.1');
+      const t0 = Date.now();
+      await new Promise((r) => socket.on('close', r));
+      const took = Date.now() - t0;
+      assert.ok(took >= 250 && took < 2000, `closed after ${took} ms`);
+      assert.equal(px.proxy.getStats().requestHeadersTimeouts, 1);
+      assert.ok(await waitFor(() => px.proxy.getStats().activeConnections === 0));
+    } finally {
+      await px.proxy.stop();
+    }
+  });
+
+  it('answers 408 to a head that does not complete in time (slowloris)', async () => {
+    const px = await startProxy({ requestHeadersTimeoutMs: 500 });
+    try {
+      const t0 = Date.now();
+      const answer = await rawRequest(px.port, ['GET / HTTP/1.1\r\n', 'Host: x\r\n', 'X-Slow: 1\r\n'], { timeoutMs: 4000 });
+      assert.match(answer, /^HTTP\/1\.1 408 /);
+      assert.ok(Date.now() - t0 < 2500);
+    } finally {
+      await px.proxy.stop();
+    }
+  });
+});

@@ -1,0 +1,139 @@
+// Turns the repetitions into summaries (median, min, max), a markdown report with ratios, and the
+// issue-5 floors (met / not met) for cmux-proxy.
+import { summarize } from './measure.mjs';
+
+/** { key: {median,min,max,n} } over the successful runs, for every numeric field. */
+export function summarizeRuns(runs) {
+  const ok = runs.filter((r) => !r.error);
+  const keys = new Set(ok.flatMap((r) => Object.keys(r).filter((k) => typeof r[k] === 'number')));
+  return Object.fromEntries([...keys].map((k) => [k, summarize(ok.map((r) => r[k]))]));
+}
+
+function fmt(x, digits = 1) {
+  if (x === null || x === undefined || Number.isNaN(x)) return '–';
+  const abs = Math.abs(x);
+  if (digits === 0 || abs >= 1000) return Math.round(x).toLocaleString('en-US');
+  return x.toFixed(digits);
+}
+
+function cell(s, digits) {
+  if (!s || s.median === null) return '–';
+  if (s.n < 2 || s.min === s.max) return fmt(s.median, digits);
+  return `${fmt(s.median, digits)} (${fmt(s.min, digits)}–${fmt(s.max, digits)})`;
+}
+
+function ratioCell(results, system, key, ref, diff) {
+  const a = results[system]?.summary[key]?.median;
+  const b = results[ref]?.summary[key]?.median;
+  if (system === ref || a === null || a === undefined || b === null || b === undefined) return '–';
+  if (diff) return `${a - b >= 0 ? '+' : ''}${(a - b).toFixed(1)}`;
+  if (b === 0) return '–';
+  return `${(a / b).toFixed(2)}×`;
+}
+
+function notes(entry) {
+  const failed = entry.runs.filter((r) => r.error);
+  const errs = entry.runs.reduce((n, r) => n + (r.errors || 0), 0);
+  const out = [];
+  if (failed.length) out.push(`${failed.length}/${entry.runs.length} runs failed: ${failed[0].error.split('\n')[0].slice(0, 80)}`);
+  if (errs) out.push(`${errs} failed requests`);
+  if (entry.runs.some((r) => r.hwmReset === false)) out.push('peak RSS since start (HWM reset refused)');
+  return out.join('; ');
+}
+
+/** Markdown table for one workload. */
+export function workloadTable(workload, results) {
+  const systems = workload.systems.filter((s) => results[s]);
+  const ratioCols = workload.ratios.flatMap((r) =>
+    r.refs.filter((ref) => results[ref]).map((ref) => ({ ...r, ref, header: `${r.label} ${r.diff ? '−' : 'vs'} ${ref}` })),
+  );
+  const head = ['system', ...workload.columns.map((c) => c.label), ...ratioCols.map((r) => r.header), 'notes'];
+  const lines = [`| ${head.join(' | ')} |`, `|${head.map((_, i) => (i === 0 || i === head.length - 1 ? '---' : '---:')).join('|')}|`];
+  for (const system of systems) {
+    const entry = results[system];
+    const row = [
+      system,
+      ...workload.columns.map((c) => cell(entry.summary[c.key], c.digits)),
+      ...ratioCols.map((r) => ratioCell(results, system, r.key, r.ref, r.diff)),
+      notes(entry),
+    ];
+    lines.push(`| ${row.join(' | ')} |`);
+  }
+  return lines.join('\n');
+}
+
+const med = (all, w, s, k) => all[w]?.[s]?.summary[k]?.median ?? null;
+
+/**
+ * The floors of issue 5, checked on the medians of this run. Each: { floor, value, limit, met }
+ * (met null when a figure is missing).
+ */
+export function checkFloors(all, cfg) {
+  const out = [];
+  const add = (floor, value, limit, cmp, unit = '') => {
+    const met = value === null || limit === null ? null : cmp === '<=' ? value <= limit : value >= limit;
+    out.push({ floor, value, limit, cmp, unit, met });
+  };
+  const c = 'cmux-proxy';
+  const h1 = (s, k) => med(all, 'h1-small', s, k);
+  add('HTTP/1.1 small: CPU µs/req ≤ 1/3 of baseline-ka', h1(c, 'cpuUsPerReq'), h1('baseline-ka', 'cpuUsPerReq') && h1('baseline-ka', 'cpuUsPerReq') / 3, '<=', ' µs');
+  add('HTTP/1.1 small: CPU µs/req ≤ 1.43× nginx', h1(c, 'cpuUsPerReq'), h1('nginx', 'cpuUsPerReq') && h1('nginx', 'cpuUsPerReq') * 1.43, '<=', ' µs');
+  add('HTTP/1.1 small: p99 ≤ 2× nginx', h1(c, 'p99Ms'), h1('nginx', 'p99Ms') && h1('nginx', 'p99Ms') * 2, '<=', ' ms');
+  const h2 = (s, k) => med(all, 'h2c-small', s, k);
+  add('h2c small: CPU µs/req ≤ 1/3 of http2-proxy', h2(c, 'cpuUsPerReq'), h2('http2-proxy', 'cpuUsPerReq') && h2('http2-proxy', 'cpuUsPerReq') / 3, '<=', ' µs');
+  add('h2c small: CPU µs/req ≤ 2× nginx', h2(c, 'cpuUsPerReq'), h2('nginx', 'cpuUsPerReq') && h2('nginx', 'cpuUsPerReq') * 2, '<=', ' µs');
+  const dl = (s) => med(all, 'download-1m', s, 'mibps');
+  add('1 MiB downloads ≥ 0.85× direct', dl(c), dl('direct') && dl('direct') * 0.85, '>=', ' MiB/s');
+  const up = (s, k) => med(all, 'upload-256m', s, k);
+  add('upload ≥ 0.9× nginx', up(c, 'mibps'), up('nginx', 'mibps') && up('nginx', 'mibps') * 0.9, '>=', ' MiB/s');
+  add('upload: peak RSS − idle RSS (same fresh process) ≤ 32 MiB', up(c, 'peakGrowthMiB'), all['upload-256m']?.[c] ? 32 : null, '<=', ' MiB');
+  const ws = (k) => med(all, 'ws', c, k);
+  const wsTarget = Math.min(9500, cfg.wsConnections);
+  add(`WebSockets: ≥ ${wsTarget} echoed${cfg.wsConnections < 9500 ? ' (9,500 in full mode)' : ''}`, ws('ok'), all.ws?.[c] ? wsTarget : null, '>=');
+  add('WebSockets: ≤ 10 KiB proxy RSS each', ws('kibPerConn'), all.ws?.[c] ? 10 : null, '<=', ' KiB');
+  const idleRss = med(all, 'idle', c, 'rssMiB');
+  const bare = med(all, 'idle', 'bare-node', 'rssMiB');
+  add('idle RSS ≤ bare node + 10 MiB', idleRss, bare === null ? null : bare + 10, '<=', ' MiB');
+  add('CPU at 1,000 req/s ≤ 8 % of a core', med(all, 'rps-1000', c, 'cpuPct'), all['rps-1000']?.[c] ? 8 : null, '<=', ' %');
+  return out;
+}
+
+export function floorsTable(floors) {
+  const lines = ['| floor | cmux-proxy | limit | met |', '|---|---:|---:|---|'];
+  for (const f of floors) {
+    const v = f.value === null ? '–' : `${fmt(f.value, 2)}${f.unit}`;
+    const l = f.limit === null ? '–' : `${f.cmp} ${fmt(f.limit, 2)}${f.unit}`;
+    lines.push(`| ${f.floor} | ${v} | ${l} | ${f.met === null ? 'n/a' : f.met ? 'yes' : '**no**'} |`);
+  }
+  return lines.join('\n');
+}
+
+/** The whole markdown report. */
+export function markdownReport({ meta, workloads, results, floors }) {
+  const out = [];
+  out.push(`## Load benchmark (${meta.mode} mode, ${meta.reps} repetitions, medians with min–max)`);
+  out.push('');
+  out.push(`- ${meta.date} · Node ${meta.node} · ${meta.nginx} · ${meta.wrk} · ${meta.h2load}`);
+  out.push(`- ${meta.cpuModel} · ${meta.cpus} CPUs · proxy pinned to CPU ${meta.proxyCpu}, load generators and upstreams to CPU ${meta.loadCpu}`);
+  out.push(`- command: \`${meta.command}\` (took ${meta.durationSeconds} s)`);
+  const sec = meta.config.seconds;
+  out.push(
+    `- loads: HTTP/1.1 ${sec.h1} s, h2c ${sec.h2c} s, downloads ${sec.download} s, fixed rate ${sec.rps} s per run; ` +
+      `upload ${meta.config.uploadBytes / 1048576} MiB; ${meta.config.wsConnections} WebSockets`,
+  );
+  out.push('- CPU figures are the proxy process tree only (utime+stime from /proc); "direct" has no proxy.');
+  for (const w of workloads) {
+    if (!results[w.name]) continue;
+    out.push('');
+    out.push(`### ${w.name}: ${w.title}`);
+    out.push('');
+    out.push(workloadTable(w, results[w.name]));
+  }
+  if (floors.some((f) => f.value !== null)) {
+    out.push('');
+    out.push('### Issue 5 floors (medians of this run)');
+    out.push('');
+    out.push(floorsTable(floors));
+  }
+  return out.join('\n');
+}

@@ -1,0 +1,261 @@
+// The processes a benchmark talks to. Backends (on the load generator's CPU): an nginx upstream,
+// a Node upload sink and a `ws` echo server. Systems under test (on the proxy CPU): this proxy,
+// the baseline Node proxy with and without keep-alive, nginx as a reverse proxy, http2-proxy,
+// plus "direct" (no proxy at all) and a bare `node` process for idle memory.
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort, startProcess, stopProcess, waitForPort, sleep } from './processes.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const repoRoot = resolve(here, '../..');
+export const PROXY_CPU = 0;
+export const LOAD_CPU = 1;
+export const SMALL_BODY = `${'x'.repeat(99)}\n`; // 100 bytes
+export const LARGE_BYTES = 1024 * 1024;
+const NOFILE = 20000;
+export const NGINX = existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : 'nginx';
+
+export const paths = {
+  cli: join(repoRoot, 'dist/cli.js'),
+  baseline: resolve(repoRoot, '../shared/bench/baseline-node-proxy.mjs'),
+  http2Proxy: join(here, 'http2-proxy-server.mjs'),
+  uploadSink: join(here, 'upload-sink.mjs'),
+  wsEcho: join(here, 'ws-echo-server.mjs'),
+};
+
+// ---- nginx ------------------------------------------------------------------------------------
+
+function nginxMain(prefix, body, workerConnections) {
+  const tmp = (name) => `${name}_temp_path ${join(prefix, `${name}_temp`)};`;
+  return `# written by bench/load/servers.mjs
+${process.getuid?.() === 0 ? 'user root root;' : ''}
+worker_processes 1;
+worker_rlimit_nofile ${NOFILE};
+pid ${join(prefix, 'nginx.pid')};
+error_log ${join(prefix, 'error.log')} warn;
+events { worker_connections ${workerConnections}; }
+http {
+  access_log off;
+  ${tmp('client_body')} ${tmp('proxy')} ${tmp('fastcgi')} ${tmp('uwsgi')} ${tmp('scgi')}
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+${body}
+}
+`;
+}
+
+/** Prints the first few error/alert lines of an nginx error log to stderr, if any. */
+export function reportNginxErrors(name, prefix) {
+  try {
+    const lines = readFileSync(join(prefix, 'error.log'), 'utf8')
+      .split('\n')
+      .filter((l) => /\[(error|crit|alert|emerg)\]/.test(l));
+    if (lines.length) process.stderr.write(`  ${name} error.log (${lines.length} errors):\n    ${lines.slice(0, 5).join('\n    ')}\n`);
+  } catch {
+    /* no log */
+  }
+}
+
+async function startNginx(name, prefix, conf, ports, cpu) {
+  mkdirSync(prefix, { recursive: true });
+  const file = join(prefix, 'nginx.conf');
+  writeFileSync(file, conf);
+  const handle = startProcess(
+    name,
+    NGINX,
+    ['-p', prefix, '-e', join(prefix, 'error.log'), '-c', file, '-g', 'daemon off; master_process on;'],
+    { cpu },
+  );
+  for (const port of ports) await waitForPort(port, { handle });
+  return handle;
+}
+
+/** nginx with 1 worker serving /small (100 bytes) and /1m (1 MiB file), HTTP/1.1 and h2c ports. */
+export async function startUpstream(workDir) {
+  const prefix = join(workDir, 'nginx-upstream');
+  mkdirSync(join(prefix, 'www'), { recursive: true });
+  writeFileSync(join(prefix, 'www', '1m'), Buffer.alloc(LARGE_BYTES, 0x62));
+  const port = await freePort();
+  const h2cPort = await freePort();
+  const conf = nginxMain(
+    prefix,
+    `  server {
+    listen 127.0.0.1:${port} backlog=4096;
+    listen 127.0.0.1:${h2cPort} http2 backlog=4096;
+    location = /small { default_type text/plain; return 200 "${SMALL_BODY.slice(0, -1)}\\n"; }
+    location = /1m { root ${join(prefix, 'www')}; default_type application/octet-stream; }
+  }`,
+    4096,
+  );
+  const handle = await startNginx('nginx-upstream', prefix, conf, [port, h2cPort], LOAD_CPU);
+  return { handle, port, h2cPort };
+}
+
+/** nginx as the reverse proxy: routes X-Cmux-Port-Internal to the matching upstream group. */
+async function startNginxProxy(workDir, backends) {
+  const prefix = join(workDir, `nginx-proxy-${Date.now()}`);
+  const port = await freePort();
+  const h2cPort = await freePort();
+  const groups = Object.entries(backends)
+    .map(([name, p]) => `  upstream ${name} { server 127.0.0.1:${p}; keepalive 64; keepalive_requests 1000000; keepalive_timeout 60s; }`)
+    .join('\n');
+  const routes = Object.entries(backends)
+    .map(([name, p]) => `    "${p}" ${name};`)
+    .join('\n');
+  const conf = nginxMain(
+    prefix,
+    `${groups}
+  map $http_x_cmux_port_internal $cmux_backend {
+    default ${Object.keys(backends)[0]};
+${routes}
+  }
+  map $http_upgrade $connection_upgrade { default upgrade; "" ""; }
+  server {
+    listen 127.0.0.1:${port} backlog=4096;
+    listen 127.0.0.1:${h2cPort} http2 backlog=4096;
+    client_max_body_size 0;
+    location / {
+      proxy_pass http://$cmux_backend;
+      proxy_http_version 1.1;
+      proxy_set_header Host $http_host;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 120s;
+      proxy_send_timeout 120s;
+    }
+  }`,
+    // ~9,500 WebSockets hold 19,000 connections; nginx starts closing "reusable" connections (even
+    // fresh ones waiting for their request) once fewer than 1/16 of worker_connections are free.
+    24000,
+  );
+  const handle = await startNginx('nginx-proxy', prefix, conf, [port, h2cPort], PROXY_CPU);
+  const cleanup = () => {
+    reportNginxErrors('nginx-proxy', prefix);
+    rmSync(prefix, { recursive: true, force: true });
+  };
+  return { handle, port, h2cPort, cleanup };
+}
+
+// ---- Node backends ----------------------------------------------------------------------------
+
+async function startNodeServer(name, script, { cpu, nofile } = {}) {
+  const port = await freePort();
+  const handle = startProcess(name, process.execPath, [script, '--port', String(port)], { cpu, nofile });
+  await waitForPort(port, { handle });
+  return { handle, port };
+}
+
+/** Starts the three backends; all run on the load generator's CPU. */
+export async function startBackends(workDir) {
+  const [upstream, sink, echo] = await Promise.all([
+    startUpstream(workDir),
+    startNodeServer('upload-sink', paths.uploadSink, { cpu: LOAD_CPU }),
+    startNodeServer('ws-echo', paths.wsEcho, { cpu: LOAD_CPU, nofile: NOFILE }),
+  ]);
+  return { upstream, sink, echo };
+}
+
+// ---- systems under test -----------------------------------------------------------------------
+
+/**
+ * The baseline is an ES module that imports `http-proxy`, which lives in this repo's node_modules.
+ * ESM ignores NODE_PATH, so we run it through a symlink inside node_modules/.cache with
+ * --preserve-symlinks(-main): the very same file, resolving packages from this repo.
+ */
+function baselineEntry() {
+  if (!existsSync(paths.baseline)) throw new Error(`baseline not found at ${paths.baseline}`);
+  const dir = join(repoRoot, 'node_modules/.cache/cmux-bench');
+  const link = join(dir, 'baseline-node-proxy.mjs');
+  mkdirSync(dir, { recursive: true });
+  rmSync(link, { force: true });
+  symlinkSync(paths.baseline, link);
+  return link;
+}
+
+const nodeEnv = () => {
+  const env = { ...process.env, NODE_PATH: join(repoRoot, 'node_modules') };
+  delete env.NODE_OPTIONS;
+  return env;
+};
+
+/** System names, in table order. */
+export const SYSTEM_NAMES = ['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx', 'http2-proxy', 'bare-node'];
+
+export function cmuxAvailable() {
+  return existsSync(paths.cli);
+}
+
+/**
+ * Starts a system under test pinned to the proxy CPU. Returns { name, handle|null, port, h2cPort,
+ * stop() }. `nginxRoutes` ({ upstreamGroupName: port }) are the backends nginx can route to.
+ */
+export async function startSystem(name, { workDir, nginxRoutes }) {
+  const nodeSystem = async (args) => {
+    const port = await freePort();
+    const handle = startProcess(name, process.execPath, args(port), {
+      cpu: PROXY_CPU,
+      nofile: NOFILE,
+      env: nodeEnv(),
+      cwd: repoRoot,
+    });
+    await waitForPort(port, { handle });
+    return { name, handle, port, h2cPort: port, stop: () => stopProcess(handle) };
+  };
+  switch (name) {
+    case 'direct':
+      return { name, handle: null, port: null, h2cPort: null, stop: async () => {} };
+    case 'cmux-proxy':
+      return nodeSystem((port) => [
+        paths.cli,
+        '--port', String(port),
+        '--host', '127.0.0.1',
+        '--log-level', 'warn',
+        '--max-connections', String(NOFILE),
+      ]);
+    case 'baseline':
+    case 'baseline-ka': {
+      const entry = baselineEntry();
+      const extra = name === 'baseline-ka' ? ['--keep-alive'] : [];
+      return nodeSystem((port) => ['--preserve-symlinks', '--preserve-symlinks-main', entry, '--port', String(port), ...extra]);
+    }
+    case 'http2-proxy':
+      return nodeSystem((port) => [paths.http2Proxy, '--port', String(port)]);
+    case 'nginx': {
+      const n = await startNginxProxy(workDir, nginxRoutes);
+      return {
+        name,
+        handle: n.handle,
+        port: n.port,
+        h2cPort: n.h2cPort,
+        stop: async () => {
+          await stopProcess(n.handle);
+          n.cleanup();
+        },
+      };
+    }
+    case 'bare-node': {
+      const handle = startProcess(name, process.execPath, ['-e', 'setInterval(()=>{},1e6)'], { cpu: PROXY_CPU });
+      await sleep(200);
+      if (handle.hasExited()) throw new Error(`bare node exited: ${handle.output()}`);
+      return { name, handle, port: null, h2cPort: null, stop: () => stopProcess(handle) };
+    }
+    default:
+      throw new Error(`unknown system ${name}`);
+  }
+}
+
+/**
+ * Where a client sends a request for `backendPort` through `system`: { port, targetPort }, the
+ * port to connect to and the X-Cmux-Port-Internal value. Direct goes straight to the backend (the
+ * header is sent anyway and ignored). For h2c, direct and nginx use their h2c listeners and the
+ * proxies forward to the HTTP/1.1 backend port.
+ */
+export function endpoint(system, backendPort, { h2c = false, directPort } = {}) {
+  if (system.name === 'direct') return { port: directPort ?? backendPort, targetPort: backendPort };
+  return { port: h2c ? system.h2cPort : system.port, targetPort: backendPort };
+}

@@ -1,0 +1,314 @@
+// The workloads of the load benchmark. Each one names the systems it compares, the columns it
+// reports, the ratios it shows, and how to run one repetition against one system. A repetition
+// returns plain numbers (and `errors` > 0 when some requests failed); CPU figures are the proxy's
+// process tree only (null for "direct", which has no proxy).
+import { join } from 'node:path';
+import { cpuSeconds, hwmKiB, parseH2load, parseWrk, resetHwm, rssKiB, withCpu } from './measure.mjs';
+import { runCommand, sleep, startProcess, stopProcess } from './processes.mjs';
+import { endpoint, LARGE_BYTES } from './servers.mjs';
+
+const here = new URL('.', import.meta.url).pathname;
+const MiB = 1024 * 1024;
+const header = (port) => `X-Cmux-Port-Internal: ${port}`;
+const pid = (system) => system.handle?.pid ?? null;
+const round = (x, digits = 2) => (x === null || x === undefined ? null : Number(x.toFixed(digits)));
+
+function assertOk(res, what) {
+  if (res.timedOut) throw new Error(`${what} timed out`);
+  if (res.code !== 0) throw new Error(`${what} exited ${res.code ?? res.signal}: ${(res.stderr || res.stdout).trim().slice(-500)}`);
+}
+
+async function wrk(system, { backendPort, path, connections, seconds, directPort }) {
+  const { port, targetPort } = endpoint(system, backendPort, { directPort });
+  const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--latency', '-H', header(targetPort), `http://127.0.0.1:${port}${path}`];
+  const { result: res, cpu } = await withCpu(pid(system), () => runCommand('wrk', 'wrk', args, { timeoutMs: (seconds + 20) * 1000 }));
+  assertOk(res, 'wrk');
+  const out = parseWrk(res.stdout);
+  if (out.requests === 0) throw new Error(`wrk completed no request:\n${res.stdout}`);
+  return { ...out, cpu };
+}
+
+async function h2load(system, { backendPort, directPort, args, seconds, requests, path = '/small', h2c = true }) {
+  const { port, targetPort } = endpoint(system, backendPort, { h2c, directPort });
+  const amount = requests ? ['-n', String(requests)] : ['-D', String(seconds)];
+  const argv = [...args, ...amount, '-H', header(targetPort), `http://127.0.0.1:${port}${path}`];
+  const { result: res, cpu, wall } = await withCpu(pid(system), () =>
+    runCommand('h2load', 'h2load', argv, { timeoutMs: ((seconds ?? 10) + 20) * 1000 }),
+  );
+  assertOk(res, 'h2load');
+  const out = parseH2load(res.stdout);
+  if (out.succeeded === 0) throw new Error(`h2load: no request succeeded:\n${res.stdout}`);
+  return { ...out, cpu, wall };
+}
+
+/** Systems that accept h2c (prior knowledge) and the ones that speak HTTP/1.1. */
+const H2C = new Set(['direct', 'cmux-proxy', 'nginx', 'http2-proxy']);
+const H1 = new Set(['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx']);
+
+/**
+ * Warms a long-lived system once after it starts (JIT, pools), by request count so every system
+ * gets the same amount: small responses over HTTP/1.1 and h2c, and a few 1 MiB downloads.
+ */
+export async function warmUp(ctx, system) {
+  const up = ctx.backends.upstream;
+  if (H1.has(system.name)) {
+    await h2load(system, { backendPort: up.port, args: ['--h1', '-c50'], requests: 3000, h2c: false });
+    await h2load(system, { backendPort: up.port, args: ['--h1', '-c4'], requests: 100, path: '/1m', h2c: false });
+  }
+  if (H2C.has(system.name)) {
+    await h2load(system, { backendPort: up.port, directPort: up.h2cPort, args: ['-c10', '-m10'], requests: 3000 });
+  }
+}
+
+const cpuPer = (cpu, n) => (cpu === null || !n ? null : round((cpu * 1e6) / n, 1));
+
+// ---- workloads --------------------------------------------------------------------------------
+
+const h1Small = {
+  name: 'h1-small',
+  title: 'HTTP/1.1 keep-alive, 100 B responses (wrk -t1 -c50 --latency)',
+  systems: ['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx'],
+  columns: [
+    { key: 'rps', label: 'req/s', digits: 0 },
+    { key: 'p99Ms', label: 'p99 ms', digits: 2 },
+    { key: 'cpuUsPerReq', label: 'CPU µs/req', digits: 1 },
+  ],
+  ratios: [
+    { key: 'rps', label: 'req/s', refs: ['direct', 'baseline-ka', 'nginx'] },
+    { key: 'cpuUsPerReq', label: 'CPU/req', refs: ['baseline-ka', 'nginx'] },
+    { key: 'p99Ms', label: 'p99', refs: ['nginx'] },
+  ],
+  async run(ctx, system) {
+    const r = await wrk(system, { backendPort: ctx.backends.upstream.port, path: '/small', connections: 50, seconds: ctx.cfg.seconds.h1 });
+    return {
+      rps: round(r.rps, 0),
+      p50Ms: r.p50Ms,
+      p99Ms: r.p99Ms,
+      requests: r.requests,
+      errors: r.non2xx + r.socketErrors,
+      cpuUsPerReq: cpuPer(r.cpu, r.requests),
+    };
+  },
+};
+
+const h2cSmall = {
+  name: 'h2c-small',
+  title: 'h2c (prior knowledge), 100 B responses (h2load -c10 -m10); proxies forward over HTTP/1.1',
+  systems: ['direct', 'cmux-proxy', 'http2-proxy', 'nginx'],
+  columns: [
+    { key: 'rps', label: 'req/s', digits: 0 },
+    { key: 'meanMs', label: 'mean ms', digits: 2 },
+    { key: 'cpuUsPerReq', label: 'CPU µs/req', digits: 1 },
+  ],
+  ratios: [
+    { key: 'rps', label: 'req/s', refs: ['direct', 'http2-proxy', 'nginx'] },
+    { key: 'cpuUsPerReq', label: 'CPU/req', refs: ['http2-proxy', 'nginx'] },
+  ],
+  async run(ctx, system) {
+    const up = ctx.backends.upstream;
+    const r = await h2load(system, { backendPort: up.port, directPort: up.h2cPort, args: ['-c10', '-m10'], seconds: ctx.cfg.seconds.h2c });
+    return {
+      rps: round(r.rps, 0),
+      meanMs: r.meanMs,
+      requests: r.succeeded,
+      errors: r.failed + r.errored + r.timeout + r.statusErrors,
+      cpuUsPerReq: cpuPer(r.cpu, r.done),
+    };
+  },
+};
+
+const download1m = {
+  name: 'download-1m',
+  title: '1 MiB downloads (wrk -t1 -c4)',
+  systems: ['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx'],
+  columns: [
+    { key: 'mibps', label: 'MiB/s', digits: 0 },
+    { key: 'cpuUsPerReq', label: 'CPU µs/MiB', digits: 0 },
+    { key: 'peakRssMiB', label: 'peak RSS MiB', digits: 1 },
+  ],
+  ratios: [
+    { key: 'mibps', label: 'MiB/s', refs: ['direct', 'baseline-ka', 'nginx'] },
+    { key: 'cpuUsPerReq', label: 'CPU/MiB', refs: ['baseline-ka', 'nginx'] },
+  ],
+  async run(ctx, system) {
+    const hwmReset = pid(system) ? resetHwm(pid(system)) : null;
+    const r = await wrk(system, { backendPort: ctx.backends.upstream.port, path: '/1m', connections: 4, seconds: ctx.cfg.seconds.download });
+    const complete = r.bytes >= r.requests * LARGE_BYTES * 0.99;
+    return {
+      mibps: round((r.requests * LARGE_BYTES) / MiB / r.seconds, 1),
+      requests: r.requests,
+      errors: r.non2xx + r.socketErrors + (complete ? 0 : 1),
+      cpuUsPerReq: cpuPer(r.cpu, r.requests),
+      peakRssMiB: pid(system) ? round(hwmKiB(pid(system)) / 1024, 1) : null,
+      hwmReset,
+    };
+  },
+};
+
+const upload = {
+  name: 'upload-256m',
+  title: '256 MiB upload, one streamed POST (Node client -> Node sink); proxy started fresh for every repetition',
+  systems: ['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx'],
+  freshPerRep: true,
+  columns: [
+    { key: 'mibps', label: 'MiB/s', digits: 0 },
+    { key: 'cpuUsPerMiB', label: 'CPU µs/MiB', digits: 0 },
+    { key: 'idleRssMiB', label: 'RSS before MiB', digits: 1 },
+    { key: 'peakRssMiB', label: 'peak RSS MiB', digits: 1 },
+    { key: 'peakGrowthMiB', label: 'peak − before MiB', digits: 1 },
+  ],
+  ratios: [
+    { key: 'mibps', label: 'MiB/s', refs: ['direct', 'baseline-ka', 'nginx'] },
+    { key: 'cpuUsPerMiB', label: 'CPU/MiB', refs: ['baseline-ka', 'nginx'] },
+  ],
+  async upload(ctx, system, bytes) {
+    const { port, targetPort } = endpoint(system, ctx.backends.sink.port);
+    const args = [join(here, 'upload-client.mjs'), '--port', String(port), '--target-port', String(targetPort), '--bytes', String(bytes)];
+    const { result: res, cpu } = await withCpu(pid(system), () =>
+      runCommand('upload-client', process.execPath, args, { timeoutMs: 120000 }),
+    );
+    assertOk(res, 'upload client');
+    const out = JSON.parse(res.stdout.trim().split('\n').pop());
+    if (out.status !== 200 || out.received !== bytes) {
+      throw new Error(`upload: status ${out.status}, sink received ${out.received} of ${bytes} bytes`);
+    }
+    return { ...out, cpu };
+  },
+  async run(ctx, system) {
+    const p = pid(system);
+    const bytes = ctx.cfg.uploadBytes;
+    await sleep(300); // let the fresh process settle
+    const rssBefore = p ? rssKiB(p) : null;
+    const hwmReset = p ? resetHwm(p) : null;
+    const r = await this.upload(ctx, system, bytes);
+    const peak = p ? hwmKiB(p) : null;
+    return {
+      mibps: round(bytes / MiB / (r.ms / 1000), 1),
+      cpuUsPerMiB: r.cpu === null ? null : round((r.cpu * 1e6) / (bytes / MiB), 0),
+      idleRssMiB: p ? round(rssBefore / 1024, 1) : null,
+      peakRssMiB: p ? round(peak / 1024, 1) : null,
+      peakGrowthMiB: p ? round((peak - rssBefore) / 1024, 1) : null,
+      hwmReset,
+      errors: 0,
+    };
+  },
+};
+
+async function readJsonLine(handle, index, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const lines = handle.stdout.split('\n').filter((l) => l.startsWith('{'));
+    if (lines.length > index) return JSON.parse(lines[index]);
+    if (handle.hasExited()) break;
+    await sleep(50);
+  }
+  throw new Error(`ws client: no result line ${index} (${handle.hasExited() ? 'exited' : 'timeout'}):\n${handle.output()}`);
+}
+
+const websockets = {
+  name: 'ws',
+  title: 'concurrent WebSockets, one echo each (proxy started fresh for every repetition)',
+  systems: ['direct', 'cmux-proxy', 'baseline', 'nginx'],
+  freshPerRep: true,
+  columns: [
+    { key: 'ok', label: 'echoed & open', digits: 0 },
+    { key: 'kibPerConn', label: 'RSS KiB/conn', digits: 1 },
+    { key: 'openSeconds', label: 'open+echo s', digits: 2 },
+    { key: 'cpuUsPerConn', label: 'CPU µs/conn', digits: 0 },
+  ],
+  ratios: [
+    { key: 'kibPerConn', label: 'KiB/conn', refs: ['baseline', 'nginx'] },
+    { key: 'cpuUsPerConn', label: 'CPU/conn', refs: ['baseline', 'nginx'] },
+  ],
+  async clients(ctx, system, count, hold) {
+    const { port, targetPort } = endpoint(system, ctx.backends.echo.port);
+    const args = [join(here, 'ws-client.mjs'), '--port', String(port), '--target-port', String(targetPort), '--count', String(count)];
+    if (hold) args.push('--hold');
+    return startProcess('ws-client', process.execPath, args, { nofile: 20000, stdin: 'pipe' });
+  },
+  async run(ctx, system) {
+    const p = pid(system);
+    const count = ctx.cfg.wsConnections;
+    // warm the code paths with a few connections, then let the proxy settle
+    const warm = await this.clients(ctx, system, 20, false);
+    await readJsonLine(warm, 0, 20000);
+    await warm.exited;
+    await sleep(200);
+    const rssBefore = p ? rssKiB(p) : null;
+    const cpu0 = p ? cpuSeconds(p) : null;
+    const client = await this.clients(ctx, system, count, true);
+    try {
+      const first = await readJsonLine(client, 0, 30000 + count * 10);
+      await sleep(200);
+      const rssAfter = p ? rssKiB(p) : null;
+      const cpu = p ? cpuSeconds(p) - cpu0 : null;
+      client.child.stdin.write('report\n');
+      const second = await readJsonLine(client, 1, 10000);
+      const ok = Math.min(first.echoed, second.stillOpen);
+      if (ok === 0) throw new Error(`no WebSocket echoed: ${first.firstError}`);
+      return {
+        ok,
+        requested: count,
+        failed: first.failed,
+        openSeconds: round(first.ms / 1000, 2),
+        kibPerConn: p && ok ? round((rssAfter - rssBefore) / ok, 2) : null,
+        rssBeforeMiB: p ? round(rssBefore / 1024, 1) : null,
+        rssAfterMiB: p ? round(rssAfter / 1024, 1) : null,
+        cpuUsPerConn: cpuPer(cpu, ok),
+        errors: count - ok,
+        firstError: first.firstError,
+      };
+    } finally {
+      await stopProcess(client, 5000);
+    }
+  },
+};
+
+const idle = {
+  name: 'idle',
+  title: 'idle RSS 1 s after start (all started together, each pinned to the proxy CPU)',
+  systems: ['bare-node', 'cmux-proxy', 'baseline', 'http2-proxy', 'nginx'],
+  parallelFresh: true,
+  columns: [{ key: 'rssMiB', label: 'RSS MiB', digits: 1 }],
+  ratios: [{ key: 'rssMiB', label: 'RSS', refs: ['bare-node', 'baseline', 'nginx'], diff: true }],
+  async run(ctx, system) {
+    return { rssMiB: round(rssKiB(pid(system)) / 1024, 1), errors: 0 };
+  },
+};
+
+async function paced(ctx, system, seconds) {
+  const { port, targetPort } = endpoint(system, ctx.backends.upstream.port);
+  const args = [join(here, 'paced-client.mjs'), '--port', String(port), '--target-port', String(targetPort)];
+  args.push('--rate', '1000', '--connections', '10', '--seconds', String(seconds));
+  const { result: res, cpu } = await withCpu(pid(system), () =>
+    runCommand('paced-client', process.execPath, args, { timeoutMs: (seconds + 20) * 1000 }),
+  );
+  assertOk(res, 'paced client');
+  return { ...JSON.parse(res.stdout.trim().split('\n').pop()), cpu };
+}
+
+const rps1000 = {
+  name: 'rps-1000',
+  title: 'CPU at a fixed 1,000 req/s, HTTP/1.1 100 B (paced Node client: 10 keep-alive connections, a burst of 10 requests every 10 ms)',
+  systems: ['cmux-proxy', 'baseline', 'baseline-ka', 'nginx'],
+  columns: [
+    { key: 'cpuPct', label: 'CPU % of a core', digits: 1 },
+    { key: 'rps', label: 'req/s', digits: 0 },
+    { key: 'p99Ms', label: 'p99 ms', digits: 2 },
+  ],
+  ratios: [{ key: 'cpuPct', label: 'CPU', refs: ['baseline-ka', 'nginx'] }],
+  async run(ctx, system) {
+    const r = await paced(ctx, system, ctx.cfg.seconds.rps);
+    return {
+      cpuPct: r.cpu === null ? null : round((r.cpu / r.seconds) * 100, 2),
+      rps: round(r.rps, 0),
+      meanMs: round(r.meanMs, 3),
+      p99Ms: round(r.p99Ms, 3),
+      requests: r.ok,
+      errors: r.failed,
+    };
+  },
+};
+
+// Long-lived systems first (they share one warmed-up process each), then the ones that start their own.
+export const WORKLOADS = [h1Small, h2cSmall, download1m, rps1000, upload, websockets, idle];

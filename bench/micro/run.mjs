@@ -1,0 +1,57 @@
+// Micro benchmarks for the hot functions (tinybench). Each checks its output before timing it.
+//   npm run bench:micro            all
+//   npm run bench:micro -- route   only names containing "route"
+import assert from 'node:assert/strict';
+import { Bench } from 'tinybench';
+import { sniff, SNIFF_H1, SNIFF_H2, SNIFF_MORE } from '../../dist/sniff.js';
+import { route } from '../../dist/route/router.js';
+import { workspaceIp, workspaceNumber } from '../../dist/route/workspace-ip.js';
+import { buildUpstreamRequestHead, connectionTokens, emptyFacts, filterResponseHeadersH1, responseHeadersH2, scanRequestHeaders } from '../../dist/headers.js';
+
+const filter = process.argv[2];
+const config = { headerRoutingEnabled: true, workspaceIsolation: true };
+const h1Request = Buffer.from('GET /index.html HTTP/1.1\r\nHost: app.3000.localhost\r\n\r\n');
+const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+const browserHeaders = [
+  'Host', 'app.3000.localhost:9776',
+  'User-Agent', 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36',
+  'Accept', 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8',
+  'Accept-Language', 'en-US,en;q=0.9',
+  'Accept-Encoding', 'gzip, deflate, br',
+  'Connection', 'keep-alive',
+  'Cookie', 'session=abc123; theme=dark',
+  'X-Cmux-Port-Internal', '3000',
+  'Sec-Fetch-Mode', 'navigate',
+];
+const responseHeaders = ['Content-Type', 'text/html; charset=utf-8', 'Content-Length', '1234', 'Connection', 'keep-alive', 'Keep-Alive', 'timeout=5', 'Date', 'Thu, 26 Nov 2026 00:00:00 GMT', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2'];
+const ctx = { host: 'app.3000.localhost:9776', forwardedHost: 'app.3000.localhost:9776', clientAddress: '127.0.0.1', proto: 'http', viaEntry: '1.1 cmux-proxy-abcd1234', upgrade: false, chunked: false };
+
+const cases = {
+  'sniff h1': [() => sniff(h1Request), SNIFF_H1],
+  'sniff h2 preface': [() => sniff(preface), SNIFF_H2],
+  'sniff split preface': [() => sniff(preface.subarray(0, 10)), SNIFF_MORE],
+  'route by header': [() => route(config, { portHeader: '3000', workspaceHeader: undefined, host: 'x' }, false).key, '127.0.0.1:3000'],
+  'route by header + workspace': [() => route(config, { portHeader: '3000', workspaceHeader: 'workspace-1', host: 'x' }, false).key, '127.18.0.1:3000'],
+  'route <container>.<port>.localhost': [() => route(config, { portHeader: undefined, workspaceHeader: undefined, host: 'app.3000.localhost:9776' }, false).key, '127.0.0.1:3000'],
+  'route cmux-<id>-<scope>-<port>.cmux.sh': [() => route(config, { portHeader: undefined, workspaceHeader: undefined, host: 'cmux-abc-workspace-a-5173.cmux.sh' }, false).key, '127.18.176.32:5173'],
+  'workspaceIp (cached)': [() => workspaceIp('workspace-a'), '127.18.176.32'],
+  'workspaceNumber (uncached FNV-1a)': [() => workspaceNumber('team/my-workspace'), workspaceNumber('team/my-workspace')],
+  'scanRequestHeaders (browser head)': [() => {
+    const facts = emptyFacts();
+    scanRequestHeaders(browserHeaders, 'cmux-proxy-abcd1234', facts);
+    return facts.portHeader;
+  }, '3000'],
+  'buildUpstreamRequestHead (browser head)': [() => buildUpstreamRequestHead('GET', '/index.html', browserHeaders, connectionTokens(browserHeaders), ctx).length, buildUpstreamRequestHead('GET', '/index.html', browserHeaders, connectionTokens(browserHeaders), ctx).length],
+  'filterResponseHeadersH1': [() => filterResponseHeadersH1(responseHeaders, false, { contentLength: false, keepAliveTimeoutSec: 0 }).includes('Keep-Alive'), false],
+  'responseHeadersH2': [() => responseHeadersH2(responseHeaders, 200, { contentLength: false, keepAliveTimeoutSec: 0 })['set-cookie'].length, 2],
+};
+
+const bench = new Bench({ time: 300, warmupTime: 100 });
+for (const [name, [fn, expected]] of Object.entries(cases)) {
+  if (filter && !name.includes(filter)) continue;
+  assert.deepEqual(fn(), expected, `${name} returns the right answer`);
+  bench.add(name, fn);
+}
+await bench.run();
+console.log(`Node ${process.version}`);
+console.table(bench.table());
