@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Debian packages the test suite uses as real clients (curl; nghttp2's h2load/nghttp).
+# Debian packages the test suite uses: real clients (curl; nghttp2's h2load/nghttp) and ss
+# (iproute2) to read socket options from the kernel.
 # Idempotent: installs only what is missing. Runs as root (CI) or through sudo.
 set -euo pipefail
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v nghttp >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v ss >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

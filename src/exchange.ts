@@ -1,3 +1,4 @@
+import type net from 'node:net';
 import type { ProxyCore, Routable } from './proxy-core.js';
 import type { RequestHeadFacts, ResponseHeadFacts } from './headers.js';
 import { trailerLines } from './headers.js';
@@ -33,6 +34,8 @@ export interface ClientSide {
   upgraded(ex: Exchange, conn: UpstreamConn, status: number, statusMessage: string, raw: string[], rest: Buffer): void;
   /** The exchange is over (response ended or failed); the client may go on. */
   done(ex: Exchange): void;
+  /** The socket responses are written to, when writes can be batched by corking it. */
+  outputSocket(): net.Socket | null;
 }
 
 export const EX_RESPONSE_STARTED = 1;
@@ -71,6 +74,8 @@ export class Exchange implements UpstreamUser, Routable {
   private requestTrailers: string[] | null = null;
   head = '';
   status = 0;
+  /** The client socket to cork around upstream reads (HTTP/1 clients), else null. */
+  readonly out: net.Socket | null;
   /** Free slot for the client side's own per-exchange state. */
   clientState: unknown = undefined;
   readonly responseFacts: ResponseHeadFacts = { contentLength: false, keepAliveTimeoutSec: 0 };
@@ -99,6 +104,7 @@ export class Exchange implements UpstreamUser, Routable {
     this.proto = proto;
     this.clientVersion = clientVersion;
     this.bodyMode = bodyMode;
+    this.out = client.outputSocket();
   }
 
   get finished(): boolean {
@@ -132,7 +138,7 @@ export class Exchange implements UpstreamUser, Routable {
       return;
     }
     this.conn = conn;
-    conn.socket.setTimeout(this.core.options.upstreamResponseTimeoutMs);
+    this.core.pool.awaitHead(conn, this.core.options.upstreamResponseTimeoutMs);
     const socket = conn.socket;
     const queued = this.queued;
     this.queued = null;
@@ -192,7 +198,7 @@ export class Exchange implements UpstreamUser, Routable {
       this.client.interim(this, status, statusMessage, raw);
       return 0;
     }
-    conn.socket.setTimeout(this.core.options.upstreamIdleTimeoutMs);
+    this.core.pool.headArrived(conn);
     if (status === 101) {
       if ((this.flags & EX_UPGRADE) === 0 || !upgrade) {
         conn.errorCode = 'BAD_RESPONSE';

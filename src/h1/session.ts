@@ -413,6 +413,10 @@ export class H1Connection implements ClientSide {
     if (this.pauses === 0 && (this.flags & C_CLOSED) === 0) this.socket.resume();
   }
 
+  outputSocket(): net.Socket {
+    return this.socket;
+  }
+
   pauseRequest(): void {
     this.pause(P_BACKPRESSURE);
   }

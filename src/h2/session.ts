@@ -109,6 +109,9 @@ const h2ClientSide: ClientSide = {
     conn.socket.destroy();
   },
   done() {},
+  outputSocket() {
+    return null;
+  },
 };
 
 function isTrailerName(value: string, index: number, raw: string[]): boolean {

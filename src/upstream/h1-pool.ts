@@ -1,4 +1,5 @@
 import net from 'node:net';
+import { DeadlineSweep, type Expirable } from '../deadlines.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters, PoolStats } from '../stats.js';
 import {
@@ -27,6 +28,8 @@ export interface UpstreamUser {
   onUpstreamDrain(): void;
   /** Bytes after an upgrade (101) response head, already read from the upstream. */
   onUpgradeData(conn: UpstreamConn, rest: Buffer): void;
+  /** The client socket the response is written to, corked while a read is parsed (one write). */
+  readonly out: net.Socket | null;
 }
 
 export const PHASE_CONNECTING = 0;
@@ -41,7 +44,7 @@ type UpstreamSocket = net.Socket & { [kUpstream]: UpstreamConn };
 type ResponseParser = HTTPParser & { conn: UpstreamConn };
 
 /** One keep-alive socket to an upstream, with its own llhttp response parser. */
-export class UpstreamConn {
+export class UpstreamConn implements Expirable {
   readonly socket: UpstreamSocket;
   readonly parser: ResponseParser;
   readonly entry: PoolEntry;
@@ -59,6 +62,8 @@ export class UpstreamConn {
   /** Any response byte received for the current exchange. */
   responseBytes = false;
   errorCode: string | undefined;
+  /** Response-head deadline while waiting, idle deadline while pooled (DeadlineSweep). */
+  deadline = 0;
 
   constructor(entry: PoolEntry, socket: net.Socket, maxHeaderSize: number) {
     this.entry = entry;
@@ -72,6 +77,15 @@ export class UpstreamConn {
     parser[kOnBody] = parserOnBody;
     parser[kOnMessageComplete] = parserOnMessageComplete;
     this.parser = parser;
+  }
+
+  expire(): void {
+    if (this.phase === PHASE_WAITING_HEAD) {
+      this.errorCode = 'RESPONSE_TIMEOUT';
+      this.socket.destroy();
+    } else if (this.phase === PHASE_IDLE) {
+      this.socket.destroy();
+    }
   }
 
   /** Prepares for the next exchange's response. */
@@ -133,7 +147,8 @@ function parserOnMessageComplete(this: ResponseParser): void {
 function socketOnConnect(this: UpstreamSocket): void {
   const conn = this[kUpstream];
   const pool = conn.entry.pool;
-  this.setTimeout(0);
+  // From here on the socket timeout is plain inactivity; phase deadlines live in the sweep.
+  this.setTimeout(pool.idleTimeoutMs);
   this.setNoDelay(true);
   if (pool.keepaliveMs > 0) this.setKeepAlive(true, pool.keepaliveMs);
   conn.phase = PHASE_WAITING_HEAD;
@@ -149,7 +164,11 @@ function socketOnData(this: UpstreamSocket, chunk: Buffer): void {
     return;
   }
   conn.responseBytes = true;
+  // Everything this read produces for the client (head and body) leaves in one write.
+  const out = conn.user.out;
+  if (out !== null) out.cork();
   const ret = conn.parser.execute(chunk);
+  if (out !== null) out.uncork();
   if (isParseError(ret)) {
     conn.errorCode = 'BAD_RESPONSE';
     this.destroy();
@@ -239,6 +258,8 @@ export class UpstreamPool {
   private readonly entries = new Map<string, PoolEntry>();
   private readonly stats: StatsCounters;
   readonly keepaliveMs: number;
+  readonly idleTimeoutMs: number;
+  readonly deadlines = new DeadlineSweep(250);
   private readonly config: PoolConfig;
   private closed = false;
 
@@ -246,6 +267,17 @@ export class UpstreamPool {
     this.config = config;
     this.stats = stats;
     this.keepaliveMs = config.keepaliveMs;
+    this.idleTimeoutMs = config.idleTimeoutMs;
+  }
+
+  /** The request is on its way: the response head must come within `timeoutMs`. */
+  awaitHead(conn: UpstreamConn, timeoutMs: number): void {
+    this.deadlines.arm(conn, timeoutMs);
+  }
+
+  /** The head came (or the exchange is over): no head deadline any more. */
+  headArrived(conn: UpstreamConn): void {
+    this.deadlines.disarm(conn);
   }
 
   /** Gives `user` a ready socket now (reused), later (new or after waiting), or a failure. */
@@ -258,8 +290,8 @@ export class UpstreamPool {
     const idle = entry.idle.pop();
     if (idle !== undefined) {
       this.stats.upstreamSocketsReused++;
+      this.deadlines.disarm(idle);
       idle.phase = PHASE_WAITING_HEAD;
-      idle.socket.setTimeout(0);
       idle.beginExchange(user);
       user.onUpstreamReady(idle);
       return;
@@ -309,6 +341,7 @@ export class UpstreamPool {
 
   /** Returns a socket after a clean exchange; it serves a waiter or goes idle. */
   release(conn: UpstreamConn): void {
+    this.deadlines.disarm(conn);
     conn.user = null;
     conn.responses++;
     const entry = conn.entry;
@@ -324,20 +357,22 @@ export class UpstreamPool {
       this.destroy(conn);
       return;
     }
-    // Close before the upstream's own keep-alive timeout can race a reuse (1 s margin, as Node's Agent).
+    // Close before the upstream's own keep-alive timeout can race a reuse: 1 s margin, as Node's
+    // Agent, plus the sweep's granularity.
     let idleMs = this.config.idleTimeoutMs;
-    if (conn.keepAliveMs > 0) idleMs = Math.min(idleMs, conn.keepAliveMs - 1000);
+    if (conn.keepAliveMs > 0) idleMs = Math.min(idleMs, conn.keepAliveMs - 1250);
     if (idleMs <= 0) {
       this.destroy(conn);
       return;
     }
     conn.phase = PHASE_IDLE;
-    conn.socket.setTimeout(idleMs);
+    this.deadlines.arm(conn, idleMs);
     entry.idle.push(conn);
   }
 
   /** Closes a socket that must not be reused; the exchange holding it lets go first. */
   destroy(conn: UpstreamConn): void {
+    this.deadlines.disarm(conn);
     conn.user = null;
     conn.socket.destroy();
   }
@@ -356,6 +391,7 @@ export class UpstreamPool {
     socket.removeListener('drain', socketOnDrain);
     socket.removeListener('close', socketOnClose);
     socket.setTimeout(0);
+    this.deadlines.disarm(conn);
     conn.user = null;
     conn.parser.close();
     this.forget(conn);
@@ -363,6 +399,7 @@ export class UpstreamPool {
 
   /** Called once per socket when it closes (or is detached). */
   forget(conn: UpstreamConn): void {
+    this.deadlines.disarm(conn);
     const entry = conn.entry;
     entry.total--;
     const at = entry.idle.indexOf(conn);
@@ -397,6 +434,7 @@ export class UpstreamPool {
 
   close(): void {
     this.closed = true;
+    this.deadlines.stop();
     for (const entry of this.entries.values()) {
       for (const conn of entry.idle.splice(0)) conn.socket.destroy();
       for (const waiter of entry.waiters.splice(0)) waiter.onUpstreamFailure(null, 'PROXY_STOPPING');
