@@ -69,6 +69,7 @@ export class Exchange implements UpstreamUser, Routable {
   flags = 0;
   target: Target | null = null;
   conn: UpstreamConn | null = null;
+  connecting: UpstreamConn | null = null;
   /** Request body that arrived before the upstream socket was ready. */
   private queued: Buffer[] | null = null;
   private requestTrailers: string[] | null = null;

@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger, LogLevel } from './log.js';
+import type { TlsOption } from './tls.js';
 
 /** Looks up the host port a container publishes for `port`; `null` when the container is unknown. */
 export type ContainerPortResolver = (container: string, port: number) => Promise<number | null>;
@@ -65,6 +66,8 @@ export interface ProxyOptions {
   portResolverCacheTtlMs?: number;
   logger?: Logger;
   logLevel?: LogLevel;
+  /** Terminate TLS on the same port (ALPN h2 / http/1.1). Files are PEM; reloaded when they change. */
+  tls?: TlsOption;
 }
 
 export interface ResolvedOptions {
@@ -97,6 +100,7 @@ export interface ResolvedOptions {
   portResolverCacheTtlMs: number;
   logger: Logger | undefined;
   logLevel: LogLevel;
+  tls: TlsOption | undefined;
 }
 
 export const DEFAULTS = {
@@ -132,7 +136,7 @@ const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'preserveHost', 'upstreamProtocol', 'upstreamConnectTimeoutMs', 'upstreamResponseTimeoutMs',
   'requestHeadersTimeoutMs', 'drainTimeoutMs', 'maxHeaderSize', 'maxHeadersCount',
   'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'fallback', 'containerPortResolver',
-  'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel',
+  'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls',
 ]);
 
 function describe(value: unknown): string {
@@ -200,6 +204,25 @@ function validateFallback(value: unknown): FallbackOption | undefined {
   return fail('fallback', value, '{ port }, { socketPath } or { handler }');
 }
 
+function validateFiles(name: string, value: unknown): void {
+  if (typeof value !== 'object' || value === null) fail(name, value, '{ certFile, keyFile }');
+  const v = value as Record<string, unknown>;
+  for (const field of ['certFile', 'keyFile']) {
+    if (typeof v[field] !== 'string' || v[field] === '') fail(`${name}.${field}`, v[field], 'a file path');
+  }
+}
+
+function validateTls(value: unknown): TlsOption | undefined {
+  if (value === undefined) return undefined;
+  validateFiles('tls', value);
+  const sni = (value as Record<string, unknown>)['sni'];
+  if (sni !== undefined) {
+    if (typeof sni !== 'object' || sni === null) fail('tls.sni', sni, 'an object of server name -> { certFile, keyFile }');
+    for (const [name, files] of Object.entries(sni)) validateFiles(`tls.sni[${JSON.stringify(name)}]`, files);
+  }
+  return value as TlsOption;
+}
+
 /** Applies defaults and validates; throws a TypeError naming the bad option and its value. */
 export function resolveOptions(input: ProxyOptions): ResolvedOptions {
   if (typeof input !== 'object' || input === null) fail('options', input, 'an object');
@@ -258,5 +281,6 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
     portResolverCacheTtlMs: integer(o, 'portResolverCacheTtlMs', DEFAULTS.portResolverCacheTtlMs, 0, MAX_TIMEOUT),
     logger: logger as Logger | undefined,
     logLevel: logLevel as LogLevel,
+    tls: validateTls(o['tls']),
   };
 }

@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type http2 from 'node:http2';
 import net from 'node:net';
+import tls from 'node:tls';
 import { RESPONSE_503_AT_CAPACITY, RESPONSE_505_NO_HTTP2 } from './errors.js';
 import { H1Connection, HeadTimer, type SessionHost } from './h1/session.js';
 import { createH2Server, type H2Host } from './h2/session.js';
@@ -12,6 +13,7 @@ import { CachedPortResolver } from './route/port-resolver.js';
 import { tcpTarget } from './route/target.js';
 import { SNIFF_H1, SNIFF_H2, SNIFF_MORE, SNIFF_TLS, sniff } from './sniff.js';
 import { StatsCounters, snapshot, type ProxyStats } from './stats.js';
+import { TlsContexts } from './tls.js';
 
 const kSniff = Symbol('cmux.sniff');
 const kServer = Symbol('cmux.server');
@@ -53,6 +55,9 @@ export class ProxyServer implements SessionHost, H2Host {
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly queue: QueuedConnection[] = [];
   private allClosed: (() => void) | null = null;
+  private readonly tls: TlsContexts | undefined;
+  private tlsServer: tls.Server | null = null;
+  private readonly alpn: string[];
 
   constructor(input: ProxyOptions) {
     this.options = resolveOptions(input);
@@ -64,6 +69,30 @@ export class ProxyServer implements SessionHost, H2Host {
     this.core = new ProxyCore(this.options, this.stats, log, resolver);
     this.headTimer = new HeadTimer(this.options.requestHeadersTimeoutMs);
     this.h2server = createH2Server(this);
+    // Certificates are read now, so a bad path fails createProxyServer, not the first client.
+    this.tls = this.options.tls === undefined ? undefined : new TlsContexts(this.options.tls, log);
+    this.alpn = this.options.enableHttp2 ? ['h2', 'http/1.1'] : ['http/1.1'];
+    if (this.tls !== undefined) {
+      // Never listening: the sniffer hands it the sockets that start with a ClientHello.
+      const contexts = this.tls;
+      const server = tls.createServer({
+        ...contexts.defaultPem,
+        SNICallback: contexts.sniCallback,
+        ALPNProtocols: this.alpn,
+        // The handshake is part of the request head's time budget.
+        handshakeTimeout: this.options.requestHeadersTimeoutMs,
+      });
+      (server as tls.Server & { [kServer]: ProxyServer })[kServer] = this;
+      server.on('secureConnection', tlsOnSecureConnection);
+      server.on('tlsClientError', tlsOnClientError);
+      this.tlsServer = server;
+      contexts.onReload = () => server.setSecureContext(contexts.defaultPem);
+    }
+  }
+
+  /** Re-reads the TLS certificate files now (they are also watched while running). */
+  reloadCertificates(): boolean {
+    return this.tls?.reload() ?? false;
   }
 
   async start(): Promise<void> {
@@ -88,6 +117,7 @@ export class ProxyServer implements SessionHost, H2Host {
       this.core.listenPort = address.port;
       this.core.draining = false;
       this.core.pool.reopen();
+      this.tls?.watch();
       this.core.log.debug(`listening on ${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`);
     } catch (err) {
       this.running = false;
@@ -172,6 +202,7 @@ export class ProxyServer implements SessionHost, H2Host {
     for (const socket of this.accepted) socket.destroy();
     core.pool.close();
     this.headTimer.stop();
+    this.tls?.unwatch();
     await closed;
     // Destroyed sockets report 'close' asynchronously; let the tunnels settle their counts.
     for (let i = 0; i < 100 && this.stats.websocketConnections + this.stats.tunnelsOpen > 0; i++) {
@@ -306,9 +337,16 @@ export class ProxyServer implements SessionHost, H2Host {
         this.h2server.emit('connection', socket);
         return;
       case SNIFF_TLS:
-        // TLS termination is not configured: there is no certificate to answer with.
-        this.stats.parseErrors++;
-        socket.destroy();
+        if (this.tls === undefined) {
+          // TLS termination is not configured: there is no certificate to answer with.
+          this.stats.parseErrors++;
+          socket.destroy();
+          return;
+        }
+        socket.pause();
+        // TLSSocket feeds what is buffered on the socket to OpenSSL first ("emulate receiving it").
+        socket.unshift(data);
+        this.startTls(socket);
         return;
       case SNIFF_H1:
       default: {
@@ -317,6 +355,19 @@ export class ProxyServer implements SessionHost, H2Host {
         conn.feed(data);
       }
     }
+  }
+
+  private startTls(socket: AcceptedSocket): void {
+    this.tlsServer!.emit('connection', socket);
+  }
+
+  tlsReady(secure: tls.TLSSocket): void {
+    if (secure.alpnProtocol === 'h2') {
+      this.h2server.emit('connection', secure);
+      return;
+    }
+    const conn = new H1Connection(this, secure, true);
+    this.h1.add(conn);
   }
 
   h1Closed(conn: H1Connection): void {
@@ -339,6 +390,17 @@ function serverOnConnection(this: net.Server & { [kServer]: ProxyServer }, socke
 
 function sniffOnData(this: AcceptedSocket, chunk: Buffer): void {
   this[kServer].sniffed(this, chunk);
+}
+
+function tlsOnSecureConnection(this: tls.Server & { [kServer]: ProxyServer }, secure: tls.TLSSocket): void {
+  this[kServer].tlsReady(secure);
+}
+
+function tlsOnClientError(this: tls.Server & { [kServer]: ProxyServer }, err: NodeJS.ErrnoException, secure: tls.TLSSocket): void {
+  const server = this[kServer];
+  if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') server.core.stats.requestHeadersTimeouts++;
+  else server.core.stats.parseErrors++;
+  secure.destroy();
 }
 
 function sniffOnTimeout(this: AcceptedSocket): void {

@@ -5,6 +5,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import net from 'node:net';
 import { once } from 'node:events';
 import WebSocket from 'ws';
@@ -503,6 +504,37 @@ describe('WebSocket lifetime', () => {
     }
   });
 
+  it('TCP keep-alive (keepaliveMs) is armed on both spliced sockets', { skip: !fs.existsSync('/proc/net/tcp') && 'needs /proc/net/tcp' }, async () => {
+    const echo = await startWsEcho();
+    const { proxy, port } = await startProxy({ keepaliveMs: 1000 });
+    try {
+      const ws = await openWs(`ws://127.0.0.1:${port}/keepalive`, undefined, routeTo('header', echo.port));
+      const srv = await echo.connectionFor('/keepalive');
+      await sleep(100);
+      // /proc/net/tcp: local, remote, state, queues, "tr:when" (tr 2 = keep-alive timer, when in 1/100 s).
+      const hex = (p) => p.toString(16).toUpperCase().padStart(4, '0');
+      const rows = fs.readFileSync('/proc/net/tcp', 'utf8').trim().split('\n').slice(1).map((l) => l.trim().split(/\s+/));
+      const timer = (localPort, remotePort) => {
+        const row = rows.find((r) => r[1].endsWith(`:${hex(localPort)}`) && r[2].endsWith(`:${hex(remotePort)}`));
+        assert.ok(row, `no /proc/net/tcp row for ${localPort} -> ${remotePort}`);
+        const [tr, when] = row[5].split(':');
+        return { tr, ms: parseInt(when, 16) * 10 };
+      };
+      const clientSide = timer(port, ws._socket.localPort);
+      const upstreamSide = timer(srv._socket.remotePort, echo.port);
+      const control = timer(ws._socket.localPort, port); // the test's own client: no keep-alive
+      assert.equal(control.tr, '00');
+      assert.equal(clientSide.tr, '02', 'no keep-alive timer on the proxy\'s client socket');
+      assert.ok(clientSide.ms <= 1000, `client socket keep-alive fires in ${clientSide.ms} ms, keepaliveMs is 1000`);
+      assert.equal(upstreamSide.tr, '02', 'no keep-alive timer on the proxy\'s upstream socket');
+      assert.ok(upstreamSide.ms <= 1000, `upstream socket keep-alive fires in ${upstreamSide.ms} ms, keepaliveMs is 1000`);
+      ws.terminate();
+    } finally {
+      await proxy.stop();
+      await echo.close();
+    }
+  });
+
   it('stop() closes open WebSockets on both sides and resolves; websocketConnections returns to 0', { timeout: 15_000 }, async () => {
     const echo = await startWsEcho();
     const { proxy, port } = await startProxy({ drainTimeoutMs: 300 });
@@ -519,7 +551,8 @@ describe('WebSocket lifetime', () => {
       assert.ok(took < 3000, `stop() took ${took} ms`);
       await cliClosed;
       await srvClosed;
-      assert.equal(proxy.getStats().websocketConnections, 0);
+      assert.ok(await waitFor(() => proxy.getStats().websocketConnections === 0), `websocketConnections = ${proxy.getStats().websocketConnections}`);
+      assert.ok(await waitFor(() => proxy.getStats().activeConnections === 0), `activeConnections = ${proxy.getStats().activeConnections}`);
       assert.ok(await waitFor(() => echo.openCount() === 0));
     } finally {
       if (!stopped) await proxy.stop().catch(() => {});
@@ -592,6 +625,72 @@ describe('bytes already read when the upgrade happens', () => {
       } finally {
         ws.terminate();
       }
+    } finally {
+      await upstream.close();
+    }
+  });
+});
+
+describe('upgrade request shapes', () => {
+  let proxy;
+  let echo;
+  before(async () => {
+    echo = await startWsEcho();
+    proxy = await startProxy();
+  });
+  after(async () => {
+    await proxy?.proxy.stop();
+    await echo?.close();
+  });
+
+  it('Connection: keep-alive, Upgrade (as Firefox sends it) is an upgrade', async () => {
+    const key = crypto.randomBytes(16).toString('base64');
+    const head = upgradeHead('/firefox', echo.port, key).replace('Connection: Upgrade', 'Connection: keep-alive, Upgrade');
+    const client = await rawConnect(proxy.port, head);
+    try {
+      const buf = await client.until((b) => b.includes('\r\n\r\n'));
+      assert.match(buf.toString('latin1'), /^HTTP\/1\.1 101 /);
+      const srv = await echo.connectionFor('/firefox');
+      assert.match(srv.request.headers.connection, /upgrade/i);
+      assert.doesNotMatch(srv.request.headers.connection, /keep-alive/i);
+    } finally {
+      client.socket.destroy();
+    }
+  });
+
+  it('an upgrade after a normal request on the same keep-alive connection', async () => {
+    const client = await rawConnect(proxy.port, `GET /plain HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Cmux-Port-Internal: ${echo.port}\r\n\r\n`);
+    try {
+      await client.until((b) => b.includes('\r\n0\r\n\r\n'));
+      assert.match(client.buf.toString('latin1'), /^HTTP\/1\.1 426 /);
+      const start = client.buf.length;
+      const key = crypto.randomBytes(16).toString('base64');
+      client.socket.write(Buffer.concat([Buffer.from(upgradeHead('/second', echo.port, key), 'latin1'), maskedFrame(0x1, Buffer.from('again'))]));
+      const buf = await client.until((b) => {
+        const at = b.indexOf('\r\n\r\n', start);
+        return at !== -1 && b.length >= at + 4 + 7;
+      });
+      const rest = buf.subarray(start);
+      const at = rest.indexOf('\r\n\r\n');
+      assert.match(rest.toString('latin1'), /^HTTP\/1\.1 101 /);
+      assert.deepEqual([...rest.subarray(at + 4, at + 4 + 7)], [0x81, 5, ...Buffer.from('again')]);
+    } finally {
+      client.socket.destroy();
+    }
+  });
+
+  it('the client leaving while the upgrade is pending closes the upstream socket', async () => {
+    const heads = [];
+    const upstream = await startRawServer((socket) => {
+      socket.on('data', (c) => heads.push(c.toString('latin1'))); // never answers
+    });
+    try {
+      const key = crypto.randomBytes(16).toString('base64');
+      const client = await rawConnect(proxy.port, upgradeHead('/pending', upstream.port, key));
+      assert.ok(await waitFor(() => heads.join('').includes('\r\n\r\n')), 'the upgrade request never reached the upstream');
+      client.socket.destroy();
+      assert.ok(await waitFor(() => upstream.sockets.size === 0), 'the upstream socket stayed open after the client left');
+      assert.equal(proxy.proxy.getStats().websocketConnections, 0);
     } finally {
       await upstream.close();
     }

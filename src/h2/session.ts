@@ -9,6 +9,7 @@ import { startExtendedConnect } from './extended-connect.js';
 
 const {
   NGHTTP2_REFUSED_STREAM,
+  NGHTTP2_ENHANCE_YOUR_CALM,
   NGHTTP2_FLAG_END_STREAM,
   HTTP2_HEADER_STATUS,
   HTTP2_HEADER_CONTENT_TYPE,
@@ -23,6 +24,8 @@ type ProxyStream = http2.ServerHttp2Stream & { [kEx]?: Exchange };
 /** Per-exchange state of the HTTP/2 side, in `exchange.clientState`. */
 interface H2StreamState {
   stream: ProxyStream;
+  /** Kept here: `stream.session` is gone once the stream is destroyed. */
+  session: TrackedSession | undefined;
   trailers: string[] | null;
   waitForTrailers: boolean;
 }
@@ -39,7 +42,17 @@ type TrackedSession = http2.ServerHttp2Session & { [kSession]?: SessionState };
 interface SessionState {
   ping: NodeJS.Timeout | null;
   tls: boolean;
+  /** Streams the client abandoned in the current one-second window (rapid-reset guard). */
+  resets: number;
+  resetWindowStart: number;
 }
+
+/**
+ * Client-abandoned streams per second past which a session is closed with
+ * GOAWAY(ENHANCE_YOUR_CALM) (CVE-2023-44487, "rapid reset"). nghttp2's own limit answers
+ * GOAWAY but leaves the session open and unread, holding a connection slot.
+ */
+const MAX_RESETS_PER_SECOND = 200;
 
 const NO_BODY_STATUS = (status: number): boolean => status === 204 || status === 304;
 
@@ -161,7 +174,21 @@ function streamOnDrain(this: ProxyStream): void {
 
 function streamOnClose(this: ProxyStream): void {
   const ex = this[kEx];
-  if (ex !== undefined && (ex.flags & EX_FINISHED) === 0) ex.abort();
+  if (ex === undefined || (ex.flags & EX_FINISHED) !== 0) return;
+  ex.abort();
+  const session = (ex.clientState as H2StreamState).session;
+  const state = session?.[kSession];
+  if (session === undefined || state === undefined || session.destroyed) return;
+  const now = Date.now();
+  if (now - state.resetWindowStart > 1000) {
+    state.resetWindowStart = now;
+    state.resets = 0;
+  }
+  if (++state.resets > MAX_RESETS_PER_SECOND) {
+    ex.core.log.warn(`HTTP/2 client ${session.socket?.remoteAddress ?? ''} reset more than ${MAX_RESETS_PER_SECOND} streams in a second: closing the session`);
+    session.goaway(NGHTTP2_ENHANCE_YOUR_CALM);
+    session.destroy();
+  }
 }
 
 function streamOnError(this: ProxyStream): void {
@@ -194,7 +221,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
   });
   server.on('session', (session: TrackedSession) => {
     const socket = session.socket as net.Socket & { encrypted?: boolean };
-    const state: SessionState = { ping: null, tls: socket.encrypted === true };
+    const state: SessionState = { ping: null, tls: socket.encrypted === true, resets: 0, resetWindowStart: 0 };
     session[kSession] = state;
     host.sessionOpened(session);
     session.on('error', sessionOnError);
@@ -273,7 +300,7 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   const ended = (flags & NGHTTP2_FLAG_END_STREAM) !== 0;
   const bodyMode = ended ? BODY_NONE : facts.contentLength !== undefined ? BODY_LENGTH : BODY_CHUNKED;
   const ex = new Exchange(core, h2ClientSide, method, path, raw, facts, host, clientAddress, tls ? 'https' : 'http', '2', bodyMode);
-  const state: H2StreamState = { stream, trailers: null, waitForTrailers: false };
+  const state: H2StreamState = { stream, session, trailers: null, waitForTrailers: false };
   ex.clientState = state;
   stream[kEx] = ex;
   stream.on('close', streamOnClose);
@@ -285,5 +312,11 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
     stream.on('data', streamOnData);
     stream.on('end', streamOnEnd);
   }
-  core.dispatch(ex);
+  // Dispatch after the frames read with this HEADERS are processed: a stream reset in the same
+  // read (rapid reset) is then already closed and never costs an upstream connection.
+  setImmediate(dispatchStream, ex);
+}
+
+function dispatchStream(ex: Exchange): void {
+  if ((ex.flags & EX_FINISHED) === 0) ex.core.dispatch(ex);
 }

@@ -30,6 +30,8 @@ export interface UpstreamUser {
   onUpgradeData(conn: UpstreamConn, rest: Buffer): void;
   /** The client socket the response is written to, corked while a read is parsed (one write). */
   readonly out: net.Socket | null;
+  /** A socket being connected for this user (set and cleared by the pool). */
+  connecting: UpstreamConn | null;
 }
 
 export const PHASE_CONNECTING = 0;
@@ -147,6 +149,7 @@ function parserOnMessageComplete(this: ResponseParser): void {
 function socketOnConnect(this: UpstreamSocket): void {
   const conn = this[kUpstream];
   const pool = conn.entry.pool;
+  if (conn.user !== null) conn.user.connecting = null;
   // From here on the socket timeout is plain inactivity; phase deadlines live in the sweep.
   this.setTimeout(pool.idleTimeoutMs);
   this.setNoDelay(true);
@@ -223,6 +226,7 @@ function socketOnClose(this: UpstreamSocket): void {
   conn.parser.close();
   const user = conn.user;
   conn.user = null;
+  if (user !== null && user.connecting === conn) user.connecting = null;
   if (user !== null) user.onUpstreamFailure(conn, conn.errorCode ?? (conn.responseBytes ? 'UPSTREAM_CLOSED' : 'ECONNRESET'));
 }
 
@@ -313,8 +317,18 @@ export class UpstreamPool {
     this.connect(entry, user);
   }
 
-  /** Withdraws a waiter that no longer wants a socket (client went away). */
+  /**
+   * Withdraws a user that no longer wants a socket (client went away): out of the waiters, and a
+   * socket still connecting for it is closed, so a burst of cancelled requests (HTTP/2 rapid
+   * reset) does not turn into upstream connections.
+   */
   cancel(target: Target, user: UpstreamUser): void {
+    const connecting = user.connecting;
+    if (connecting !== null) {
+      user.connecting = null;
+      this.destroy(connecting);
+      return;
+    }
     const entry = this.entries.get(target.key);
     if (entry === undefined) return;
     const at = entry.waiters.indexOf(user);
@@ -329,6 +343,7 @@ export class UpstreamPool {
     entry.total++;
     const conn = new UpstreamConn(entry, socket, this.config.maxHeaderSize);
     conn.beginExchange(user);
+    user.connecting = conn;
     socket.setTimeout(this.config.connectTimeoutMs);
     socket.on('connect', socketOnConnect);
     socket.on('data', socketOnData);
