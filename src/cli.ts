@@ -44,6 +44,8 @@ const FLAGS: Flag[] = [
   { name: 'fallback-socket', kind: 'string', help: 'send unrouted requests to this unix socket' },
   { name: 'docker-socket', kind: 'string', option: 'dockerSocketPath', help: 'resolve <container>.<port>.localhost via the Docker Engine API at this socket' },
   { name: 'port-cache-ttl-ms', kind: 'int', option: 'portResolverCacheTtlMs', help: 'container port look-ups are cached this long [2000]' },
+  { name: 'tls-cert', kind: 'string', help: 'PEM certificate: terminate TLS on the same port (ALPN h2, http/1.1); reloaded on change' },
+  { name: 'tls-key', kind: 'string', help: 'PEM private key for --tls-cert' },
   { name: 'log-level', kind: 'string', option: 'logLevel', help: 'silent, error, warn, info or debug [info]; CMUX_PROXY_LOG=debug also works' },
 ];
 
@@ -56,7 +58,7 @@ function usage(): string {
     const arg = f.kind === 'flag' ? '' : f.kind === 'int' ? ' <n>' : ' <value>';
     return `  --${f.name}${arg}`.padEnd(44) + `${f.help}\n${' '.repeat(44)}env ${envName(f.name)}`;
   });
-  return `Usage: cmux-proxy [options]\n\nOne port for HTTP/1.1 and HTTP/2 (h2c), routed by X-Cmux-Port-Internal and Host.\n\nOptions:\n${lines.join('\n')}\n  --help, -h                                  this text\n`;
+  return `Usage: cmux-proxy [options]\n\nOne port for HTTP/1.1, HTTP/2 (h2c) and TLS, routed by X-Cmux-Port-Internal and Host.\n\nOptions:\n${lines.join('\n')}\n  --help, -h                                  this text\n`;
 }
 
 class UsageError extends Error {}
@@ -86,6 +88,8 @@ export function optionsFromArgs(argv: string[], env: NodeJS.ProcessEnv): ProxyOp
   const options: Record<string, unknown> = { listenPort: 9776 };
   let fallbackPort: number | undefined;
   let fallbackSocket: string | undefined;
+  let tlsCert: string | undefined;
+  let tlsKey: string | undefined;
   for (const f of FLAGS) {
     const fromFlag = values[f.name];
     const fromEnv = env[envName(f.name)];
@@ -99,11 +103,15 @@ export function optionsFromArgs(argv: string[], env: NodeJS.ProcessEnv): ProxyOp
     const value = f.kind === 'int' ? parseInt10(f.name, text) : text;
     if (f.name === 'fallback-port') fallbackPort = value as number;
     else if (f.name === 'fallback-socket') fallbackSocket = value as string;
+    else if (f.name === 'tls-cert') tlsCert = value as string;
+    else if (f.name === 'tls-key') tlsKey = value as string;
     else if (f.option !== undefined) options[f.option] = value;
   }
   if (fallbackPort !== undefined && fallbackSocket !== undefined) throw new UsageError('--fallback-port and --fallback-socket exclude each other');
   if (fallbackPort !== undefined) options['fallback'] = { port: fallbackPort } satisfies FallbackOption;
   if (fallbackSocket !== undefined) options['fallback'] = { socketPath: fallbackSocket } satisfies FallbackOption;
+  if ((tlsCert === undefined) !== (tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
+  if (tlsCert !== undefined && tlsKey !== undefined) options['tls'] = { certFile: tlsCert, keyFile: tlsKey };
   if (options['logLevel'] === undefined && env['CMUX_PROXY_LOG'] !== undefined) options['logLevel'] = env['CMUX_PROXY_LOG'] as LogLevel;
   return options as unknown as ProxyOptions;
 }
@@ -159,7 +167,8 @@ async function main(): Promise<void> {
     const address = proxy.address();
     if (address !== null) {
       const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-      process.stderr.write(`cmux-proxy: listening on ${host}:${address.port} (HTTP/1.1${options.enableHttp2 === false ? '' : ', h2c'})\n`);
+      const protocols = options.enableHttp2 === false ? 'HTTP/1.1' : 'HTTP/1.1, h2c';
+      process.stderr.write(`cmux-proxy: listening on ${host}:${address.port} (${protocols}${options.tls ? ', TLS' : ''})\n`);
     }
   }
 }
