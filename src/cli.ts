@@ -32,7 +32,7 @@ const FLAGS: Flag[] = [
   { name: 'no-header-routing', kind: 'flag', negates: 'headerRoutingEnabled', help: 'ignore X-Cmux-Port-Internal / X-Cmux-Workspace-Internal' },
   { name: 'no-workspace-isolation', kind: 'flag', negates: 'workspaceIsolation', help: 'route workspaces to 127.0.0.1 instead of 127.18.x.y' },
   { name: 'no-preserve-host', kind: 'flag', negates: 'preserveHost', help: 'rewrite Host to the target (like changeOrigin)' },
-  { name: 'upstream-protocol', kind: 'string', option: 'upstreamProtocol', help: 'upstream protocol: http1 [http1]' },
+  { name: 'upstream-protocol', kind: 'string', option: 'upstreamProtocol', help: 'upstream protocol: http1, h2c (prior knowledge) or auto (probe once, remembered) [http1]' },
   { name: 'upstream-connect-timeout-ms', kind: 'int', option: 'upstreamConnectTimeoutMs', help: 'upstream connect timeout [5000]' },
   { name: 'upstream-response-timeout-ms', kind: 'int', option: 'upstreamResponseTimeoutMs', help: 'wait for the upstream response head [120000]' },
   { name: 'request-headers-timeout-ms', kind: 'int', option: 'requestHeadersTimeoutMs', help: 'time a client has to send a request head [30000]' },

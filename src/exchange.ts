@@ -1,9 +1,12 @@
+import { STATUS_CODES } from 'node:http';
+import type http2 from 'node:http2';
 import type net from 'node:net';
 import type { ProxyCore, Routable } from './proxy-core.js';
 import type { RequestHeadFacts, ResponseHeadFacts } from './headers.js';
 import { trailerLines } from './headers.js';
 import type { Target } from './route/target.js';
 import { PHASE_UPGRADED, type UpstreamConn, type UpstreamUser } from './upstream/h1-pool.js';
+import type { H2UpstreamRequest, H2UpstreamUser } from './upstream/h2-pool.js';
 
 export const BODY_NONE = 0;
 export const BODY_LENGTH = 1;
@@ -47,12 +50,14 @@ export const EX_UPGRADE = 32;
 export const EX_WAITING_SOCKET = 64;
 /** The client asked to close after this exchange (Connection: close, or HTTP/1.0 without keep-alive). */
 export const EX_CLIENT_CLOSE = 128;
+/** Some request body went to the upstream (a replay would lose it). */
+export const EX_BODY_SENT = 256;
 
 /**
  * One request/response through the proxy to an HTTP/1.1 upstream. Fixed shape; the client side
  * and the upstream socket reach it through `client` and `conn.user`.
  */
-export class Exchange implements UpstreamUser, Routable {
+export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   readonly core: ProxyCore;
   readonly client: ClientSide;
   method: string;
@@ -70,6 +75,8 @@ export class Exchange implements UpstreamUser, Routable {
   target: Target | null = null;
   conn: UpstreamConn | null = null;
   connecting: UpstreamConn | null = null;
+  /** The upstream stream when the target speaks h2c. */
+  h2: H2UpstreamRequest | null = null;
   /** Request body that arrived before the upstream socket was ready. */
   private queued: Buffer[] | null = null;
   private requestTrailers: string[] | null = null;
@@ -123,13 +130,110 @@ export class Exchange implements UpstreamUser, Routable {
     this.client.done(this);
   }
 
-  /** Routed: ask the pool for a socket. */
+  /** Routed: ask the pool for a socket (or an h2c stream when the target speaks HTTP/2). */
   start(target: Target): void {
     if (this.finished) return;
     this.target = target;
+    if ((this.flags & EX_UPGRADE) === 0) {
+      const protocol = this.core.upstreamProtocolFor(target);
+      if (protocol === 'h2c') {
+        this.flags |= EX_WAITING_SOCKET;
+        this.core.h2pool.request(target, this);
+        return;
+      }
+      if (protocol === undefined) {
+        // `auto` and not known yet: ask the upstream once, then go on.
+        this.core.probeProtocol(target).then(() => this.start(target), () => this.start(target));
+        return;
+      }
+    }
     this.head = this.core.buildHead(this, target);
     this.flags |= EX_WAITING_SOCKET;
     this.core.pool.acquire(target, this);
+  }
+
+  // ---- h2c upstreams -------------------------------------------------------------------
+
+  get h2EndStream(): boolean {
+    return this.bodyMode === BODY_NONE;
+  }
+
+  h2Headers(): http2.OutgoingHttpHeaders {
+    return this.core.buildH2Headers(this, this.target!);
+  }
+
+  h2Started(req: H2UpstreamRequest): void {
+    this.flags &= ~EX_WAITING_SOCKET;
+    if (this.finished) {
+      req.cancel();
+      return;
+    }
+    this.h2 = req;
+    this.flags |= EX_HEAD_SENT;
+    const queued = this.queued;
+    this.queued = null;
+    if (queued !== null) {
+      this.flags |= EX_BODY_SENT;
+      for (const chunk of queued) req.write(chunk);
+    }
+    if ((this.flags & EX_REQUEST_ENDED) !== 0 && this.bodyMode !== BODY_NONE) req.end();
+    if (queued !== null) this.client.resumeRequest(this);
+  }
+
+  h2Response(status: number, raw: string[]): void {
+    if (this.finished) return;
+    this.status = status;
+    this.flags |= EX_RESPONSE_STARTED;
+    this.client.respond(this, status, STATUS_CODES[status] ?? 'Unknown', withoutPseudo(raw));
+  }
+
+  h2Body(chunk: Buffer): void {
+    if (this.finished) return;
+    if (!this.client.writeBody(this, chunk)) this.h2?.pause();
+  }
+
+  h2End(trailers: string[] | null): void {
+    if (this.finished) return;
+    this.flags |= EX_FINISHED;
+    this.h2 = null;
+    this.client.end(this, trailers === null ? null : withoutPseudo(trailers));
+    this.client.done(this);
+  }
+
+  h2Drain(): void {
+    this.client.resumeRequest(this);
+  }
+
+  h2Failure(code: string, replayable: boolean): void {
+    if (this.finished) return;
+    this.h2 = null;
+    this.flags &= ~EX_WAITING_SOCKET;
+    const core = this.core;
+    if (replayable && (this.flags & (EX_RETRIED | EX_BODY_SENT | EX_RESPONSE_STARTED)) === 0) {
+      // RFC 9113 §8.7: the upstream did not process this stream (GOAWAY / REFUSED_STREAM): replay once.
+      this.flags = (this.flags | EX_RETRIED | EX_WAITING_SOCKET) & ~EX_HEAD_SENT;
+      core.stats.upstreamRetries++;
+      core.h2pool.request(this.target!, this);
+      return;
+    }
+    this.failUpstream(code);
+  }
+
+  private failUpstream(code: string): void {
+    this.flags |= EX_FINISHED;
+    const core = this.core;
+    core.countUpstreamFailure(code);
+    if ((this.flags & EX_RESPONSE_STARTED) === 0) {
+      if (code === 'CONNECT_TIMEOUT' || code === 'RESPONSE_TIMEOUT') {
+        this.client.fail(this, 504, code, 'upstream timeout');
+      } else {
+        this.client.fail(this, 502, code, `upstream request error: ${code}`);
+      }
+    } else {
+      core.stats.responsesReset++;
+      this.client.reset(this);
+    }
+    this.client.done(this);
   }
 
   onUpstreamReady(conn: UpstreamConn): void {
@@ -177,6 +281,13 @@ export class Exchange implements UpstreamUser, Routable {
       this.client.pauseRequest(this);
       return false;
     }
+    this.flags |= EX_BODY_SENT;
+    const h2 = this.h2;
+    if (h2 !== null) {
+      if (h2.write(chunk)) return true;
+      this.client.pauseRequest(this);
+      return false;
+    }
     if (this.writeFramed(chunk)) return true;
     this.client.pauseRequest(this);
     return false;
@@ -186,6 +297,10 @@ export class Exchange implements UpstreamUser, Routable {
     this.flags |= EX_REQUEST_ENDED;
     this.requestTrailers = trailers;
     if (this.finished || (this.flags & EX_HEAD_SENT) === 0) return;
+    if (this.h2 !== null) {
+      if (this.bodyMode !== BODY_NONE) this.h2.end();
+      return;
+    }
     this.writeRequestEnd();
   }
 
@@ -239,6 +354,10 @@ export class Exchange implements UpstreamUser, Routable {
 
   /** The client drained what we wrote: let the upstream flow again. */
   clientDrained(): void {
+    if (this.h2 !== null) {
+      this.h2.resume();
+      return;
+    }
     const conn = this.conn;
     if (conn !== null && conn.socket.isPaused()) conn.socket.resume();
   }
@@ -282,19 +401,7 @@ export class Exchange implements UpstreamUser, Routable {
       core.pool.acquireFresh(this.target!, this);
       return;
     }
-    this.flags |= EX_FINISHED;
-    core.countUpstreamFailure(code);
-    if ((this.flags & EX_RESPONSE_STARTED) === 0) {
-      if (code === 'CONNECT_TIMEOUT' || code === 'RESPONSE_TIMEOUT') {
-        this.client.fail(this, 504, code, 'upstream timeout');
-      } else {
-        this.client.fail(this, 502, code, `upstream request error: ${code}`);
-      }
-    } else {
-      core.stats.responsesReset++;
-      this.client.reset(this);
-    }
-    this.client.done(this);
+    this.failUpstream(code);
   }
 
   /** The client went away (or the proxy is tearing the exchange down). Idempotent. */
@@ -305,7 +412,24 @@ export class Exchange implements UpstreamUser, Routable {
     const conn = this.conn;
     this.conn = null;
     this.queued = null;
-    if (conn !== null) this.core.pool.destroy(conn);
-    else if ((this.flags & EX_WAITING_SOCKET) !== 0 && this.target !== null) this.core.pool.cancel(this.target, this);
+    const h2 = this.h2;
+    this.h2 = null;
+    if (h2 !== null) h2.cancel();
+    else if (conn !== null) this.core.pool.destroy(conn);
+    else if ((this.flags & EX_WAITING_SOCKET) !== 0 && this.target !== null) {
+      this.core.pool.cancel(this.target, this);
+      this.core.h2pool.cancel(this.target, this);
+    }
   }
+}
+
+function withoutPseudo(raw: string[]): string[] {
+  if (raw.length === 0 || (raw[0]!.charCodeAt(0) !== 58 && !raw.some(isPseudoName))) return raw;
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.charCodeAt(0) !== 58) out.push(raw[i]!, raw[i + 1]!);
+  return out;
+}
+
+function isPseudoName(value: string, index: number): boolean {
+  return index % 2 === 0 && value.charCodeAt(0) === 58;
 }

@@ -20,7 +20,7 @@ export type FallbackOption =
       upgrade?: (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
     };
 
-export type UpstreamProtocol = 'http1';
+export type UpstreamProtocol = 'http1' | 'h2c' | 'auto';
 
 export interface ProxyOptions {
   /** Port to listen on; 0 picks a free one. */
@@ -59,6 +59,10 @@ export interface ProxyOptions {
   maxSocketsPerUpstream?: number;
   /** Most idle keep-alive sockets kept per upstream. */
   maxIdleSocketsPerUpstream?: number;
+  /** Most HTTP/2 sessions per h2c upstream; further streams wait for a free slot. */
+  maxSessionsPerUpstream?: number;
+  /** How long `auto` remembers what an upstream speaks. */
+  upstreamProtocolCacheTtlMs?: number;
   fallback?: FallbackOption;
   containerPortResolver?: ContainerPortResolver;
   /** Docker Engine API unix socket; builds a container port resolver when no resolver is given. */
@@ -94,6 +98,8 @@ export interface ResolvedOptions {
   maxHeadersCount: number;
   maxSocketsPerUpstream: number;
   maxIdleSocketsPerUpstream: number;
+  maxSessionsPerUpstream: number;
+  upstreamProtocolCacheTtlMs: number;
   fallback: FallbackOption | undefined;
   containerPortResolver: ContainerPortResolver | undefined;
   dockerSocketPath: string | undefined;
@@ -124,6 +130,8 @@ export const DEFAULTS = {
   maxHeadersCount: 200,
   maxSocketsPerUpstream: 1024,
   maxIdleSocketsPerUpstream: 256,
+  maxSessionsPerUpstream: 8,
+  upstreamProtocolCacheTtlMs: 300_000,
   portResolverCacheTtlMs: 2_000,
   logLevel: 'info' as LogLevel,
 } as const;
@@ -135,7 +143,7 @@ const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'upstreamIdleTimeoutMs', 'keepaliveMs', 'headerRoutingEnabled', 'workspaceIsolation',
   'preserveHost', 'upstreamProtocol', 'upstreamConnectTimeoutMs', 'upstreamResponseTimeoutMs',
   'requestHeadersTimeoutMs', 'drainTimeoutMs', 'maxHeaderSize', 'maxHeadersCount',
-  'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'fallback', 'containerPortResolver',
+  'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'upstreamProtocolCacheTtlMs', 'fallback', 'containerPortResolver',
   'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls',
 ]);
 
@@ -234,7 +242,9 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
   if (typeof listenHost !== 'string' || listenHost === '') fail('listenHost', listenHost, 'an address to bind');
   const idleTimeoutMs = integer(o, 'idleTimeoutMs', DEFAULTS.idleTimeoutMs, 0, MAX_TIMEOUT);
   const upstreamProtocol = o['upstreamProtocol'] ?? DEFAULTS.upstreamProtocol;
-  if (upstreamProtocol !== 'http1') fail('upstreamProtocol', upstreamProtocol, '"http1" (h2c upstreams are not built yet)');
+  if (upstreamProtocol !== 'http1' && upstreamProtocol !== 'h2c' && upstreamProtocol !== 'auto') {
+    fail('upstreamProtocol', upstreamProtocol, '"http1", "h2c" or "auto"');
+  }
   const logLevel = o['logLevel'] ?? DEFAULTS.logLevel;
   if (typeof logLevel !== 'string' || !LOG_LEVELS.has(logLevel)) fail('logLevel', logLevel, 'silent, error, warn, info or debug');
   const logger = o['logger'];
@@ -266,7 +276,7 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
     headerRoutingEnabled: bool(o, 'headerRoutingEnabled', DEFAULTS.headerRoutingEnabled),
     workspaceIsolation: bool(o, 'workspaceIsolation', DEFAULTS.workspaceIsolation),
     preserveHost: bool(o, 'preserveHost', DEFAULTS.preserveHost),
-    upstreamProtocol,
+    upstreamProtocol: upstreamProtocol as UpstreamProtocol,
     upstreamConnectTimeoutMs: integer(o, 'upstreamConnectTimeoutMs', DEFAULTS.upstreamConnectTimeoutMs, 1, MAX_TIMEOUT),
     upstreamResponseTimeoutMs: integer(o, 'upstreamResponseTimeoutMs', DEFAULTS.upstreamResponseTimeoutMs, 1, MAX_TIMEOUT),
     requestHeadersTimeoutMs: integer(o, 'requestHeadersTimeoutMs', DEFAULTS.requestHeadersTimeoutMs, 1, MAX_TIMEOUT),
@@ -275,6 +285,8 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
     maxHeadersCount: integer(o, 'maxHeadersCount', DEFAULTS.maxHeadersCount, 1, 10_000),
     maxSocketsPerUpstream,
     maxIdleSocketsPerUpstream: integer(o, 'maxIdleSocketsPerUpstream', Math.min(DEFAULTS.maxIdleSocketsPerUpstream, maxSocketsPerUpstream), 0, maxSocketsPerUpstream),
+    maxSessionsPerUpstream: integer(o, 'maxSessionsPerUpstream', DEFAULTS.maxSessionsPerUpstream, 1, 10_000),
+    upstreamProtocolCacheTtlMs: integer(o, 'upstreamProtocolCacheTtlMs', DEFAULTS.upstreamProtocolCacheTtlMs, 0, MAX_TIMEOUT),
     fallback: validateFallback(o['fallback']),
     containerPortResolver: resolver as ContainerPortResolver | undefined,
     dockerSocketPath: dockerSocketPath as string | undefined,

@@ -19,6 +19,10 @@ import {
 import { socketTarget, tcpTarget, type Target } from './route/target.js';
 import type { StatsCounters } from './stats.js';
 import { UpstreamPool } from './upstream/h1-pool.js';
+import { H2UpstreamPool, probeH2c } from './upstream/h2-pool.js';
+import { LRUCache } from 'lru-cache';
+import type http2 from 'node:http2';
+import { isHopByHop } from './headers.js';
 
 /** A request being routed: an exchange, a WebSocket bridge or a tunnel. */
 export interface Routable {
@@ -63,6 +67,10 @@ export class ProxyCore {
   readonly stats: StatsCounters;
   readonly log: Logger & { readonly debugEnabled: boolean };
   readonly pool: UpstreamPool;
+  readonly h2pool: H2UpstreamPool;
+  /** `auto`: what each upstream speaks, learned once per TTL. */
+  private readonly protocols: LRUCache<string, 'h2c' | 'http1'> | null;
+  private readonly probes = new Map<string, Promise<void>>();
   readonly resolver: CachedPortResolver | undefined;
   /** This instance's pseudonym in `Via` (RFC 9110 §7.6.3). */
   readonly viaToken: string;
@@ -95,6 +103,12 @@ export class ProxyCore {
       },
       stats,
     );
+    this.h2pool = new H2UpstreamPool(
+      { idleTimeoutMs: options.upstreamIdleTimeoutMs, keepaliveMs: options.keepaliveMs, maxSessions: options.maxSessionsPerUpstream },
+      stats,
+    );
+    this.protocols =
+      options.upstreamProtocol === 'auto' ? new LRUCache({ max: 10_000, ttl: Math.max(1, options.upstreamProtocolCacheTtlMs) }) : null;
     const fallback = options.fallback;
     if (fallback !== undefined) {
       if ('socketPath' in fallback) this.fallbackTarget = socketTarget(fallback.socketPath);
@@ -173,21 +187,99 @@ export class ProxyCore {
     return bound === '127.0.0.1' && host === 'localhost';
   }
 
+  /** The Host the upstream gets: the override, the client's (preserveHost), or the target's. */
+  forwardHost(ex: Exchange, target: Target): string {
+    const override = ex.facts.hostOverride;
+    if (override !== undefined && override.trim() !== '') return override.trim();
+    if (this.options.preserveHost && ex.host !== undefined && ex.host !== '') return ex.host;
+    return target.socketPath !== undefined ? 'localhost' : target.key;
+  }
+
+  viaEntryFor(ex: Exchange): string {
+    return ex.clientVersion === '2' ? this.viaEntryH2 : ex.clientVersion === '1.0' ? `1.0 ${this.viaToken}` : this.viaEntryH1;
+  }
+
   buildHead(ex: Exchange, target: Target): string {
-    const options = this.options;
-    let host: string;
-    if (ex.facts.hostOverride !== undefined && ex.facts.hostOverride.trim() !== '') host = ex.facts.hostOverride.trim();
-    else if (options.preserveHost && ex.host !== undefined && ex.host !== '') host = ex.host;
-    else host = target.socketPath !== undefined ? 'localhost' : target.key;
+    const host = this.forwardHost(ex, target);
     return buildUpstreamRequestHead(ex.method, ex.path, ex.raw, ex.facts.connectionTokens, {
       host,
       forwardedHost: ex.host ?? host,
       clientAddress: ex.clientAddress,
       proto: ex.proto,
-      viaEntry: ex.clientVersion === '2' ? this.viaEntryH2 : ex.clientVersion === '1.0' ? `1.0 ${this.viaToken}` : this.viaEntryH1,
+      viaEntry: this.viaEntryFor(ex),
       upgrade: (ex.flags & EX_UPGRADE) !== 0,
       chunked: ex.bodyMode === BODY_CHUNKED,
     });
+  }
+
+  /** 'h2c' or 'http1' for this target, or undefined when `auto` has not learned it yet. */
+  upstreamProtocolFor(target: Target): 'h2c' | 'http1' | undefined {
+    const configured = this.options.upstreamProtocol;
+    if (configured !== 'auto') return configured;
+    // The embedding app's fallback handler is an HTTP/1.1 server of ours.
+    if (target === this.fallbackTarget && this.options.fallback !== undefined && 'handler' in this.options.fallback) return 'http1';
+    return this.protocols!.get(target.key);
+  }
+
+  /** Tries h2c prior knowledge once per target (concurrent callers share the probe). */
+  probeProtocol(target: Target): Promise<void> {
+    let probe = this.probes.get(target.key);
+    if (probe === undefined) {
+      probe = probeH2c(target, this.options.upstreamConnectTimeoutMs).then((h2) => {
+        this.protocols!.set(target.key, h2 ? 'h2c' : 'http1');
+        this.probes.delete(target.key);
+        if (this.log.debugEnabled) this.log.debug(`upstream ${target.key} speaks ${h2 ? 'h2c' : 'http1'}`);
+      });
+      this.probes.set(target.key, probe);
+    }
+    return probe;
+  }
+
+  /** Request headers for an h2c upstream (RFC 9113 §8.2.2: no connection-specific fields). */
+  buildH2Headers(ex: Exchange, target: Target): http2.OutgoingHttpHeaders {
+    const host = this.forwardHost(ex, target);
+    const headers: http2.OutgoingHttpHeaders = {
+      ':method': ex.method,
+      ':path': ex.path,
+      ':scheme': 'http',
+      ':authority': host,
+    };
+    const raw = ex.raw;
+    const tokens = ex.facts.connectionTokens;
+    let xff: string | undefined;
+    let via: string | undefined;
+    let trailers = false;
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i]!;
+      if (name.charCodeAt(0) === 58) continue;
+      const lower = name.toLowerCase();
+      const value = raw[i + 1]!;
+      if (lower === 'te') {
+        trailers ||= value.toLowerCase().includes('trailers');
+        continue;
+      }
+      if (isHopByHop(lower) || lower === 'host' || (tokens !== null && tokens.includes(lower))) continue;
+      if (lower === 'x-forwarded-proto' || lower === 'x-forwarded-host') continue;
+      if (lower === 'x-forwarded-for') {
+        xff = xff === undefined ? value : `${xff}, ${value}`;
+        continue;
+      }
+      if (lower === 'via') {
+        via = via === undefined ? value : `${via}, ${value}`;
+        continue;
+      }
+      const previous = headers[lower];
+      if (previous === undefined) headers[lower] = value;
+      else if (Array.isArray(previous)) previous.push(value);
+      else headers[lower] = lower === 'cookie' ? [String(previous), value] : `${String(previous)}, ${value}`;
+    }
+    if (trailers) headers['te'] = 'trailers';
+    headers['x-forwarded-for'] = xff === undefined ? ex.clientAddress : `${xff}, ${ex.clientAddress}`;
+    headers['x-forwarded-proto'] = ex.proto;
+    headers['x-forwarded-host'] = ex.host ?? host;
+    const entry = this.viaEntryFor(ex);
+    headers['via'] = via === undefined ? entry : `${via}, ${entry}`;
+    return headers;
   }
 
   countUpstreamFailure(code: string): void {

@@ -188,6 +188,7 @@ export class ProxyServer implements SessionHost, H2Host {
     for (const socket of this.sockets) if (socket[kSniff] !== undefined) socket.destroy();
     for (const session of this.sessions) session.close();
     core.pool.closeIdle();
+    core.h2pool.closeIdle();
     if (this.sockets.size > 0 && this.options.drainTimeoutMs > 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, this.options.drainTimeoutMs);
@@ -201,6 +202,7 @@ export class ProxyServer implements SessionHost, H2Host {
     for (const session of this.sessions) session.destroy();
     for (const socket of this.accepted) socket.destroy();
     core.pool.close();
+    core.h2pool.close();
     this.headTimer.stop();
     this.tls?.unwatch();
     await closed;
@@ -225,7 +227,13 @@ export class ProxyServer implements SessionHost, H2Host {
   getStats(): ProxyStats {
     let live = 0;
     for (const socket of this.sockets) live += socket.bytesRead + socket.bytesWritten;
-    return snapshot(this.stats, live, this.core.pool.stats_());
+    const h2 = this.core.h2pool.counts();
+    return snapshot(this.stats, live, {
+      ...this.core.pool.stats_(),
+      upstreamH2Sessions: h2.sessions,
+      upstreamH2Streams: h2.streams,
+      upstreamH2Waiters: h2.waiters,
+    });
   }
 
   // ---- connections ----------------------------------------------------------------------

@@ -64,6 +64,10 @@ export interface PoolStats {
   upstreamSocketsActive: number;
   upstreamSocketsIdle: number;
   upstreamWaiters: number;
+  /** HTTP/2 sessions to h2c upstreams, their running streams, and requests waiting for a stream. */
+  upstreamH2Sessions: number;
+  upstreamH2Streams: number;
+  upstreamH2Waiters: number;
 }
 
 export interface ProxyStats extends PoolStats {
@@ -136,5 +140,8 @@ export function snapshot(c: StatsCounters, liveBytes: number, pool: PoolStats): 
     upstreamSocketsActive: pool.upstreamSocketsActive,
     upstreamSocketsIdle: pool.upstreamSocketsIdle,
     upstreamWaiters: pool.upstreamWaiters,
+    upstreamH2Sessions: pool.upstreamH2Sessions,
+    upstreamH2Streams: pool.upstreamH2Streams,
+    upstreamH2Waiters: pool.upstreamH2Waiters,
   };
 }

@@ -1,0 +1,360 @@
+import http2 from 'node:http2';
+import net from 'node:net';
+import type { Target } from '../route/target.js';
+import type { StatsCounters } from '../stats.js';
+
+const { NGHTTP2_REFUSED_STREAM, NGHTTP2_CANCEL } = http2.constants;
+
+/** What an h2c upstream stream reports to the exchange using it. */
+export interface H2UpstreamUser {
+  /** Request headers for the upstream (lower-case names, pseudo-headers set). */
+  h2Headers(): http2.OutgoingHttpHeaders;
+  /** True when the request has no body (END_STREAM on HEADERS). */
+  readonly h2EndStream: boolean;
+  h2Started(req: H2UpstreamRequest): void;
+  h2Response(status: number, raw: string[]): void;
+  h2Body(chunk: Buffer): void;
+  h2End(trailers: string[] | null): void;
+  /** `replayable`: the upstream provably did not process the stream (REFUSED_STREAM / GOAWAY). */
+  h2Failure(code: string, replayable: boolean): void;
+  h2Drain(): void;
+}
+
+const kReq = Symbol('cmux.h2up.request');
+type UpStream = http2.ClientHttp2Stream & { [kReq]?: H2UpstreamRequest };
+
+/** One request on an upstream HTTP/2 session. */
+export class H2UpstreamRequest {
+  readonly session: UpSession;
+  readonly stream: UpStream;
+  user: H2UpstreamUser | null;
+  responded = false;
+  private trailers: string[] | null = null;
+
+  constructor(session: UpSession, user: H2UpstreamUser) {
+    this.session = session;
+    this.user = user;
+    const stream = session.session.request(user.h2Headers(), { endStream: user.h2EndStream }) as UpStream;
+    this.stream = stream;
+    stream[kReq] = this;
+    stream.on('response', upStreamOnResponse);
+    stream.on('data', upStreamOnData);
+    stream.on('trailers', upStreamOnTrailers);
+    stream.on('end', upStreamOnEnd);
+    stream.on('drain', upStreamOnDrain);
+    stream.on('error', upStreamOnError);
+    stream.on('close', upStreamOnClose);
+  }
+
+  write(chunk: Buffer): boolean {
+    return this.stream.destroyed ? true : this.stream.write(chunk);
+  }
+
+  end(): void {
+    if (!this.stream.destroyed && !this.stream.writableEnded) this.stream.end();
+  }
+
+  pause(): void {
+    this.stream.pause();
+  }
+
+  resume(): void {
+    this.stream.resume();
+  }
+
+  /** The client went away: reset the upstream stream. */
+  cancel(): void {
+    this.user = null;
+    if (!this.stream.destroyed) this.stream.close(NGHTTP2_CANCEL);
+  }
+
+  onResponse(headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, raw: string[]): void {
+    const status = Number(headers[':status']);
+    if (status >= 100 && status < 200) return;
+    this.responded = true;
+    this.user?.h2Response(status, raw);
+  }
+
+  onTrailers(raw: string[]): void {
+    this.trailers = raw;
+  }
+
+  onEnd(): void {
+    const user = this.user;
+    this.user = null;
+    user?.h2End(this.trailers);
+  }
+
+  onClose(): void {
+    this.session.streamClosed(this);
+    const user = this.user;
+    if (user === null) return;
+    this.user = null;
+    const code = this.stream.rstCode ?? 0;
+    // RFC 9113 §8.7: REFUSED_STREAM (and streams above a GOAWAY's last id) were not processed.
+    const replayable = !this.responded && (code === NGHTTP2_REFUSED_STREAM || this.session.goneAway);
+    user.h2Failure(this.responded ? 'UPSTREAM_RESET' : code === 0 ? 'UPSTREAM_CLOSED' : `H2_RST_${code}`, replayable);
+  }
+}
+
+function upStreamOnResponse(this: UpStream, headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, _flags: number, raw: string[]): void {
+  this[kReq]?.onResponse(headers, raw ?? flatten(headers));
+}
+function upStreamOnData(this: UpStream, chunk: Buffer): void {
+  this[kReq]?.user?.h2Body(chunk);
+}
+function upStreamOnTrailers(this: UpStream, headers: http2.IncomingHttpHeaders, _flags: number, raw: string[]): void {
+  this[kReq]?.onTrailers(raw ?? flatten(headers));
+}
+function upStreamOnEnd(this: UpStream): void {
+  this[kReq]?.onEnd();
+}
+function upStreamOnDrain(this: UpStream): void {
+  this[kReq]?.user?.h2Drain();
+}
+function upStreamOnError(this: UpStream): void {
+  // 'close' follows with rstCode set.
+}
+function upStreamOnClose(this: UpStream): void {
+  this[kReq]?.onClose();
+}
+
+function flatten(headers: http2.IncomingHttpHeaders): string[] {
+  const raw: string[] = [];
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined) continue;
+    if (Array.isArray(value)) for (const v of value) raw.push(name, v);
+    else raw.push(name, String(value));
+  }
+  return raw;
+}
+
+/** One h2c session to an upstream and its running streams. */
+class UpSession {
+  readonly pool: H2UpstreamPool;
+  readonly entry: H2Entry;
+  readonly session: http2.ClientHttp2Session;
+  active = 0;
+  /** Peer's SETTINGS_MAX_CONCURRENT_STREAMS once known (RFC 9113 §6.5.2: unlimited until then; we assume 100). */
+  maxStreams = 100;
+  ready = false;
+  goneAway = false;
+  closed = false;
+  private ping: NodeJS.Timeout | null = null;
+
+  constructor(pool: H2UpstreamPool, entry: H2Entry) {
+    this.pool = pool;
+    this.entry = entry;
+    const target = entry.target;
+    const session = http2.connect(`http://${target.key}`, {
+      createConnection: () =>
+        target.socketPath !== undefined ? net.connect({ path: target.socketPath }) : net.connect({ host: target.host, port: target.port }),
+      // A proxy may hold many streams from slow clients (DESIGN.md pitfalls).
+      maxSessionMemory: 64,
+    });
+    this.session = session;
+    session.on('remoteSettings', (settings) => {
+      this.ready = true;
+      if (settings.maxConcurrentStreams !== undefined) this.maxStreams = Math.max(1, Math.min(settings.maxConcurrentStreams, 1000));
+      pool.serveWaiters(entry);
+    });
+    session.on('goaway', () => {
+      // Retired: no new streams here; running ones finish (unprocessed ones come back as replayable).
+      this.goneAway = true;
+      pool.serveWaiters(entry);
+      if (this.active === 0) session.close();
+    });
+    session.on('error', (err: NodeJS.ErrnoException) => {
+      this.failWaiters(err.code ?? 'UPSTREAM_ERROR');
+    });
+    session.on('close', () => this.onClose());
+    session.setTimeout(pool.idleTimeoutMs, () => {
+      if (this.active === 0) session.close();
+    });
+    if (pool.keepaliveMs > 0) {
+      this.ping = setInterval(pingUpstream, pool.keepaliveMs, this);
+      this.ping.unref();
+    }
+    pool.stats.upstreamSocketsCreated++;
+  }
+
+  get usable(): boolean {
+    return !this.goneAway && !this.closed && !this.session.destroyed && this.active < this.maxStreams;
+  }
+
+  streamClosed(_req: H2UpstreamRequest): void {
+    this.active--;
+    if (this.goneAway && this.active === 0) this.session.close();
+    else this.pool.serveWaiters(this.entry);
+  }
+
+  private failWaiters(code: string): void {
+    // Connecting failed (nothing was sent): the waiters of this upstream get the error, unless
+    // another session can still take them.
+    if (!this.ready) this.pool.failWaiters(this.entry, this, code);
+  }
+
+  private onClose(): void {
+    this.closed = true;
+    if (this.ping !== null) clearInterval(this.ping);
+    this.pool.sessionClosed(this);
+  }
+
+  pingNow(): void {
+    if (this.session.destroyed || this.closed) return;
+    try {
+      this.session.ping((err) => {
+        if (err && !this.session.destroyed) this.session.destroy();
+      });
+    } catch {
+      this.session.destroy();
+    }
+  }
+}
+
+function pingUpstream(s: UpSession): void {
+  s.pingNow();
+}
+
+interface H2Entry {
+  target: Target;
+  sessions: UpSession[];
+  waiters: H2UpstreamUser[];
+}
+
+export interface H2PoolConfig {
+  idleTimeoutMs: number;
+  keepaliveMs: number;
+  maxSessions: number;
+}
+
+/**
+ * HTTP/2 sessions to h2c upstreams, by hand (DESIGN.md): per origin a list of sessions; a
+ * session is busy when its streams reach the peer's SETTINGS_MAX_CONCURRENT_STREAMS and another
+ * opens (up to `maxSessions`, then requests wait); GOAWAY retires a session; idle sessions
+ * close; PING finds dead ones; a crashed upstream leaves no session behind.
+ */
+export class H2UpstreamPool {
+  private readonly entries = new Map<string, H2Entry>();
+  readonly stats: StatsCounters;
+  readonly idleTimeoutMs: number;
+  readonly keepaliveMs: number;
+  private readonly maxSessions: number;
+
+  constructor(config: H2PoolConfig, stats: StatsCounters) {
+    this.stats = stats;
+    this.idleTimeoutMs = config.idleTimeoutMs;
+    this.keepaliveMs = config.keepaliveMs;
+    this.maxSessions = config.maxSessions;
+  }
+
+  request(target: Target, user: H2UpstreamUser): void {
+    let entry = this.entries.get(target.key);
+    if (entry === undefined) {
+      entry = { target, sessions: [], waiters: [] };
+      this.entries.set(target.key, entry);
+    }
+    entry.waiters.push(user);
+    this.serveWaiters(entry);
+  }
+
+  cancel(target: Target, user: H2UpstreamUser): void {
+    const entry = this.entries.get(target.key);
+    if (entry === undefined) return;
+    const at = entry.waiters.indexOf(user);
+    if (at !== -1) entry.waiters.splice(at, 1);
+  }
+
+  serveWaiters(entry: H2Entry): void {
+    while (entry.waiters.length > 0) {
+      let session: UpSession | undefined;
+      for (const s of entry.sessions) {
+        if (s.ready && s.usable && (session === undefined || s.active < session.active)) session = s;
+      }
+      if (session === undefined) {
+        // Open another session unless one is still connecting or the bound is reached.
+        const connecting = entry.sessions.some((s) => !s.ready && !s.closed);
+        const live = entry.sessions.filter((s) => !s.closed && !s.goneAway).length;
+        if (!connecting && live < this.maxSessions) entry.sessions.push(new UpSession(this, entry));
+        return;
+      }
+      const user = entry.waiters.shift()!;
+      session.active++;
+      let req: H2UpstreamRequest;
+      try {
+        req = new H2UpstreamRequest(session, user);
+      } catch (err) {
+        session.active--;
+        user.h2Failure((err as NodeJS.ErrnoException).code ?? 'BAD_REQUEST_HEADERS', false);
+        continue;
+      }
+      user.h2Started(req);
+    }
+  }
+
+  failWaiters(entry: H2Entry, failed: UpSession, code: string): void {
+    const others = entry.sessions.some((s) => s !== failed && !s.closed && s.ready && !s.goneAway);
+    if (others) return;
+    for (const user of entry.waiters.splice(0)) user.h2Failure(code, false);
+  }
+
+  sessionClosed(s: UpSession): void {
+    const entry = s.entry;
+    const at = entry.sessions.indexOf(s);
+    if (at !== -1) entry.sessions.splice(at, 1);
+    if (entry.sessions.length === 0 && entry.waiters.length === 0) {
+      this.entries.delete(entry.target.key);
+      return;
+    }
+    this.serveWaiters(entry);
+  }
+
+  counts(): { sessions: number; streams: number; waiters: number } {
+    let sessions = 0;
+    let streams = 0;
+    let waiters = 0;
+    for (const entry of this.entries.values()) {
+      sessions += entry.sessions.length;
+      for (const s of entry.sessions) streams += s.active;
+      waiters += entry.waiters.length;
+    }
+    return { sessions, streams, waiters };
+  }
+
+  close(): void {
+    for (const entry of this.entries.values()) {
+      for (const user of entry.waiters.splice(0)) user.h2Failure('PROXY_STOPPING', false);
+      for (const s of entry.sessions.slice()) s.session.destroy();
+    }
+  }
+
+  closeIdle(): void {
+    for (const entry of this.entries.values()) for (const s of entry.sessions.slice()) if (s.active === 0) s.session.close();
+  }
+}
+
+/**
+ * Asks an upstream whether it speaks h2c with prior knowledge: resolves true when it answers
+ * the preface with SETTINGS, false when it closes or errors first (an HTTP/1.1 server answers
+ * 400 and closes). Bounded by `timeoutMs`.
+ */
+export function probeH2c(target: Target, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    let done = false;
+    const session = http2.connect(`http://${target.key}`, {
+      createConnection: () =>
+        target.socketPath !== undefined ? net.connect({ path: target.socketPath }) : net.connect({ host: target.host, port: target.port }),
+    });
+    const finish = (answer: boolean): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      session.destroy();
+      resolve(answer);
+    };
+    const timer = setTimeout(finish, timeoutMs, false);
+    session.on('remoteSettings', () => finish(true));
+    session.on('error', () => finish(false));
+    session.on('close', () => finish(false));
+  });
+}
