@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Debian packages the test suite uses: real clients (curl; nghttp2's h2load/nghttp) and ss
-# (iproute2) to read socket options from the kernel.
+# Debian packages the test suite uses: real clients (curl; nghttp2's h2load/nghttp; headless
+# Chromium at /usr/bin/chromium for test/browser.test.mjs) and ss (iproute2) to read socket
+# options from the kernel.
 # Idempotent: installs only what is missing. Runs as root (CI) or through sudo.
 set -euo pipefail
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v nghttp >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+$SUDO apt-get install -y -qq "${need[@]}" >/dev/null

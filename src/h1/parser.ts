@@ -63,5 +63,11 @@ export function isParseError(value: unknown): value is ParseError {
   return value instanceof Error;
 }
 
-/** The llhttp "resource" argument (async_hooks bookkeeping); one shared object suffices. */
-export const PARSER_RESOURCE = Object.freeze({});
+/**
+ * The llhttp "resource" argument: async_hooks keeps its context on it (AsyncLocalStorage stores
+ * a symbol property), so it must be a fresh, extensible object per parser — a shared frozen
+ * one crashes every connection once any AsyncLocalStorage is active in the process.
+ */
+export function parserResource(owner: object): object {
+  return { owner };
+}

@@ -24,7 +24,7 @@ import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from 
 import type { UpstreamConn } from '../upstream/h1-pool.js';
 import {
   METHODS,
-  PARSER_RESOURCE,
+  parserResource,
   Parser,
   REQUEST,
   isParseError,
@@ -169,7 +169,7 @@ export class H1Connection implements ClientSide {
     this.proto = tls ? 'https' : 'http';
     this.clientAddress = socket.remoteAddress ?? '';
     const parser = new Parser() as RequestParser;
-    parser.initialize(REQUEST, PARSER_RESOURCE, this.core.options.maxHeaderSize, kLenientNone);
+    parser.initialize(REQUEST, parserResource(this), this.core.options.maxHeaderSize, kLenientNone);
     parser.conn = this;
     parser[kOnMessageBegin] = parserOnMessageBegin;
     parser[kOnHeaders] = parserOnHeaders;

@@ -7,7 +7,7 @@ import { isRouteError } from '../route/router.js';
 import type { Target } from '../route/target.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import {
-  PARSER_RESOURCE,
+  parserResource,
   Parser,
   RESPONSE,
   isParseError,
@@ -153,7 +153,7 @@ class WebSocketBridge implements Routable {
       chunked: false,
     });
     const parser = new Parser() as BridgeParser;
-    parser.initialize(RESPONSE, PARSER_RESOURCE, options.maxHeaderSize, kLenientNone);
+    parser.initialize(RESPONSE, parserResource(this), options.maxHeaderSize, kLenientNone);
     parser.bridge = this;
     parser[kOnHeaders] = bridgeParserOnHeaders;
     parser[kOnHeadersComplete] = bridgeParserOnHeadersComplete;

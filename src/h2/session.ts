@@ -165,7 +165,14 @@ function streamOnData(this: ProxyStream, chunk: Buffer): void {
 
 function streamOnEnd(this: ProxyStream): void {
   const ex = this[kEx];
-  if (ex !== undefined) ex.requestEnd(null);
+  if (ex === undefined) return;
+  // Node ends the readable side on RST_STREAM too (rstCode is set first, NO_ERROR included):
+  // that is an abandoned request, and the upstream must not get a complete-looking body.
+  if (this.rstCode !== undefined) {
+    ex.abort();
+    return;
+  }
+  ex.requestEnd(null);
 }
 
 function streamOnDrain(this: ProxyStream): void {

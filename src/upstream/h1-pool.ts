@@ -5,7 +5,7 @@ import type { StatsCounters, PoolStats } from '../stats.js';
 import {
   Parser,
   RESPONSE,
-  PARSER_RESOURCE,
+  parserResource,
   kLenientNone,
   kOnBody,
   kOnHeaders,
@@ -72,7 +72,7 @@ export class UpstreamConn implements Expirable {
     this.socket = socket as UpstreamSocket;
     this.socket[kUpstream] = this;
     const parser = new Parser() as ResponseParser;
-    parser.initialize(RESPONSE, PARSER_RESOURCE, maxHeaderSize, kLenientNone);
+    parser.initialize(RESPONSE, parserResource(this), maxHeaderSize, kLenientNone);
     parser.conn = this;
     parser[kOnHeaders] = parserOnHeaders;
     parser[kOnHeadersComplete] = parserOnHeadersComplete;
