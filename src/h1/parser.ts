@@ -6,6 +6,10 @@ import { createRequire } from 'node:module';
  */
 export interface HTTPParser {
   initialize(type: number, resource: object, maxHeaderSize: number, lenient: number): void;
+  /** Reads straight from a stream handle in C++ (no 'data' events); results come to kOnExecute. */
+  consume(handle: object): void;
+  unconsume(): void;
+  getCurrentBuffer(): Buffer;
   execute(data: Buffer): number | ParseError;
   finish(): number | ParseError | undefined;
   close(): void;
@@ -54,6 +58,21 @@ export const kOnHeaders = Parser.kOnHeaders;
 export const kOnHeadersComplete = Parser.kOnHeadersComplete;
 export const kOnBody = Parser.kOnBody;
 export const kOnMessageComplete = Parser.kOnMessageComplete;
+export const kOnExecute = Parser.kOnExecute;
+
+/** The libuv stream handle under a net.Socket / TLSSocket (what `node:http` consumes too). */
+export interface StreamHandle {
+  isStreamBase?: boolean;
+  _consumed?: boolean;
+  reading?: boolean;
+  readStart(): number;
+  readStop(): number;
+}
+
+export function streamHandle(socket: object): StreamHandle | undefined {
+  const handle = (socket as { _handle?: StreamHandle | null })._handle;
+  return handle !== null && handle !== undefined && handle.isStreamBase === true ? handle : undefined;
+}
 export const kLenientNone = Parser.kLenientNone;
 
 export const METHOD_HEAD = METHODS.indexOf('HEAD');

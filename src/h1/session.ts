@@ -33,8 +33,11 @@ import {
   kOnHeaders,
   kOnHeadersComplete,
   kOnMessageComplete,
+  kOnExecute,
+  streamHandle,
   type HTTPParser,
   type ParseError,
+  type StreamHandle,
 } from './parser.js';
 
 const kOnMessageBegin = Parser.kOnMessageBegin;
@@ -159,6 +162,8 @@ export class H1Connection implements ClientSide {
   brokenStatus = 400;
   /** Bytes the client sent after an upgrade/CONNECT head. */
   upgradeRest: Buffer | null = null;
+  /** The socket handle llhttp reads from directly, when consuming (no 'data' events then). */
+  private handle: StreamHandle | null = null;
 
   constructor(host: SessionHost, socket: net.Socket, tls: boolean) {
     this.host = host;
@@ -190,9 +195,61 @@ export class H1Connection implements ClientSide {
     host.headTimer.arm(this);
   }
 
-  /** Feeds bytes read before this session took the socket (sniffing). */
+  /**
+   * Feeds bytes read before this session took the socket (sniffing), then lets llhttp read
+   * the socket's handle directly, as `node:http` does: no stream machinery per read.
+   */
   feed(chunk: Buffer): void {
-    socketOnData.call(this.socket, chunk);
+    this.onData(chunk);
+    if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_NO_MORE | C_UPGRADING)) !== 0 || this.socket.destroyed) return;
+    const handle = streamHandle(this.socket);
+    if (handle === undefined || handle._consumed === true) return;
+    handle._consumed = true;
+    this.parser.consume(handle);
+    this.parser[kOnExecute] = parserOnExecute;
+    this.handle = handle;
+    if (this.pauses !== 0) this.readStop();
+  }
+
+  /** Hands reading back to the socket's stream (tunnels, closing). */
+  private unconsume(): void {
+    const handle = this.handle;
+    if (handle === null) return;
+    this.handle = null;
+    this.parser.unconsume();
+    handle._consumed = false;
+    if (this.pauses === 0 && handle.reading === false) {
+      handle.reading = true;
+      handle.readStart();
+    }
+  }
+
+  private readStop(): void {
+    const handle = this.handle;
+    if (handle === null) {
+      this.socket.pause();
+    } else if (handle.reading !== false) {
+      handle.reading = false;
+      handle.readStop();
+    }
+  }
+
+  private readStart(): void {
+    const handle = this.handle;
+    if (handle === null) {
+      this.socket.resume();
+    } else if (handle.reading === false) {
+      handle.reading = true;
+      handle.readStart();
+    }
+  }
+
+  /** llhttp consumed a read from the handle (`ret`: bytes parsed, or the parse error). */
+  onExecuted(ret: number | ParseError): void {
+    // No 'data' events when consuming: keep the idle timer honest by hand (as node:http does).
+    (this.socket as unknown as { _unrefTimer(): void })._unrefTimer();
+    if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_NO_MORE)) !== 0) return;
+    this.afterExecute(ret, null);
   }
 
   // ---- parsing --------------------------------------------------------------------------
@@ -208,18 +265,26 @@ export class H1Connection implements ClientSide {
         return;
       }
     }
-    const ret = this.parser.execute(chunk);
+    this.afterExecute(this.parser.execute(chunk), chunk);
+  }
+
+  private afterExecute(ret: number | ParseError, data: Buffer | null): void {
     if (isParseError(ret)) {
       // Bytes after a request that asked to close are not a request (RFC 9112 §9.6): ignore them.
       if (ret.code === 'HPE_CLOSED_CONNECTION') {
         this.flags |= C_NO_MORE;
+        this.unconsume();
+        this.socket.on('data', discard);
         return;
       }
+      const chunk = data ?? this.parser.getCurrentBuffer();
       this.broken(ret.code === 'HPE_HEADER_OVERFLOW' ? this.overflowStatus(chunk, ret) : 400, ret);
       return;
     }
     if ((this.flags & C_UPGRADING) !== 0 && (this.flags & C_TUNNEL) === 0) {
       // llhttp stopped after the upgrade/CONNECT head: the rest is tunnel data.
+      const chunk = data ?? this.parser.getCurrentBuffer();
+      this.unconsume();
       const rest = ret < chunk.length ? chunk.subarray(ret) : null;
       if (rest !== null) this.upgradeRest = this.upgradeRest === null ? rest : Buffer.concat([this.upgradeRest, rest]);
       this.pause(P_UPGRADE);
@@ -269,9 +334,11 @@ export class H1Connection implements ClientSide {
     this.flags |= C_CLOSE_AFTER;
     this.host.headTimer.disarm(this);
     const socket = this.socket;
+    this.unconsume();
     socket.removeListener('data', socketOnData);
     // Keep reading (and dropping) what the client still sends, so the close is a FIN, not a RST.
     socket.on('data', discard);
+    this.pauses = 0;
     socket.resume();
     socket.end(data);
     socket.setTimeout(5_000);
@@ -403,14 +470,14 @@ export class H1Connection implements ClientSide {
   // ---- flow control -------------------------------------------------------------------
 
   pause(reason: number): void {
-    if (this.pauses === 0) this.socket.pause();
+    if (this.pauses === 0) this.readStop();
     this.pauses |= reason;
   }
 
   unpause(reason: number): void {
     if ((this.pauses & reason) === 0) return;
     this.pauses &= ~reason;
-    if (this.pauses === 0 && (this.flags & C_CLOSED) === 0) this.socket.resume();
+    if (this.pauses === 0 && (this.flags & C_CLOSED) === 0) this.readStart();
   }
 
   outputSocket(): net.Socket {
@@ -531,6 +598,8 @@ export class H1Connection implements ClientSide {
   private detach(): void {
     const socket = this.socket;
     this.host.headTimer.disarm(this);
+    this.unconsume();
+    this.pauses = 0;
     socket.removeListener('data', socketOnData);
     socket.removeListener('drain', socketOnDrain);
     socket.removeListener('timeout', socketOnTimeout);
@@ -634,6 +703,10 @@ export class H1Connection implements ClientSide {
     const pending = this.pending;
     this.pending = null;
     if (pending !== null) for (const p of pending) p.flags |= EX_FINISHED;
+    if (this.handle !== null) {
+      this.handle = null;
+      this.parser.unconsume();
+    }
     this.parser.close();
     this.host.h1Closed(this);
   }
@@ -715,6 +788,10 @@ function parserOnMessageComplete(this: RequestParser): void {
 
 function socketOnData(this: ClientSocket, chunk: Buffer): void {
   this[kH1].onData(chunk);
+}
+
+function parserOnExecute(this: RequestParser, ret: number | ParseError): void {
+  this.conn.onExecuted(ret);
 }
 
 function socketOnDrain(this: ClientSocket): void {

@@ -166,9 +166,10 @@ function streamOnData(this: ProxyStream, chunk: Buffer): void {
 function streamOnEnd(this: ProxyStream): void {
   const ex = this[kEx];
   if (ex === undefined) return;
-  // Node ends the readable side on RST_STREAM too (rstCode is set first, NO_ERROR included):
-  // that is an abandoned request, and the upstream must not get a complete-looking body.
-  if (this.rstCode !== undefined) {
+  // Node ends the readable side on RST_STREAM too (NO_ERROR included), after marking the stream
+  // closed; a real END_STREAM leaves it open for our response. An abandoned request must not
+  // reach the upstream as a complete-looking body.
+  if (this.closed) {
     ex.abort();
     return;
   }
