@@ -460,3 +460,35 @@ describe('upstream faults', () => {
     assert.ok(await waitFor(() => proxy.getStats().activeConnections === 0), `activeConnections=${proxy.getStats().activeConnections}`);
   });
 });
+
+describe('keep-alive after an upstream failure', () => {
+  it('a request whose body was queued while the upstream refused does not stall the next request on the connection', async () => {
+    const dead = net.createServer();
+    dead.listen(0, '127.0.0.1');
+    await once(dead, 'listening');
+    const deadPort = dead.address().port;
+    dead.close();
+    const up = await startUpstream();
+    const px = await startProxy();
+    const socket = net.connect(px.port, '127.0.0.1');
+    try {
+      await once(socket, 'connect');
+      let received = '';
+      socket.on('data', (c) => (received += c));
+      socket.write(`POST /a HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${deadPort}\r\nContent-Length: 5\r\n\r\nhello`);
+      const deadline = Date.now() + 3000;
+      while (!received.includes('ECONNREFUSED') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      assert.match(received, /^HTTP\/1\.1 502 /);
+      assert.doesNotMatch(received, /connection: close/i, 'the body was complete: the connection stays open');
+      received = '';
+      socket.write(`GET /b HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`);
+      const deadline2 = Date.now() + 3000;
+      while (!received.includes('"url":"/b"') && Date.now() < deadline2) await new Promise((r) => setTimeout(r, 10));
+      assert.match(received, /^HTTP\/1\.1 200 /, 'the second request on the connection was answered');
+    } finally {
+      socket.destroy();
+      await px.proxy.stop();
+      await up.close();
+    }
+  });
+});

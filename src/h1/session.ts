@@ -662,6 +662,9 @@ export class H1Connection implements ClientSide {
     if (ex !== this.current) return;
     this.current = null;
     if ((this.flags & C_CLOSED) !== 0) return;
+    // The exchange may have paused reading for its body (queued while the upstream connected,
+    // or upstream backpressure) and then failed: its pause ends with it.
+    this.unpause(P_BACKPRESSURE);
     if ((this.flags & C_BROKEN) !== 0) {
       this.sendBrokenAndClose();
       return;
