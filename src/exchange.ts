@@ -349,7 +349,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
 
   onResponseBody(chunk: Buffer): void {
     if (this.finished) return;
-    if (!this.client.writeBody(this, chunk)) this.conn?.socket.pause();
+    if (!this.client.writeBody(this, chunk)) this.conn?.pauseReading();
   }
 
   /** The client drained what we wrote: let the upstream flow again. */
@@ -359,7 +359,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       return;
     }
     const conn = this.conn;
-    if (conn !== null && conn.socket.isPaused()) conn.socket.resume();
+    if (conn !== null) conn.resumeReading();
   }
 
   onResponseEnd(conn: UpstreamConn, trailers: string[] | null): void {
@@ -370,7 +370,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     // Reuse only after a clean exchange: response complete, request fully sent, upstream willing.
     // A refused upgrade's socket is never reused: the upstream saw an Upgrade request on it.
     if (conn.keepAlive && (this.flags & (EX_REQUEST_ENDED | EX_UPGRADE)) === EX_REQUEST_ENDED && conn.errorCode === undefined) {
-      if (conn.socket.isPaused()) conn.socket.resume();
+      conn.resumeReading();
       this.core.pool.release(conn);
     } else {
       this.core.pool.destroy(conn);

@@ -11,8 +11,12 @@ import {
   kOnHeaders,
   kOnHeadersComplete,
   kOnMessageComplete,
+  kOnExecute,
   isParseError,
+  streamHandle,
   type HTTPParser,
+  type ParseError,
+  type StreamHandle,
 } from '../h1/parser.js';
 
 /** What an upstream connection reports to the exchange using it. */
@@ -66,6 +70,11 @@ export class UpstreamConn implements Expirable {
   errorCode: string | undefined;
   /** Response-head deadline while waiting, idle deadline while pooled (DeadlineSweep). */
   deadline = 0;
+  /** The handle llhttp reads from directly once connected (no 'data' events then). */
+  handle: StreamHandle | null = null;
+  /** The client socket corked while llhttp works through one read (head and body in one write). */
+  corked: net.Socket | null = null;
+  private paused = false;
 
   constructor(entry: PoolEntry, socket: net.Socket, maxHeaderSize: number) {
     this.entry = entry;
@@ -74,6 +83,7 @@ export class UpstreamConn implements Expirable {
     const parser = new Parser() as ResponseParser;
     parser.initialize(RESPONSE, parserResource(this), maxHeaderSize, kLenientNone);
     parser.conn = this;
+    parser[Parser.kOnMessageBegin] = parserOnMessageBegin;
     parser[kOnHeaders] = parserOnHeaders;
     parser[kOnHeadersComplete] = parserOnHeadersComplete;
     parser[kOnBody] = parserOnBody;
@@ -90,12 +100,67 @@ export class UpstreamConn implements Expirable {
     }
   }
 
+  /** Client backpressure: stop reading the upstream. */
+  pauseReading(): void {
+    if (this.paused) return;
+    this.paused = true;
+    const handle = this.handle;
+    if (handle === null) this.socket.pause();
+    else if (handle.reading !== false) {
+      handle.reading = false;
+      handle.readStop();
+    }
+  }
+
+  resumeReading(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    const handle = this.handle;
+    if (handle === null) this.socket.resume();
+    else if (handle.reading === false) {
+      handle.reading = true;
+      handle.readStart();
+    }
+  }
+
+  /** Lets llhttp read the socket's handle directly (as node:http's server does). */
+  consume(): void {
+    const handle = streamHandle(this.socket);
+    if (handle === undefined || handle._consumed === true) return;
+    handle._consumed = true;
+    this.parser.consume(handle);
+    this.parser[kOnExecute] = parserOnExecute;
+    this.handle = handle;
+  }
+
+  /** Gives reading back to the socket's stream (tunnels). */
+  unconsume(): void {
+    const handle = this.handle;
+    if (handle === null) return;
+    this.handle = null;
+    this.parser.unconsume();
+    handle._consumed = false;
+    if (this.paused) {
+      this.paused = false;
+      this.socket.pause();
+    }
+  }
+
   /** Prepares for the next exchange's response. */
   beginExchange(user: UpstreamUser): void {
     this.user = user;
     this.headComplete = false;
     this.responseBytes = false;
     this.pendingHeaders = null;
+  }
+}
+
+function parserOnMessageBegin(this: ResponseParser): void {
+  const conn = this.conn;
+  if (conn.user === null) {
+    // A response nobody asked for (bytes on an idle socket): the upstream broke framing.
+    conn.errorCode = 'UNEXPECTED_RESPONSE';
+    conn.socket.destroy();
   }
 }
 
@@ -129,6 +194,13 @@ function parserOnHeadersComplete(
     conn.keepAlive = keepAlive;
     conn.phase = PHASE_STREAMING;
   }
+  // Consuming: everything this read produces for the client leaves in one write (uncorked in
+  // parserOnExecute once llhttp is through the read).
+  const out = user.out;
+  if (conn.handle !== null && out !== null && conn.corked === null) {
+    out.cork();
+    conn.corked = out;
+  }
   return user.onResponseHead(conn, status, statusMessage, raw, upgrade, keepAlive);
 }
 
@@ -146,6 +218,29 @@ function parserOnMessageComplete(this: ResponseParser): void {
   conn.user?.onResponseEnd(conn, trailers);
 }
 
+function parserOnExecute(this: ResponseParser, ret: number | ParseError): void {
+  const conn = this.conn;
+  const corked = conn.corked;
+  if (corked !== null) {
+    conn.corked = null;
+    corked.uncork();
+  }
+  const socket = conn.socket;
+  // No 'data' events when consuming: keep the inactivity timer honest by hand.
+  (socket as unknown as { _unrefTimer(): void })._unrefTimer();
+  conn.responseBytes = true;
+  if (isParseError(ret)) {
+    conn.errorCode = 'BAD_RESPONSE';
+    socket.destroy();
+    return;
+  }
+  if (conn.phase === PHASE_UPGRADED && conn.user !== null) {
+    const chunk = this.getCurrentBuffer();
+    conn.unconsume();
+    conn.user.onUpgradeData(conn, ret < chunk.length ? chunk.subarray(ret) : EMPTY);
+  }
+}
+
 function socketOnConnect(this: UpstreamSocket): void {
   const conn = this[kUpstream];
   const pool = conn.entry.pool;
@@ -155,6 +250,7 @@ function socketOnConnect(this: UpstreamSocket): void {
   this.setNoDelay(true);
   if (pool.keepaliveMs > 0) this.setKeepAlive(true, pool.keepaliveMs);
   conn.phase = PHASE_WAITING_HEAD;
+  conn.consume();
   const user = conn.user;
   if (user !== null) user.onUpstreamReady(conn);
 }
@@ -223,6 +319,10 @@ function socketOnDrain(this: UpstreamSocket): void {
 function socketOnClose(this: UpstreamSocket): void {
   const conn = this[kUpstream];
   conn.entry.pool.forget(conn);
+  if (conn.handle !== null) {
+    conn.handle = null;
+    conn.parser.unconsume();
+  }
   conn.parser.close();
   const user = conn.user;
   conn.user = null;
@@ -408,6 +508,7 @@ export class UpstreamPool {
     socket.setTimeout(0);
     this.deadlines.disarm(conn);
     conn.user = null;
+    conn.unconsume();
     conn.parser.close();
     this.forget(conn);
   }
