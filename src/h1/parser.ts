@@ -78,6 +78,20 @@ export const kLenientNone = Parser.kLenientNone;
 export const METHOD_HEAD = METHODS.indexOf('HEAD');
 export const METHOD_CONNECT = METHODS.indexOf('CONNECT');
 
+/**
+ * Frees a parser's C++ object once the stack has unwound. `close()` deletes it at once, and
+ * llhttp's binding still writes to it after a callback (kOnExecute, kOnHeadersComplete...)
+ * returns: closing from inside one corrupts the heap ("free(): invalid next size"). node:http
+ * defers it the same way (freeParser -> setImmediate(closeParserInstance)).
+ */
+export function closeParserLater(parser: HTTPParser): void {
+  setImmediate(closeParserNow, parser);
+}
+
+function closeParserNow(parser: HTTPParser): void {
+  parser.close();
+}
+
 export function isParseError(value: unknown): value is ParseError {
   return value instanceof Error;
 }

@@ -27,6 +27,7 @@ import {
   parserResource,
   Parser,
   REQUEST,
+  closeParserLater,
   isParseError,
   kLenientNone,
   kOnBody,
@@ -606,7 +607,7 @@ export class H1Connection implements ClientSide {
     socket.removeListener('error', socketOnError);
     socket.removeListener('close', socketOnClose);
     this.host.h1Closed(this);
-    this.parser.close();
+    closeParserLater(this.parser);
   }
 
   /** CONNECT host:port -> the routed target, 200, then splice (SPEC §5). */
@@ -710,7 +711,7 @@ export class H1Connection implements ClientSide {
       this.handle = null;
       this.parser.unconsume();
     }
-    this.parser.close();
+    closeParserLater(this.parser);
     this.host.h1Closed(this);
   }
 

@@ -10,6 +10,7 @@ import {
   parserResource,
   Parser,
   RESPONSE,
+  closeParserLater,
   isParseError,
   kLenientNone,
   kOnBody,
@@ -240,7 +241,7 @@ class WebSocketBridge implements Routable {
     socket.removeListener('timeout', bridgeSocketOnTimeout);
     socket.removeListener('close', bridgeSocketOnClose);
     this.stream.removeListener('close', bridgeStreamOnClose);
-    this.parser?.close();
+    if (this.parser !== null) closeParserLater(this.parser);
     this.parser = null;
     configureTunnelSocket(socket, this.core.options.keepaliveMs);
     if (rest !== null && rest.length > 0) this.stream.write(rest);
@@ -255,7 +256,7 @@ class WebSocketBridge implements Routable {
     const relaying = this.phase === 2;
     this.phase = 4;
     this.socket?.destroy();
-    this.parser?.close();
+    if (this.parser !== null) closeParserLater(this.parser);
     this.parser = null;
     if (relaying) {
       this.core.stats.responsesReset++;
@@ -269,7 +270,7 @@ class WebSocketBridge implements Routable {
     if (this.phase >= 3 && this.phase !== 2) return;
     this.phase = 4;
     this.socket?.destroy();
-    this.parser?.close();
+    if (this.parser !== null) closeParserLater(this.parser);
     this.parser = null;
   }
 }

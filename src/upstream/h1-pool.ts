@@ -12,6 +12,7 @@ import {
   kOnHeadersComplete,
   kOnMessageComplete,
   kOnExecute,
+  closeParserLater,
   isParseError,
   streamHandle,
   type HTTPParser,
@@ -323,7 +324,7 @@ function socketOnClose(this: UpstreamSocket): void {
     conn.handle = null;
     conn.parser.unconsume();
   }
-  conn.parser.close();
+  closeParserLater(conn.parser);
   const user = conn.user;
   conn.user = null;
   if (user !== null && user.connecting === conn) user.connecting = null;
@@ -509,7 +510,7 @@ export class UpstreamPool {
     this.deadlines.disarm(conn);
     conn.user = null;
     conn.unconsume();
-    conn.parser.close();
+    closeParserLater(conn.parser);
     this.forget(conn);
   }
 
