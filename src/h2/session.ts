@@ -45,7 +45,16 @@ interface SessionState {
   /** Streams the client abandoned in the current one-second window (rapid-reset guard). */
   resets: number;
   resetWindowStart: number;
+  /** Bounds how long a session that is going away may linger. */
+  closeTimer: NodeJS.Timeout | null;
 }
+
+/**
+ * Once a session is going away (the client sent GOAWAY, or we closed it), nghttp2 stops asking
+ * for input, so Node stops reading its socket and never sees the client's FIN: streams left
+ * open would hold the connection forever. They get this long, then the session is destroyed.
+ */
+const GOAWAY_GRACE_MS = 5_000;
 
 /**
  * Client-abandoned streams per second past which a session is closed with
@@ -229,13 +238,15 @@ export function createH2Server(host: H2Host): http2.Http2Server {
   });
   server.on('session', (session: TrackedSession) => {
     const socket = session.socket as net.Socket & { encrypted?: boolean };
-    const state: SessionState = { ping: null, tls: socket.encrypted === true, resets: 0, resetWindowStart: 0 };
+    const state: SessionState = { ping: null, tls: socket.encrypted === true, resets: 0, resetWindowStart: 0, closeTimer: null };
     session[kSession] = state;
     host.sessionOpened(session);
     session.on('error', sessionOnError);
+    session.on('goaway', sessionOnGoaway);
     session.on('close', function sessionClosed(this: TrackedSession) {
       const s = this[kSession];
       if (s?.ping) clearInterval(s.ping);
+      if (s?.closeTimer) clearTimeout(s.closeTimer);
       host.sessionClosed(this);
     });
     if (options.keepaliveMs > 0) {
@@ -258,6 +269,23 @@ function sessionOnError(this: http2.ServerHttp2Session): void {
 function sessionOnTimeout(this: TrackedSession): void {
   // Idle: no frames for clientIdleTimeoutMs. Close gracefully (GOAWAY, running streams finish).
   this.close();
+  boundGoingAway(this);
+}
+
+function sessionOnGoaway(this: TrackedSession): void {
+  boundGoingAway(this);
+}
+
+/** A session going away is destroyed after GOAWAY_GRACE_MS if still open. */
+export function boundGoingAway(session: TrackedSession): void {
+  const state = session[kSession];
+  if (state === undefined || state.closeTimer !== null || session.destroyed) return;
+  state.closeTimer = setTimeout(destroySession, GOAWAY_GRACE_MS, session);
+  state.closeTimer.unref();
+}
+
+function destroySession(session: http2.ServerHttp2Session): void {
+  if (!session.destroyed) session.destroy();
 }
 
 function pingSession(session: http2.ServerHttp2Session): void {
