@@ -20,6 +20,7 @@ import {
 import { emptyFacts, filterResponseHeadersH1, scanRequestHeaders, trailerLines } from '../headers.js';
 import type { ProxyCore } from '../proxy-core.js';
 import { isRouteError } from '../route/router.js';
+import { connectTo } from '../upstream/connect.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import type { UpstreamConn } from '../upstream/h1-pool.js';
 import {
@@ -618,7 +619,7 @@ export class H1Connection implements ClientSide {
       ex.reject(target.status, target.code, target.message);
       return;
     }
-    const upstream = net.connect({ host: target.host, port: target.port });
+    const upstream = connectTo(target);
     ex.clientState = upstream;
     upstream.setTimeout(core.options.upstreamConnectTimeoutMs);
     upstream.on('connect', connectTunnelOnConnect);

@@ -1,10 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import http2 from 'node:http2';
-import net from 'node:net';
+import type net from 'node:net';
 import { buildUpstreamRequestHead, responseHeadersH2, type RequestHeadFacts, type ResponseHeadFacts } from '../headers.js';
 import type { ProxyCore, Routable } from '../proxy-core.js';
 import { isRouteError } from '../route/router.js';
 import type { Target } from '../route/target.js';
+import { connectTo } from '../upstream/connect.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import {
   parserResource,
@@ -124,7 +125,7 @@ class WebSocketBridge implements Routable {
 
   start(target: Target): void {
     if (this.phase !== 0 || this.stream.destroyed) return;
-    const socket = (target.socketPath !== undefined ? net.connect({ path: target.socketPath }) : net.connect({ host: target.host, port: target.port })) as BridgeSocket;
+    const socket = connectTo(target) as BridgeSocket;
     socket[kBridge] = this;
     this.socket = socket;
     socket.setTimeout(this.core.options.upstreamConnectTimeoutMs);
@@ -345,7 +346,7 @@ class ConnectTunnel {
     this.stream = stream;
     stream[kBridge] = this;
     stream.on('close', bridgeStreamOnClose);
-    const socket = net.connect({ host: target.host, port: target.port }) as BridgeSocket;
+    const socket = connectTo(target) as BridgeSocket;
     socket[kBridge] = this;
     this.socket = socket;
     socket.setTimeout(core.options.upstreamConnectTimeoutMs);

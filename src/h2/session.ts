@@ -130,7 +130,12 @@ const h2ClientSide: ClientSide = {
     // HTTP/2 requests never ask for an HTTP/1.1 upgrade (RFC 9113 §8.6); extended CONNECT has its own path.
     conn.socket.destroy();
   },
-  done() {},
+  done(ex) {
+    // A request body paused for a queue or backpressure must flow (to nowhere) once the
+    // exchange is over, or the stream — and its flow-control window — never completes.
+    const stream = (ex.clientState as H2StreamState).stream;
+    if (!stream.destroyed && stream.isPaused()) stream.resume();
+  },
   outputSocket() {
     return null;
   },
@@ -179,10 +184,18 @@ function streamOnEnd(this: ProxyStream): void {
   // closed; a real END_STREAM leaves it open for our response. An abandoned request must not
   // reach the upstream as a complete-looking body.
   if (this.closed) {
-    ex.abort();
+    abandoned(this);
+    // Node may then wait for a 'finish' that never comes (a reset racing our response's end).
+    if (!this.destroyed) this.destroy();
     return;
   }
   ex.requestEnd(null);
+}
+
+/** The client reset the stream while our writes were pending: Node emits no 'close' then. */
+function streamOnAborted(this: ProxyStream): void {
+  abandoned(this);
+  if (!this.destroyed) this.destroy();
 }
 
 function streamOnDrain(this: ProxyStream): void {
@@ -190,7 +203,15 @@ function streamOnDrain(this: ProxyStream): void {
 }
 
 function streamOnClose(this: ProxyStream): void {
-  const ex = this[kEx];
+  abandoned(this);
+}
+
+/**
+ * The client gave up on a stream before its exchange finished (reset, or the session went):
+ * tear the exchange down and count it against the session's rapid-reset budget.
+ */
+function abandoned(stream: ProxyStream): void {
+  const ex = stream[kEx];
   if (ex === undefined || (ex.flags & EX_FINISHED) !== 0) return;
   ex.abort();
   const session = (ex.clientState as H2StreamState).session;
@@ -340,6 +361,7 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   ex.clientState = state;
   stream[kEx] = ex;
   stream.on('close', streamOnClose);
+  stream.on('aborted', streamOnAborted);
   stream.on('drain', streamOnDrain);
   stream.on('wantTrailers', streamOnWantTrailers);
   if (ended) {

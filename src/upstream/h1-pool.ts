@@ -1,5 +1,6 @@
-import net from 'node:net';
+import type net from 'node:net';
 import { DeadlineSweep, type Expirable } from '../deadlines.js';
+import { connectTo } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters, PoolStats } from '../stats.js';
 import {
@@ -438,8 +439,7 @@ export class UpstreamPool {
 
   private connect(entry: PoolEntry, user: UpstreamUser): void {
     const target = entry.target;
-    const socket =
-      target.socketPath !== undefined ? net.connect({ path: target.socketPath }) : net.connect({ host: target.host, port: target.port });
+    const socket = connectTo(target);
     this.stats.upstreamSocketsCreated++;
     entry.total++;
     const conn = new UpstreamConn(entry, socket, this.config.maxHeaderSize);

@@ -1,5 +1,5 @@
 import http2 from 'node:http2';
-import net from 'node:net';
+import { connectTo } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters } from '../stats.js';
 
@@ -147,8 +147,7 @@ class UpSession {
     this.entry = entry;
     const target = entry.target;
     const session = http2.connect(`http://${target.key}`, {
-      createConnection: () =>
-        target.socketPath !== undefined ? net.connect({ path: target.socketPath }) : net.connect({ host: target.host, port: target.port }),
+      createConnection: () => connectTo(target),
       // A proxy may hold many streams from slow clients (DESIGN.md pitfalls).
       maxSessionMemory: 64,
     });
@@ -342,8 +341,7 @@ export function probeH2c(target: Target, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
     let done = false;
     const session = http2.connect(`http://${target.key}`, {
-      createConnection: () =>
-        target.socketPath !== undefined ? net.connect({ path: target.socketPath }) : net.connect({ host: target.host, port: target.port }),
+      createConnection: () => connectTo(target),
     });
     const finish = (answer: boolean): void => {
       if (done) return;
