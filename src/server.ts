@@ -55,6 +55,8 @@ export class ProxyServer implements SessionHost, H2Host {
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly queue: QueuedConnection[] = [];
   private allClosed: (() => void) | null = null;
+  /** Client connections that are HTTP/1.1 tunnels now (WebSockets, CONNECT). */
+  private h1Tunnels = 0;
   private readonly tls: TlsContexts | undefined;
   private tlsServer: tls.Server | null = null;
   private readonly alpn: string[];
@@ -189,7 +191,7 @@ export class ProxyServer implements SessionHost, H2Host {
     for (const session of this.sessions) session.close();
     core.pool.closeIdle();
     core.h2pool.closeIdle();
-    if (this.sockets.size > 0 && this.options.drainTimeoutMs > 0) {
+    if (!this.onlyTunnelsLeft() && this.options.drainTimeoutMs > 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, this.options.drainTimeoutMs);
         this.allClosed = () => {
@@ -292,6 +294,22 @@ export class ProxyServer implements SessionHost, H2Host {
     endAndLinger(queued.socket, RESPONSE_503_AT_CAPACITY);
   }
 
+  /**
+   * Draining is over when nothing but tunnels is left: in-flight exchanges are done, and
+   * WebSockets and CONNECT tunnels do not end by themselves (SPEC §1: closed after the drain).
+   */
+  private onlyTunnelsLeft(): boolean {
+    return this.sockets.size <= this.h1Tunnels;
+  }
+
+  tunnelOpened(socket: net.Socket): void {
+    this.h1Tunnels++;
+    // Before the served-socket accounting, so a closing tunnel is never counted as in-flight work.
+    socket.prependOnceListener('close', () => {
+      this.h1Tunnels--;
+    });
+  }
+
   acceptedClosed(socket: AcceptedSocket): void {
     this.accepted.delete(socket);
   }
@@ -309,7 +327,7 @@ export class ProxyServer implements SessionHost, H2Host {
     const stats = this.stats;
     stats.activeConnections--;
     stats.closedConnectionBytes += socket.bytesRead + socket.bytesWritten;
-    if (this.sockets.size === 0 && this.allClosed !== null) this.allClosed();
+    if (this.allClosed !== null && this.onlyTunnelsLeft()) this.allClosed();
     const next = this.queue.shift();
     if (next !== undefined) {
       clearTimeout(next.timer);

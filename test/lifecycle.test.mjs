@@ -195,3 +195,30 @@ describe('silent connections', () => {
     }
   });
 });
+
+describe('stop() with WebSockets open', () => {
+  it('does not wait the whole drain timeout for WebSockets once in-flight exchanges are done', async () => {
+    const { WebSocketServer, WebSocket } = await import('ws');
+    const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+    await new Promise((r) => wss.on('listening', r));
+    const up = await startUpstream((req, res) => setTimeout(() => res.end('slow done'), 300));
+    const px = await startProxy({ drainTimeoutMs: 5000 });
+    try {
+      const ws = new WebSocket(`ws://127.0.0.1:${px.port}/`, { headers: { 'x-cmux-port-internal': String(wss.address().port) } });
+      await new Promise((r, j) => (ws.on('open', r), ws.on('error', j)));
+      const closed = new Promise((r) => ws.on('close', r));
+      const slow = request(px.url, { headers: { 'x-cmux-port-internal': String(up.port) } });
+      await waitFor(() => up.requests.length === 1);
+      const t0 = Date.now();
+      await px.proxy.stop();
+      const took = Date.now() - t0;
+      assert.equal((await slow).body, 'slow done', 'the in-flight exchange finished');
+      assert.ok(took >= 250 && took < 2500, `stop() took ${took} ms: after the exchange, not the 5 s drain timeout`);
+      await closed;
+      assert.equal(px.proxy.getStats().websocketConnections, 0);
+    } finally {
+      wss.close();
+      await up.close();
+    }
+  });
+});

@@ -73,6 +73,8 @@ const P_UPGRADE = 4;
 export interface SessionHost {
   readonly core: ProxyCore;
   h1Closed(conn: H1Connection): void;
+  /** A client connection became a tunnel (WebSocket or CONNECT) until it closes. */
+  tunnelOpened(socket: net.Socket): void;
   headTimer: HeadTimer;
 }
 
@@ -592,6 +594,7 @@ export class H1Connection implements ClientSide {
     configureTunnelSocket(this.socket, keepaliveMs);
     configureTunnelSocket(upstream, keepaliveMs);
     new Tunnel(this.socket, upstream, kind, this.core.stats);
+    this.host.tunnelOpened(this.socket);
     this.socket.resume();
     upstream.resume();
   }
