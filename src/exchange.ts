@@ -219,7 +219,8 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.failUpstream(code);
   }
 
-  private failUpstream(code: string): void {
+  /** The upstream failed for good: 502/504 before the response started, a reset after. */
+  failUpstream(code: string): void {
     this.flags |= EX_FINISHED;
     const core = this.core;
     core.countUpstreamFailure(code);

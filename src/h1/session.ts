@@ -443,9 +443,7 @@ export class H1Connection implements ClientSide {
   private startExchange(ex: Exchange): void {
     if ((ex.flags & EX_UPGRADE) !== 0) {
       if (!this.core.options.enableWebsockets) {
-        this.fail(ex, 501, ErrorCodes.WEBSOCKETS_DISABLED, 'websockets disabled');
-        ex.flags |= EX_FINISHED;
-        this.done(ex);
+        ex.reject(501, ErrorCodes.WEBSOCKETS_DISABLED, 'websockets disabled');
         return;
       }
       this.core.stats.websocketsUpgradeTotal++;
@@ -656,11 +654,7 @@ export class H1Connection implements ClientSide {
     upstream.destroy();
     const ex = this.current;
     if (ex === null || (ex.flags & EX_FINISHED) !== 0) return;
-    ex.flags |= EX_FINISHED;
-    this.core.countUpstreamFailure(code);
-    if (code === 'CONNECT_TIMEOUT') this.fail(ex, 504, code, 'upstream timeout');
-    else this.fail(ex, 502, code, `upstream request error: ${code}`);
-    this.done(ex);
+    ex.failUpstream(code);
   }
 
   done(ex: Exchange): void {
