@@ -231,7 +231,7 @@ export class ProxyServer implements SessionHost, H2Host {
     for (const socket of this.sockets) live += socket.bytesRead + socket.bytesWritten;
     const h2 = this.core.h2pool.counts();
     return snapshot(this.stats, live, {
-      ...this.core.pool.stats_(),
+      ...this.core.pool.counts(),
       upstreamH2Sessions: h2.sessions,
       upstreamH2Streams: h2.streams,
       upstreamH2Waiters: h2.waiters,

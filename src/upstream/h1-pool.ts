@@ -530,7 +530,7 @@ export class UpstreamPool {
     if (entry.total === 0 && entry.waiters.length === 0) this.entries.delete(entry.target.key);
   }
 
-  stats_(): Pick<PoolStats, 'upstreamSocketsActive' | 'upstreamSocketsIdle' | 'upstreamWaiters'> {
+  counts(): Pick<PoolStats, 'upstreamSocketsActive' | 'upstreamSocketsIdle' | 'upstreamWaiters'> {
     let active = 0;
     let idle = 0;
     let waiters = 0;
