@@ -70,17 +70,27 @@ export function statusText(status: number): string {
   return STATUS_TEXT[status] ?? 'Error';
 }
 
+/** A complete HTTP/1.1 error response with a short text body. */
+export function errorResponse(status: number, body: string, keepAlive: boolean): string {
+  return (
+    `HTTP/1.1 ${status} ${statusText(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
+    `content-length: ${Buffer.byteLength(body)}\r\nconnection: ${keepAlive ? 'keep-alive' : 'close'}\r\n\r\n${body}`
+  );
+}
+
 /**
- * A complete HTTP/1.1 error response that closes the connection. Used where no exchange
- * exists yet (parse errors, capacity) and for canned answers.
+ * An error response that closes the connection. Used where no exchange exists yet (parse
+ * errors, capacity) and for canned answers.
  */
 export function closingErrorResponse(status: number, body: string): Buffer {
-  const bytes = Buffer.byteLength(body);
-  return Buffer.from(
-    `HTTP/1.1 ${status} ${statusText(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
-      `content-length: ${bytes}\r\nconnection: close\r\n\r\n${body}`,
-    'latin1',
-  );
+  return Buffer.from(errorResponse(status, body, false), 'latin1');
+}
+
+/** The answer to an upstream failure before a response started (SPEC §4): 504 on timeouts, else 502. */
+export function upstreamFailureAnswer(code: string): { status: number; message: string } {
+  return code === 'CONNECT_TIMEOUT' || code === 'RESPONSE_TIMEOUT'
+    ? { status: 504, message: 'upstream timeout' }
+    : { status: 502, message: `upstream request error: ${code}` };
 }
 
 // Preallocated answers for the hot failure paths (STYLE habit 6).

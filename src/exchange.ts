@@ -4,6 +4,7 @@ import type net from 'node:net';
 import type { ProxyCore, Routable } from './proxy-core.js';
 import type { RequestHeadFacts, ResponseHeadFacts } from './headers.js';
 import { trailerLines } from './headers.js';
+import { upstreamFailureAnswer } from './errors.js';
 import type { Target } from './route/target.js';
 import { PHASE_UPGRADED, type UpstreamConn, type UpstreamUser } from './upstream/h1-pool.js';
 import type { H2UpstreamRequest, H2UpstreamUser } from './upstream/h2-pool.js';
@@ -119,10 +120,6 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     return (this.flags & EX_FINISHED) !== 0;
   }
 
-  get isHead(): boolean {
-    return this.method === 'HEAD';
-  }
-
   reject(status: number, code: string, message: string): void {
     if (this.finished) return;
     this.flags |= EX_FINISHED;
@@ -225,11 +222,8 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     const core = this.core;
     core.countUpstreamFailure(code);
     if ((this.flags & EX_RESPONSE_STARTED) === 0) {
-      if (code === 'CONNECT_TIMEOUT' || code === 'RESPONSE_TIMEOUT') {
-        this.client.fail(this, 504, code, 'upstream timeout');
-      } else {
-        this.client.fail(this, 502, code, `upstream request error: ${code}`);
-      }
+      const { status, message } = upstreamFailureAnswer(code);
+      this.client.fail(this, status, code, message);
     } else {
       core.stats.responsesReset++;
       this.client.reset(this);

@@ -75,8 +75,6 @@ export function streamHandle(socket: object): StreamHandle | undefined {
 }
 export const kLenientNone = Parser.kLenientNone;
 
-export const METHOD_HEAD = METHODS.indexOf('HEAD');
-export const METHOD_CONNECT = METHODS.indexOf('CONNECT');
 
 /**
  * Frees a parser's C++ object once the stack has unwound. `close()` deletes it at once, and

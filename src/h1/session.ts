@@ -12,10 +12,11 @@ import {
 } from '../exchange.js';
 import {
   RESPONSE_400_BAD_REQUEST,
+  RESPONSE_408_TIMEOUT,
   RESPONSE_414_URI_TOO_LONG,
   RESPONSE_431_HEADERS_TOO_LARGE,
   ErrorCodes,
-  statusText,
+  errorResponse,
 } from '../errors.js';
 import { emptyFacts, filterResponseHeadersH1, scanRequestHeaders, trailerLines } from '../headers.js';
 import type { ProxyCore } from '../proxy-core.js';
@@ -131,13 +132,6 @@ export class HeadTimer {
 
 function headTimerSweep(timer: HeadTimer): void {
   timer.sweep();
-}
-
-function errorResponse(status: number, message: string, keepAlive: boolean): string {
-  return (
-    `HTTP/1.1 ${status} ${statusText(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
-    `content-length: ${Buffer.byteLength(message)}\r\nconnection: ${keepAlive ? 'keep-alive' : 'close'}\r\n\r\n${message}`
-  );
 }
 
 /** One HTTP/1.x client connection, parsed by llhttp, its exchanges answered in order. */
@@ -325,11 +319,17 @@ export class H1Connection implements ClientSide {
 
   private sendBrokenAndClose(): void {
     const status = this.brokenStatus;
-    const body =
-      status === 414 ? RESPONSE_414_URI_TOO_LONG : status === 431 ? RESPONSE_431_HEADERS_TOO_LARGE : status === 408 ? null : RESPONSE_400_BAD_REQUEST;
+    const answer =
+      status === 414
+        ? RESPONSE_414_URI_TOO_LONG
+        : status === 431
+          ? RESPONSE_431_HEADERS_TOO_LARGE
+          : status === 408
+            ? RESPONSE_408_TIMEOUT
+            : RESPONSE_400_BAD_REQUEST;
     this.core.stats.proxyErrorResponses++;
     this.core.stats.countStatus(status);
-    this.closeWith(body ?? Buffer.from(errorResponse(408, 'request headers timeout', false), 'latin1'));
+    this.closeWith(answer);
   }
 
   /** Writes a last answer and closes after it is flushed (the client gets to read it). */

@@ -5,6 +5,7 @@ import { buildUpstreamRequestHead, responseHeadersH2, type RequestHeadFacts, typ
 import type { ProxyCore, Routable } from '../proxy-core.js';
 import { isRouteError } from '../route/router.js';
 import type { Target } from '../route/target.js';
+import { upstreamFailureAnswer } from '../errors.js';
 import { connectTo } from '../upstream/connect.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import {
@@ -78,8 +79,8 @@ function answer(core: ProxyCore, stream: http2.ServerHttp2Stream, status: number
 
 function upstreamFailure(core: ProxyCore, stream: http2.ServerHttp2Stream, code: string): void {
   core.countUpstreamFailure(code);
-  if (code === 'CONNECT_TIMEOUT' || code === 'RESPONSE_TIMEOUT') answer(core, stream, 504, 'upstream timeout');
-  else answer(core, stream, 502, `upstream request error: ${code}`);
+  const { status, message } = upstreamFailureAnswer(code);
+  answer(core, stream, status, message);
 }
 
 /** One RFC 8441 WebSocket: h2 stream <-> HTTP/1.1 Upgrade on a fresh upstream socket. */
