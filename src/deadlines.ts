@@ -42,9 +42,11 @@ export class DeadlineSweep {
     if (this.items.size === 0) this.stop();
   }
 
-  stop(): void {
+  /** Stops the sweep; with `forget`, drops every deadline too (shutdown). */
+  stop(forget = false): void {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
+    if (forget) this.items.clear();
   }
 }
 

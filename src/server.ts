@@ -3,7 +3,8 @@ import type http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
 import { RESPONSE_503_AT_CAPACITY, RESPONSE_505_NO_HTTP2 } from './errors.js';
-import { H1Connection, HeadTimer, type SessionHost } from './h1/session.js';
+import { DeadlineSweep } from './deadlines.js';
+import { H1Connection, type SessionHost } from './h1/session.js';
 import { createH2Server, type H2Host } from './h2/session.js';
 import { createLogger } from './log.js';
 import { resolveOptions, type ProxyOptions, type ResolvedOptions } from './options.js';
@@ -40,7 +41,7 @@ export interface ProxyAddress {
 export class ProxyServer implements SessionHost, H2Host {
   readonly options: ResolvedOptions;
   readonly core: ProxyCore;
-  readonly headTimer: HeadTimer;
+  readonly headTimer: DeadlineSweep;
   private readonly stats = new StatsCounters();
   private readonly h2server: http2.Http2Server;
   private server: net.Server | null = null;
@@ -69,7 +70,8 @@ export class ProxyServer implements SessionHost, H2Host {
       (this.options.dockerSocketPath !== undefined ? createDockerPortResolver(this.options.dockerSocketPath) : undefined);
     const resolver = resolverFn === undefined ? undefined : new CachedPortResolver(resolverFn, this.options.portResolverCacheTtlMs);
     this.core = new ProxyCore(this.options, this.stats, log, resolver);
-    this.headTimer = new HeadTimer(this.options.requestHeadersTimeoutMs);
+    // Head deadlines fire up to one sweep late: 250 ms on top of requestHeadersTimeoutMs.
+    this.headTimer = new DeadlineSweep(250);
     this.h2server = createH2Server(this);
     // Certificates are read now, so a bad path fails createProxyServer, not the first client.
     this.tls = this.options.tls === undefined ? undefined : new TlsContexts(this.options.tls, log);
@@ -205,7 +207,7 @@ export class ProxyServer implements SessionHost, H2Host {
     for (const socket of this.accepted) socket.destroy();
     core.pool.close();
     core.h2pool.close();
-    this.headTimer.stop();
+    this.headTimer.stop(true);
     this.tls?.unwatch();
     await closed;
     // Destroyed sockets report 'close' asynchronously; let the tunnels settle their counts.

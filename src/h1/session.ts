@@ -19,6 +19,7 @@ import {
   errorResponse,
 } from '../errors.js';
 import { emptyFacts, filterResponseHeadersH1, scanRequestHeaders, trailerLines } from '../headers.js';
+import type { DeadlineSweep, Expirable } from '../deadlines.js';
 import type { ProxyCore } from '../proxy-core.js';
 import { isRouteError } from '../route/router.js';
 import { connectTo } from '../upstream/connect.js';
@@ -76,66 +77,12 @@ export interface SessionHost {
   h1Closed(conn: H1Connection): void;
   /** A client connection became a tunnel (WebSocket or CONNECT) until it closes. */
   tunnelOpened(socket: net.Socket): void;
-  headTimer: HeadTimer;
-}
-
-/**
- * Request-head deadlines for every connection on one coarse 1 s sweep (STYLE habit 9):
- * no timer is created per request.
- */
-export class HeadTimer {
-  private readonly waiting = new Set<H1Connection>();
-  private readonly timeoutMs: number;
-  private timer: NodeJS.Timeout | null = null;
-  now = Date.now();
-
-  constructor(timeoutMs: number) {
-    this.timeoutMs = timeoutMs;
-  }
-
-  arm(conn: H1Connection): void {
-    conn.headStartedAt = this.now;
-    this.waiting.add(conn);
-    if (this.timer === null) {
-      this.now = Date.now();
-      conn.headStartedAt = this.now;
-      this.timer = setInterval(headTimerSweep, 1000, this);
-      this.timer.unref();
-    }
-  }
-
-  disarm(conn: H1Connection): void {
-    this.waiting.delete(conn);
-  }
-
-  sweep(): void {
-    this.now = Date.now();
-    const limit = this.now - this.timeoutMs;
-    for (const conn of this.waiting) {
-      if (conn.headStartedAt <= limit) {
-        this.waiting.delete(conn);
-        conn.headersTimedOut();
-      }
-    }
-    if (this.waiting.size === 0 && this.timer !== null) {
-      clearInterval(this.timer);
-      this.timer = null;
-    }
-  }
-
-  stop(): void {
-    if (this.timer !== null) clearInterval(this.timer);
-    this.timer = null;
-    this.waiting.clear();
-  }
-}
-
-function headTimerSweep(timer: HeadTimer): void {
-  timer.sweep();
+  /** Request-head deadlines of every connection, on one coarse sweep (no timer per request). */
+  headTimer: DeadlineSweep;
 }
 
 /** One HTTP/1.x client connection, parsed by llhttp, its exchanges answered in order. */
-export class H1Connection implements ClientSide {
+export class H1Connection implements ClientSide, Expirable {
   readonly socket: ClientSocket;
   readonly host: SessionHost;
   readonly core: ProxyCore;
@@ -155,7 +102,8 @@ export class H1Connection implements ClientSide {
   /** The request target when llhttp delivers it with header batches (heads of > 32 fields). */
   pendingUrl = '';
   headerCount = 0;
-  headStartedAt = 0;
+  /** Request-head deadline (DeadlineSweep). */
+  deadline = 0;
   parseError: ParseError | null = null;
   brokenStatus = 400;
   /** Bytes the client sent after an upgrade/CONNECT head. */
@@ -190,7 +138,7 @@ export class H1Connection implements ClientSide {
     socket.on('error', socketOnError);
     socket.on('close', socketOnClose);
     this.flags |= C_HEAD_PENDING;
-    host.headTimer.arm(this);
+    host.headTimer.arm(this, this.core.options.requestHeadersTimeoutMs);
   }
 
   /**
@@ -346,6 +294,10 @@ export class H1Connection implements ClientSide {
     socket.resume();
     socket.end(data);
     socket.setTimeout(5_000);
+  }
+
+  expire(): void {
+    this.headersTimedOut();
   }
 
   headersTimedOut(): void {
@@ -682,7 +634,7 @@ export class H1Connection implements ClientSide {
     this.unpause(P_PIPELINE);
     if (this.parsing === null) {
       this.flags |= C_HEAD_PENDING;
-      this.host.headTimer.arm(this);
+      this.host.headTimer.arm(this, this.core.options.requestHeadersTimeoutMs);
     }
   }
 
@@ -751,7 +703,7 @@ function parserOnMessageBegin(this: RequestParser): void {
   const conn = this.conn;
   if ((conn.flags & C_HEAD_PENDING) === 0) {
     conn.flags |= C_HEAD_PENDING;
-    conn.host.headTimer.arm(conn);
+    conn.host.headTimer.arm(conn, conn.core.options.requestHeadersTimeoutMs);
   }
 }
 
