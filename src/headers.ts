@@ -24,17 +24,21 @@ export function isHopByHop(lowerName: string): boolean {
   return HOP_BY_HOP.has(lowerName);
 }
 
+/** Adds the lower-cased tokens of one `Connection` value (RFC 9110 §7.6.1) to `tokens`. */
+function addConnectionTokens(value: string, tokens: string[] | null): string[] | null {
+  for (const part of value.split(',')) {
+    const token = part.trim().toLowerCase();
+    if (token !== '') (tokens ??= []).push(token);
+  }
+  return tokens;
+}
+
 /** Lower-cased tokens of every `Connection` header in a flat raw header list. */
 export function connectionTokens(raw: readonly string[]): string[] | null {
   let tokens: string[] | null = null;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    if (name.length === 10 && name.toLowerCase() === 'connection') {
-      for (const part of raw[i + 1]!.split(',')) {
-        const token = part.trim().toLowerCase();
-        if (token !== '') (tokens ??= []).push(token);
-      }
-    }
+    if (name.length === 10 && name.toLowerCase() === 'connection') tokens = addConnectionTokens(raw[i + 1]!, tokens);
   }
   return tokens;
 }
@@ -98,12 +102,7 @@ export function scanRequestHeaders(raw: readonly string[], viaToken: string, fac
         if (name.toLowerCase() === 'upgrade') facts.hasUpgrade = true;
         break;
       case 10:
-        if (name.toLowerCase() === 'connection') {
-          for (const part of value.split(',')) {
-            const token = part.trim().toLowerCase();
-            if (token !== '') (facts.connectionTokens ??= []).push(token);
-          }
-        }
+        if (name.toLowerCase() === 'connection') facts.connectionTokens = addConnectionTokens(value, facts.connectionTokens);
         break;
       case 14:
         if (name.toLowerCase() === 'content-length') facts.contentLength = value;

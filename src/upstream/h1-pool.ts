@@ -386,13 +386,18 @@ export class UpstreamPool {
     this.deadlines.disarm(conn);
   }
 
-  /** Gives `user` a ready socket now (reused), later (new or after waiting), or a failure. */
-  acquire(target: Target, user: UpstreamUser): void {
+  private entryFor(target: Target): PoolEntry {
     let entry = this.entries.get(target.key);
     if (entry === undefined) {
       entry = new PoolEntry(this, target);
       this.entries.set(target.key, entry);
     }
+    return entry;
+  }
+
+  /** Gives `user` a ready socket now (reused), later (new or after waiting), or a failure. */
+  acquire(target: Target, user: UpstreamUser): void {
+    const entry = this.entryFor(target);
     const idle = entry.idle.pop();
     if (idle !== undefined) {
       this.stats.upstreamSocketsReused++;
@@ -411,11 +416,7 @@ export class UpstreamPool {
 
   /** A fresh socket even when idle ones exist (retries after a stale reused socket). */
   acquireFresh(target: Target, user: UpstreamUser): void {
-    let entry = this.entries.get(target.key);
-    if (entry === undefined) {
-      entry = new PoolEntry(this, target);
-      this.entries.set(target.key, entry);
-    }
+    const entry = this.entryFor(target);
     this.connect(entry, user);
   }
 
