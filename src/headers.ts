@@ -20,10 +20,6 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'x-cmux-host-override',
 ]);
 
-export function isHopByHop(lowerName: string): boolean {
-  return HOP_BY_HOP.has(lowerName);
-}
-
 /** Adds the lower-cased tokens of one `Connection` value (RFC 9110 §7.6.1) to `tokens`. */
 function addConnectionTokens(value: string, tokens: string[] | null): string[] | null {
   for (const part of value.split(',')) {
@@ -31,6 +27,10 @@ function addConnectionTokens(value: string, tokens: string[] | null): string[] |
     if (token !== '') (tokens ??= []).push(token);
   }
   return tokens;
+}
+
+export function isHopByHop(lowerName: string): boolean {
+  return HOP_BY_HOP.has(lowerName);
 }
 
 /** Lower-cased tokens of every `Connection` header in a flat raw header list. */
@@ -185,6 +185,54 @@ export function buildUpstreamRequestHead(
   if (ctx.upgrade) head += 'connection: upgrade\r\n';
   if (ctx.chunked) head += 'transfer-encoding: chunked\r\n';
   return `${head}\r\n`;
+}
+
+/**
+ * The same request for an h2c upstream (RFC 9113 §8.2.2): pseudo-headers set, no
+ * connection-specific fields, `te: trailers` kept, cookies as separate fields; the forwarding
+ * rules are those of buildUpstreamRequestHead.
+ */
+export function buildUpstreamH2Headers(
+  method: string,
+  path: string,
+  raw: readonly string[],
+  tokens: readonly string[] | null,
+  ctx: ForwardContext,
+): Record<string, string | string[]> {
+  const headers: Record<string, string | string[]> = { ':method': method, ':path': path, ':scheme': 'http', ':authority': ctx.host };
+  let xff: string | undefined;
+  let via: string | undefined;
+  let trailers = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.charCodeAt(0) === 58) continue;
+    const lower = name.toLowerCase();
+    const value = raw[i + 1]!;
+    if (lower === 'te') {
+      trailers ||= value.toLowerCase().includes('trailers');
+      continue;
+    }
+    if (HOP_BY_HOP.has(lower) || lower === 'host' || (tokens !== null && tokens.includes(lower))) continue;
+    if (lower === 'x-forwarded-proto' || lower === 'x-forwarded-host') continue;
+    if (lower === 'x-forwarded-for') {
+      xff = xff === undefined ? value : `${xff}, ${value}`;
+      continue;
+    }
+    if (lower === 'via') {
+      via = via === undefined ? value : `${via}, ${value}`;
+      continue;
+    }
+    const previous = headers[lower];
+    if (previous === undefined) headers[lower] = value;
+    else if (Array.isArray(previous)) previous.push(value);
+    else headers[lower] = lower === 'cookie' ? [previous, value] : `${previous}, ${value}`;
+  }
+  if (trailers) headers['te'] = 'trailers';
+  headers['x-forwarded-for'] = xff === undefined ? ctx.clientAddress : `${xff}, ${ctx.clientAddress}`;
+  headers['x-forwarded-proto'] = ctx.proto;
+  headers['x-forwarded-host'] = ctx.forwardedHost;
+  headers['via'] = via === undefined ? ctx.viaEntry : `${via}, ${ctx.viaEntry}`;
+  return headers;
 }
 
 /** Facts about an upstream response head. */

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { BODY_CHUNKED, EX_UPGRADE, type Exchange } from './exchange.js';
 import { ErrorCodes } from './errors.js';
-import { buildUpstreamRequestHead, type RequestHeadFacts } from './headers.js';
+import { buildUpstreamH2Headers, buildUpstreamRequestHead, type RequestHeadFacts } from './headers.js';
 import type { Logger } from './log.js';
 import type { ResolvedOptions } from './options.js';
 import { CachedPortResolver } from './route/port-resolver.js';
@@ -22,7 +22,6 @@ import { UpstreamPool } from './upstream/h1-pool.js';
 import { H2UpstreamPool, probeH2c } from './upstream/h2-pool.js';
 import { LRUCache } from 'lru-cache';
 import type http2 from 'node:http2';
-import { isHopByHop } from './headers.js';
 
 /** A request being routed: an exchange, a WebSocket bridge or a tunnel. */
 export interface Routable {
@@ -238,48 +237,15 @@ export class ProxyCore {
   /** Request headers for an h2c upstream (RFC 9113 §8.2.2: no connection-specific fields). */
   buildH2Headers(ex: Exchange, target: Target): http2.OutgoingHttpHeaders {
     const host = this.forwardHost(ex, target);
-    const headers: http2.OutgoingHttpHeaders = {
-      ':method': ex.method,
-      ':path': ex.path,
-      ':scheme': 'http',
-      ':authority': host,
-    };
-    const raw = ex.raw;
-    const tokens = ex.facts.connectionTokens;
-    let xff: string | undefined;
-    let via: string | undefined;
-    let trailers = false;
-    for (let i = 0; i < raw.length; i += 2) {
-      const name = raw[i]!;
-      if (name.charCodeAt(0) === 58) continue;
-      const lower = name.toLowerCase();
-      const value = raw[i + 1]!;
-      if (lower === 'te') {
-        trailers ||= value.toLowerCase().includes('trailers');
-        continue;
-      }
-      if (isHopByHop(lower) || lower === 'host' || (tokens !== null && tokens.includes(lower))) continue;
-      if (lower === 'x-forwarded-proto' || lower === 'x-forwarded-host') continue;
-      if (lower === 'x-forwarded-for') {
-        xff = xff === undefined ? value : `${xff}, ${value}`;
-        continue;
-      }
-      if (lower === 'via') {
-        via = via === undefined ? value : `${via}, ${value}`;
-        continue;
-      }
-      const previous = headers[lower];
-      if (previous === undefined) headers[lower] = value;
-      else if (Array.isArray(previous)) previous.push(value);
-      else headers[lower] = lower === 'cookie' ? [String(previous), value] : `${String(previous)}, ${value}`;
-    }
-    if (trailers) headers['te'] = 'trailers';
-    headers['x-forwarded-for'] = xff === undefined ? ex.clientAddress : `${xff}, ${ex.clientAddress}`;
-    headers['x-forwarded-proto'] = ex.proto;
-    headers['x-forwarded-host'] = ex.host ?? host;
-    const entry = this.viaEntryFor(ex);
-    headers['via'] = via === undefined ? entry : `${via}, ${entry}`;
-    return headers;
+    return buildUpstreamH2Headers(ex.method, ex.path, ex.raw, ex.facts.connectionTokens, {
+      host,
+      forwardedHost: ex.host ?? host,
+      clientAddress: ex.clientAddress,
+      proto: ex.proto,
+      viaEntry: this.viaEntryFor(ex),
+      upgrade: false,
+      chunked: false,
+    });
   }
 
   countUpstreamFailure(code: string): void {
