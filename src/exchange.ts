@@ -1,10 +1,10 @@
-import { STATUS_CODES } from 'node:http';
 import type http2 from 'node:http2';
 import type net from 'node:net';
 import type { ProxyCore, Routable } from './proxy-core.js';
 import type { RequestHeadFacts, ResponseHeadFacts } from './headers.js';
 import { trailerLines } from './headers.js';
 import { upstreamFailureAnswer } from './errors.js';
+import { http } from './builtins.js';
 import type { Target } from './route/target.js';
 import { PHASE_UPGRADED, type UpstreamConn, type UpstreamUser } from './upstream/h1-pool.js';
 import type { H2UpstreamRequest, H2UpstreamUser } from './upstream/h2-pool.js';
@@ -181,7 +181,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     if (this.finished) return;
     this.status = status;
     this.flags |= EX_RESPONSE_STARTED;
-    this.client.respond(this, status, STATUS_CODES[status] ?? 'Unknown', withoutPseudo(raw));
+    this.client.respond(this, status, http().STATUS_CODES[status] ?? 'Unknown', withoutPseudo(raw));
   }
 
   h2Body(chunk: Buffer): void {

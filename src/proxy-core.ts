@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { BODY_CHUNKED, EX_UPGRADE, type Exchange } from './exchange.js';
 import { ErrorCodes } from './errors.js';
 import { buildUpstreamH2Headers, buildUpstreamRequestHead, type RequestHeadFacts } from './headers.js';
@@ -88,7 +87,9 @@ export class ProxyCore {
     this.stats = stats;
     this.log = log;
     this.resolver = resolver;
-    this.viaToken = `cmux-proxy-${randomBytes(4).toString('hex')}`;
+    // Marks this instance's own Via entries for loop detection; not a secret, so Math.random
+    // (node:crypto stays unloaded, see builtins.ts).
+    this.viaToken = `cmux-proxy-${((Math.random() * 0x1_0000_0000) >>> 0).toString(16).padStart(8, '0')}`;
     this.viaEntryH1 = `1.1 ${this.viaToken}`;
     this.viaEntryH2 = `2 ${this.viaToken}`;
     this.pool = new UpstreamPool(

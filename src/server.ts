@@ -1,7 +1,8 @@
-import http from 'node:http';
+import type http from 'node:http';
 import type http2 from 'node:http2';
 import net from 'node:net';
-import tls from 'node:tls';
+import type tls from 'node:tls';
+import { http as loadHttp, tls as loadTls } from './builtins.js';
 import { RESPONSE_503_AT_CAPACITY, RESPONSE_505_NO_HTTP2 } from './errors.js';
 import { DeadlineSweep } from './deadlines.js';
 import { H1Connection, type SessionHost } from './h1/session.js';
@@ -43,7 +44,8 @@ export class ProxyServer implements SessionHost, H2Host {
   readonly core: ProxyCore;
   readonly headTimer: DeadlineSweep;
   private readonly stats = new StatsCounters();
-  private readonly h2server: http2.Http2Server;
+  /** Made on the first HTTP/2 connection, so HTTP/1.1-only use never loads node:http2. */
+  private h2server: http2.Http2Server | null = null;
   private server: net.Server | null = null;
   private fallbackServer: http.Server | null = null;
   private running = false;
@@ -72,14 +74,13 @@ export class ProxyServer implements SessionHost, H2Host {
     this.core = new ProxyCore(this.options, this.stats, log, resolver);
     // Head deadlines fire up to one sweep late: 250 ms on top of requestHeadersTimeoutMs.
     this.headTimer = new DeadlineSweep(250);
-    this.h2server = createH2Server(this);
     // Certificates are read now, so a bad path fails createProxyServer, not the first client.
     this.tls = this.options.tls === undefined ? undefined : new TlsContexts(this.options.tls, log);
     this.alpn = this.options.enableHttp2 ? ['h2', 'http/1.1'] : ['http/1.1'];
     if (this.tls !== undefined) {
       // Never listening: the sniffer hands it the sockets that start with a ClientHello.
       const contexts = this.tls;
-      const server = tls.createServer({
+      const server = loadTls().createServer({
         ...contexts.defaultPem,
         SNICallback: contexts.sniCallback,
         ALPNProtocols: this.alpn,
@@ -140,7 +141,7 @@ export class ProxyServer implements SessionHost, H2Host {
   private async startFallbackServer(): Promise<void> {
     const fallback = this.options.fallback;
     if (fallback === undefined || !('handler' in fallback)) return;
-    const server = http.createServer(fallback.handler);
+    const server = loadHttp().createServer(fallback.handler);
     if (fallback.upgrade !== undefined) server.on('upgrade', fallback.upgrade);
     else server.on('upgrade', (_req, socket) => socket.end('HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n'));
     // The handler is served on a private loopback port and proxied like any upstream.
@@ -362,7 +363,7 @@ export class ProxyServer implements SessionHost, H2Host {
         }
         socket.pause();
         socket.unshift(data);
-        this.h2server.emit('connection', socket);
+        this.http2Server().emit('connection', socket);
         return;
       case SNIFF_TLS:
         if (this.tls === undefined) {
@@ -385,13 +386,17 @@ export class ProxyServer implements SessionHost, H2Host {
     }
   }
 
+  private http2Server(): http2.Http2Server {
+    return (this.h2server ??= createH2Server(this));
+  }
+
   private startTls(socket: AcceptedSocket): void {
     this.tlsServer!.emit('connection', socket);
   }
 
   tlsReady(secure: tls.TLSSocket): void {
     if (secure.alpnProtocol === 'h2') {
-      this.h2server.emit('connection', secure);
+      this.http2Server().emit('connection', secure);
       return;
     }
     const conn = new H1Connection(this, secure, true);

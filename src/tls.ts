@@ -1,5 +1,6 @@
 import { readFileSync, unwatchFile, watchFile } from 'node:fs';
-import tls from 'node:tls';
+import type tls from 'node:tls';
+import { tls as loadTls } from './builtins.js';
 import type { Logger } from './log.js';
 
 /** A certificate and its key, as PEM files. */
@@ -38,7 +39,7 @@ export class TlsContexts {
     this.log = log;
     // Fail fast at construction on unreadable or mismatched files.
     this.defaultPem = readPem(option);
-    this.defaultContext = tls.createSecureContext(this.defaultPem);
+    this.defaultContext = loadTls().createSecureContext(this.defaultPem);
     this.loadSni();
     this.sniCallback = (servername, cb) => cb(null, this.contextFor(servername));
   }
@@ -74,7 +75,7 @@ export class TlsContexts {
   reload(): boolean {
     try {
       const pem = readPem(this.option);
-      const next = tls.createSecureContext(pem);
+      const next = loadTls().createSecureContext(pem);
       this.loadSni();
       this.defaultPem = pem;
       this.defaultContext = next;
@@ -109,5 +110,5 @@ function readPem(files: CertificateFiles): { cert: Buffer; key: Buffer } {
 }
 
 function load(files: CertificateFiles): tls.SecureContext {
-  return tls.createSecureContext(readPem(files));
+  return loadTls().createSecureContext(readPem(files));
 }

@@ -1,11 +1,12 @@
-import { createHash, randomBytes } from 'node:crypto';
-import http2 from 'node:http2';
+import type http2 from 'node:http2';
 import type net from 'node:net';
 import { buildUpstreamRequestHead, responseHeadersH2, type RequestHeadFacts, type ResponseHeadFacts } from '../headers.js';
 import type { ProxyCore, Routable } from '../proxy-core.js';
 import { isRouteError } from '../route/router.js';
 import type { Target } from '../route/target.js';
 import { upstreamFailureAnswer } from '../errors.js';
+import { crypto } from '../builtins.js';
+import { HTTP2_HEADER_STATUS } from './constants.js';
 import { connectTo } from '../upstream/connect.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import {
@@ -24,7 +25,6 @@ import {
 import { resetStream, respondError } from './session.js';
 
 const WEBSOCKET_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
-const { HTTP2_HEADER_STATUS } = http2.constants;
 
 const kBridge = Symbol('cmux.h2.bridge');
 type BridgeSocket = net.Socket & { [kBridge]: WebSocketBridge | ConnectTunnel };
@@ -93,7 +93,7 @@ class WebSocketBridge implements Routable {
   private readonly path: string;
   private readonly clientAddress: string;
   private readonly tls: boolean;
-  private readonly key = randomBytes(16).toString('base64');
+  private readonly key = crypto().randomBytes(16).toString('base64');
   private socket: BridgeSocket | null = null;
   private parser: BridgeParser | null = null;
   private pendingHeaders: string[] | null = null;
@@ -196,7 +196,7 @@ class WebSocketBridge implements Routable {
     const stream = this.stream;
     if (status === 101) {
       const accept = headerValue(raw, 'sec-websocket-accept');
-      const expected = createHash('sha1').update(this.key + WEBSOCKET_GUID).digest('base64');
+      const expected = crypto().createHash('sha1').update(this.key + WEBSOCKET_GUID).digest('base64');
       if (!upgrade || accept !== expected) {
         this.fail('BAD_HANDSHAKE');
         return 0;

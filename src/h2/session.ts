@@ -1,4 +1,4 @@
-import http2 from 'node:http2';
+import type http2 from 'node:http2';
 import type net from 'node:net';
 import { BODY_CHUNKED, BODY_LENGTH, BODY_NONE, EX_FINISHED, Exchange, type ClientSide } from '../exchange.js';
 import { emptyFacts, responseHeadersH2, scanRequestHeaders, trailersH2 } from '../headers.js';
@@ -6,15 +6,16 @@ import type { ProxyCore } from '../proxy-core.js';
 import { hostName } from '../route/host-patterns.js';
 import type { UpstreamConn } from '../upstream/h1-pool.js';
 import { startExtendedConnect } from './extended-connect.js';
-
-const {
-  NGHTTP2_REFUSED_STREAM,
+import { http2 as loadHttp2 } from '../builtins.js';
+import {
+  HTTP2_HEADER_CONTENT_LENGTH,
+  HTTP2_HEADER_CONTENT_TYPE,
+  HTTP2_HEADER_STATUS,
   NGHTTP2_ENHANCE_YOUR_CALM,
   NGHTTP2_FLAG_END_STREAM,
-  HTTP2_HEADER_STATUS,
-  HTTP2_HEADER_CONTENT_TYPE,
-  HTTP2_HEADER_CONTENT_LENGTH,
-} = http2.constants;
+  NGHTTP2_REFUSED_STREAM,
+} from './constants.js';
+
 
 const kEx = Symbol('cmux.h2.exchange');
 const kSession = Symbol('cmux.h2.session');
@@ -247,7 +248,7 @@ function streamOnWantTrailers(this: ProxyStream): void {
 export function createH2Server(host: H2Host): http2.Http2Server {
   const { core } = host;
   const options = core.options;
-  const server = http2.createServer({
+  const server = loadHttp2().createServer({
     settings: {
       enableConnectProtocol: options.enableWebsockets,
       maxConcurrentStreams: 256,

@@ -1,4 +1,4 @@
-import http from 'node:http';
+import { http } from '../builtins.js';
 import type { ContainerPortResolver } from '../options.js';
 
 const MAX_BODY = 4 * 1024 * 1024;
@@ -17,7 +17,7 @@ interface PortBinding {
 export function createDockerPortResolver(socketPath = '/var/run/docker.sock'): ContainerPortResolver {
   return (container, port) =>
     new Promise<number | null>((resolve, reject) => {
-      const req = http.request(
+      const req = http().request(
         { socketPath, path: `/containers/${encodeURIComponent(container)}/json`, method: 'GET', timeout: TIMEOUT_MS, headers: { host: 'docker' } },
         (res) => {
           const chunks: Buffer[] = [];

@@ -1,9 +1,10 @@
-import http2 from 'node:http2';
+import type http2 from 'node:http2';
+import { http2 as loadHttp2 } from '../builtins.js';
+import { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
 import { connectTo } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters } from '../stats.js';
 
-const { NGHTTP2_REFUSED_STREAM, NGHTTP2_CANCEL } = http2.constants;
 
 /** What an h2c upstream stream reports to the exchange using it. */
 export interface H2UpstreamUser {
@@ -146,7 +147,7 @@ class UpSession {
     this.pool = pool;
     this.entry = entry;
     const target = entry.target;
-    const session = http2.connect(`http://${target.key}`, {
+    const session = loadHttp2().connect(`http://${target.key}`, {
       createConnection: () => connectTo(target),
       // A proxy may hold many streams from slow clients (DESIGN.md pitfalls).
       maxSessionMemory: 64,
@@ -340,7 +341,7 @@ export class H2UpstreamPool {
 export function probeH2c(target: Target, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
     let done = false;
-    const session = http2.connect(`http://${target.key}`, {
+    const session = loadHttp2().connect(`http://${target.key}`, {
       createConnection: () => connectTo(target),
     });
     const finish = (answer: boolean): void => {
