@@ -352,6 +352,36 @@ describe('upstream faults', () => {
     assert.equal(proxy.getStats().upstreamSocketsIdle, 1, 'only the echo socket is pooled');
   });
 
+  for (const when of ['later', 'in the same read']) {
+    it(`an unsolicited response on an idle pooled socket (${when}) closes that socket; the next request gets a fresh one`, async (t) => {
+      const { proxy, url } = await proxyFor(t);
+      let connections = 0;
+      const up = await rawUpstream(t, (socket) => {
+        const connection = ++connections;
+        onRequestHeads(socket, (s, head) => {
+          const body = `conn ${connection} ${head.split(' ')[1]}`;
+          const answer = `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+          const stray = 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray';
+          if (when === 'later') {
+            s.write(answer);
+            setTimeout(() => s.write(stray), 100);
+          } else {
+            s.write(answer + stray);
+          }
+        });
+      });
+      const headers = { 'x-cmux-port-internal': String(up.port) };
+      const first = await request(`${url}/one`, { headers });
+      assert.equal(first.body, 'conn 1 /one');
+      // The stray bytes make the proxy drop the pooled socket instead of keeping it.
+      assert.ok(await waitFor(() => up.sockets.size === 0, { timeoutMs: 2000 }), 'the socket that spoke out of turn stays open');
+      const second = await request(`${url}/two`, { headers });
+      assert.equal(second.status, 200);
+      assert.equal(second.body, 'conn 2 /two', 'the stray response was served to the next request');
+      assert.equal(proxy.getStats().upstreamSocketsReused, 0);
+    });
+  }
+
   /**
    * A keep-alive upstream whose sockets each answer one request (Connection: keep-alive) and
    * then close, unanswered, when the next request arrives on them: the idle-close race.

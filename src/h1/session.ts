@@ -104,6 +104,7 @@ export class H1Connection implements ClientSide, Expirable {
   headerCount = 0;
   /** Request-head deadline (DeadlineSweep). */
   deadline = 0;
+  inSweep = false;
   parseError: ParseError | null = null;
   brokenStatus = 400;
   /** Bytes the client sent after an upgrade/CONNECT head. */

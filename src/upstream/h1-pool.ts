@@ -72,6 +72,7 @@ export class UpstreamConn implements Expirable {
   errorCode: string | undefined;
   /** Response-head deadline while waiting, idle deadline while pooled (DeadlineSweep). */
   deadline = 0;
+  inSweep = false;
   /** The handle llhttp reads from directly once connected (no 'data' events then). */
   handle: StreamHandle | null = null;
   /** The client socket corked while llhttp works through one read (head and body in one write). */
@@ -85,7 +86,6 @@ export class UpstreamConn implements Expirable {
     const parser = new Parser() as ResponseParser;
     parser.initialize(RESPONSE, parserResource(this), maxHeaderSize, kLenientNone);
     parser.conn = this;
-    parser[Parser.kOnMessageBegin] = parserOnMessageBegin;
     parser[kOnHeaders] = parserOnHeaders;
     parser[kOnHeadersComplete] = parserOnHeadersComplete;
     parser[kOnBody] = parserOnBody;
@@ -151,6 +151,8 @@ export class UpstreamConn implements Expirable {
   /** Prepares for the next exchange's response. */
   beginExchange(user: UpstreamUser): void {
     this.user = user;
+    // No message-begin callback while a response is expected: one C++ -> JS call less per response.
+    this.parser[Parser.kOnMessageBegin] = null;
     this.headComplete = false;
     this.responseBytes = false;
     this.pendingHeaders = null;
@@ -483,6 +485,8 @@ export class UpstreamPool {
       return;
     }
     conn.phase = PHASE_IDLE;
+    // Idle: a response starting now was never asked for (see parserOnMessageBegin).
+    conn.parser[Parser.kOnMessageBegin] = parserOnMessageBegin;
     this.deadlines.arm(conn, idleMs);
     entry.idle.push(conn);
   }
