@@ -242,9 +242,14 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     const socket = conn.socket;
     const queued = this.queued;
     this.queued = null;
+    this.flags |= EX_HEAD_SENT;
+    if (queued === null && (this.bodyMode === BODY_NONE || (this.flags & EX_REQUEST_ENDED) === 0)) {
+      // Only the head goes now (the common GET): one plain write, nothing to batch.
+      socket.write(this.head, 'latin1');
+      return;
+    }
     socket.cork();
     socket.write(this.head, 'latin1');
-    this.flags |= EX_HEAD_SENT;
     if (queued !== null) for (const chunk of queued) this.writeFramed(chunk);
     if ((this.flags & EX_REQUEST_ENDED) !== 0) this.writeRequestEnd();
     socket.uncork();

@@ -123,7 +123,8 @@ export class H1Connection implements ClientSide, Expirable {
     const parser = new Parser() as RequestParser;
     parser.initialize(REQUEST, parserResource(this), this.core.options.maxHeaderSize, kLenientNone);
     parser.conn = this;
-    parser[kOnMessageBegin] = parserOnMessageBegin;
+    // Message begin matters only while no head deadline runs (see headStarted/awaitHead).
+    parser[kOnMessageBegin] = null;
     parser[kOnHeaders] = parserOnHeaders;
     parser[kOnHeadersComplete] = parserOnHeadersComplete;
     parser[kOnBody] = parserOnBody;
@@ -337,6 +338,8 @@ export class H1Connection implements ClientSide, Expirable {
     }
     this.flags &= ~C_HEAD_PENDING;
     this.host.headTimer.disarm(this);
+    // A pipelined request may begin before this one is answered: its head needs a deadline then.
+    this.parser[kOnMessageBegin] = parserOnMessageBegin;
     stats.totalRequests++;
     stats.http1Requests++;
     if (this.tls) stats.tlsRequests++;
@@ -382,6 +385,15 @@ export class H1Connection implements ClientSide, Expirable {
       this.flags |= C_UPGRADING;
       if (method !== 'CONNECT') ex.flags |= EX_UPGRADE;
       ex.flags |= EX_REQUEST_ENDED;
+      this.parser[kOnMessageComplete] = parserOnMessageComplete;
+    } else if (bodyMode === BODY_NONE) {
+      // Nothing follows the head (llhttp completes the message right after it): the request
+      // is whole now, and llhttp need not call back into JS for its end.
+      ex.flags |= EX_REQUEST_ENDED;
+      this.parsing = null;
+      this.parser[kOnMessageComplete] = null;
+    } else {
+      this.parser[kOnMessageComplete] = parserOnMessageComplete;
     }
     if (this.current === null) {
       this.current = ex;
@@ -635,6 +647,7 @@ export class H1Connection implements ClientSide, Expirable {
     this.unpause(P_PIPELINE);
     if (this.parsing === null) {
       this.flags |= C_HEAD_PENDING;
+      this.parser[kOnMessageBegin] = null;
       this.host.headTimer.arm(this, this.core.options.requestHeadersTimeoutMs);
     }
   }
@@ -704,6 +717,7 @@ function parserOnMessageBegin(this: RequestParser): void {
   const conn = this.conn;
   if ((conn.flags & C_HEAD_PENDING) === 0) {
     conn.flags |= C_HEAD_PENDING;
+    this[kOnMessageBegin] = null;
     conn.host.headTimer.arm(conn, conn.core.options.requestHeadersTimeoutMs);
   }
 }
