@@ -2,6 +2,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import { once } from 'node:events';
 import { createProxyServer } from '../dist/index.js';
 import { startProxy, startUpstream, request, rawRequest, h2connect, h2request, sleep, waitFor } from './helpers/servers.mjs';
 
@@ -192,6 +193,31 @@ describe('silent connections', () => {
       assert.ok(Date.now() - t0 < 2500);
     } finally {
       await px.proxy.stop();
+    }
+  });
+
+  it('a pipelined head left incomplete behind a slow response gets its own deadline, then 408 after the response', async () => {
+    const up = await startUpstream((req, res) => setTimeout(() => res.end('slow done'), 2500));
+    const px = await startProxy({ requestHeadersTimeoutMs: 300 });
+    try {
+      const socket = net.connect(px.port, '127.0.0.1');
+      await once(socket, 'connect');
+      let answer = '';
+      socket.setEncoding('latin1').on('data', (d) => (answer += d));
+      const closed = once(socket, 'close');
+      socket.write(`GET /slow HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n`);
+      // The second head's deadline runs while the first response is still awaited.
+      assert.ok(
+        await waitFor(() => px.proxy.getStats().requestHeadersTimeouts === 1, { timeoutMs: 1500 }),
+        'no head deadline ran for the pipelined request while the first was in flight',
+      );
+      assert.equal(answer, '', 'nothing is answered before the first response');
+      await closed;
+      assert.match(answer, /^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nslow done/);
+      assert.match(answer, /slow doneHTTP\/1\.1 408 /);
+    } finally {
+      await px.proxy.stop();
+      await up.close();
     }
   });
 });
