@@ -1,12 +1,11 @@
 import type http2 from 'node:http2';
-import type net from 'node:net';
 import type { ProxyCore, Routable } from './proxy-core.js';
 import type { RequestHeadFacts, ResponseHeadFacts } from './headers.js';
 import { trailerLines } from './headers.js';
 import { upstreamFailureAnswer } from './errors.js';
 import { http } from './builtins.js';
 import type { Target } from './route/target.js';
-import { PHASE_UPGRADED, type UpstreamConn, type UpstreamUser } from './upstream/h1-pool.js';
+import { PHASE_UPGRADED, type ReadBatch, type UpstreamConn, type UpstreamUser } from './upstream/h1-pool.js';
 import type { H2UpstreamRequest, H2UpstreamUser } from './upstream/h2-pool.js';
 
 export const BODY_NONE = 0;
@@ -38,8 +37,8 @@ export interface ClientSide {
   upgraded(ex: Exchange, conn: UpstreamConn, status: number, statusMessage: string, raw: string[], rest: Buffer): void;
   /** The exchange is over (response ended or failed); the client may go on. */
   done(ex: Exchange): void;
-  /** The socket responses are written to, when writes can be batched by corking it. */
-  outputSocket(): net.Socket | null;
+  /** Batches the writes of one upstream read (HTTP/1.1 clients), or null. */
+  readBatch(): ReadBatch | null;
 }
 
 export const EX_RESPONSE_STARTED = 1;
@@ -83,8 +82,8 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   private requestTrailers: string[] | null = null;
   head = '';
   status = 0;
-  /** The client socket to cork around upstream reads (HTTP/1 clients), else null. */
-  readonly out: net.Socket | null;
+  /** Batches the client writes of one upstream read (HTTP/1.1 clients), else null. */
+  readonly out: ReadBatch | null;
   /** Free slot for the client side's own per-exchange state. */
   clientState: unknown = undefined;
   readonly responseFacts: ResponseHeadFacts = { contentLength: false, keepAliveTimeoutSec: 0 };
@@ -113,7 +112,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.proto = proto;
     this.clientVersion = clientVersion;
     this.bodyMode = bodyMode;
-    this.out = client.outputSocket();
+    this.out = client.readBatch();
   }
 
   get finished(): boolean {

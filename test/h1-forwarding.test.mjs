@@ -715,3 +715,67 @@ describe('HTTP/1.1 forwarding', () => {
     assert.equal(sha256(res.body), sha256(big));
   });
 });
+
+// The proxy joins a response head and a small body that arrive in one upstream read into one
+// write; a head whose body comes later must still leave at once, and every size must stay exact.
+describe('response head and body batching', () => {
+  let proxy;
+  let upstream;
+  const seen = [];
+
+  before(async () => {
+    ({ proxy } = await startProxy());
+    upstream = net.createServer((socket) => {
+      socket.on('error', () => {});
+      socket.once('data', (d) => {
+        const path = d.toString('latin1').split(' ')[1];
+        const [, kind, size] = path.split('/');
+        const body = Buffer.alloc(Number(size), 0).map((_, i) => (i * 7 + 3) & 0xff);
+        const head = `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`;
+        if (kind === 'together') socket.end(Buffer.concat([Buffer.from(head, 'latin1'), body]));
+        else {
+          socket.write(head);
+          setTimeout(() => socket.end(body), 600);
+        }
+      });
+    });
+    await new Promise((r) => upstream.listen(0, '127.0.0.1', r));
+  });
+
+  after(async () => {
+    await proxy?.stop();
+    upstream?.close();
+  });
+
+  function fetchTimed(path) {
+    return new Promise((resolve, reject) => {
+      const t0 = Date.now();
+      const req = http.request(
+        { host: '127.0.0.1', port: proxy.address().port, path, agent: false, headers: { 'X-Cmux-Port-Internal': String(upstream.address().port) } },
+        (res) => {
+          const headAt = Date.now() - t0;
+          const chunks = [];
+          res.on('data', (c) => chunks.push(c));
+          res.on('end', () => resolve({ status: res.statusCode, headAt, body: Buffer.concat(chunks), complete: res.complete }));
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+  }
+
+  for (const size of [0, 1, 100, 4095, 4096, 4097, 70_000]) {
+    it(`head and a ${size}-byte body in one upstream write arrive byte-exact`, async () => {
+      const res = await fetchTimed(`/together/${size}`);
+      assert.equal(res.status, 200);
+      assert.equal(res.body.length, size);
+      assert.ok(res.body.equals(Buffer.alloc(size, 0).map((_, i) => (i * 7 + 3) & 0xff)), 'body differs');
+    });
+  }
+
+  it('a head whose body comes 600 ms later reaches the client before the body', async () => {
+    const res = await fetchTimed('/later/100');
+    assert.equal(res.body.length, 100);
+    assert.ok(res.headAt < 400, `the head waited for the body: ${res.headAt} ms`);
+  });
+});

@@ -24,7 +24,7 @@ import type { ProxyCore } from '../proxy-core.js';
 import { isRouteError } from '../route/router.js';
 import { connectTo } from '../upstream/connect.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
-import type { UpstreamConn } from '../upstream/h1-pool.js';
+import type { ReadBatch, UpstreamConn } from '../upstream/h1-pool.js';
 import {
   METHODS,
   parserResource,
@@ -65,6 +65,11 @@ const C_TUNNEL = 16; // the socket belongs to a tunnel now
 const C_HEAD_PENDING = 32; // a request head is being received (header timeout armed)
 const C_NO_MORE = 64; // a request asked to close: later bytes are ignored (RFC 9112 §9.6)
 const C_SEEN_DATA = 128;
+const C_IN_BATCH = 256; // an upstream read for this connection's response is being parsed
+const C_SOCKET_CORKED = 512; // ... and the socket is corked until it ends
+
+/** Up to this size, a body that comes in the same upstream read as its head joins it in one string write. */
+const JOIN_BODY_MAX = 4096;
 
 // Reasons the client socket is paused
 const P_BACKPRESSURE = 1;
@@ -102,6 +107,8 @@ export class H1Connection implements ClientSide, Expirable {
   /** The request target when llhttp delivers it with header batches (heads of > 32 fields). */
   pendingUrl = '';
   headerCount = 0;
+  /** A response head held for the body bytes of the same upstream read (see respond). */
+  private heldHead: string | null = null;
   /** Request-head deadline (DeadlineSweep). */
   deadline = 0;
   inSweep = false;
@@ -285,6 +292,7 @@ export class H1Connection implements ClientSide, Expirable {
   /** Writes a last answer and closes after it is flushed (the client gets to read it). */
   closeWith(data: Buffer | string): void {
     if ((this.flags & C_CLOSED) !== 0) return;
+    this.flushHeldHead();
     this.flags |= C_CLOSE_AFTER;
     this.host.headTimer.disarm(this);
     const socket = this.socket;
@@ -447,8 +455,29 @@ export class H1Connection implements ClientSide, Expirable {
     if (this.pauses === 0 && (this.flags & C_CLOSED) === 0) this.readStart();
   }
 
-  outputSocket(): net.Socket {
-    return this.socket;
+  readBatch(): ReadBatch {
+    return this;
+  }
+
+  /** An upstream read for the current response starts: what it produces leaves in one write. */
+  beginBatch(): void {
+    this.flags |= C_IN_BATCH;
+  }
+
+  endBatch(): void {
+    this.flags &= ~C_IN_BATCH;
+    this.flushHeldHead();
+    if ((this.flags & C_SOCKET_CORKED) !== 0) {
+      this.flags &= ~C_SOCKET_CORKED;
+      this.socket.uncork();
+    }
+  }
+
+  private flushHeldHead(): void {
+    const head = this.heldHead;
+    if (head === null) return;
+    this.heldHead = null;
+    if (!this.socket.destroyed) this.socket.write(head, 'latin1');
   }
 
   pauseRequest(): void {
@@ -490,7 +519,18 @@ export class H1Connection implements ClientSide, Expirable {
       head += ex.clientVersion === '1.0' ? 'connection: keep-alive\r\n\r\n' : '\r\n';
     }
     this.core.stats.countStatus(status);
-    this.socket.write(head, 'latin1');
+    if ((this.flags & C_IN_BATCH) === 0 || noBody) {
+      this.socket.write(head, 'latin1');
+    } else if (framing === FRAME_PASS) {
+      // The body usually follows in the same read: head and body then go as one string.
+      this.heldHead = head;
+    } else {
+      if ((this.flags & C_SOCKET_CORKED) === 0) {
+        this.flags |= C_SOCKET_CORKED;
+        this.socket.cork();
+      }
+      this.socket.write(head, 'latin1');
+    }
   }
 
   interim(ex: Exchange, status: number, statusMessage: string, raw: string[]): void {
@@ -501,6 +541,16 @@ export class H1Connection implements ClientSide, Expirable {
   writeBody(ex: Exchange, chunk: Buffer): boolean {
     const socket = this.socket;
     if (socket.destroyed) return true;
+    const head = this.heldHead;
+    if (head !== null) {
+      this.heldHead = null;
+      if (chunk.length <= JOIN_BODY_MAX) return socket.write(head + chunk.toString('latin1'), 'latin1');
+      socket.cork();
+      socket.write(head, 'latin1');
+      const ok = socket.write(chunk);
+      socket.uncork();
+      return ok;
+    }
     if (ex.clientState !== FRAME_CHUNKED) return socket.write(chunk);
     socket.cork();
     socket.write(`${chunk.length.toString(16)}\r\n`, 'latin1');
@@ -511,6 +561,7 @@ export class H1Connection implements ClientSide, Expirable {
   }
 
   end(ex: Exchange, trailers: string[] | null): void {
+    this.flushHeldHead();
     if (ex.clientState === FRAME_CHUNKED && !this.socket.destroyed) {
       this.socket.write(trailers === null ? '0\r\n\r\n' : `0\r\n${trailerLines(trailers)}\r\n`, 'latin1');
     }
@@ -522,6 +573,7 @@ export class H1Connection implements ClientSide, Expirable {
     stats.countStatus(status);
     if (this.core.log.debugEnabled) this.core.log.debug(`h1 ${ex.method} ${ex.path} -> ${status} ${code}`);
     if ((this.flags & C_CLOSED) !== 0) return;
+    this.flushHeldHead();
     const keepAlive = this.willKeepAlive(ex);
     if (!keepAlive || (ex.flags & EX_UPGRADE) !== 0 || ex.method === 'CONNECT') {
       this.flags |= C_CLOSE_AFTER;
@@ -534,6 +586,7 @@ export class H1Connection implements ClientSide, Expirable {
   reset(): void {
     // HTTP/1.1 has no per-response reset: closing without the final chunk (or short of
     // Content-Length) is how the client learns the body is incomplete.
+    this.heldHead = null;
     this.socket.destroy();
   }
 
@@ -626,6 +679,7 @@ export class H1Connection implements ClientSide, Expirable {
     if (ex !== this.current) return;
     this.current = null;
     if ((this.flags & C_CLOSED) !== 0) return;
+    this.flushHeldHead();
     // The exchange may have paused reading for its body (queued while the upstream connected,
     // or upstream backpressure) and then failed: its pause ends with it.
     this.unpause(P_BACKPRESSURE);

@@ -137,7 +137,7 @@ const h2ClientSide: ClientSide = {
     const stream = (ex.clientState as H2StreamState).stream;
     if (!stream.destroyed && stream.isPaused()) stream.resume();
   },
-  outputSocket() {
+  readBatch() {
     return null;
   },
 };

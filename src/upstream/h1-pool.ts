@@ -34,10 +34,19 @@ export interface UpstreamUser {
   onUpstreamDrain(): void;
   /** Bytes after an upgrade (101) response head, already read from the upstream. */
   onUpgradeData(conn: UpstreamConn, rest: Buffer): void;
-  /** The client socket the response is written to, corked while a read is parsed (one write). */
-  readonly out: net.Socket | null;
+  /** Where the response goes, told when one upstream read starts and ends (to batch writes). */
+  readonly out: ReadBatch | null;
   /** A socket being connected for this user (set and cleared by the pool). */
   connecting: UpstreamConn | null;
+}
+
+/**
+ * A client side that batches what one upstream read produces (head and body) into one write:
+ * a corked socket, or an HTTP/1.1 session that holds the response head for the body.
+ */
+export interface ReadBatch {
+  beginBatch(): void;
+  endBatch(): void;
 }
 
 export const PHASE_CONNECTING = 0;
@@ -75,8 +84,8 @@ export class UpstreamConn implements Expirable {
   inSweep = false;
   /** The handle llhttp reads from directly once connected (no 'data' events then). */
   handle: StreamHandle | null = null;
-  /** The client socket corked while llhttp works through one read (head and body in one write). */
-  corked: net.Socket | null = null;
+  /** The client side batching while llhttp works through one read (head and body in one write). */
+  corked: ReadBatch | null = null;
   private paused = false;
 
   constructor(entry: PoolEntry, socket: net.Socket, maxHeaderSize: number) {
@@ -202,7 +211,7 @@ function parserOnHeadersComplete(
   // parserOnExecute once llhttp is through the read).
   const out = user.out;
   if (conn.handle !== null && out !== null && conn.corked === null) {
-    out.cork();
+    out.beginBatch();
     conn.corked = out;
   }
   return user.onResponseHead(conn, status, statusMessage, raw, upgrade, keepAlive);
@@ -227,7 +236,7 @@ function parserOnExecute(this: ResponseParser, ret: number | ParseError): void {
   const corked = conn.corked;
   if (corked !== null) {
     conn.corked = null;
-    corked.uncork();
+    corked.endBatch();
   }
   const socket = conn.socket;
   // No 'data' events when consuming: keep the inactivity timer honest by hand.
@@ -269,9 +278,9 @@ function socketOnData(this: UpstreamSocket, chunk: Buffer): void {
   conn.responseBytes = true;
   // Everything this read produces for the client (head and body) leaves in one write.
   const out = conn.user.out;
-  if (out !== null) out.cork();
+  if (out !== null) out.beginBatch();
   const ret = conn.parser.execute(chunk);
-  if (out !== null) out.uncork();
+  if (out !== null) out.endBatch();
   if (isParseError(ret)) {
     conn.errorCode = 'BAD_RESPONSE';
     this.destroy();
