@@ -29,6 +29,60 @@ function addConnectionTokens(value: string, tokens: string[] | null): string[] |
   return tokens;
 }
 
+// What a header name means to the proxy. Kinds with the HOP bit are removed in both directions.
+const N_OTHER = 0;
+const N_HOST = 1;
+const N_CONTENT_LENGTH = 2;
+const N_FORWARDED_FOR = 3;
+const N_VIA = 4;
+/** X-Forwarded-Proto/-Host: set by this proxy from what it saw, never passed on. */
+const N_FORWARDED_SET = 5;
+const N_COOKIE = 6;
+const N_HOP = 0x10;
+const N_KEEP_ALIVE = N_HOP | 1;
+const N_UPGRADE = N_HOP | 2;
+const N_CONNECTION = N_HOP | 3;
+const N_TRANSFER_ENCODING = N_HOP | 4;
+const N_PORT_HEADER = N_HOP | 5;
+const N_WORKSPACE_HEADER = N_HOP | 6;
+const N_HOST_OVERRIDE = N_HOP | 7;
+
+const KIND_BY_LOWER_NAME: ReadonlyMap<string, number> = new Map([
+  ...[...HOP_BY_HOP].map((name) => [name, N_HOP] as const),
+  ['keep-alive', N_KEEP_ALIVE],
+  ['upgrade', N_UPGRADE],
+  ['connection', N_CONNECTION],
+  ['transfer-encoding', N_TRANSFER_ENCODING],
+  ['x-cmux-port-internal', N_PORT_HEADER],
+  ['x-cmux-workspace-internal', N_WORKSPACE_HEADER],
+  ['x-cmux-host-override', N_HOST_OVERRIDE],
+  ['host', N_HOST],
+  ['content-length', N_CONTENT_LENGTH],
+  ['x-forwarded-for', N_FORWARDED_FOR],
+  ['via', N_VIA],
+  ['x-forwarded-proto', N_FORWARDED_SET],
+  ['x-forwarded-host', N_FORWARDED_SET],
+  ['cookie', N_COOKIE],
+]);
+
+/**
+ * Kinds by the spelling a peer used ("Content-Length", "content-length", ...): clients and
+ * upstreams repeat the same few spellings, so after the first request a name costs one Map
+ * lookup instead of a lower-casing copy and a Set lookup. Bounded: short names, 2,048 spellings.
+ */
+const kindBySpelling = new Map<string, number>();
+const SPELLINGS_MAX = 2048;
+const SPELLING_LENGTH_MAX = 64;
+
+function nameKind(name: string): number {
+  let kind = kindBySpelling.get(name);
+  if (kind === undefined) {
+    kind = KIND_BY_LOWER_NAME.get(name.toLowerCase()) ?? N_OTHER;
+    if (kindBySpelling.size < SPELLINGS_MAX && name.length <= SPELLING_LENGTH_MAX) kindBySpelling.set(name, kind);
+  }
+  return kind;
+}
+
 export function isHopByHop(lowerName: string): boolean {
   return HOP_BY_HOP.has(lowerName);
 }
@@ -38,7 +92,7 @@ export function connectionTokens(raw: readonly string[]): string[] | null {
   let tokens: string[] | null = null;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    if (name.length === 10 && name.toLowerCase() === 'connection') tokens = addConnectionTokens(raw[i + 1]!, tokens);
+    if (name.length === 10 && nameKind(name) === N_CONNECTION) tokens = addConnectionTokens(raw[i + 1]!, tokens);
   }
   return tokens;
 }
@@ -87,35 +141,35 @@ function countOccurrences(haystack: string, needle: string): number {
 export function scanRequestHeaders(raw: readonly string[], viaToken: string, facts: RequestHeadFacts): void {
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    const value = raw[i + 1]!;
-    switch (name.length) {
-      case 3:
-        if (name.toLowerCase() === 'via') facts.viaSelfCount += countOccurrences(value, viaToken);
+    if (name.charCodeAt(0) === 58 /* : */) continue;
+    switch (nameKind(name)) {
+      case N_VIA:
+        facts.viaSelfCount += countOccurrences(raw[i + 1]!, viaToken);
         break;
-      case 4:
-        if (name.toLowerCase() === 'host') {
-          facts.hostCount++;
-          facts.host = value;
-        }
+      case N_HOST:
+        facts.hostCount++;
+        facts.host = raw[i + 1]!;
         break;
-      case 7:
-        if (name.toLowerCase() === 'upgrade') facts.hasUpgrade = true;
+      case N_UPGRADE:
+        facts.hasUpgrade = true;
         break;
-      case 10:
-        if (name.toLowerCase() === 'connection') facts.connectionTokens = addConnectionTokens(value, facts.connectionTokens);
+      case N_CONNECTION:
+        facts.connectionTokens = addConnectionTokens(raw[i + 1]!, facts.connectionTokens);
         break;
-      case 14:
-        if (name.toLowerCase() === 'content-length') facts.contentLength = value;
+      case N_CONTENT_LENGTH:
+        facts.contentLength = raw[i + 1]!;
         break;
-      case 17:
-        if (name.toLowerCase() === 'transfer-encoding') facts.chunked = true;
+      case N_TRANSFER_ENCODING:
+        facts.chunked = true;
         break;
-      case 20:
-        if (name.toLowerCase() === 'x-cmux-port-internal') facts.portHeader = value;
-        else if (name.toLowerCase() === 'x-cmux-host-override') facts.hostOverride = value;
+      case N_PORT_HEADER:
+        facts.portHeader = raw[i + 1]!;
         break;
-      case 25:
-        if (name.toLowerCase() === 'x-cmux-workspace-internal') facts.workspaceHeader = value;
+      case N_HOST_OVERRIDE:
+        facts.hostOverride = raw[i + 1]!;
+        break;
+      case N_WORKSPACE_HEADER:
+        facts.workspaceHeader = raw[i + 1]!;
         break;
     }
   }
@@ -155,23 +209,22 @@ export function buildUpstreamRequestHead(
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     if (name.charCodeAt(0) === 58 /* : */) continue;
-    const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || lower === 'host' || (tokens !== null && tokens.includes(lower))) {
-      if (!(ctx.upgrade && lower === 'upgrade')) continue;
-    }
+    const kind = nameKind(name);
+    if ((kind & N_HOP) !== 0 || kind === N_HOST) {
+      if (!(ctx.upgrade && kind === N_UPGRADE)) continue;
+    } else if (tokens !== null && tokens.includes(name.toLowerCase())) continue;
     const value = raw[i + 1]!;
-    switch (lower) {
-      case 'x-forwarded-for':
+    switch (kind) {
+      case N_FORWARDED_FOR:
         xff = xff === undefined ? value : `${xff}, ${value}`;
         continue;
-      case 'via':
+      case N_VIA:
         via = via === undefined ? value : `${via}, ${value}`;
         continue;
-      case 'x-forwarded-proto':
-      case 'x-forwarded-host':
+      case N_FORWARDED_SET:
         // Set by this proxy from what it saw (SPEC §4); a client's own value is not trusted.
         continue;
-      case 'cookie':
+      case N_COOKIE:
         // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
         cookie = cookie === undefined ? value : `${cookie}; ${value}`;
         continue;
@@ -260,16 +313,16 @@ export function filterResponseHeadersH1(raw: readonly string[], upgrade: boolean
   facts.keepAliveTimeoutSec = 0;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    const lower = name.toLowerCase();
+    const kind = nameKind(name);
     const value = raw[i + 1]!;
-    if (lower === 'keep-alive') {
+    if (kind === N_KEEP_ALIVE) {
       facts.keepAliveTimeoutSec = keepAliveTimeout(value);
       continue;
     }
-    if (HOP_BY_HOP.has(lower)) {
-      if (!(upgrade && (lower === 'upgrade' || lower === 'connection'))) continue;
-    } else if (tokens !== null && tokens.includes(lower)) continue;
-    if (lower === 'content-length') facts.contentLength = true;
+    if ((kind & N_HOP) !== 0) {
+      if (!(upgrade && (kind === N_UPGRADE || kind === N_CONNECTION))) continue;
+    } else if (tokens !== null && tokens.includes(name.toLowerCase())) continue;
+    if (kind === N_CONTENT_LENGTH) facts.contentLength = true;
     lines += `${name}: ${value}\r\n`;
   }
   return lines;

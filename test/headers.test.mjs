@@ -310,3 +310,28 @@ describe('isHopByHop / connectionTokens', () => {
     assert.equal(connectionTokens(['Accept', '*/*']), null);
   });
 });
+
+describe('header names in any spelling, after many distinct names', () => {
+  it('hop-by-hop and routing headers are still recognised once the spelling cache is full', () => {
+    // 5,000 distinct names (more than the per-spelling cache holds) pass through first.
+    const many = [];
+    for (let i = 0; i < 5000; i++) many.push(`X-Random-${i}`, 'v');
+    const facts = {};
+    assert.equal(filterResponseHeadersH1(many, false, facts).split('\r\n').length - 1, 5000);
+    const odd = ['CoNnEcTiOn', 'x-ToKeN', 'KEEP-ALIVE', 'timeout=9', 'TrAnSfEr-EnCoDiNg', 'chunked', 'X-TOKEN', '1', 'content-LENGTH', '3', 'X-Kept', 'yes'];
+    const lines = filterResponseHeadersH1(odd, false, facts);
+    assert.equal(lines, 'content-LENGTH: 3\r\nX-Kept: yes\r\n');
+    assert.equal(facts.keepAliveTimeoutSec, 9);
+    assert.equal(facts.contentLength, true);
+    const req = emptyFacts();
+    scanRequestHeaders(['hOsT', 'a.localhost', 'X-CMUX-PORT-INTERNAL', '3000', 'x-cmux-workspace-INTERNAL', 'ws1', 'X-Cmux-Host-Override', 'b'], 'tok', req);
+    assert.equal(req.host, 'a.localhost');
+    assert.equal(req.portHeader, '3000');
+    assert.equal(req.workspaceHeader, 'ws1');
+    assert.equal(req.hostOverride, 'b');
+    const head = buildUpstreamRequestHead('GET', '/', ['X-CMUX-PORT-INTERNAL', '3000', 'X-FORWARDED-PROTO', 'https', 'CoOkIe', 'a=1', 'Accept', '*/*'], null, CTX);
+    assert.doesNotMatch(head, /X-CMUX-PORT-INTERNAL|X-FORWARDED-PROTO: https/);
+    assert.match(head, /\r\ncookie: a=1\r\n/);
+    assert.match(head, /\r\nAccept: \*\/\*\r\n/);
+  });
+});
