@@ -7,7 +7,7 @@
 //   options: --reps N  --only h1-small,ws,...  --systems direct,nginx,...  --ws-conns N
 //            --seconds S (every timed load)  --json FILE (default bench/results/latest.json)
 //
-// Needs wrk, h2load, nginx, taskset (scripts/install-bench-deps.sh) and a built dist/cli.js.
+// Needs wrk, h2load, nginx, taskset (scripts/install-bench-deps.sh) and a built dist/cmux-proxy.js.
 // Everything listens on 127.0.0.1; every child is killed by PID at the end, on error and on SIGINT.
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';

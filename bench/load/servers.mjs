@@ -17,7 +17,7 @@ const NOFILE = 20000;
 export const NGINX = existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : 'nginx';
 
 export const paths = {
-  cli: join(repoRoot, 'dist/cli.js'),
+  cli: join(repoRoot, 'dist/cmux-proxy.js'),
   baseline: resolve(repoRoot, '../shared/bench/baseline-node-proxy.mjs'),
   http2Proxy: join(here, 'http2-proxy-server.mjs'),
   uploadSink: join(here, 'upload-sink.mjs'),

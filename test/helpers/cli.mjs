@@ -1,8 +1,8 @@
-// Runs the real CLI (dist/cli.js) as a child process.
+// Runs the real CLI (dist/cmux-proxy.js, the bundled dist/cli.js that npm start runs) as a child process.
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-export const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url));
+export const CLI = fileURLToPath(new URL('../../dist/cmux-proxy.js', import.meta.url));
 
 /** Starts the CLI and resolves once it logged its listening line: { child, port, stderr() }. */
 export function startCli(args = [], { env = {}, timeoutMs = 10000 } = {}) {
