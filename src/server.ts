@@ -308,9 +308,13 @@ export class ProxyServer implements SessionHost, H2Host {
   tunnelOpened(socket: net.Socket): void {
     this.h1Tunnels++;
     // Before the served-socket accounting, so a closing tunnel is never counted as in-flight work.
-    socket.prependOnceListener('close', () => {
-      this.h1Tunnels--;
-    });
+    // (A TLS client's socket is the TLSSocket, which the listener has not tagged yet.)
+    (socket as AcceptedSocket)[kServer] = this;
+    socket.prependListener('close', tunnelSocketOnClose);
+  }
+
+  tunnelClosed(): void {
+    this.h1Tunnels--;
   }
 
   acceptedClosed(socket: AcceptedSocket): void {
@@ -415,6 +419,10 @@ export class ProxyServer implements SessionHost, H2Host {
   sessionClosed(session: http2.ServerHttp2Session): void {
     if (this.sessions.delete(session)) this.stats.http2Connections--;
   }
+}
+
+function tunnelSocketOnClose(this: AcceptedSocket): void {
+  this[kServer].tunnelClosed();
 }
 
 function serverOnConnection(this: net.Server & { [kServer]: ProxyServer }, socket: net.Socket): void {

@@ -12,7 +12,10 @@ const kTunnel = Symbol('cmux.tunnel');
 type TunnelEnd = Duplex & { [kTunnel]?: Tunnel; setTimeout?: (ms: number) => unknown };
 
 /**
- * Two byte streams spliced raw (no frame parsing), backpressure both ways through `pipe`.
+ * Two byte streams spliced raw (no frame parsing), backpressure both ways: a 'data' chunk is
+ * written to the other side, and a refused write pauses this side until the other drains.
+ * Module-level listeners instead of `pipe()`, which adds nine closures and three `once`
+ * wrappers per direction (~3 KiB per WebSocket, measured with heap snapshots).
  * A FIN on one side becomes a FIN on the other after what is buffered is flushed; an error on
  * either side destroys both. The tunnel counts as open until both sides have closed.
  */
@@ -39,9 +42,9 @@ export class Tunnel {
       end.on('close', tunnelEndOnClose);
       end.on('end', tunnelEndOnEnd);
       end.on('timeout', tunnelEndOnTimeout);
+      end.on('data', tunnelEndOnData);
+      end.on('drain', tunnelEndOnDrain);
     }
-    this.a.pipe(this.b, { end: false });
-    this.b.pipe(this.a, { end: false });
   }
 
   other(end: TunnelEnd): TunnelEnd {
@@ -75,6 +78,22 @@ export class Tunnel {
     else this.stats.tunnelsOpen--;
     this.onClosed?.(this);
   }
+}
+
+function tunnelEndOnData(this: TunnelEnd, chunk: Buffer): void {
+  const tunnel = this[kTunnel];
+  if (tunnel === undefined) return;
+  const other = tunnel.other(this);
+  // Nothing can reach a side that is gone or ending; the close path tears this side down.
+  if (other.destroyed || other.writableEnded) return;
+  if (!other.write(chunk)) this.pause();
+}
+
+function tunnelEndOnDrain(this: TunnelEnd): void {
+  const tunnel = this[kTunnel];
+  if (tunnel === undefined) return;
+  const source = tunnel.other(this);
+  if (!source.destroyed && source.isPaused()) source.resume();
 }
 
 function tunnelEndOnError(this: TunnelEnd): void {

@@ -205,6 +205,8 @@ async function readJsonLine(handle, index, timeoutMs) {
   throw new Error(`ws client: no result line ${index} (${handle.hasExited() ? 'exited' : 'timeout'}):\n${handle.output()}`);
 }
 
+const WS_WARM_UP = 200;
+
 const websockets = {
   name: 'ws',
   title: 'concurrent WebSockets, one echo each (proxy started fresh for every repetition)',
@@ -229,8 +231,10 @@ const websockets = {
   async run(ctx, system) {
     const p = pid(system);
     const count = ctx.cfg.wsConnections;
-    // warm the code paths with a few connections, then let the proxy settle
-    const warm = await this.clients(ctx, system, 20, false);
+    // Warm up with enough connections that V8's optimising compiler has run (its first use
+    // pages in ~4 MiB of the node binary once, which 20 connections did not reach), then let
+    // the proxy settle: the figure is memory per connection, not one-time start-up cost.
+    const warm = await this.clients(ctx, system, WS_WARM_UP, false);
     await readJsonLine(warm, 0, 20000);
     await warm.exited;
     await sleep(200);

@@ -628,6 +628,9 @@ export class H1Connection implements ClientSide, Expirable {
     socket.removeListener('close', socketOnClose);
     this.host.h1Closed(this);
     closeParserLater(this.parser);
+    // Nothing on the socket calls back into this session any more: let it go (a tunnel may
+    // live for hours). Assigned, not deleted, so the socket keeps its shape.
+    (socket as net.Socket & { [kH1]?: H1Connection })[kH1] = undefined;
   }
 
   /** CONNECT host:port -> the routed target, 200, then splice (SPEC §5). */
@@ -651,6 +654,7 @@ export class H1Connection implements ClientSide, Expirable {
     upstream.removeListener('connect', connectTunnelOnConnect);
     upstream.removeListener('error', connectTunnelOnError);
     upstream.removeListener('timeout', connectTunnelOnTimeout);
+    (upstream as net.Socket & { [kH1]?: H1Connection })[kH1] = undefined;
     const ex = this.current;
     if ((this.flags & C_CLOSED) !== 0 || ex === null) {
       upstream.destroy();

@@ -526,6 +526,8 @@ export class UpstreamPool {
     conn.unconsume();
     closeParserLater(conn.parser);
     this.forget(conn);
+    // The tunnel owns the socket now; the pool's per-socket state can go.
+    (socket as net.Socket & { [kUpstream]?: UpstreamConn })[kUpstream] = undefined;
   }
 
   /** Called once per socket when it closes (or is detached). */
