@@ -20,11 +20,16 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'x-cmux-host-override',
 ]);
 
-/** Adds the lower-cased tokens of one `Connection` value (RFC 9110 §7.6.1) to `tokens`. */
+/**
+ * Adds the lower-cased options of one `Connection` value (RFC 9110 §7.6.1) that name fields the
+ * proxy would otherwise forward. Hop-by-hop names go anyway and `close` names no field (it is a
+ * reserved field name, RFC 9110 §18.4), so the usual `keep-alive`, `close` and `upgrade` leave
+ * `tokens` null and spare every other header a lower-cased lookup.
+ */
 function addConnectionTokens(value: string, tokens: string[] | null): string[] | null {
   for (const part of value.split(',')) {
     const token = part.trim().toLowerCase();
-    if (token !== '') (tokens ??= []).push(token);
+    if (token !== '' && token !== 'close' && !HOP_BY_HOP.has(token)) (tokens ??= []).push(token);
   }
   return tokens;
 }
@@ -87,7 +92,7 @@ export function isHopByHop(lowerName: string): boolean {
   return HOP_BY_HOP.has(lowerName);
 }
 
-/** Lower-cased tokens of every `Connection` header in a flat raw header list. */
+/** Lower-cased options of every `Connection` header that name forwardable fields (else null). */
 export function connectionTokens(raw: readonly string[]): string[] | null {
   let tokens: string[] | null = null;
   for (let i = 0; i < raw.length; i += 2) {
