@@ -373,9 +373,15 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   }
   // Dispatch after the frames read with this HEADERS are processed: a stream reset in the same
   // read (rapid reset) is then already closed and never costs an upstream connection.
-  setImmediate(dispatchStream, ex);
+  // One immediate per event-loop turn serves every stream opened in it.
+  toDispatch.push(ex);
+  if (toDispatch.length === 1) setImmediate(dispatchStreams);
 }
 
-function dispatchStream(ex: Exchange): void {
-  if ((ex.flags & EX_FINISHED) === 0) ex.core.dispatch(ex);
+let toDispatch: Exchange[] = [];
+
+function dispatchStreams(): void {
+  const batch = toDispatch;
+  toDispatch = [];
+  for (const ex of batch) if ((ex.flags & EX_FINISHED) === 0) ex.core.dispatch(ex);
 }
