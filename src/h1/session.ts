@@ -111,6 +111,7 @@ export class H1Connection implements ClientSide, Expirable {
   private heldHead: string | null = null;
   /** Request-head deadline (DeadlineSweep). */
   deadline = 0;
+  /** Held by the DeadlineSweep's set (managed by the sweep). */
   inSweep = false;
   parseError: ParseError | null = null;
   brokenStatus = 400;
@@ -130,7 +131,8 @@ export class H1Connection implements ClientSide, Expirable {
     const parser = new Parser() as RequestParser;
     parser.initialize(REQUEST, parserResource(this), this.core.options.maxHeaderSize, kLenientNone);
     parser.conn = this;
-    // Message begin matters only while no head deadline runs (see headStarted/awaitHead).
+    // Message begin matters only while no head deadline runs: set once a head is complete,
+    // cleared again whenever the next head's deadline is armed.
     parser[kOnMessageBegin] = null;
     parser[kOnHeaders] = parserOnHeaders;
     parser[kOnHeadersComplete] = parserOnHeadersComplete;

@@ -81,6 +81,7 @@ export class UpstreamConn implements Expirable {
   errorCode: string | undefined;
   /** Response-head deadline while waiting, idle deadline while pooled (DeadlineSweep). */
   deadline = 0;
+  /** Held by the DeadlineSweep's set (managed by the sweep). */
   inSweep = false;
   /** The handle llhttp reads from directly once connected (no 'data' events then). */
   handle: StreamHandle | null = null;
