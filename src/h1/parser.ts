@@ -1,4 +1,5 @@
 import { createRequire } from 'node:module';
+import type { Readable } from 'node:stream';
 
 /**
  * Node's own llhttp binding, as `node:http` uses it (through `_http_common`, which Node keeps for
@@ -69,9 +70,46 @@ export interface StreamHandle {
   readStop(): number;
 }
 
-export function streamHandle(socket: object): StreamHandle | undefined {
+function streamHandle(socket: object): StreamHandle | undefined {
   const handle = (socket as { _handle?: StreamHandle | null })._handle;
   return handle !== null && handle !== undefined && handle.isStreamBase === true ? handle : undefined;
+}
+
+/**
+ * Lets llhttp read the socket's handle directly, as `node:http` does (no stream machinery per
+ * read); each read's result goes to `onExecute`. Null when the socket has no such handle or it
+ * is consumed already.
+ */
+export function consumeSocket(parser: HTTPParser, socket: object, onExecute: (this: never, ret: number | ParseError) => void): StreamHandle | null {
+  const handle = streamHandle(socket);
+  if (handle === undefined || handle._consumed === true) return null;
+  handle._consumed = true;
+  parser.consume(handle);
+  parser[kOnExecute] = onExecute;
+  return handle;
+}
+
+/** Gives a consumed handle back to the socket's stream; whether it reads is the caller's call. */
+export function releaseHandle(parser: HTTPParser, handle: StreamHandle): void {
+  parser.unconsume();
+  handle._consumed = false;
+}
+
+/** Stops reading a socket: at its consumed handle, or through its stream when not consuming. */
+export function stopReading(socket: Readable, handle: StreamHandle | null): void {
+  if (handle === null) socket.pause();
+  else if (handle.reading !== false) {
+    handle.reading = false;
+    handle.readStop();
+  }
+}
+
+export function startReading(socket: Readable, handle: StreamHandle | null): void {
+  if (handle === null) socket.resume();
+  else if (handle.reading === false) {
+    handle.reading = true;
+    handle.readStart();
+  }
 }
 export const kLenientNone = Parser.kLenientNone;
 

@@ -37,8 +37,10 @@ import {
   kOnHeaders,
   kOnHeadersComplete,
   kOnMessageComplete,
-  kOnExecute,
-  streamHandle,
+  consumeSocket,
+  releaseHandle,
+  startReading,
+  stopReading,
   type HTTPParser,
   type ParseError,
   type StreamHandle,
@@ -159,13 +161,10 @@ export class H1Connection implements ClientSide, Expirable {
   feed(chunk: Buffer): void {
     this.onData(chunk);
     if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_NO_MORE | C_UPGRADING)) !== 0 || this.socket.destroyed) return;
-    const handle = streamHandle(this.socket);
-    if (handle === undefined || handle._consumed === true) return;
-    handle._consumed = true;
-    this.parser.consume(handle);
-    this.parser[kOnExecute] = parserOnExecute;
+    const handle = consumeSocket(this.parser, this.socket, parserOnExecute);
+    if (handle === null) return;
     this.handle = handle;
-    if (this.pauses !== 0) this.readStop();
+    if (this.pauses !== 0) stopReading(this.socket, handle);
   }
 
   /** Hands reading back to the socket's stream (tunnels, closing). */
@@ -173,32 +172,8 @@ export class H1Connection implements ClientSide, Expirable {
     const handle = this.handle;
     if (handle === null) return;
     this.handle = null;
-    this.parser.unconsume();
-    handle._consumed = false;
-    if (this.pauses === 0 && handle.reading === false) {
-      handle.reading = true;
-      handle.readStart();
-    }
-  }
-
-  private readStop(): void {
-    const handle = this.handle;
-    if (handle === null) {
-      this.socket.pause();
-    } else if (handle.reading !== false) {
-      handle.reading = false;
-      handle.readStop();
-    }
-  }
-
-  private readStart(): void {
-    const handle = this.handle;
-    if (handle === null) {
-      this.socket.resume();
-    } else if (handle.reading === false) {
-      handle.reading = true;
-      handle.readStart();
-    }
+    releaseHandle(this.parser, handle);
+    if (this.pauses === 0) startReading(this.socket, handle);
   }
 
   /** llhttp consumed a read from the handle (`ret`: bytes parsed, or the parse error). */
@@ -447,14 +422,14 @@ export class H1Connection implements ClientSide, Expirable {
   // ---- flow control -------------------------------------------------------------------
 
   pause(reason: number): void {
-    if (this.pauses === 0) this.readStop();
+    if (this.pauses === 0) stopReading(this.socket, this.handle);
     this.pauses |= reason;
   }
 
   unpause(reason: number): void {
     if ((this.pauses & reason) === 0) return;
     this.pauses &= ~reason;
-    if (this.pauses === 0 && (this.flags & C_CLOSED) === 0) this.readStart();
+    if (this.pauses === 0 && (this.flags & C_CLOSED) === 0) startReading(this.socket, this.handle);
   }
 
   readBatch(): ReadBatch {
@@ -732,8 +707,8 @@ export class H1Connection implements ClientSide, Expirable {
     this.pending = null;
     if (pending !== null) for (const p of pending) p.flags |= EX_FINISHED;
     if (this.handle !== null) {
+      releaseHandle(this.parser, this.handle);
       this.handle = null;
-      this.parser.unconsume();
     }
     closeParserLater(this.parser);
     this.host.h1Closed(this);

@@ -12,10 +12,12 @@ import {
   kOnHeaders,
   kOnHeadersComplete,
   kOnMessageComplete,
-  kOnExecute,
   closeParserLater,
   isParseError,
-  streamHandle,
+  consumeSocket,
+  releaseHandle,
+  startReading,
+  stopReading,
   type HTTPParser,
   type ParseError,
   type StreamHandle,
@@ -116,33 +118,19 @@ export class UpstreamConn implements Expirable {
   pauseReading(): void {
     if (this.paused) return;
     this.paused = true;
-    const handle = this.handle;
-    if (handle === null) this.socket.pause();
-    else if (handle.reading !== false) {
-      handle.reading = false;
-      handle.readStop();
-    }
+    stopReading(this.socket, this.handle);
   }
 
   resumeReading(): void {
     if (!this.paused) return;
     this.paused = false;
-    const handle = this.handle;
-    if (handle === null) this.socket.resume();
-    else if (handle.reading === false) {
-      handle.reading = true;
-      handle.readStart();
-    }
+    startReading(this.socket, this.handle);
   }
 
   /** Lets llhttp read the socket's handle directly (as node:http's server does). */
   consume(): void {
-    const handle = streamHandle(this.socket);
-    if (handle === undefined || handle._consumed === true) return;
-    handle._consumed = true;
-    this.parser.consume(handle);
-    this.parser[kOnExecute] = parserOnExecute;
-    this.handle = handle;
+    const handle = consumeSocket(this.parser, this.socket, parserOnExecute);
+    if (handle !== null) this.handle = handle;
   }
 
   /** Gives reading back to the socket's stream (tunnels). */
@@ -150,8 +138,7 @@ export class UpstreamConn implements Expirable {
     const handle = this.handle;
     if (handle === null) return;
     this.handle = null;
-    this.parser.unconsume();
-    handle._consumed = false;
+    releaseHandle(this.parser, handle);
     if (this.paused) {
       this.paused = false;
       this.socket.pause();
@@ -334,8 +321,8 @@ function socketOnClose(this: UpstreamSocket): void {
   const conn = this[kUpstream];
   conn.entry.pool.forget(conn);
   if (conn.handle !== null) {
+    releaseHandle(conn.parser, conn.handle);
     conn.handle = null;
-    conn.parser.unconsume();
   }
   closeParserLater(conn.parser);
   const user = conn.user;
