@@ -51,6 +51,7 @@ const N_TRANSFER_ENCODING = N_HOP | 4;
 const N_PORT_HEADER = N_HOP | 5;
 const N_WORKSPACE_HEADER = N_HOP | 6;
 const N_HOST_OVERRIDE = N_HOP | 7;
+const N_TE = N_HOP | 8;
 
 const KIND_BY_LOWER_NAME: ReadonlyMap<string, number> = new Map([
   ...[...HOP_BY_HOP].map((name) => [name, N_HOP] as const),
@@ -61,6 +62,7 @@ const KIND_BY_LOWER_NAME: ReadonlyMap<string, number> = new Map([
   ['x-cmux-port-internal', N_PORT_HEADER],
   ['x-cmux-workspace-internal', N_WORKSPACE_HEADER],
   ['x-cmux-host-override', N_HOST_OVERRIDE],
+  ['te', N_TE],
   ['host', N_HOST],
   ['content-length', N_CONTENT_LENGTH],
   ['x-forwarded-for', N_FORWARDED_FOR],
@@ -264,26 +266,27 @@ export function buildUpstreamH2Headers(
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     if (name.charCodeAt(0) === 58) continue;
-    const lower = name.toLowerCase();
+    const kind = nameKind(name);
     const value = raw[i + 1]!;
-    if (lower === 'te') {
+    if (kind === N_TE) {
       trailers ||= value.toLowerCase().includes('trailers');
       continue;
     }
-    if (HOP_BY_HOP.has(lower) || lower === 'host' || (tokens !== null && tokens.includes(lower))) continue;
-    if (lower === 'x-forwarded-proto' || lower === 'x-forwarded-host') continue;
-    if (lower === 'x-forwarded-for') {
+    if ((kind & N_HOP) !== 0 || kind === N_HOST || kind === N_FORWARDED_SET) continue;
+    const lower = name.toLowerCase();
+    if (tokens !== null && tokens.includes(lower)) continue;
+    if (kind === N_FORWARDED_FOR) {
       xff = xff === undefined ? value : `${xff}, ${value}`;
       continue;
     }
-    if (lower === 'via') {
+    if (kind === N_VIA) {
       via = via === undefined ? value : `${via}, ${value}`;
       continue;
     }
     const previous = headers[lower];
     if (previous === undefined) headers[lower] = value;
     else if (Array.isArray(previous)) previous.push(value);
-    else headers[lower] = lower === 'cookie' ? [previous, value] : `${previous}, ${value}`;
+    else headers[lower] = kind === N_COOKIE ? [previous, value] : `${previous}, ${value}`;
   }
   if (trailers) headers['te'] = 'trailers';
   headers['x-forwarded-for'] = xff === undefined ? ctx.clientAddress : `${xff}, ${ctx.clientAddress}`;
@@ -340,14 +343,17 @@ export function responseHeadersH2(raw: readonly string[], status: number, facts:
   facts.contentLength = false;
   facts.keepAliveTimeoutSec = 0;
   for (let i = 0; i < raw.length; i += 2) {
-    const lower = raw[i]!.toLowerCase();
+    const name = raw[i]!;
+    const kind = nameKind(name);
     const value = raw[i + 1]!;
-    if (lower === 'keep-alive') {
+    if (kind === N_KEEP_ALIVE) {
       facts.keepAliveTimeoutSec = keepAliveTimeout(value);
       continue;
     }
-    if (HOP_BY_HOP.has(lower) || (tokens !== null && tokens.includes(lower))) continue;
-    if (lower === 'content-length') facts.contentLength = true;
+    if ((kind & N_HOP) !== 0) continue;
+    const lower = name.toLowerCase();
+    if (tokens !== null && tokens.includes(lower)) continue;
+    if (kind === N_CONTENT_LENGTH) facts.contentLength = true;
     const previous = out[lower];
     if (previous === undefined) {
       out[lower] = lower === 'set-cookie' ? [value] : value;
@@ -364,8 +370,8 @@ export function responseHeadersH2(raw: readonly string[], status: number, facts:
 export function trailerLines(raw: readonly string[]): string {
   let lines = '';
   for (let i = 0; i < raw.length; i += 2) {
-    const lower = raw[i]!.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || lower === 'content-length' || lower === 'host') continue;
+    const kind = nameKind(raw[i]!);
+    if ((kind & N_HOP) !== 0 || kind === N_CONTENT_LENGTH || kind === N_HOST) continue;
     lines += `${raw[i]}: ${raw[i + 1]}\r\n`;
   }
   return lines;
@@ -375,8 +381,11 @@ export function trailerLines(raw: readonly string[]): string {
 export function trailersH2(raw: readonly string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (let i = 0; i < raw.length; i += 2) {
-    const lower = raw[i]!.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || lower === 'content-length' || lower.charCodeAt(0) === 58) continue;
+    const name = raw[i]!;
+    if (name.charCodeAt(0) === 58) continue;
+    const kind = nameKind(name);
+    if ((kind & N_HOP) !== 0 || kind === N_CONTENT_LENGTH) continue;
+    const lower = name.toLowerCase();
     out[lower] = out[lower] === undefined ? raw[i + 1]! : `${out[lower]}, ${raw[i + 1]!}`;
   }
   return out;
