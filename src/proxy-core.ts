@@ -1,6 +1,6 @@
 import { BODY_CHUNKED, EX_UPGRADE, type Exchange } from './exchange.js';
 import { ErrorCodes } from './errors.js';
-import { buildUpstreamH2Headers, buildUpstreamRequestHead, type RequestHeadFacts } from './headers.js';
+import { buildUpstreamH2Headers, buildUpstreamRequestHead, type ForwardContext, type RequestHeadFacts } from './headers.js';
 import type { Logger } from './log.js';
 import type { ResolvedOptions } from './options.js';
 import { CachedPortResolver } from './route/port-resolver.js';
@@ -188,10 +188,10 @@ export class ProxyCore {
   }
 
   /** The Host the upstream gets: the override, the client's (preserveHost), or the target's. */
-  forwardHost(ex: Exchange, target: Target): string {
-    const override = ex.facts.hostOverride;
+  forwardHost(req: Routable, target: Target): string {
+    const override = req.facts.hostOverride;
     if (override !== undefined && override.trim() !== '') return override.trim();
-    if (this.options.preserveHost && ex.host !== undefined && ex.host !== '') return ex.host;
+    if (this.options.preserveHost && req.host !== undefined && req.host !== '') return req.host;
     return target.socketPath !== undefined ? 'localhost' : target.key;
   }
 
@@ -200,16 +200,21 @@ export class ProxyCore {
   }
 
   buildHead(ex: Exchange, target: Target): string {
+    const ctx = this.forwardContext(ex, target, (ex.flags & EX_UPGRADE) !== 0, ex.bodyMode === BODY_CHUNKED);
+    return buildUpstreamRequestHead(ex.method, ex.path, ex.raw, ex.facts.connectionTokens, ctx);
+  }
+
+  private forwardContext(ex: Exchange, target: Target, upgrade: boolean, chunked: boolean): ForwardContext {
     const host = this.forwardHost(ex, target);
-    return buildUpstreamRequestHead(ex.method, ex.path, ex.raw, ex.facts.connectionTokens, {
+    return {
       host,
       forwardedHost: ex.host ?? host,
       clientAddress: ex.clientAddress,
       proto: ex.proto,
       viaEntry: this.viaEntryFor(ex),
-      upgrade: (ex.flags & EX_UPGRADE) !== 0,
-      chunked: ex.bodyMode === BODY_CHUNKED,
-    });
+      upgrade,
+      chunked,
+    };
   }
 
   /** 'h2c' or 'http1' for this target, or undefined when `auto` has not learned it yet. */
@@ -237,16 +242,7 @@ export class ProxyCore {
 
   /** Request headers for an h2c upstream (RFC 9113 §8.2.2: no connection-specific fields). */
   buildH2Headers(ex: Exchange, target: Target): http2.OutgoingHttpHeaders {
-    const host = this.forwardHost(ex, target);
-    return buildUpstreamH2Headers(ex.method, ex.path, ex.raw, ex.facts.connectionTokens, {
-      host,
-      forwardedHost: ex.host ?? host,
-      clientAddress: ex.clientAddress,
-      proto: ex.proto,
-      viaEntry: this.viaEntryFor(ex),
-      upgrade: false,
-      chunked: false,
-    });
+    return buildUpstreamH2Headers(ex.method, ex.path, ex.raw, ex.facts.connectionTokens, this.forwardContext(ex, target, false, false));
   }
 
   countUpstreamFailure(code: string): void {

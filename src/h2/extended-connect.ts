@@ -95,6 +95,7 @@ class WebSocketBridge implements Routable {
   private readonly tls: boolean;
   private readonly key = crypto().randomBytes(16).toString('base64');
   private socket: BridgeSocket | null = null;
+  private target: Target | null = null;
   private parser: BridgeParser | null = null;
   private pendingHeaders: string[] | null = null;
   /** 0 routing/connecting, 1 waiting for the upstream's answer, 2 relaying a non-101 answer, 3 spliced, 4 over */
@@ -129,6 +130,7 @@ class WebSocketBridge implements Routable {
     const socket = connectTo(target) as BridgeSocket;
     socket[kBridge] = this;
     this.socket = socket;
+    this.target = target;
     socket.setTimeout(this.core.options.upstreamConnectTimeoutMs);
     socket.on('connect', bridgeSocketOnConnect);
     socket.on('error', bridgeSocketOnError);
@@ -145,7 +147,7 @@ class WebSocketBridge implements Routable {
     const raw = this.raw.slice();
     raw.push('upgrade', 'websocket', 'sec-websocket-key', this.key);
     if (!raw.some((name, i) => i % 2 === 0 && name === 'sec-websocket-version')) raw.push('sec-websocket-version', '13');
-    const host = this.facts.hostOverride?.trim() || (options.preserveHost && this.host ? this.host : socket.remoteAddress === undefined ? 'localhost' : `${socket.remoteAddress}:${socket.remotePort}`);
+    const host = this.core.forwardHost(this, this.target!);
     const head = buildUpstreamRequestHead('GET', this.path, raw, this.facts.connectionTokens, {
       host,
       forwardedHost: this.host ?? host,
