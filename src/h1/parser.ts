@@ -59,7 +59,7 @@ export const kOnHeaders = Parser.kOnHeaders;
 export const kOnHeadersComplete = Parser.kOnHeadersComplete;
 export const kOnBody = Parser.kOnBody;
 export const kOnMessageComplete = Parser.kOnMessageComplete;
-export const kOnExecute = Parser.kOnExecute;
+const kOnExecute = Parser.kOnExecute;
 
 /** The libuv stream handle under a net.Socket / TLSSocket (what `node:http` consumes too). */
 export interface StreamHandle {
