@@ -10,25 +10,15 @@ import type Crypto from 'node:crypto';
  * serves only HTTP/1.1 in cleartext never pays it (SPEC: idle RSS ≤ bare node + 10 MiB).
  * `require` keeps the first use synchronous.
  */
-const requireBuiltin = createRequire(import.meta.url);
+export const requireBuiltin = createRequire(import.meta.url);
 
-let http2Module: typeof Http2 | undefined;
-let tlsModule: typeof Tls | undefined;
-let cryptoModule: typeof Crypto | undefined;
-let httpModule: typeof Http | undefined;
-
-export function http2(): typeof Http2 {
-  return (http2Module ??= requireBuiltin('node:http2') as typeof Http2);
+/** A getter that requires `id` the first time it is called. */
+function lazyBuiltin<T>(id: string): () => T {
+  let module: T | undefined;
+  return () => (module ??= requireBuiltin(id) as T);
 }
 
-export function tls(): typeof Tls {
-  return (tlsModule ??= requireBuiltin('node:tls') as typeof Tls);
-}
-
-export function crypto(): typeof Crypto {
-  return (cryptoModule ??= requireBuiltin('node:crypto') as typeof Crypto);
-}
-
-export function http(): typeof Http {
-  return (httpModule ??= requireBuiltin('node:http') as typeof Http);
-}
+export const http2 = lazyBuiltin<typeof Http2>('node:http2');
+export const tls = lazyBuiltin<typeof Tls>('node:tls');
+export const crypto = lazyBuiltin<typeof Crypto>('node:crypto');
+export const http = lazyBuiltin<typeof Http>('node:http');

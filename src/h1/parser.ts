@@ -1,5 +1,5 @@
-import { createRequire } from 'node:module';
 import type { Readable } from 'node:stream';
+import { requireBuiltin } from '../builtins.js';
 
 /**
  * Node's own llhttp binding, as `node:http` uses it (through `_http_common`, which Node keeps for
@@ -39,7 +39,6 @@ interface HTTPParserClass {
   readonly kLenientNone: number;
 }
 
-const requireBuiltin = createRequire(import.meta.url);
 const common = requireBuiltin('_http_common') as { HTTPParser: HTTPParserClass; methods: string[] };
 
 export const Parser = common.HTTPParser;
