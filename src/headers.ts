@@ -21,6 +21,15 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
 ]);
 
 /**
+ * Fields a `Connection` option can never remove. Message framing and the target are the proxy's
+ * own: dropping `Content-Length` while still relaying the body raw would let the body be read
+ * upstream as a second request (request smuggling), and `Host` is always written by the proxy.
+ * RFC 9110 §7.6.1 forbids naming end-to-end fields as connection options, so such an option is
+ * ignored and the field is handled as if it had not been named.
+ */
+const NOT_CONNECTION_OPTIONS: ReadonlySet<string> = new Set(['content-length', 'host']);
+
+/**
  * Adds the lower-cased options of one `Connection` value (RFC 9110 §7.6.1) that name fields the
  * proxy would otherwise forward. Hop-by-hop names go anyway and `close` names no field (it is a
  * reserved field name, RFC 9110 §18.4), so the usual `keep-alive`, `close` and `upgrade` leave
@@ -29,7 +38,7 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
 function addConnectionTokens(value: string, tokens: string[] | null): string[] | null {
   for (const part of value.split(',')) {
     const token = part.trim().toLowerCase();
-    if (token !== '' && token !== 'close' && !HOP_BY_HOP.has(token)) (tokens ??= []).push(token);
+    if (token !== '' && token !== 'close' && !HOP_BY_HOP.has(token) && !NOT_CONNECTION_OPTIONS.has(token)) (tokens ??= []).push(token);
   }
   return tokens;
 }
