@@ -48,3 +48,47 @@ describe('HTTP/1.1 framing and parser state under attack', () => {
     assert.equal(seen.headers.host, 'victim.example');
   });
 });
+
+describe('per-message parser state', () => {
+  let proxy;
+  let pport;
+  let upstream;
+
+  before(async () => {
+    ({ proxy, port: pport } = await startProxy());
+    upstream = await startUpstream();
+  });
+
+  after(async () => {
+    await proxy?.stop();
+    await upstream?.close();
+  });
+
+  it('a chunked request with a trailer does not glue its URL onto the next request on the connection', async () => {
+    const route = `X-Cmux-Port-Internal: ${upstream.port}\r\n`;
+    const attack =
+      `POST /api/delete-account?confirm=yes&junk= HTTP/1.1\r\nHost: x\r\n${route}Transfer-Encoding: chunked\r\n\r\n` +
+      '5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n' +
+      `GET /account HTTP/1.1\r\nHost: x\r\n${route}Cookie: victim=1\r\nConnection: close\r\n\r\n`;
+    upstream.requests.length = 0;
+    await rawRequest(pport, attack);
+    assert.deepEqual(
+      upstream.requests.map((r) => r.url),
+      ['/api/delete-account?confirm=yes&junk=', '/account'],
+    );
+    assert.equal(upstream.requests[0].trailers['x-t'], '1', 'the trailer still reaches the upstream');
+  });
+
+  it('the same after a head long enough to be delivered in pieces (over 32 fields)', async () => {
+    const route = `X-Cmux-Port-Internal: ${upstream.port}\r\n`;
+    let many = '';
+    for (let i = 0; i < 40; i++) many += `X-F${i}: ${i}\r\n`;
+    const attack =
+      `POST /first HTTP/1.1\r\nHost: x\r\n${route}${many}Transfer-Encoding: chunked\r\n\r\n` +
+      '5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n' +
+      `GET /second HTTP/1.1\r\nHost: x\r\n${route}${many}Connection: close\r\n\r\n`;
+    upstream.requests.length = 0;
+    await rawRequest(pport, attack);
+    assert.deepEqual(upstream.requests.map((r) => r.url), ['/first', '/second']);
+  });
+});

@@ -108,7 +108,6 @@ export class H1Connection implements ClientSide, Expirable {
   pendingHeaders: string[] | null = null;
   /** The request target when llhttp delivers it with header batches (heads of > 32 fields). */
   pendingUrl = '';
-  headerCount = 0;
   /** A response head held for the body bytes of the same upstream read (see respond). */
   private heldHead: string | null = null;
   /** Request-head deadline (DeadlineSweep). */
@@ -415,7 +414,9 @@ export class H1Connection implements ClientSide, Expirable {
     if (ex === null) return;
     this.parsing = null;
     const trailers = this.pendingHeaders;
+    // Every per-message field starts empty for the next message.
     this.pendingHeaders = null;
+    this.pendingUrl = '';
     if ((ex.flags & EX_UPGRADE) === 0 && ex.method !== 'CONNECT') ex.requestEnd(trailers);
   }
 
@@ -759,7 +760,10 @@ function parserOnMessageBegin(this: RequestParser): void {
 
 function parserOnHeaders(this: RequestParser, headers: string[], url: string | undefined): void {
   const conn = this.conn;
-  if (url) conn.pendingUrl += url;
+  // Trailers come with the request's URL again (the binding keeps it until the next message
+  // begins): only a head still being received adds to the target, or the next request's
+  // target would start with this one's.
+  if (url && conn.parsing === null) conn.pendingUrl += url;
   conn.pendingHeaders = conn.pendingHeaders === null ? headers : conn.pendingHeaders.concat(headers);
   if (conn.pendingHeaders.length / 2 > conn.core.options.maxHeadersCount) {
     conn.pendingHeaders = null;
