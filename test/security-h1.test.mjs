@@ -92,3 +92,51 @@ describe('per-message parser state', () => {
     assert.deepEqual(upstream.requests.map((r) => r.url), ['/first', '/second']);
   });
 });
+
+describe('request head size limits', () => {
+  const MAX = 4096;
+  let proxy;
+  let pport;
+  let upstream;
+
+  before(async () => {
+    ({ proxy, port: pport } = await startProxy({ maxHeaderSize: MAX }));
+    upstream = await startUpstream();
+  });
+
+  after(async () => {
+    await proxy?.stop();
+    await upstream?.close();
+  });
+
+  /** A request head of exactly `size` bytes, padded in one header value. */
+  function headOf(size) {
+    const start = `GET / HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${upstream.port}\r\nConnection: close\r\nX-Pad: `;
+    const head = `${start}${'a'.repeat(size - start.length - 4)}\r\n\r\n`;
+    assert.equal(head.length, size);
+    return head;
+  }
+
+  it('a head of exactly maxHeaderSize bytes is forwarded; one byte more gets 431 and a close', async () => {
+    const exact = await rawRequest(pport, headOf(MAX));
+    assert.match(exact, /^HTTP\/1\.1 200 /);
+    const over = await rawRequest(pport, headOf(MAX + 1));
+    assert.match(over, /^HTTP\/1\.1 431 /);
+    assert.match(over, /\r\nconnection: close\r\n/i);
+  });
+
+  it('a short request line with a 1 MB header field gets 431, also when the field arrives in later reads', async () => {
+    const start = 'GET / HTTP/1.1\r\nHost: x\r\nX-Big: ';
+    const oneWrite = await rawRequest(pport, `${start}${'a'.repeat(1 << 20)}\r\n\r\n`);
+    assert.match(oneWrite, /^HTTP\/1\.1 431 /);
+    // The request line ends in the first read; the oversized field only in a later one.
+    const split = await rawRequest(pport, [start, `${'a'.repeat(1 << 20)}\r\n\r\n`]);
+    assert.match(split, /^HTTP\/1\.1 431 /);
+  });
+
+  it('a 100 KB request line keeps its 414, in one read or in pieces', async () => {
+    const line = `GET /${'a'.repeat(100_000)} HTTP/1.1\r\nHost: x\r\n\r\n`;
+    assert.match(await rawRequest(pport, line), /^HTTP\/1\.1 414 /);
+    assert.match(await rawRequest(pport, [line.slice(0, 3000), line.slice(3000)]), /^HTTP\/1\.1 414 /);
+  });
+});

@@ -69,6 +69,7 @@ const C_NO_MORE = 64; // a request asked to close: later bytes are ignored (RFC 
 const C_SEEN_DATA = 128;
 const C_IN_BATCH = 256; // an upstream read for this connection's response is being parsed
 const C_SOCKET_CORKED = 512; // ... and the socket is corked until it ends
+const C_LINE_DONE = 1024; // the request line of a head still being received has ended (414 vs 431)
 
 /** Up to this size, a body that comes in the same upstream read as its head joins it in one string write. */
 const JOIN_BODY_MAX = 4096;
@@ -212,6 +213,11 @@ export class H1Connection implements ClientSide, Expirable {
       this.broken(ret.code === 'HPE_HEADER_OVERFLOW' ? this.overflowStatus(chunk, ret) : 400, ret);
       return;
     }
+    if ((this.flags & (C_HEAD_PENDING | C_LINE_DONE)) === C_HEAD_PENDING && this.parsing === null) {
+      // A head spans reads (the common head completes within one and never gets here): remember
+      // whether its request line ended, so an oversized header later is 431, not 414.
+      if ((data ?? this.parser.getCurrentBuffer()).indexOf(10) !== -1) this.flags |= C_LINE_DONE;
+    }
     if ((this.flags & C_UPGRADING) !== 0 && (this.flags & C_TUNNEL) === 0) {
       // llhttp stopped after the upgrade/CONNECT head: the rest is tunnel data.
       const chunk = data ?? this.parser.getCurrentBuffer();
@@ -224,7 +230,11 @@ export class H1Connection implements ClientSide, Expirable {
 
   private overflowStatus(chunk: Buffer, err: ParseError): number {
     // Over the limit before the request line ended: 414, else 431 (RFC 9112 §3).
-    return this.parsing === null && (this.flags & C_HEAD_PENDING) !== 0 && chunk.subarray(0, err.bytesParsed).indexOf(10) === -1 ? 414 : 431;
+    return this.parsing === null &&
+      (this.flags & (C_HEAD_PENDING | C_LINE_DONE)) === C_HEAD_PENDING &&
+      chunk.subarray(0, err.bytesParsed).indexOf(10) === -1
+      ? 414
+      : 431;
   }
 
   /** Bad input: answer once nothing is in flight, then close. */
@@ -320,7 +330,7 @@ export class H1Connection implements ClientSide, Expirable {
       url = this.pendingUrl;
       this.pendingUrl = '';
     }
-    this.flags &= ~C_HEAD_PENDING;
+    this.flags &= ~(C_HEAD_PENDING | C_LINE_DONE);
     this.host.headTimer.disarm(this);
     // A pipelined request may begin before this one is answered: its head needs a deadline then.
     this.parser[kOnMessageBegin] = parserOnMessageBegin;
@@ -337,6 +347,16 @@ export class H1Connection implements ClientSide, Expirable {
       this.broken(431, null);
       return 0;
     }
+    const method = METHODS[methodIndex] ?? 'GET';
+    // llhttp counts only the target, names and values against maxHeaderSize; the limit is on the
+    // whole head as sent (request line, fields, line ends), so a head of exactly maxHeaderSize
+    // bytes passes and one byte more does not.
+    const lineBytes = method.length + url.length + REQUEST_LINE_OVERHEAD;
+    const maxHeaderSize = core.options.maxHeaderSize;
+    if (lineBytes + fieldBytes(raw) > maxHeaderSize) {
+      this.broken(lineBytes > maxHeaderSize ? 414 : 431, null);
+      return 0;
+    }
     const facts = emptyFacts();
     scanRequestHeaders(raw, core.viaToken, facts);
     if (facts.hostCount > 1 || (minor === 1 && facts.hostCount === 0)) {
@@ -344,7 +364,6 @@ export class H1Connection implements ClientSide, Expirable {
       this.broken(400, null);
       return 0;
     }
-    const method = METHODS[methodIndex] ?? 'GET';
     let path = url;
     let host = facts.host;
     if (method === 'CONNECT') {
@@ -725,6 +744,16 @@ export class H1Connection implements ClientSide, Expirable {
 }
 
 function discard(): void {}
+
+/** `<method> <target> HTTP/1.1\r\n` beyond the method and target, plus the head's final CRLF. */
+const REQUEST_LINE_OVERHEAD = 1 + 1 + 8 + 2 + 2;
+
+/** Bytes of the header lines as sent in canonical form (`name: value\r\n` each). */
+function fieldBytes(raw: readonly string[]): number {
+  let bytes = 0;
+  for (let i = 0; i < raw.length; i++) bytes += raw[i]!.length;
+  return bytes + raw.length * 2;
+}
 
 function splitAbsoluteForm(url: string): { authority: string; path: string } | null {
   const scheme = url.indexOf('://');
