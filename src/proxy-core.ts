@@ -15,7 +15,7 @@ import {
   route,
   type RouteError,
 } from './route/router.js';
-import { socketTarget, tcpTarget, type Target } from './route/target.js';
+import { pinnedTcpTarget, socketTarget, tcpTarget, type Target } from './route/target.js';
 import type { StatsCounters } from './stats.js';
 import { UpstreamPool } from './upstream/h1-pool.js';
 import { H2UpstreamPool, probeH2c } from './upstream/h2-pool.js';
@@ -112,7 +112,7 @@ export class ProxyCore {
     const fallback = options.fallback;
     if (fallback !== undefined) {
       if ('socketPath' in fallback) this.fallbackTarget = socketTarget(fallback.socketPath);
-      else if ('port' in fallback) this.fallbackTarget = tcpTarget(fallback.host ?? LOCAL_HOST, fallback.port);
+      else if ('port' in fallback) this.fallbackTarget = pinnedTcpTarget(fallback.host ?? LOCAL_HOST, fallback.port);
     }
   }
 
