@@ -100,4 +100,121 @@ describe('memory stays bounded under hostile routing (child process, 40 MiB heap
     assert.deepEqual(report.statuses, { 502: report.requests }, 'each new target through the proxy: 502 ECONNREFUSED');
     assert.equal(report.finalStatus, 200, 'the proxy still serves');
   });
+
+  it('4,096 distinct 15 KB workspace names: 400 each, nothing retained, proxy serving', { timeout: 60_000 }, async () => {
+    const report = await memoryChild('names');
+    assert.ok(report.growth < 6 * MiB, `4,096 long names kept ${(report.growth / MiB).toFixed(1)} MiB of heap`);
+    assert.deepEqual(report.statuses, { 400: 4096 }, 'each 15 KB name: 400');
+    assert.equal(report.finalStatus, 200, 'the proxy still serves');
+  });
+});
+
+describe('non-ASCII workspace names hash the UTF-8 bytes of the lower-cased name', () => {
+  // FNV-1a-32 over the UTF-8 bytes of "café" (63 61 66 c3 a9) & 0xffff = 0x5049 -> 127.18.80.73.
+  const CAFE_IP = '127.18.80.73';
+  let cafe;
+  let wrong; // where hashing the bytes as latin1 characters (or lower-casing them) would send it
+  let px;
+  before(async () => {
+    cafe = await namedUpstream('cafe', CAFE_IP);
+    wrong = await namedUpstream('wrong', '127.18.229.150', cafe.port);
+    px = await startProxy();
+  });
+  after(async () => {
+    await px.proxy.stop();
+    await Promise.all([cafe.close(), wrong.close()]);
+  });
+
+  it('HTTP/1.1 X-Cmux-Workspace-Internal: café / CAFÉ / team/Café (UTF-8 bytes) -> 127.18.80.73', async () => {
+    for (const name of ['café', 'CAFÉ', 'team/Café']) {
+      const res = await rawH1(px.port, `GET /ws HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${cafe.port}\r\nX-Cmux-Workspace-Internal: ${utf8Latin1(name)}\r\n\r\n`);
+      assert.equal(res.status, 200, `${name}: ${res.text}`);
+      assert.equal(res.body, 'cafe', name);
+    }
+    assert.equal(wrong.seen.length, 0);
+  });
+
+  it('HTTP/1.1 Host: café-<port>.localhost and CAFÉ-<port>.localhost (UTF-8 bytes) -> 127.18.80.73', async () => {
+    for (const name of ['café', 'CAFÉ']) {
+      const res = await rawH1(px.port, `GET /host HTTP/1.1\r\nHost: ${utf8Latin1(name)}-${cafe.port}.localhost\r\n\r\n`);
+      assert.equal(res.status, 200, `${name}: ${res.text}`);
+      assert.equal(res.body, 'cafe', name);
+    }
+    const scoped = await rawH1(px.port, `GET /host HTTP/1.1\r\nHost: cmux-1-${utf8Latin1('Café')}-${cafe.port}.cmux.local\r\n\r\n`);
+    assert.equal(scoped.status, 200, scoped.text);
+    assert.equal(scoped.body, 'cafe');
+    assert.equal(wrong.seen.length, 0);
+  });
+
+  it('HTTP/1.1: a workspace name that is not UTF-8 (latin1 "caf\\xe9") -> 400, not hashed as something else', async () => {
+    const header = await rawH1(px.port, `GET / HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${cafe.port}\r\nX-Cmux-Workspace-Internal: caf\xe9\r\n\r\n`);
+    assert.equal(header.status, 400, header.text);
+    assert.equal(header.body, 'invalid workspace: the name is not UTF-8');
+    const host = await rawH1(px.port, `GET / HTTP/1.1\r\nHost: caf\xe9-${cafe.port}.localhost\r\n\r\n`);
+    assert.equal(host.status, 400, host.text);
+    assert.equal(host.body, 'invalid workspace: the name is not UTF-8');
+  });
+
+  it('HTTP/2 x-cmux-workspace-internal: café / CAFÉ (UTF-8 bytes) -> 127.18.80.73', async () => {
+    for (const name of ['café', 'CAFÉ']) {
+      const block = Buffer.concat([
+        encodeHeaders([[':method', 'GET'], [':scheme', 'http'], [':authority', 'x'], [':path', '/h2'], ['x-cmux-port-internal', String(cafe.port)]]),
+        literalField('x-cmux-workspace-internal', Buffer.from(name, 'utf8')),
+      ]);
+      const out = await rawH2(px.port, block);
+      assert.equal(out.status, 200, `${name}: ${JSON.stringify(out)}`);
+      assert.equal(out.body, 'cafe', name);
+    }
+    assert.equal(wrong.seen.length, 0);
+  });
+
+  it('HTTP/2 :authority café-<port>.localhost (UTF-8 bytes): refused by the HTTP/2 layer, never misrouted', async () => {
+    // nghttp2 allows only URI characters in :authority and Host (RFC 3986 §3.2.2): the stream is reset.
+    const block = Buffer.concat([
+      encodeHeaders([[':method', 'GET'], [':scheme', 'http']]),
+      literalField(':authority', Buffer.from(`café-${cafe.port}.localhost`, 'utf8')),
+      encodeHeaders([[':path', '/']]),
+    ]);
+    const out = await rawH2(px.port, block);
+    assert.ok(out.status === 400 || out.rstCode !== undefined, JSON.stringify(out));
+    assert.equal(wrong.seen.length, 0);
+  });
+});
+
+describe('workspace names are bounded like DNS names', () => {
+  let px;
+  let up;
+  before(async () => {
+    up = await namedUpstream('ws', '127.18.0.7');
+    px = await startProxy();
+  });
+  after(async () => {
+    await px.proxy.stop();
+    await up.close();
+  });
+
+  it('a 64-byte name (or last segment) -> 400 invalid workspace; 63 bytes still routes', async () => {
+    const long = 'a'.repeat(64);
+    for (const name of [long, `team/${long}`, `${'t'.repeat(250)}/workspace-7`, `${'a'.repeat(62)}-7`.padStart(64, 'b')]) {
+      const res = await rawH1(px.port, `GET / HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\nX-Cmux-Workspace-Internal: ${name}\r\n\r\n`);
+      assert.equal(res.status, 400, `${name.length}: ${res.text}`);
+      assert.equal(res.body, 'invalid workspace: the name is longer than 255 bytes or its last segment longer than 63');
+    }
+    const hostForm = await rawH1(px.port, `GET / HTTP/1.1\r\nHost: ${'a'.repeat(62)}-7-${up.port}.localhost\r\n\r\n`);
+    assert.equal(hostForm.status, 400, hostForm.text);
+    const okName = `${'a'.repeat(61)}-7`; // 63 bytes, number 7
+    const ok = await rawH1(px.port, `GET / HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\nX-Cmux-Workspace-Internal: team/${okName}\r\n\r\n`);
+    assert.equal(ok.status, 200, ok.text);
+    const okHost = await rawH1(px.port, `GET / HTTP/1.1\r\nHost: ${okName}-${up.port}.localhost\r\n\r\n`);
+    assert.equal(okHost.status, 200, okHost.text);
+  });
+
+  it('HTTP/2: a 64-byte workspace name -> 400 invalid workspace', async () => {
+    const out = await rawH2(
+      px.port,
+      encodeHeaders([[':method', 'GET'], [':scheme', 'http'], [':authority', 'x'], [':path', '/'], ['x-cmux-port-internal', String(up.port)], ['x-cmux-workspace-internal', 'a'.repeat(64)]]),
+    );
+    assert.equal(out.status, 400, JSON.stringify(out));
+    assert.equal(out.body, 'invalid workspace: the name is longer than 255 bytes or its last segment longer than 63');
+  });
 });
