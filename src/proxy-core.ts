@@ -121,7 +121,7 @@ export class ProxyCore {
     if (req.facts.viaSelfCount > MAX_VIA_SELF) return refuse(req, ERR_LOOP);
     const r = route(
       this.options,
-      { portHeader: req.facts.portHeader, workspaceHeader: req.facts.workspaceHeader, host: req.host },
+      { portHeader: req.facts.portHeader, workspaceHeader: req.facts.workspaceHeader, host: req.host, repeated: req.facts.repeatedRouting },
       this.resolver !== undefined,
     );
     if (r === null) {
@@ -164,7 +164,11 @@ export class ProxyCore {
    * the authority, else the authority itself when it names this machine's loopback.
    */
   connectTarget(facts: RequestHeadFacts, authority: string): Target | RouteError {
-    const r = route(this.options, { portHeader: facts.portHeader, workspaceHeader: facts.workspaceHeader, host: authority }, false);
+    const r = route(
+      this.options,
+      { portHeader: facts.portHeader, workspaceHeader: facts.workspaceHeader, host: authority, repeated: facts.repeatedRouting },
+      false,
+    );
     let target: Target | RouteError | null = r !== null && !isContainerRoute(r) ? r : null;
     if (target === null) {
       const parsed = splitAuthority(authority);

@@ -218,3 +218,81 @@ describe('workspace names are bounded like DNS names', () => {
     assert.equal(out.body, 'invalid workspace: the name is longer than 255 bytes or its last segment longer than 63');
   });
 });
+
+describe('routing headers given twice are refused', () => {
+  let a;
+  let b;
+  let wsB; // workspace-2's IP, on b's port
+  let px;
+  before(async () => {
+    a = await namedUpstream('a', '127.0.0.1');
+    b = await namedUpstream('b', '127.0.0.1');
+    wsB = await namedUpstream('ws2', '127.18.0.2', a.port);
+    px = await startProxy();
+  });
+  after(async () => {
+    await px.proxy.stop();
+    await Promise.all([a.close(), b.close(), wsB.close()]);
+  });
+
+  const cases = () => [
+    {
+      name: 'X-Cmux-Port-Internal',
+      bytes: `GET /dup-port HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${a.port}\r\nX-Cmux-Port-Internal: ${b.port}\r\n\r\n`,
+      h2: [['x-cmux-port-internal', String(a.port)], ['x-cmux-port-internal', String(b.port)]],
+    },
+    {
+      name: 'X-Cmux-Port-Internal',
+      // Spelled differently: still the same field (names are case-insensitive, RFC 9110 §5.1).
+      bytes: `GET /dup-port-case HTTP/1.1\r\nHost: x\r\nx-cmux-port-internal: ${a.port}\r\nX-CMUX-PORT-INTERNAL: ${b.port}\r\n\r\n`,
+      h2: null,
+    },
+    {
+      name: 'X-Cmux-Workspace-Internal',
+      bytes: `GET /dup-ws HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${a.port}\r\nX-Cmux-Workspace-Internal: workspace-1\r\nX-Cmux-Workspace-Internal: workspace-2\r\n\r\n`,
+      h2: [['x-cmux-port-internal', String(a.port)], ['x-cmux-workspace-internal', 'workspace-1'], ['x-cmux-workspace-internal', 'workspace-2']],
+    },
+    {
+      name: 'X-Cmux-Host-Override',
+      bytes: `GET /dup-override HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${a.port}\r\nX-Cmux-Host-Override: one.example\r\nX-Cmux-Host-Override: two.example\r\n\r\n`,
+      h2: [['x-cmux-port-internal', String(a.port)], ['x-cmux-host-override', 'one.example'], ['x-cmux-host-override', 'two.example']],
+    },
+  ];
+
+  it('HTTP/1.1: two X-Cmux-Port-Internal / -Workspace-Internal / -Host-Override -> 400, nothing forwarded', async () => {
+    for (const c of cases()) {
+      const before = a.seen.length + b.seen.length + wsB.seen.length;
+      const res = await rawH1(px.port, c.bytes);
+      assert.equal(res.status, 400, `${c.name}: ${res.text}`);
+      assert.equal(res.body, `${c.name} given more than once`);
+      assert.match(res.text, /\r\ncontent-type: text\/plain; charset=utf-8\r\n/i);
+      assert.equal(a.seen.length + b.seen.length + wsB.seen.length, before, `${c.name}: a request reached an upstream`);
+    }
+    // One copy of each still routes.
+    const ok = await rawH1(px.port, `GET /one HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${a.port}\r\nX-Cmux-Host-Override: one.example\r\n\r\n`);
+    assert.equal(ok.status, 200);
+    assert.equal(ok.body, 'a');
+  });
+
+  it('HTTP/2: the same fields twice in one header block -> 400, nothing forwarded', async () => {
+    for (const c of cases()) {
+      if (c.h2 === null) continue;
+      const before = a.seen.length + b.seen.length + wsB.seen.length;
+      const out = await rawH2(px.port, encodeHeaders([[':method', 'GET'], [':scheme', 'http'], [':authority', 'x'], [':path', '/dup'], ...c.h2]));
+      assert.equal(out.status, 400, `${c.name}: ${JSON.stringify(out)}`);
+      assert.equal(out.body, `${c.name} given more than once`);
+      assert.equal(a.seen.length + b.seen.length + wsB.seen.length, before, `${c.name}: a request reached an upstream`);
+    }
+  });
+
+  it('CONNECT with X-Cmux-Port-Internal twice -> 400, no tunnel (HTTP/1.1 and HTTP/2)', async () => {
+    const h1 = await rawH1(px.port, `CONNECT 127.0.0.1:${a.port} HTTP/1.1\r\nHost: 127.0.0.1:${a.port}\r\nX-Cmux-Port-Internal: ${a.port}\r\nX-Cmux-Port-Internal: ${b.port}\r\n\r\n`);
+    assert.equal(h1.status, 400, h1.text);
+    assert.equal(h1.body, 'X-Cmux-Port-Internal given more than once');
+    const h2 = await rawH2(
+      px.port,
+      encodeHeaders([[':method', 'CONNECT'], [':authority', `127.0.0.1:${a.port}`], ['x-cmux-port-internal', String(a.port)], ['x-cmux-port-internal', String(b.port)]]),
+    );
+    assert.equal(h2.status, 400, JSON.stringify(h2));
+  });
+});

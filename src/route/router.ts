@@ -1,4 +1,5 @@
 import { ErrorCodes } from '../errors.js';
+import { REPEATED_PORT, REPEATED_WORKSPACE } from '../headers.js';
 import { hostName, matchHost, parsePort } from './host-patterns.js';
 import { tcpTarget, type Target } from './target.js';
 import { WS_NOT_ASCII, WS_OVERFLOW, decodeWireUtf8, workspaceIp, workspaceIpFromWire } from './workspace-ip.js';
@@ -34,6 +35,9 @@ export const ERR_WORKSPACE_TOO_LONG = routeError(
   'invalid workspace: the name is longer than 255 bytes or its last segment longer than 63',
 );
 export const ERR_WORKSPACE_NOT_UTF8 = routeError(400, ErrorCodes.INVALID_WORKSPACE, 'invalid workspace: the name is not UTF-8');
+export const ERR_REPEATED_PORT = routeError(400, ErrorCodes.BAD_REQUEST, 'X-Cmux-Port-Internal given more than once');
+export const ERR_REPEATED_WORKSPACE = routeError(400, ErrorCodes.BAD_REQUEST, 'X-Cmux-Workspace-Internal given more than once');
+export const ERR_REPEATED_HOST_OVERRIDE = routeError(400, ErrorCodes.BAD_REQUEST, 'X-Cmux-Host-Override given more than once');
 export const ERR_CONTAINER_NOT_FOUND = routeError(404, ErrorCodes.CONTAINER_NOT_FOUND, 'container not found');
 export const ERR_RESOLVER_FAILED = routeError(502, ErrorCodes.RESOLVER_FAILED, 'container port resolver failed');
 export const ERR_LOOP = routeError(508, ErrorCodes.LOOP_DETECTED, 'Loop detected in proxy');
@@ -57,6 +61,8 @@ export interface RouteInput {
   workspaceHeader: string | undefined;
   /** Host header, or the authority of an absolute-form target / `:authority` (which wins). */
   host: string | undefined;
+  /** `RequestHeadFacts.repeatedRouting`: routing headers given more than once. */
+  repeated: number;
 }
 
 export interface RouterConfig {
@@ -77,6 +83,10 @@ function trimOws(value: string): string {
   while (start < end && ((c = value.charCodeAt(start)) === 32 || c === 9)) start++;
   while (end > start && ((c = value.charCodeAt(end - 1)) === 32 || c === 9)) end--;
   return start === 0 && end === value.length ? value : value.slice(start, end);
+}
+
+function repeatedError(repeated: number): RouteError {
+  return (repeated & REPEATED_PORT) !== 0 ? ERR_REPEATED_PORT : (repeated & REPEATED_WORKSPACE) !== 0 ? ERR_REPEATED_WORKSPACE : ERR_REPEATED_HOST_OVERRIDE;
 }
 
 /** The target for a workspace IP lookup's answer, or `WS_NOT_ASCII` for the caller to decode. */
@@ -112,6 +122,7 @@ function unicodeHostRoute(wireHost: string): Target | RouteError | null {
  * 400). Container routes come back unresolved when a resolver must be asked.
  */
 export function route(config: RouterConfig, input: RouteInput, hasResolver: boolean): Route {
+  if (input.repeated > 0) return repeatedError(input.repeated);
   if (config.headerRoutingEnabled && input.portHeader !== undefined) {
     const portText = input.portHeader.trim();
     if (portText === '') return ERR_EMPTY_HEADER;
