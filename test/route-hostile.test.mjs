@@ -296,3 +296,83 @@ describe('routing headers given twice are refused', () => {
     assert.equal(h2.status, 400, JSON.stringify(h2));
   });
 });
+
+describe('ports are decimal digits only', () => {
+  let up; // a raw TCP server: counts tunnels opened to it
+  let tunnels = 0;
+  let px;
+  before(async () => {
+    up = await startRawServer((socket) => {
+      tunnels++;
+      socket.on('data', () => {});
+    });
+    px = await startProxy();
+  });
+  after(async () => {
+    await px.proxy.stop();
+    await up.close();
+  });
+
+  // Each spells the upstream's port in a form `Number()` reads but a port is not.
+  const spellings = (p) => [`0x${p.toString(16)}`, `+${p}`, `${p}e0`, `${p}.0`, `${p / 10}e1`, `0b${p.toString(2)}`, `${p}\xa0`];
+
+  it('HTTP/1.1 CONNECT 127.0.0.1:<hex, signed, exponent, fraction> -> 400, no tunnel', async () => {
+    const before = tunnels;
+    for (const spelled of spellings(up.port)) {
+      const res = await rawH1(px.port, `CONNECT 127.0.0.1:${spelled} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+      assert.equal(res.status, 400, `${JSON.stringify(spelled)}: ${res.text}`);
+      // llhttp itself refuses a 0xA0 byte in the request target ("bad request", then close).
+      assert.equal(res.body, spelled.endsWith('\xa0') ? 'bad request' : 'CONNECT needs host:port with a decimal port 1-65535');
+    }
+    assert.equal(tunnels, before, 'a tunnel reached the upstream');
+  });
+
+  it('HTTP/1.1 CONNECT with a bad authority port is refused even when X-Cmux-Port-Internal routes it', async () => {
+    const before = tunnels;
+    const res = await rawH1(px.port, `CONNECT 127.0.0.1:+80 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`);
+    assert.equal(res.status, 400, res.text);
+    const noPort = await rawH1(px.port, `CONNECT 127.0.0.1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`);
+    assert.equal(noPort.status, 400, noPort.text);
+    assert.equal(tunnels, before, 'a tunnel reached the upstream');
+    // The plain decimal form still tunnels.
+    const ok = await rawH1(px.port, `CONNECT 127.0.0.1:${up.port} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+    assert.equal(ok.status, 200, ok.text);
+  });
+
+  it('HTTP/1.1 X-Cmux-Port-Internal: 0x50, +80, 1e3, 80.0, "80\\xa0" -> 400 invalid port', async () => {
+    for (const spelled of spellings(up.port)) {
+      const res = await rawH1(px.port, `GET / HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${spelled}\r\n\r\n`);
+      assert.equal(res.status, 400, `${JSON.stringify(spelled)}: ${res.text}`);
+      assert.equal(res.body, 'invalid port in X-Cmux-Port-Internal');
+    }
+    for (const spelled of ['0x50', '+80', '1e3', '80.0', '8 0']) {
+      const res = await rawH1(px.port, `GET / HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${spelled}\r\n\r\n`);
+      assert.equal(res.status, 400, `${spelled}: ${res.text}`);
+    }
+  });
+
+  it('HTTP/2 CONNECT :authority 127.0.0.1:<hex, signed, exponent, fraction> -> 400, no tunnel', async () => {
+    const before = tunnels;
+    // 0xA0 is not a valid :authority byte for nghttp2 (it resets the stream itself): skip it here.
+    for (const spelled of spellings(up.port).filter((s) => !s.includes('\xa0'))) {
+      const out = await rawH2(px.port, encodeHeaders([[':method', 'CONNECT'], [':authority', `127.0.0.1:${spelled}`]]));
+      assert.equal(out.status, 400, `${spelled}: ${JSON.stringify(out)}`);
+      assert.equal(out.body, 'CONNECT needs host:port with a decimal port 1-65535');
+      const routed = await rawH2(px.port, encodeHeaders([[':method', 'CONNECT'], [':authority', `127.0.0.1:${spelled}`], ['x-cmux-port-internal', String(up.port)]]));
+      assert.equal(routed.status, 400, `${spelled} with X-Cmux-Port-Internal: ${JSON.stringify(routed)}`);
+    }
+    assert.equal(tunnels, before, 'a tunnel reached the upstream');
+  });
+
+  it('HTTP/2 x-cmux-port-internal: 0x50, +80, 1e3, 80.0, "80\\xa0" -> 400 invalid port', async () => {
+    for (const spelled of spellings(up.port)) {
+      const block = Buffer.concat([
+        encodeHeaders([[':method', 'GET'], [':scheme', 'http'], [':authority', 'x'], [':path', '/']]),
+        literalField('x-cmux-port-internal', Buffer.from(spelled, 'latin1')),
+      ]);
+      const out = await rawH2(px.port, block);
+      assert.equal(out.status, 400, `${JSON.stringify(spelled)}: ${JSON.stringify(out)}`);
+      assert.equal(out.body, 'invalid port in X-Cmux-Port-Internal');
+    }
+  });
+});

@@ -124,7 +124,7 @@ function unicodeHostRoute(wireHost: string): Target | RouteError | null {
 export function route(config: RouterConfig, input: RouteInput, hasResolver: boolean): Route {
   if (input.repeated > 0) return repeatedError(input.repeated);
   if (config.headerRoutingEnabled && input.portHeader !== undefined) {
-    const portText = input.portHeader.trim();
+    const portText = trimOws(input.portHeader);
     if (portText === '') return ERR_EMPTY_HEADER;
     const port = parsePort(portText);
     if (!port) return ERR_INVALID_PORT;
