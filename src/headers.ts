@@ -126,7 +126,13 @@ export interface RequestHeadFacts {
   viaSelfCount: number;
   connectionTokens: string[] | null;
   hasUpgrade: boolean;
+  /** `REPEATED_*` bits: routing headers given more than once (refused, never "last one wins"). */
+  repeatedRouting: number;
 }
+
+export const REPEATED_PORT = 1;
+export const REPEATED_WORKSPACE = 2;
+export const REPEATED_HOST_OVERRIDE = 4;
 
 export function emptyFacts(): RequestHeadFacts {
   return {
@@ -140,6 +146,7 @@ export function emptyFacts(): RequestHeadFacts {
     viaSelfCount: 0,
     connectionTokens: null,
     hasUpgrade: false,
+    repeatedRouting: 0,
   };
 }
 
@@ -178,13 +185,18 @@ export function scanRequestHeaders(raw: readonly string[], viaToken: string, fac
       case N_TRANSFER_ENCODING:
         facts.chunked = true;
         break;
+      // A routing header given twice would route by whichever copy a reader happens to keep;
+      // like a second Host (RFC 9112 §3.2), it is noted here and refused by routing.
       case N_PORT_HEADER:
+        if (facts.portHeader !== undefined) facts.repeatedRouting |= REPEATED_PORT;
         facts.portHeader = raw[i + 1]!;
         break;
       case N_HOST_OVERRIDE:
+        if (facts.hostOverride !== undefined) facts.repeatedRouting |= REPEATED_HOST_OVERRIDE;
         facts.hostOverride = raw[i + 1]!;
         break;
       case N_WORKSPACE_HEADER:
+        if (facts.workspaceHeader !== undefined) facts.repeatedRouting |= REPEATED_WORKSPACE;
         facts.workspaceHeader = raw[i + 1]!;
         break;
     }

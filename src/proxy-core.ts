@@ -3,6 +3,7 @@ import { ErrorCodes } from './errors.js';
 import { buildUpstreamH2Headers, buildUpstreamRequestHead, type ForwardContext, type RequestHeadFacts } from './headers.js';
 import type { Logger } from './log.js';
 import type { ResolvedOptions } from './options.js';
+import { parsePort } from './route/host-patterns.js';
 import { CachedPortResolver } from './route/port-resolver.js';
 import {
   ERR_CONTAINER_NOT_FOUND,
@@ -15,7 +16,7 @@ import {
   route,
   type RouteError,
 } from './route/router.js';
-import { socketTarget, tcpTarget, type Target } from './route/target.js';
+import { pinnedTcpTarget, socketTarget, tcpTarget, type Target } from './route/target.js';
 import type { StatsCounters } from './stats.js';
 import { UpstreamPool } from './upstream/h1-pool.js';
 import { H2UpstreamPool, probeH2c } from './upstream/h2-pool.js';
@@ -43,14 +44,26 @@ const ERR_CONNECT_NO_ROUTE: RouteError = Object.freeze({
   message: 'CONNECT needs X-Cmux-Port-Internal or a routable authority',
 });
 
+const ERR_CONNECT_BAD_AUTHORITY: RouteError = Object.freeze({
+  kind: 'error',
+  status: 400,
+  code: ErrorCodes.BAD_REQUEST,
+  message: 'CONNECT needs host:port with a decimal port 1-65535',
+});
+
+/**
+ * `host:port` of a CONNECT target (RFC 9110 §9.3.6, authority-form: the port is required), or
+ * null. The port is decimal digits only (RFC 3986 §3.2.3): `Number()` would read `0x50`, `+80`,
+ * `1e3`, `80.0` and ` 80` as ports and route where the client did not name.
+ */
 export function splitAuthority(authority: string): { host: string; port: number } | null {
   const colon = authority.lastIndexOf(':');
-  if (colon === -1) return null;
-  const port = Number(authority.slice(colon + 1));
-  if (!Number.isInteger(port) || port < 1 || port > 65535) return null;
+  if (colon <= 0) return null;
+  const port = parsePort(authority.slice(colon + 1));
+  if (port === 0) return null;
   let host = authority.slice(0, colon).toLowerCase();
   if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
-  return { host, port };
+  return host === '' ? null : { host, port };
 }
 
 /** `Via` entries naming this instance beyond this many mean a loop (SPEC §4). */
@@ -112,7 +125,7 @@ export class ProxyCore {
     const fallback = options.fallback;
     if (fallback !== undefined) {
       if ('socketPath' in fallback) this.fallbackTarget = socketTarget(fallback.socketPath);
-      else if ('port' in fallback) this.fallbackTarget = tcpTarget(fallback.host ?? LOCAL_HOST, fallback.port);
+      else if ('port' in fallback) this.fallbackTarget = pinnedTcpTarget(fallback.host ?? LOCAL_HOST, fallback.port);
     }
   }
 
@@ -121,7 +134,7 @@ export class ProxyCore {
     if (req.facts.viaSelfCount > MAX_VIA_SELF) return refuse(req, ERR_LOOP);
     const r = route(
       this.options,
-      { portHeader: req.facts.portHeader, workspaceHeader: req.facts.workspaceHeader, host: req.host },
+      { portHeader: req.facts.portHeader, workspaceHeader: req.facts.workspaceHeader, host: req.host, repeated: req.facts.repeatedRouting },
       this.resolver !== undefined,
     );
     if (r === null) {
@@ -164,12 +177,15 @@ export class ProxyCore {
    * the authority, else the authority itself when it names this machine's loopback.
    */
   connectTarget(facts: RequestHeadFacts, authority: string): Target | RouteError {
-    const r = route(this.options, { portHeader: facts.portHeader, workspaceHeader: facts.workspaceHeader, host: authority }, false);
+    const parsed = splitAuthority(authority);
+    if (parsed === null) return ERR_CONNECT_BAD_AUTHORITY;
+    const r = route(
+      this.options,
+      { portHeader: facts.portHeader, workspaceHeader: facts.workspaceHeader, host: authority, repeated: facts.repeatedRouting },
+      false,
+    );
     let target: Target | RouteError | null = r !== null && !isContainerRoute(r) ? r : null;
-    if (target === null) {
-      const parsed = splitAuthority(authority);
-      if (parsed !== null && (parsed.host === 'localhost' || parsed.host === LOCAL_HOST)) target = tcpTarget(LOCAL_HOST, parsed.port);
-    }
+    if (target === null && (parsed.host === 'localhost' || parsed.host === LOCAL_HOST)) target = tcpTarget(LOCAL_HOST, parsed.port);
     if (target === null) return ERR_CONNECT_NO_ROUTE;
     if (!isRouteError(target) && this.isSelf(target)) return ERR_LOOP;
     return target;

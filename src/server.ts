@@ -12,7 +12,7 @@ import { resolveOptions, type ProxyOptions, type ResolvedOptions } from './optio
 import { ProxyCore } from './proxy-core.js';
 import { createDockerPortResolver } from './route/docker-resolver.js';
 import { CachedPortResolver } from './route/port-resolver.js';
-import { tcpTarget } from './route/target.js';
+import { pinnedTcpTarget } from './route/target.js';
 import { SNIFF_H1, SNIFF_H2, SNIFF_MORE, SNIFF_TLS, sniff } from './sniff.js';
 import { StatsCounters, snapshot, type ProxyStats } from './stats.js';
 import { TlsContexts } from './tls.js';
@@ -155,7 +155,7 @@ export class ProxyServer implements SessionHost, H2Host {
       });
     });
     this.fallbackServer = server;
-    this.core.fallbackTarget = tcpTarget('127.0.0.1', (server.address() as net.AddressInfo).port);
+    this.core.fallbackTarget = pinnedTcpTarget('127.0.0.1', (server.address() as net.AddressInfo).port);
   }
 
   private async stopFallbackServer(): Promise<void> {

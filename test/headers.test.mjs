@@ -269,6 +269,7 @@ describe('scanRequestHeaders', () => {
       viaSelfCount: 3,
       connectionTokens: null, // keep-alive and upgrade are removed as hop-by-hop anyway
       hasUpgrade: true,
+      repeatedRouting: 0,
     });
   });
 
