@@ -48,6 +48,17 @@ interface SessionState {
   resetWindowStart: number;
   /** Bounds how long a session that is going away may linger. */
   closeTimer: NodeJS.Timeout | null;
+  /** The stream handle the native session reads from (TCP, or the TLS wrap over it); null when unknown. */
+  handle: StreamHandle | null;
+  /** The TCP handle under it (the same object without TLS): its write queue is the wire's. */
+  wire: StreamHandle | null;
+}
+
+/** The part of Node's libuv stream handle the dead-session probe uses. */
+interface StreamHandle {
+  readStart(): number;
+  readStop(): number;
+  readonly writeQueueSize: number;
 }
 
 /**
@@ -63,6 +74,25 @@ const GOAWAY_GRACE_MS = 5_000;
  * GOAWAY but leaves the session open and unread, holding a connection slot.
  */
 const MAX_RESETS_PER_SECOND = 200;
+
+/**
+ * After a connection error (RFC 9113 §5.4.1: a PING or SETTINGS of the wrong length, DATA on an
+ * idle stream, CONTINUATION without HEADERS, an HPACK error...) nghttp2 queues GOAWAY and, once it
+ * is sent, wants no more input; Node then stops reading the socket and tells JavaScript nothing
+ * (no 'error', no 'goaway', no 'close'). The client's FIN is never read, so the socket would sit
+ * in CLOSE-WAIT holding a connection slot until the idle timeout. RFC 9113 §5.4.1 says the
+ * endpoint closes the connection after that GOAWAY, so the proxy finds such sessions itself:
+ * every DEAD_PROBE_MS it asks each session's handle to start reading. libuv answers EALREADY
+ * while a session reads; 0 means Node had stopped it. Node also pauses reading while a write is
+ * in flight (backpressure), so a probe only counts when nothing is queued on the wire, and only
+ * a second look one loop turn later (the first one stops reading again, as Node wanted) marks the
+ * session dead: its GOAWAY has been flushed, and it is destroyed.
+ */
+const DEAD_PROBE_MS = 250;
+
+/** Sessions the dead-session probe watches (those with a known stream handle). */
+const probed = new Set<TrackedSession>();
+let probeTimer: NodeJS.Timeout | null = null;
 
 const NO_BODY_STATUS = (status: number): boolean => status === 204 || status === 304;
 
@@ -260,15 +290,25 @@ export function createH2Server(host: H2Host): http2.Http2Server {
   });
   server.on('session', (session: TrackedSession) => {
     const socket = session.socket as net.Socket & { encrypted?: boolean };
-    const state: SessionState = { ping: null, tls: socket.encrypted === true, resets: 0, resetWindowStart: 0, closeTimer: null };
+    const state: SessionState = {
+      ping: null,
+      tls: socket.encrypted === true,
+      resets: 0,
+      resetWindowStart: 0,
+      closeTimer: null,
+      handle: null,
+      wire: null,
+    };
     session[kSession] = state;
     host.sessionOpened(session);
+    watchForDeath(session, state);
     session.on('error', sessionOnError);
     session.on('goaway', sessionOnGoaway);
     session.on('close', function sessionClosed(this: TrackedSession) {
       const s = this[kSession];
       if (s?.ping) clearInterval(s.ping);
       if (s?.closeTimer) clearTimeout(s.closeTimer);
+      probed.delete(this);
       host.sessionClosed(this);
     });
     if (options.keepaliveMs > 0) {
@@ -282,6 +322,74 @@ export function createH2Server(host: H2Host): http2.Http2Server {
   });
   server.on('sessionError', () => {});
   return server;
+}
+
+type HandleOwner = { _handle?: StreamHandle | null; _parent?: HandleOwner | null };
+
+function isStreamHandle(h: StreamHandle | null | undefined): h is StreamHandle {
+  return h != null && typeof h.readStart === 'function' && typeof h.readStop === 'function';
+}
+
+function watchForDeath(session: TrackedSession, state: SessionState): void {
+  // `session.socket` is Node's proxy of the socket; plain property reads reach the socket.
+  const socket = session.socket as unknown as HandleOwner;
+  const handle = socket._handle;
+  if (!isStreamHandle(handle)) return;
+  const parent = socket._parent?._handle;
+  state.handle = handle;
+  state.wire = isStreamHandle(parent) ? parent : handle;
+  probed.add(session);
+  if (probeTimer === null) {
+    probeTimer = setInterval(probeSessions, DEAD_PROBE_MS);
+    probeTimer.unref();
+  }
+}
+
+function probeSessions(): void {
+  for (const session of probed) {
+    if (session.destroyed || session[kSession] === undefined) {
+      probed.delete(session);
+      continue;
+    }
+    if (!stoppedReading(session[kSession]!)) continue;
+    // Leave it as Node left it and look again once the loop has turned: a write callback
+    // already due may be about to resume reading.
+    session[kSession]!.handle!.readStop();
+    suspects.push(session);
+    if (confirmTimer === null) confirmTimer = setTimeout(confirmSuspects, DEAD_CONFIRM_MS);
+  }
+  if (probed.size === 0 && probeTimer !== null) {
+    clearInterval(probeTimer);
+    probeTimer = null;
+  }
+}
+
+/** Sessions one probe found stopped, to be looked at again after DEAD_CONFIRM_MS. */
+let suspects: TrackedSession[] = [];
+let confirmTimer: NodeJS.Timeout | null = null;
+const DEAD_CONFIRM_MS = 10;
+
+function confirmSuspects(): void {
+  const batch = suspects;
+  suspects = [];
+  confirmTimer = null;
+  for (const session of batch) {
+    if (session.destroyed || session[kSession] === undefined || !stoppedReading(session[kSession]!)) continue;
+    // Stopped twice with nothing queued on the wire: nghttp2 wants no more input and its GOAWAY
+    // has been flushed (RFC 9113 §5.4.1: the connection is closed after it).
+    probed.delete(session);
+    session.destroy();
+  }
+}
+
+/**
+ * True when the session's handle had stopped reading while nothing waits on the wire (the
+ * probe's readStart() then started it again). False while reading (EALREADY) or writing.
+ */
+function stoppedReading(state: SessionState): boolean {
+  const handle = state.handle!;
+  if (handle.writeQueueSize > 0 || state.wire!.writeQueueSize > 0) return false;
+  return handle.readStart() === 0;
 }
 
 function sessionOnError(this: http2.ServerHttp2Session): void {
