@@ -447,6 +447,13 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   const method = headers[':method'] ?? 'GET';
   const authority = headers[':authority'];
   const hostHeader = headers['host'];
+  const malformed = checkPseudoHeaders(method, headers[':scheme'], headers[':path'], authority, hostHeader);
+  if (malformed !== null) {
+    stats.proxyErrorResponses++;
+    stats.countStatus(400);
+    respondError(stream, 400, malformed);
+    return;
+  }
   if (authority !== undefined && hostHeader !== undefined && hostName(authority) !== hostName(hostHeader)) {
     // RFC 9113 §8.3.1: Host and :authority must agree; routing must not see two answers.
     stats.proxyErrorResponses++;
@@ -484,6 +491,68 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   // One immediate per event-loop turn serves every stream opened in it.
   toDispatch.push(ex);
   if (toDispatch.length === 1) setImmediate(dispatchStreams);
+}
+
+/**
+ * RFC 9113 §8.3.1 checks nghttp2 leaves to the application (it skips its own `:path` checks when
+ * `:scheme` is neither http nor https). Returns the 400 body for a malformed request, or null.
+ * The messages never repeat the client's values.
+ */
+function checkPseudoHeaders(
+  method: string,
+  scheme: string | undefined,
+  path: string | undefined,
+  authority: string | undefined,
+  host: string | undefined,
+): string | null {
+  // Plain CONNECT has neither (nghttp2 enforces that); everything else, extended CONNECT
+  // included (RFC 8441 §4), has both.
+  if (scheme !== undefined && scheme !== 'http' && scheme !== 'https') return 'invalid :scheme';
+  if (path !== undefined) {
+    // origin-form; asterisk-form only for OPTIONS (RFC 9113 §8.3.1, RFC 9110 §7.1). An
+    // absolute URI or a bare word here would reach the upstream's request line as given.
+    if (path.charCodeAt(0) !== 0x2f /* / */ && !(path === '*' && method === 'OPTIONS')) return 'invalid :path';
+  }
+  // RFC 9113 §8.3.1: ":authority MUST NOT include the deprecated userinfo subcomponent";
+  // RFC 9110 §4.2.4 forbids it in http(s) URIs, so Host gets the same rule.
+  if (authority !== undefined && authority.indexOf('@') !== -1) return 'userinfo in :authority';
+  if (host !== undefined && host.indexOf('@') !== -1) return 'userinfo in host';
+  if (!isExactMethod(method)) return 'invalid :method';
+  return null;
+}
+
+/**
+ * Methods are case-sensitive (RFC 9110 §9.1): `head` is not HEAD. A case variant of a standard
+ * method is refused: the proxy frames responses by the exact name (no body for HEAD) while an
+ * upstream that compares without case would frame them otherwise, and a pooled connection would
+ * then read one response's body as the next response. Other extension methods pass.
+ */
+function isExactMethod(method: string): boolean {
+  switch (method) {
+    case 'GET':
+    case 'POST':
+    case 'HEAD':
+    case 'PUT':
+    case 'DELETE':
+    case 'OPTIONS':
+    case 'PATCH':
+    case 'CONNECT':
+    case 'TRACE':
+      return true;
+  }
+  switch (method.toUpperCase()) {
+    case 'GET':
+    case 'POST':
+    case 'HEAD':
+    case 'PUT':
+    case 'DELETE':
+    case 'OPTIONS':
+    case 'PATCH':
+    case 'CONNECT':
+    case 'TRACE':
+      return false;
+  }
+  return true;
 }
 
 let toDispatch: Exchange[] = [];
