@@ -22,7 +22,9 @@ const kServer = Symbol('cmux.server');
 /** Bytes a client may send before the sniffer has decided (the h2 preface is 24). */
 const MAX_SNIFF_BYTES = 64;
 
-type AcceptedSocket = net.Socket & { [kSniff]?: Buffer | null; [kServer]: ProxyServer };
+const kSniffTimer = Symbol('cmux.sniffTimer');
+
+type AcceptedSocket = net.Socket & { [kSniff]?: Buffer | null; [kSniffTimer]?: NodeJS.Timeout | null; [kServer]: ProxyServer };
 
 interface QueuedConnection {
   socket: AcceptedSocket;
@@ -276,9 +278,12 @@ export class ProxyServer implements SessionHost, H2Host {
     socket.on('close', servedSocketOnClose);
     socket[kSniff] = null;
     socket.on('data', sniffOnData);
-    // A connection that never says anything must not hold a slot (slowloris).
-    socket.setTimeout(this.options.requestHeadersTimeoutMs);
-    socket.on('timeout', sniffOnTimeout);
+    // A connection that never says anything must not hold a slot (slowloris). A fixed deadline,
+    // not socket.setTimeout: that one restarts on every byte, so a preface trickled a byte at a
+    // time would live 24 times the budget.
+    const timer = setTimeout(sniffDeadline, this.options.requestHeadersTimeoutMs, socket);
+    timer.unref();
+    socket[kSniffTimer] = timer;
     socket.resume();
   }
 
@@ -354,8 +359,9 @@ export class ProxyServer implements SessionHost, H2Host {
       return;
     }
     socket.removeListener('data', sniffOnData);
-    socket.removeListener('timeout', sniffOnTimeout);
-    socket.setTimeout(0);
+    const timer = socket[kSniffTimer];
+    if (timer != null) clearTimeout(timer);
+    socket[kSniffTimer] = null;
     socket[kSniff] = undefined;
     switch (kind) {
       case SNIFF_H2:
@@ -444,9 +450,12 @@ function tlsOnClientError(this: tls.Server & { [kServer]: ProxyServer }, err: No
   secure.destroy();
 }
 
-function sniffOnTimeout(this: AcceptedSocket): void {
-  this[kServer].core.stats.requestHeadersTimeouts++;
-  this.destroy();
+function sniffDeadline(socket: AcceptedSocket): void {
+  socket[kSniffTimer] = null;
+  // Already decided (the timer is cleared then) or gone.
+  if (socket[kSniff] === undefined || socket.destroyed) return;
+  socket[kServer].core.stats.requestHeadersTimeouts++;
+  socket.destroy();
 }
 
 function servedSocketOnClose(this: AcceptedSocket): void {

@@ -59,7 +59,8 @@ export function startExtendedConnect(
     return;
   }
   if (protocol !== 'websocket') {
-    answer(core, stream, 501, `unsupported :protocol ${protocol}`);
+    // The value is the client's: never echoed.
+    answer(core, stream, 501, 'unsupported :protocol');
     return;
   }
   if (!core.options.enableWebsockets) {

@@ -48,6 +48,17 @@ interface SessionState {
   resetWindowStart: number;
   /** Bounds how long a session that is going away may linger. */
   closeTimer: NodeJS.Timeout | null;
+  /** The stream handle the native session reads from (TCP, or the TLS wrap over it); null when unknown. */
+  handle: StreamHandle | null;
+  /** The TCP handle under it (the same object without TLS): its write queue is the wire's. */
+  wire: StreamHandle | null;
+}
+
+/** The part of Node's libuv stream handle the dead-session probe uses. */
+interface StreamHandle {
+  readStart(): number;
+  readStop(): number;
+  readonly writeQueueSize: number;
 }
 
 /**
@@ -63,6 +74,25 @@ const GOAWAY_GRACE_MS = 5_000;
  * GOAWAY but leaves the session open and unread, holding a connection slot.
  */
 const MAX_RESETS_PER_SECOND = 200;
+
+/**
+ * After a connection error (RFC 9113 §5.4.1: a PING or SETTINGS of the wrong length, DATA on an
+ * idle stream, CONTINUATION without HEADERS, an HPACK error...) nghttp2 queues GOAWAY and, once it
+ * is sent, wants no more input; Node then stops reading the socket and tells JavaScript nothing
+ * (no 'error', no 'goaway', no 'close'). The client's FIN is never read, so the socket would sit
+ * in CLOSE-WAIT holding a connection slot until the idle timeout. RFC 9113 §5.4.1 says the
+ * endpoint closes the connection after that GOAWAY, so the proxy finds such sessions itself:
+ * every DEAD_PROBE_MS it asks each session's handle to start reading. libuv answers EALREADY
+ * while a session reads; 0 means Node had stopped it. Node also pauses reading while a write is
+ * in flight (backpressure), so a probe only counts when nothing is queued on the wire, and only
+ * a second look one loop turn later (the first one stops reading again, as Node wanted) marks the
+ * session dead: its GOAWAY has been flushed, and it is destroyed.
+ */
+const DEAD_PROBE_MS = 250;
+
+/** Sessions the dead-session probe watches (those with a known stream handle). */
+const probed = new Set<TrackedSession>();
+let probeTimer: NodeJS.Timeout | null = null;
 
 const NO_BODY_STATUS = (status: number): boolean => status === 204 || status === 304;
 
@@ -260,15 +290,25 @@ export function createH2Server(host: H2Host): http2.Http2Server {
   });
   server.on('session', (session: TrackedSession) => {
     const socket = session.socket as net.Socket & { encrypted?: boolean };
-    const state: SessionState = { ping: null, tls: socket.encrypted === true, resets: 0, resetWindowStart: 0, closeTimer: null };
+    const state: SessionState = {
+      ping: null,
+      tls: socket.encrypted === true,
+      resets: 0,
+      resetWindowStart: 0,
+      closeTimer: null,
+      handle: null,
+      wire: null,
+    };
     session[kSession] = state;
     host.sessionOpened(session);
+    watchForDeath(session, state);
     session.on('error', sessionOnError);
     session.on('goaway', sessionOnGoaway);
     session.on('close', function sessionClosed(this: TrackedSession) {
       const s = this[kSession];
       if (s?.ping) clearInterval(s.ping);
       if (s?.closeTimer) clearTimeout(s.closeTimer);
+      probed.delete(this);
       host.sessionClosed(this);
     });
     if (options.keepaliveMs > 0) {
@@ -282,6 +322,74 @@ export function createH2Server(host: H2Host): http2.Http2Server {
   });
   server.on('sessionError', () => {});
   return server;
+}
+
+type HandleOwner = { _handle?: StreamHandle | null; _parent?: HandleOwner | null };
+
+function isStreamHandle(h: StreamHandle | null | undefined): h is StreamHandle {
+  return h != null && typeof h.readStart === 'function' && typeof h.readStop === 'function';
+}
+
+function watchForDeath(session: TrackedSession, state: SessionState): void {
+  // `session.socket` is Node's proxy of the socket; plain property reads reach the socket.
+  const socket = session.socket as unknown as HandleOwner;
+  const handle = socket._handle;
+  if (!isStreamHandle(handle)) return;
+  const parent = socket._parent?._handle;
+  state.handle = handle;
+  state.wire = isStreamHandle(parent) ? parent : handle;
+  probed.add(session);
+  if (probeTimer === null) {
+    probeTimer = setInterval(probeSessions, DEAD_PROBE_MS);
+    probeTimer.unref();
+  }
+}
+
+function probeSessions(): void {
+  for (const session of probed) {
+    if (session.destroyed || session[kSession] === undefined) {
+      probed.delete(session);
+      continue;
+    }
+    if (!stoppedReading(session[kSession]!)) continue;
+    // Leave it as Node left it and look again once the loop has turned: a write callback
+    // already due may be about to resume reading.
+    session[kSession]!.handle!.readStop();
+    suspects.push(session);
+    if (confirmTimer === null) confirmTimer = setTimeout(confirmSuspects, DEAD_CONFIRM_MS);
+  }
+  if (probed.size === 0 && probeTimer !== null) {
+    clearInterval(probeTimer);
+    probeTimer = null;
+  }
+}
+
+/** Sessions one probe found stopped, to be looked at again after DEAD_CONFIRM_MS. */
+let suspects: TrackedSession[] = [];
+let confirmTimer: NodeJS.Timeout | null = null;
+const DEAD_CONFIRM_MS = 10;
+
+function confirmSuspects(): void {
+  const batch = suspects;
+  suspects = [];
+  confirmTimer = null;
+  for (const session of batch) {
+    if (session.destroyed || session[kSession] === undefined || !stoppedReading(session[kSession]!)) continue;
+    // Stopped twice with nothing queued on the wire: nghttp2 wants no more input and its GOAWAY
+    // has been flushed (RFC 9113 §5.4.1: the connection is closed after it).
+    probed.delete(session);
+    session.destroy();
+  }
+}
+
+/**
+ * True when the session's handle had stopped reading while nothing waits on the wire (the
+ * probe's readStart() then started it again). False while reading (EALREADY) or writing.
+ */
+function stoppedReading(state: SessionState): boolean {
+  const handle = state.handle!;
+  if (handle.writeQueueSize > 0 || state.wire!.writeQueueSize > 0) return false;
+  return handle.readStart() === 0;
 }
 
 function sessionOnError(this: http2.ServerHttp2Session): void {
@@ -339,6 +447,13 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   const method = headers[':method'] ?? 'GET';
   const authority = headers[':authority'];
   const hostHeader = headers['host'];
+  const malformed = checkPseudoHeaders(method, headers[':scheme'], headers[':path'], authority, hostHeader);
+  if (malformed !== null) {
+    stats.proxyErrorResponses++;
+    stats.countStatus(400);
+    respondError(stream, 400, malformed);
+    return;
+  }
   if (authority !== undefined && hostHeader !== undefined && hostName(authority) !== hostName(hostHeader)) {
     // RFC 9113 §8.3.1: Host and :authority must agree; routing must not see two answers.
     stats.proxyErrorResponses++;
@@ -376,6 +491,68 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   // One immediate per event-loop turn serves every stream opened in it.
   toDispatch.push(ex);
   if (toDispatch.length === 1) setImmediate(dispatchStreams);
+}
+
+/**
+ * RFC 9113 §8.3.1 checks nghttp2 leaves to the application (it skips its own `:path` checks when
+ * `:scheme` is neither http nor https). Returns the 400 body for a malformed request, or null.
+ * The messages never repeat the client's values.
+ */
+function checkPseudoHeaders(
+  method: string,
+  scheme: string | undefined,
+  path: string | undefined,
+  authority: string | undefined,
+  host: string | undefined,
+): string | null {
+  // Plain CONNECT has neither (nghttp2 enforces that); everything else, extended CONNECT
+  // included (RFC 8441 §4), has both.
+  if (scheme !== undefined && scheme !== 'http' && scheme !== 'https') return 'invalid :scheme';
+  if (path !== undefined) {
+    // origin-form; asterisk-form only for OPTIONS (RFC 9113 §8.3.1, RFC 9110 §7.1). An
+    // absolute URI or a bare word here would reach the upstream's request line as given.
+    if (path.charCodeAt(0) !== 0x2f /* / */ && !(path === '*' && method === 'OPTIONS')) return 'invalid :path';
+  }
+  // RFC 9113 §8.3.1: ":authority MUST NOT include the deprecated userinfo subcomponent";
+  // RFC 9110 §4.2.4 forbids it in http(s) URIs, so Host gets the same rule.
+  if (authority !== undefined && authority.indexOf('@') !== -1) return 'userinfo in :authority';
+  if (host !== undefined && host.indexOf('@') !== -1) return 'userinfo in host';
+  if (!isExactMethod(method)) return 'invalid :method';
+  return null;
+}
+
+/**
+ * Methods are case-sensitive (RFC 9110 §9.1): `head` is not HEAD. A case variant of a standard
+ * method is refused: the proxy frames responses by the exact name (no body for HEAD) while an
+ * upstream that compares without case would frame them otherwise, and a pooled connection would
+ * then read one response's body as the next response. Other extension methods pass.
+ */
+function isExactMethod(method: string): boolean {
+  switch (method) {
+    case 'GET':
+    case 'POST':
+    case 'HEAD':
+    case 'PUT':
+    case 'DELETE':
+    case 'OPTIONS':
+    case 'PATCH':
+    case 'CONNECT':
+    case 'TRACE':
+      return true;
+  }
+  switch (method.toUpperCase()) {
+    case 'GET':
+    case 'POST':
+    case 'HEAD':
+    case 'PUT':
+    case 'DELETE':
+    case 'OPTIONS':
+    case 'PATCH':
+    case 'CONNECT':
+    case 'TRACE':
+      return false;
+  }
+  return true;
 }
 
 let toDispatch: Exchange[] = [];

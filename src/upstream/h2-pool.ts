@@ -21,6 +21,22 @@ export interface H2UpstreamUser {
   h2Drain(): void;
 }
 
+/**
+ * The upstream code for an error from Node's http2 layer. Socket errors keep their errno code
+ * (ECONNREFUSED, ECONNRESET...: the documented codes, some of which say nothing was delivered);
+ * Node's own codes (ERR_HTTP2_ERROR, ERR_HTTP2_SESSION_ERROR, ERR_HTTP2_STREAM_ERROR...) are
+ * internals a client must never see and become `fallback`.
+ */
+export function h2UpstreamCode(err: NodeJS.ErrnoException | null | undefined, fallback: string): string {
+  const code = err?.code;
+  if (typeof code !== 'string' || code.length < 2 || code.charCodeAt(0) !== 0x45 /* E */) return fallback;
+  for (let i = 1; i < code.length; i++) {
+    const c = code.charCodeAt(i);
+    if (c < 0x41 || c > 0x5a) return fallback; // errno names are E + capitals only
+  }
+  return code;
+}
+
 const kReq = Symbol('cmux.h2up.request');
 type UpStream = http2.ClientHttp2Stream & { [kReq]?: H2UpstreamRequest };
 
@@ -31,6 +47,8 @@ export class H2UpstreamRequest {
   user: H2UpstreamUser | null;
   responded = false;
   private trailers: string[] | null = null;
+  /** The errno code of the error the stream was destroyed with, if any. */
+  errorCode: string | null = null;
 
   constructor(session: UpSession, user: H2UpstreamUser) {
     this.session = session;
@@ -94,7 +112,9 @@ export class H2UpstreamRequest {
     const code = this.stream.rstCode ?? 0;
     // RFC 9113 §8.7: REFUSED_STREAM (and streams above a GOAWAY's last id) were not processed.
     const replayable = !this.responded && (code === NGHTTP2_REFUSED_STREAM || this.session.goneAway);
-    user.h2Failure(this.responded ? 'UPSTREAM_RESET' : code === 0 ? 'UPSTREAM_CLOSED' : `H2_RST_${code}`, replayable);
+    // A socket error (ECONNRESET...) says more than the RST code nghttp2 makes up for it. The
+    // RST code itself is not shown: UPSTREAM_RESET is the documented code for a reset stream.
+    user.h2Failure(this.errorCode ?? (this.responded || code !== 0 ? 'UPSTREAM_RESET' : 'UPSTREAM_CLOSED'), replayable);
   }
 }
 
@@ -113,8 +133,13 @@ function upStreamOnEnd(this: UpStream): void {
 function upStreamOnDrain(this: UpStream): void {
   this[kReq]?.user?.h2Drain();
 }
-function upStreamOnError(this: UpStream): void {
+function upStreamOnError(this: UpStream, err: NodeJS.ErrnoException): void {
   // 'close' follows with rstCode set.
+  const req = this[kReq];
+  if (req !== undefined) {
+    const code = h2UpstreamCode(err, '');
+    if (code !== '') req.errorCode = code;
+  }
 }
 function upStreamOnClose(this: UpStream): void {
   this[kReq]?.onClose();
@@ -165,7 +190,8 @@ class UpSession {
       if (this.active === 0) session.close();
     });
     session.on('error', (err: NodeJS.ErrnoException) => {
-      this.failWaiters(err.code ?? 'UPSTREAM_ERROR');
+      // Not an h2c server, or a protocol error on its side: BAD_RESPONSE.
+      this.failWaiters(h2UpstreamCode(err, 'BAD_RESPONSE'));
     });
     session.on('close', () => this.onClose());
     session.setTimeout(pool.idleTimeoutMs, () => {
@@ -285,7 +311,10 @@ export class H2UpstreamPool {
         req = new H2UpstreamRequest(session, user);
       } catch (err) {
         session.active--;
-        user.h2Failure((err as NodeJS.ErrnoException).code ?? 'BAD_REQUEST_HEADERS', false);
+        // Node refused to build the request (a header it will not send, or the session just
+        // went); nothing was sent. Its ERR_HTTP2_* code is not shown.
+        void err;
+        user.h2Failure(session.session.destroyed || session.session.closed ? 'UPSTREAM_CLOSED' : 'BAD_REQUEST_HEADERS', false);
         continue;
       }
       user.h2Started(req);
