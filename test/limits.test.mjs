@@ -125,3 +125,119 @@ describe('http2MaxConcurrentStreams', () => {
     });
   });
 });
+
+/**
+ * A raw upstream for tunnels: a WebSocket upgrade request gets its 101 (with the right
+ * Sec-WebSocket-Accept), anything else (CONNECT tunnel bytes) is held open. Counts connections.
+ */
+async function startTunnelUpstream() {
+  const { createHash } = await import('node:crypto');
+  let connections = 0;
+  const server = await startRawServer((socket) => {
+    connections++;
+    let head = '';
+    socket.on('data', (c) => {
+      head += c.toString('latin1');
+      const key = /sec-websocket-key: *(\S+)/i.exec(head);
+      if (key && head.includes('\r\n\r\n')) {
+        const accept = createHash('sha1').update(`${key[1]}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+        socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+        head = '';
+      }
+    });
+  });
+  return Object.assign(server, { connections: () => connections });
+}
+
+/** Opens a raw client connection, writes `head`, resolves { socket, text } once `until` matches the answer. */
+async function openRaw(port, head, until = /\r\n\r\n/, timeoutMs = 4000) {
+  const socket = net.connect(port, '127.0.0.1');
+  socket.on('error', () => {});
+  await once(socket, 'connect');
+  socket.write(head);
+  let text = '';
+  await new Promise((resolve) => {
+    const timer = setTimeout(resolve, timeoutMs);
+    socket.on('data', (c) => {
+      text += c.toString('latin1');
+      if (until.test(text)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+  return { socket, text };
+}
+
+const connectHead = (port) => `CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`;
+const upgradeHead = (port) =>
+  `GET /ws HTTP/1.1\r\nHost: localhost\r\nX-Cmux-Port-Internal: ${port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+  `Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
+
+describe('tunnels count against maxSocketsPerUpstream', () => {
+  let upstream;
+  let proxy;
+  let port;
+  const open = [];
+  before(async () => {
+    upstream = await startTunnelUpstream();
+    ({ proxy, port } = await startProxy({ maxSocketsPerUpstream: 2, upstreamConnectTimeoutMs: 400 }));
+  });
+  after(async () => {
+    for (const s of open) s.destroy();
+    await proxy.stop();
+    await upstream.close();
+  });
+
+  it('HTTP/1.1 WebSocket upgrades and CONNECT: a third tunnel waits for a slot, then gets 503; a closed tunnel frees its slot', async () => {
+    const ws1 = await openRaw(port, upgradeHead(upstream.port));
+    open.push(ws1.socket);
+    assert.match(ws1.text, /^HTTP\/1\.1 101 /);
+    const tunnel = await openRaw(port, connectHead(upstream.port));
+    open.push(tunnel.socket);
+    assert.match(tunnel.text, /^HTTP\/1\.1 200 /);
+    // Both slots are held by tunnels now: neither another CONNECT nor another upgrade opens a socket.
+    const started = Date.now();
+    const third = await openRaw(port, connectHead(upstream.port));
+    assert.match(third.text, /^HTTP\/1\.1 503 /);
+    assert.match(third.text, /upstream socket limit reached$/);
+    assert.ok(Date.now() - started >= 350, 'waited for a slot first');
+    // An upgrade is an exchange until its 101: it waits for a slot as exchanges do.
+    const ws2 = await openRaw(port, upgradeHead(upstream.port), /\r\n\r\n/, 600);
+    assert.equal(ws2.text, '');
+    ws2.socket.destroy();
+    assert.equal(upstream.connections(), 2);
+    assert.equal(proxy.getStats().upstreamErrors.SOCKET_LIMIT, 1);
+    // A tunnel that closes gives its slot to a waiting one.
+    const waiting = openRaw(port, connectHead(upstream.port));
+    await sleep(100);
+    ws1.socket.destroy();
+    const fourth = await waiting;
+    open.push(fourth.socket);
+    assert.match(fourth.text, /^HTTP\/1\.1 200 /);
+    assert.equal(upstream.connections(), 3);
+    for (const s of open.splice(0)) s.destroy();
+    assert.ok(await waitFor(() => proxy.getStats().upstreamSocketsActive === 0), 'slots freed once the tunnels closed');
+  });
+
+  it('HTTP/2 CONNECT and extended CONNECT (RFC 8441) on one connection: the third gets 503', async () => {
+    const before = upstream.connections();
+    const client = await H2RawClient.connect(port, { keepData: false });
+    const connect = (id) => headersFrame(id, [[':method', 'CONNECT'], [':authority', `127.0.0.1:${upstream.port}`]]);
+    const extended = (id) =>
+      headersFrame(id, [[':method', 'CONNECT'], [':protocol', 'websocket'], [':scheme', 'http'], [':path', '/ws'], [':authority', 'localhost'],
+        ['x-cmux-port-internal', String(upstream.port)], ['sec-websocket-version', '13']]);
+    client.send(connect(1), extended(3), connect(5));
+    const third = await client.streamOutcome(5, { timeoutMs: 3000 });
+    assert.equal(third.status, 503);
+    const statuses = [1, 3].map((id) => Number(client.frames.find((f) => f.streamId === id && f.type === FRAME.HEADERS)?.headers.find(([n]) => n === ':status')?.[1]));
+    assert.deepEqual(statuses, [200, 200]);
+    assert.equal(upstream.connections() - before, 2);
+    client.close();
+    assert.ok(await waitFor(() => proxy.getStats().upstreamSocketsActive === 0), 'slots freed once the session closed');
+  });
+});
