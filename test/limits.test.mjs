@@ -8,6 +8,8 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { resolveOptions } from '../dist/options.js';
 import { runCli } from './helpers/cli.mjs';
 import { startProxy, startRawServer, rawRequest, sleep, waitFor } from './helpers/servers.mjs';
@@ -239,5 +241,76 @@ describe('tunnels count against maxSocketsPerUpstream', () => {
     assert.equal(upstream.connections() - before, 2);
     client.close();
     assert.ok(await waitFor(() => proxy.getStats().upstreamSocketsActive === 0), 'slots freed once the session closed');
+  });
+});
+
+const PROXY_CHILD = fileURLToPath(new URL('./helpers/proxy-child.mjs', import.meta.url));
+
+/** The proxy in a child process limited to 1024 descriptors; resolves { child, port, stats() }. */
+async function startLimitedProxy(options) {
+  const child = spawn('bash', ['-c', 'ulimit -n 1024 && exec "$0" "$1" "$2"', process.execPath, PROXY_CHILD, JSON.stringify(options)], {
+    stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (c) => (stderr += c));
+  const [msg] = await once(child, 'message');
+  let id = 0;
+  const stats = () =>
+    new Promise((resolve) => {
+      const want = ++id;
+      const onMessage = (m) => {
+        if (m?.type === 'stats' && m.id === want) {
+          child.off('message', onMessage);
+          resolve(m.stats);
+        }
+      };
+      child.on('message', onMessage);
+      child.send({ type: 'stats', id: want });
+    });
+  return { child, port: msg.port, stats, stderr: () => stderr };
+}
+
+describe('out of file descriptors (ulimit -n 1024)', () => {
+  it('12 HTTP/2 connections x 100 streams to a slow upstream: every stream and every new client gets an answer, the proxy lives and serves again', async () => {
+    const upstream = await startHoldingUpstream();
+    const proxy = await startLimitedProxy({ logLevel: 'warn' });
+    const clients = [];
+    try {
+      // The attack: 12 connections, each 100 GET HEADERS frames in one write, to an upstream that
+      // holds every request: 1,200 upstream sockets wanted by a process allowed 1,024 descriptors.
+      for (let c = 0; c < 12; c++) {
+        const client = await H2RawClient.connect(proxy.port, { keepData: true });
+        clients.push(client);
+        client.send(manyRequests(upstream.port, 100));
+      }
+      const answered = (client) => client.frames.filter((f) => f.type === FRAME.HEADERS && f.headers).length;
+      assert.ok(
+        await waitFor(() => upstream.held.length + clients.reduce((n, c) => n + answered(c), 0) >= 1200, { timeoutMs: 15_000 }),
+        `held ${upstream.held.length}, answered ${clients.map(answered)}`,
+      );
+      const refused = clients.flatMap((c) => c.frames.filter((f) => f.type === FRAME.HEADERS && f.headers));
+      assert.ok(refused.length > 0, 'some streams could not get an upstream socket');
+      for (const f of refused) assert.equal(f.headers.find(([n]) => n === ':status')[1], '503');
+      const one = await clients.find((c) => answered(c) > 0).streamOutcome(refused[0].streamId);
+      assert.equal(one.body, 'proxy out of file descriptors');
+      assert.ok(clients.every((c) => !c.closed), 'no client connection was dropped');
+      // A new client while upstream sockets hold nearly every descriptor is accepted and answered.
+      const during = await rawRequest(proxy.port, `GET /during HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${upstream.port}\r\nConnection: close\r\n\r\n`, { timeoutMs: 5000 });
+      assert.match(during, /^HTTP\/1\.1 503 /);
+      assert.ok((await proxy.stats()).upstreamErrors.FD_LIMIT > 0);
+      // Once the upstream answers, descriptors come back and the proxy serves as before.
+      upstream.releaseAll();
+      for (const c of clients) c.close();
+      await sleep(500);
+      const res = await rawRequest(proxy.port, `GET /after HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${upstream.port}\r\nConnection: close\r\n\r\n`, { timeoutMs: 5000 });
+      assert.match(res, /^HTTP\/1\.1 200 /);
+      assert.equal(proxy.child.exitCode, null, `proxy exited: ${proxy.stderr()}`);
+      assert.doesNotMatch(proxy.stderr(), /Error|uncaught/i);
+    } finally {
+      for (const c of clients) c.close();
+      proxy.child.send({ type: 'stop' });
+      await once(proxy.child, 'exit');
+      await upstream.close();
+    }
   });
 });

@@ -623,13 +623,10 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   }
 
   /** The pool's answer for this connection's CONNECT: a socket being opened, or no slot in time. */
-  onTunnelSocket(upstream: net.Socket | null): void {
+  onTunnelSocket(upstream: net.Socket | null, code: string): void {
     const ex = this.current;
     if (upstream === null) {
-      if (ex !== null && (ex.flags & EX_FINISHED) === 0 && ex.method === 'CONNECT') {
-        this.core.countUpstreamFailure('SOCKET_LIMIT');
-        ex.reject(503, ErrorCodes.AT_CAPACITY, 'upstream socket limit reached');
-      }
+      if (ex !== null && (ex.flags & EX_FINISHED) === 0 && ex.method === 'CONNECT') ex.failUpstream(code);
       return;
     }
     if ((this.flags & C_CLOSED) !== 0 || ex === null || (ex.flags & EX_FINISHED) !== 0) {

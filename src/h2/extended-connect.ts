@@ -77,12 +77,6 @@ function answer(core: ProxyCore, stream: http2.ServerHttp2Stream, status: number
   respondError(stream, status, message);
 }
 
-/** No socket slot to the upstream freed up in time (maxSocketsPerUpstream). */
-function slotRefused(core: ProxyCore, stream: http2.ServerHttp2Stream): void {
-  core.countUpstreamFailure('SOCKET_LIMIT');
-  answer(core, stream, 503, 'upstream socket limit reached');
-}
-
 function upstreamFailure(core: ProxyCore, stream: http2.ServerHttp2Stream, code: string): void {
   core.countUpstreamFailure(code);
   const { status, message } = upstreamFailureAnswer(code);
@@ -138,11 +132,11 @@ class WebSocketBridge implements Routable, TunnelUser {
     this.core.pool.openTunnel(target, this);
   }
 
-  onTunnelSocket(upstream: net.Socket | null): void {
+  onTunnelSocket(upstream: net.Socket | null, code: string): void {
     if (upstream === null) {
       if (this.phase === 0) {
         this.phase = 4;
-        slotRefused(this.core, this.stream);
+        upstreamFailure(this.core, this.stream, code);
       }
       return;
     }
@@ -378,11 +372,11 @@ class ConnectTunnel implements TunnelUser {
     core.pool.openTunnel(target, this);
   }
 
-  onTunnelSocket(upstream: net.Socket | null): void {
+  onTunnelSocket(upstream: net.Socket | null, code: string): void {
     if (upstream === null) {
       if (!this.done) {
         this.done = true;
-        slotRefused(this.core, this.stream);
+        upstreamFailure(this.core, this.stream, code);
       }
       return;
     }

@@ -1,5 +1,6 @@
 import type net from 'node:net';
 import { DeadlineSweep, type Expirable } from '../deadlines.js';
+import { FdBudget } from '../fd-budget.js';
 import { connectTo } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters, PoolStats } from '../stats.js';
@@ -66,11 +67,11 @@ type SlotSocket = net.Socket & { [kSlot]?: PoolEntry | undefined };
 /**
  * A tunnel (CONNECT, WebSocket) asking for a socket to its upstream within
  * `maxSocketsPerUpstream`. `socket` is a connection being opened (the user adds its listeners
- * and owns it; its slot is freed when it closes), or null when no slot freed up within the
- * connect timeout.
+ * and owns it; its slot is freed when it closes), or null when there is none to have.
  */
 export interface TunnelUser {
-  onTunnelSocket(socket: net.Socket | null): void;
+  /** `code` says why there is no socket: SOCKET_LIMIT (no slot in time) or FD_LIMIT. */
+  onTunnelSocket(socket: net.Socket | null, code: string): void;
 }
 
 /** A tunnel waiting for a slot, with the timer that bounds the wait. */
@@ -313,6 +314,7 @@ function socketOnEnd(this: UpstreamSocket): void {
 
 function socketOnError(this: UpstreamSocket, err: NodeJS.ErrnoException): void {
   const conn = this[kUpstream];
+  if (err.code === 'EMFILE' || err.code === 'ENFILE') conn.entry.pool.fds.exhausted();
   conn.errorCode ??= err.code ?? 'UPSTREAM_ERROR';
 }
 
@@ -399,6 +401,8 @@ export class UpstreamPool {
   readonly keepaliveMs: number;
   readonly idleTimeoutMs: number;
   readonly deadlines = new DeadlineSweep(250);
+  /** Descriptors: upstream sockets are counted here, client sockets by the server. */
+  readonly fds = new FdBudget();
   private readonly config: PoolConfig;
   private closed = false;
 
@@ -472,10 +476,16 @@ export class UpstreamPool {
   }
 
   private connect(entry: PoolEntry, user: UpstreamUser): void {
+    if (!this.fds.upstreamAllowed()) {
+      user.onUpstreamFailure(null, 'FD_LIMIT');
+      this.dropIfUnused(entry);
+      return;
+    }
     const target = entry.target;
     const socket = connectTo(target);
     this.stats.upstreamSocketsCreated++;
     entry.total++;
+    this.fds.upstream++;
     const conn = new UpstreamConn(entry, socket, this.config.maxHeaderSize);
     conn.beginExchange(user);
     user.connecting = conn;
@@ -587,15 +597,21 @@ export class UpstreamPool {
     if (at === -1) return;
     entry.tunnelWaiters.splice(at, 1);
     this.dropIfUnused(entry);
-    user.onTunnelSocket(null);
+    user.onTunnelSocket(null, 'SOCKET_LIMIT');
   }
 
   private startTunnel(entry: PoolEntry, user: TunnelUser): void {
+    if (!this.fds.upstreamAllowed()) {
+      this.dropIfUnused(entry);
+      user.onTunnelSocket(null, 'FD_LIMIT');
+      return;
+    }
     const socket = connectTo(entry.target);
     this.stats.upstreamSocketsCreated++;
     entry.total++;
+    this.fds.upstream++;
     this.holdSlot(socket, entry);
-    user.onTunnelSocket(socket);
+    user.onTunnelSocket(socket, '');
   }
 
   private holdSlot(socket: net.Socket, entry: PoolEntry): void {
@@ -606,6 +622,7 @@ export class UpstreamPool {
   /** A tunnel's socket closed: its slot goes to a waiting exchange, else a waiting tunnel. */
   releaseSlot(entry: PoolEntry): void {
     entry.total--;
+    this.fds.upstream--;
     this.slotFreed(entry);
   }
 
@@ -618,7 +635,7 @@ export class UpstreamPool {
       const tunnel = entry.tunnelWaiters.shift();
       if (tunnel !== undefined) {
         clearTimeout(tunnel.timer);
-        if (this.closed) tunnel.user.onTunnelSocket(null);
+        if (this.closed) tunnel.user.onTunnelSocket(null, 'PROXY_STOPPING');
         else this.startTunnel(entry, tunnel.user);
       }
     }
@@ -636,6 +653,7 @@ export class UpstreamPool {
     this.deadlines.disarm(conn);
     const entry = conn.entry;
     entry.total--;
+    this.fds.upstream--;
     const at = entry.idle.indexOf(conn);
     if (at !== -1) entry.idle.splice(at, 1);
     // A slot freed: a waiter may connect.
@@ -669,7 +687,7 @@ export class UpstreamPool {
       for (const waiter of entry.waiters.splice(0)) waiter.onUpstreamFailure(null, 'PROXY_STOPPING');
       for (const tunnel of entry.tunnelWaiters.splice(0)) {
         clearTimeout(tunnel.timer);
-        tunnel.user.onTunnelSocket(null);
+        tunnel.user.onTunnelSocket(null, 'PROXY_STOPPING');
       }
     }
   }
