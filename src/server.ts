@@ -264,8 +264,10 @@ export class ProxyServer implements SessionHost, H2Host {
     if (!fds.clientAllowed()) {
       // Nearly out of descriptors: answer now and let go of this one soon, or the next accept
       // fails and libuv closes the waiting connections without an answer.
+      // No lingering here: each refused socket holding a descriptor is what brings that on.
       stats.connectionsRefusedAtCapacity++;
-      endAndLinger(socket, RESPONSE_503_AT_CAPACITY, 1_000);
+      socket.once('finish', destroySocket);
+      socket.end(RESPONSE_503_AT_CAPACITY);
       return;
     }
     if (stats.activeConnections >= this.options.maxConnections) {
@@ -506,12 +508,12 @@ function acceptedSocketOnClose(this: AcceptedSocket): void {
  * Writes a last answer and closes once it is flushed. Reads (and drops) what the client still
  * sends, so the close is a FIN and the client gets to read the answer; bounded by a timer.
  */
-function endAndLinger(socket: net.Socket, data: Buffer, lingerMs = 5_000): void {
+function endAndLinger(socket: net.Socket, data: Buffer): void {
   socket.removeAllListeners('data');
   socket.on('data', ignoreError);
   socket.resume();
   socket.end(data);
-  socket.setTimeout(lingerMs, destroySocket);
+  socket.setTimeout(5_000, destroySocket);
 }
 
 function destroySocket(this: net.Socket): void {

@@ -313,4 +313,39 @@ describe('out of file descriptors (ulimit -n 1024)', () => {
       await upstream.close();
     }
   });
+
+  it('1,100 idle connections: the ones past the descriptor budget get 503, none is closed without an answer', async () => {
+    const proxy = await startLimitedProxy({ logLevel: 'warn', requestHeadersTimeoutMs: 20_000 });
+    const sockets = [];
+    try {
+      // The attack: connect and say nothing, 1,100 times (one byte short of a request line would do the same).
+      const results = [];
+      for (let i = 0; i < 1100; i++) {
+        const socket = net.connect(proxy.port, '127.0.0.1');
+        const r = { data: '', closed: false };
+        results.push(r);
+        sockets.push(socket);
+        socket.on('data', (c) => (r.data += c.toString('latin1')));
+        socket.on('close', () => (r.closed = true));
+        socket.on('error', () => {});
+        if (i % 50 === 49) await sleep(20);
+      }
+      await sleep(1500);
+      const refused = results.filter((r) => r.data !== '');
+      assert.ok(refused.length > 0, 'some connections were past the budget');
+      for (const r of refused) assert.match(r.data, /^HTTP\/1\.1 503 /);
+      const dropped = results.filter((r) => r.closed && r.data === '').length;
+      assert.equal(dropped, 0, 'connections closed without an answer');
+      for (const s of sockets.splice(0)) s.destroy();
+      await sleep(300);
+      // Descriptors are back: a request is served.
+      const res = await rawRequest(proxy.port, 'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', { timeoutMs: 5000 });
+      assert.match(res, /^HTTP\/1\.1 \d{3} /);
+      assert.equal(proxy.child.exitCode, null);
+    } finally {
+      for (const s of sockets) s.destroy();
+      proxy.child.send({ type: 'stop' });
+      await once(proxy.child, 'exit');
+    }
+  });
 });
