@@ -49,10 +49,6 @@ export const UPSTREAM_NOT_DELIVERED: ReadonlySet<string> = new Set([
   'EADDRNOTAVAIL',
   'ENOENT', // unix socket path missing
   'CONNECT_TIMEOUT',
-  'EMFILE', // out of file descriptors: the socket was never made
-  'ENFILE',
-  'FD_LIMIT', // the proxy kept its last descriptors for clients
-  'SOCKET_LIMIT', // no maxSocketsPerUpstream slot freed up in time (tunnels)
 ]);
 
 const STATUS_TEXT: Record<number, string> = {
