@@ -40,6 +40,7 @@ const FLAGS: Flag[] = [
   { name: 'max-header-size', kind: 'int', option: 'maxHeaderSize', help: 'largest request head in bytes (431 past it) [16384]' },
   { name: 'max-headers-count', kind: 'int', option: 'maxHeadersCount', help: 'most header fields in a request (431 past it) [200]' },
   { name: 'max-sockets-per-upstream', kind: 'int', option: 'maxSocketsPerUpstream', help: 'sockets per upstream; more requests wait [1024]' },
+  { name: 'http2-max-concurrent-streams', kind: 'int', option: 'http2MaxConcurrentStreams', help: 'HTTP/2 streams one client connection may have open at once [100]' },
   { name: 'fallback-port', kind: 'int', help: 'send unrouted requests to this local port (the embedding app)' },
   { name: 'fallback-socket', kind: 'string', help: 'send unrouted requests to this unix socket' },
   { name: 'docker-socket', kind: 'string', option: 'dockerSocketPath', help: 'resolve <container>.<port>.localhost via the Docker Engine API at this socket' },

@@ -88,9 +88,11 @@ export function closingErrorResponse(status: number, body: string): Buffer {
 
 /** The answer to an upstream failure before a response started (SPEC §4): 504 on timeouts, else 502. */
 export function upstreamFailureAnswer(code: string): { status: number; message: string } {
-  return code === 'CONNECT_TIMEOUT' || code === 'RESPONSE_TIMEOUT'
-    ? { status: 504, message: 'upstream timeout' }
-    : { status: 502, message: `upstream request error: ${code}` };
+  if (code === 'CONNECT_TIMEOUT' || code === 'RESPONSE_TIMEOUT') return { status: 504, message: 'upstream timeout' };
+  // The proxy's own limits, not the upstream's fault: 503, try again later.
+  if (code === 'FD_LIMIT' || code === 'EMFILE' || code === 'ENFILE') return { status: 503, message: 'proxy out of file descriptors' };
+  if (code === 'SOCKET_LIMIT') return { status: 503, message: 'upstream socket limit reached' };
+  return { status: 502, message: `upstream request error: ${code}` };
 }
 
 // Preallocated answers for the hot failure paths (STYLE habit 6).

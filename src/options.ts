@@ -61,6 +61,11 @@ export interface ProxyOptions {
   maxIdleSocketsPerUpstream?: number;
   /** Most HTTP/2 sessions per h2c upstream; further streams wait for a free slot. */
   maxSessionsPerUpstream?: number;
+  /**
+   * SETTINGS_MAX_CONCURRENT_STREAMS the proxy advertises to HTTP/2 clients: streams one client
+   * connection may have open at once, each holding an upstream socket or tunnel while it runs.
+   */
+  http2MaxConcurrentStreams?: number;
   /** How long `auto` remembers what an upstream speaks. */
   upstreamProtocolCacheTtlMs?: number;
   fallback?: FallbackOption;
@@ -99,6 +104,7 @@ export interface ResolvedOptions {
   maxSocketsPerUpstream: number;
   maxIdleSocketsPerUpstream: number;
   maxSessionsPerUpstream: number;
+  http2MaxConcurrentStreams: number;
   upstreamProtocolCacheTtlMs: number;
   fallback: FallbackOption | undefined;
   containerPortResolver: ContainerPortResolver | undefined;
@@ -131,6 +137,9 @@ export const DEFAULTS = {
   maxSocketsPerUpstream: 1024,
   maxIdleSocketsPerUpstream: 256,
   maxSessionsPerUpstream: 8,
+  // nginx's http2_max_concurrent_streams is 128; one client connection must not be able to
+  // take a large share of the process's file descriptors (each stream may hold an upstream socket).
+  http2MaxConcurrentStreams: 100,
   upstreamProtocolCacheTtlMs: 300_000,
   portResolverCacheTtlMs: 2_000,
   logLevel: 'info' as LogLevel,
@@ -143,7 +152,7 @@ const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'upstreamIdleTimeoutMs', 'keepaliveMs', 'headerRoutingEnabled', 'workspaceIsolation',
   'preserveHost', 'upstreamProtocol', 'upstreamConnectTimeoutMs', 'upstreamResponseTimeoutMs',
   'requestHeadersTimeoutMs', 'drainTimeoutMs', 'maxHeaderSize', 'maxHeadersCount',
-  'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'upstreamProtocolCacheTtlMs', 'fallback', 'containerPortResolver',
+  'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'http2MaxConcurrentStreams', 'upstreamProtocolCacheTtlMs', 'fallback', 'containerPortResolver',
   'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls',
 ]);
 
@@ -286,6 +295,7 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
     maxSocketsPerUpstream,
     maxIdleSocketsPerUpstream: integer(o, 'maxIdleSocketsPerUpstream', Math.min(DEFAULTS.maxIdleSocketsPerUpstream, maxSocketsPerUpstream), 0, maxSocketsPerUpstream),
     maxSessionsPerUpstream: integer(o, 'maxSessionsPerUpstream', DEFAULTS.maxSessionsPerUpstream, 1, 10_000),
+    http2MaxConcurrentStreams: integer(o, 'http2MaxConcurrentStreams', DEFAULTS.http2MaxConcurrentStreams, 1, 10_000),
     upstreamProtocolCacheTtlMs: integer(o, 'upstreamProtocolCacheTtlMs', DEFAULTS.upstreamProtocolCacheTtlMs, 0, MAX_TIMEOUT),
     fallback: validateFallback(o['fallback']),
     containerPortResolver: resolver as ContainerPortResolver | undefined,

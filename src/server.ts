@@ -21,6 +21,8 @@ const kSniff = Symbol('cmux.sniff');
 const kServer = Symbol('cmux.server');
 /** Bytes a client may send before the sniffer has decided (the h2 preface is 24). */
 const MAX_SNIFF_BYTES = 64;
+/** Accept failures (out of descriptors) are logged at most this often. */
+const ACCEPT_LOG_MS = 10_000;
 
 const kSniffTimer = Symbol('cmux.sniffTimer');
 
@@ -65,6 +67,8 @@ export class ProxyServer implements SessionHost, H2Host {
   private readonly tls: TlsContexts | undefined;
   private tlsServer: tls.Server | null = null;
   private readonly alpn: string[];
+  private acceptFailures = 0;
+  private acceptLoggedAt = 0;
 
   constructor(input: ProxyOptions) {
     this.options = resolveOptions(input);
@@ -117,8 +121,9 @@ export class ProxyServer implements SessionHost, H2Host {
           resolve();
         });
       });
-      server.on('error', (err) => this.core.log.error(`listener error: ${err.message}`));
+      server.on('error', serverOnError);
       this.server = server;
+      this.core.pool.fds.measure();
       const address = server.address() as net.AddressInfo;
       this.core.listenAddress = address.address;
       this.core.listenPort = address.port;
@@ -250,10 +255,21 @@ export class ProxyServer implements SessionHost, H2Host {
     stats.connectionsTotal++;
     socket[kServer] = this;
     this.accepted.add(socket);
+    const fds = this.core.pool.fds;
+    fds.clients++;
     socket.on('close', acceptedSocketOnClose);
     socket.on('error', ignoreError);
     if (this.core.draining) {
       socket.destroy();
+      return;
+    }
+    if (!fds.clientAllowed()) {
+      // Nearly out of descriptors: answer now and let go of this one soon, or the next accept
+      // fails and libuv closes the waiting connections without an answer.
+      // No lingering here: each refused socket holding a descriptor is what brings that on.
+      stats.connectionsRefusedAtCapacity++;
+      socket.once('finish', destroySocket);
+      socket.end(RESPONSE_503_AT_CAPACITY);
       return;
     }
     if (stats.activeConnections >= this.options.maxConnections) {
@@ -323,7 +339,26 @@ export class ProxyServer implements SessionHost, H2Host {
   }
 
   acceptedClosed(socket: AcceptedSocket): void {
-    this.accepted.delete(socket);
+    if (this.accepted.delete(socket)) this.core.pool.fds.clients--;
+  }
+
+  /**
+   * The listener failed to accept. Node keeps listening; on EMFILE/ENFILE libuv has already
+   * closed the connections that were waiting. Logged at most once per ACCEPT_LOG_MS.
+   */
+  listenerError(err: NodeJS.ErrnoException): void {
+    const log = this.core.log;
+    if (err.code !== 'EMFILE' && err.code !== 'ENFILE') {
+      log.error(`listener error: ${err.message}`);
+      return;
+    }
+    this.core.pool.fds.exhausted();
+    this.acceptFailures++;
+    const now = Date.now();
+    if (now - this.acceptLoggedAt < ACCEPT_LOG_MS) return;
+    this.acceptLoggedAt = now;
+    log.warn(`out of file descriptors (${err.code}): ${this.acceptFailures} accept failure(s); connections waiting were closed by the runtime`);
+    this.acceptFailures = 0;
   }
 
   queuedClosed(socket: AcceptedSocket): void {
@@ -429,6 +464,10 @@ export class ProxyServer implements SessionHost, H2Host {
 
 function tunnelSocketOnClose(this: AcceptedSocket): void {
   this[kServer].tunnelClosed();
+}
+
+function serverOnError(this: net.Server & { [kServer]: ProxyServer }, err: NodeJS.ErrnoException): void {
+  this[kServer].listenerError(err);
 }
 
 function serverOnConnection(this: net.Server & { [kServer]: ProxyServer }, socket: net.Socket): void {

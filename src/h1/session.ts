@@ -22,9 +22,8 @@ import { emptyFacts, filterResponseHeadersH1, scanRequestHeaders, trailerLines }
 import type { DeadlineSweep, Expirable } from '../deadlines.js';
 import type { ProxyCore } from '../proxy-core.js';
 import { isRouteError } from '../route/router.js';
-import { connectTo } from '../upstream/connect.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
-import type { ReadBatch, UpstreamConn } from '../upstream/h1-pool.js';
+import type { ReadBatch, TunnelUser, UpstreamConn } from '../upstream/h1-pool.js';
 import {
   METHODS,
   parserResource,
@@ -90,7 +89,7 @@ export interface SessionHost {
 }
 
 /** One HTTP/1.x client connection, parsed by llhttp, its exchanges answered in order. */
-export class H1Connection implements ClientSide, Expirable {
+export class H1Connection implements ClientSide, Expirable, TunnelUser {
   readonly socket: ClientSocket;
   readonly host: SessionHost;
   readonly core: ProxyCore;
@@ -638,9 +637,24 @@ export class H1Connection implements ClientSide, Expirable {
       ex.reject(target.status, target.code, target.message);
       return;
     }
-    const upstream = connectTo(target);
+    ex.target = target;
+    // The tunnel's socket counts against maxSocketsPerUpstream like any upstream socket.
+    core.pool.openTunnel(target, this);
+  }
+
+  /** The pool's answer for this connection's CONNECT: a socket being opened, or no slot in time. */
+  onTunnelSocket(upstream: net.Socket | null, code: string): void {
+    const ex = this.current;
+    if (upstream === null) {
+      if (ex !== null && (ex.flags & EX_FINISHED) === 0 && ex.method === 'CONNECT') ex.failUpstream(code);
+      return;
+    }
+    if ((this.flags & C_CLOSED) !== 0 || ex === null || (ex.flags & EX_FINISHED) !== 0) {
+      upstream.destroy();
+      return;
+    }
     ex.clientState = upstream;
-    upstream.setTimeout(core.options.upstreamConnectTimeoutMs);
+    upstream.setTimeout(this.core.options.upstreamConnectTimeoutMs);
     upstream.on('connect', connectTunnelOnConnect);
     upstream.on('error', connectTunnelOnError);
     upstream.on('timeout', connectTunnelOnTimeout);
@@ -721,6 +735,7 @@ export class H1Connection implements ClientSide, Expirable {
     this.current = null;
     if (ex !== null && (ex.flags & EX_FINISHED) === 0) {
       if (ex.method === 'CONNECT' && ex.clientState instanceof net.Socket) ex.clientState.destroy();
+      else if (ex.method === 'CONNECT' && ex.target !== null) this.core.pool.cancelTunnel(ex.target, this);
       ex.abort();
     }
     const pending = this.pending;

@@ -7,7 +7,7 @@ import type { Target } from '../route/target.js';
 import { upstreamFailureAnswer } from '../errors.js';
 import { crypto } from '../builtins.js';
 import { HTTP2_HEADER_STATUS } from './constants.js';
-import { connectTo } from '../upstream/connect.js';
+import type { TunnelUser } from '../upstream/h1-pool.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import {
   parserResource,
@@ -85,7 +85,7 @@ function upstreamFailure(core: ProxyCore, stream: http2.ServerHttp2Stream, code:
 }
 
 /** One RFC 8441 WebSocket: h2 stream <-> HTTP/1.1 Upgrade on a fresh upstream socket. */
-class WebSocketBridge implements Routable {
+class WebSocketBridge implements Routable, TunnelUser {
   readonly core: ProxyCore;
   readonly stream: BridgeStream;
   readonly facts: RequestHeadFacts;
@@ -128,10 +128,26 @@ class WebSocketBridge implements Routable {
 
   start(target: Target): void {
     if (this.phase !== 0 || this.stream.destroyed) return;
-    const socket = connectTo(target) as BridgeSocket;
+    this.target = target;
+    // The upstream socket counts against maxSocketsPerUpstream like any other.
+    this.core.pool.openTunnel(target, this);
+  }
+
+  onTunnelSocket(upstream: net.Socket | null, code: string): void {
+    if (upstream === null) {
+      if (this.phase === 0) {
+        this.phase = 4;
+        upstreamFailure(this.core, this.stream, code);
+      }
+      return;
+    }
+    if (this.phase !== 0 || this.stream.destroyed) {
+      upstream.destroy();
+      return;
+    }
+    const socket = upstream as BridgeSocket;
     socket[kBridge] = this;
     this.socket = socket;
-    this.target = target;
     socket.setTimeout(this.core.options.upstreamConnectTimeoutMs);
     socket.on('connect', bridgeSocketOnConnect);
     socket.on('error', bridgeSocketOnError);
@@ -273,6 +289,7 @@ class WebSocketBridge implements Routable {
 
   streamClosed(): void {
     if (this.phase >= 3 && this.phase !== 2) return;
+    if (this.socket === null && this.target !== null) this.core.pool.cancelTunnel(this.target, this);
     this.phase = 4;
     this.socket?.destroy();
     if (this.parser !== null) closeParserLater(this.parser);
@@ -339,20 +356,39 @@ function bridgeStreamOnClose(this: BridgeStream): void {
 }
 
 /** Plain HTTP/2 CONNECT: a stream spliced to a TCP connection to the routed target. */
-class ConnectTunnel {
+class ConnectTunnel implements TunnelUser {
   readonly core: ProxyCore;
   readonly stream: BridgeStream;
-  private readonly socket: BridgeSocket;
+  private readonly target: Target;
+  private socket: BridgeSocket | null = null;
   private done = false;
 
   constructor(core: ProxyCore, stream: BridgeStream, target: Target) {
     this.core = core;
     this.stream = stream;
+    this.target = target;
     stream[kBridge] = this;
     stream.on('close', bridgeStreamOnClose);
-    const socket = connectTo(target) as BridgeSocket;
+    // The tunnel's socket counts against maxSocketsPerUpstream like any upstream socket.
+    core.pool.openTunnel(target, this);
+  }
+
+  onTunnelSocket(upstream: net.Socket | null, code: string): void {
+    if (upstream === null) {
+      if (!this.done) {
+        this.done = true;
+        upstreamFailure(this.core, this.stream, code);
+      }
+      return;
+    }
+    if (this.done) {
+      upstream.destroy();
+      return;
+    }
+    const socket = upstream as BridgeSocket;
     socket[kBridge] = this;
     this.socket = socket;
+    const core = this.core;
     socket.setTimeout(core.options.upstreamConnectTimeoutMs);
     socket.on('connect', bridgeSocketOnConnect);
     socket.on('error', bridgeSocketOnError);
@@ -363,7 +399,7 @@ class ConnectTunnel {
   connected(): void {
     if (this.done) return;
     this.done = true;
-    const socket = this.socket;
+    const socket = this.socket!;
     socket.removeListener('error', bridgeSocketOnError);
     socket.removeListener('timeout', bridgeSocketOnTimeout);
     socket.removeListener('close', bridgeSocketOnClose);
@@ -382,14 +418,15 @@ class ConnectTunnel {
   fail(code: string): void {
     if (this.done) return;
     this.done = true;
-    this.socket.destroy();
+    this.socket?.destroy();
     upstreamFailure(this.core, this.stream, code);
   }
 
   streamClosed(): void {
     if (this.done) return;
     this.done = true;
-    this.socket.destroy();
+    if (this.socket === null) this.core.pool.cancelTunnel(this.target, this);
+    else this.socket.destroy();
   }
 }
 

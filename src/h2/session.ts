@@ -281,7 +281,10 @@ export function createH2Server(host: H2Host): http2.Http2Server {
   const server = loadHttp2().createServer({
     settings: {
       enableConnectProtocol: options.enableWebsockets,
-      maxConcurrentStreams: 256,
+      // Each open stream may hold an upstream socket or tunnel: this bounds what one client
+      // connection can take. nghttp2 refuses streams past it (RFC 9113 §5.1.2: REFUSED_STREAM
+      // until the client acknowledged the setting, PROTOCOL_ERROR after).
+      maxConcurrentStreams: options.http2MaxConcurrentStreams,
       maxHeaderListSize: options.maxHeaderSize * 2,
     },
     // The 10 MB default is too small for a proxy with slow readers (DESIGN.md, Node pitfalls).

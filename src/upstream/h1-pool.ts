@@ -1,5 +1,6 @@
 import type net from 'node:net';
 import { DeadlineSweep, type Expirable } from '../deadlines.js';
+import { FdBudget } from '../fd-budget.js';
 import { connectTo } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters, PoolStats } from '../stats.js';
@@ -58,6 +59,26 @@ export const PHASE_STREAMING = 3;
 export const PHASE_UPGRADED = 4;
 
 const kUpstream = Symbol('cmux.upstream');
+/** On a tunnel's upstream socket: the pool entry whose slot it holds until it closes. */
+const kSlot = Symbol('cmux.upstream.slot');
+
+type SlotSocket = net.Socket & { [kSlot]?: PoolEntry | undefined };
+
+/**
+ * A tunnel (CONNECT, WebSocket) asking for a socket to its upstream within
+ * `maxSocketsPerUpstream`. `socket` is a connection being opened (the user adds its listeners
+ * and owns it; its slot is freed when it closes), or null when there is none to have.
+ */
+export interface TunnelUser {
+  /** `code` says why there is no socket: SOCKET_LIMIT (no slot in time) or FD_LIMIT. */
+  onTunnelSocket(socket: net.Socket | null, code: string): void;
+}
+
+/** A tunnel waiting for a slot, with the timer that bounds the wait. */
+interface TunnelWaiter {
+  user: TunnelUser;
+  timer: NodeJS.Timeout;
+}
 
 type UpstreamSocket = net.Socket & { [kUpstream]: UpstreamConn };
 type ResponseParser = HTTPParser & { conn: UpstreamConn };
@@ -293,6 +314,7 @@ function socketOnEnd(this: UpstreamSocket): void {
 
 function socketOnError(this: UpstreamSocket, err: NodeJS.ErrnoException): void {
   const conn = this[kUpstream];
+  if (err.code === 'EMFILE' || err.code === 'ENFILE') conn.entry.pool.fds.exhausted();
   conn.errorCode ??= err.code ?? 'UPSTREAM_ERROR';
 }
 
@@ -331,12 +353,26 @@ function socketOnClose(this: UpstreamSocket): void {
   if (user !== null) user.onUpstreamFailure(conn, conn.errorCode ?? (conn.responseBytes ? 'UPSTREAM_CLOSED' : 'ECONNRESET'));
 }
 
+function slotSocketOnClose(this: SlotSocket): void {
+  const entry = this[kSlot];
+  if (entry === undefined) return;
+  this[kSlot] = undefined;
+  entry.pool.releaseSlot(entry);
+}
+
+function tunnelWaitExpired(pool: UpstreamPool, entry: PoolEntry, user: TunnelUser): void {
+  pool.tunnelWaitExpired(entry, user);
+}
+
 /** Sockets and waiters for one upstream address. */
 class PoolEntry {
   readonly pool: UpstreamPool;
   readonly target: Target;
   readonly idle: UpstreamConn[] = [];
   readonly waiters: UpstreamUser[] = [];
+  /** Tunnels waiting for a slot (served after exchanges: a tunnel may hold its slot for hours). */
+  readonly tunnelWaiters: TunnelWaiter[] = [];
+  /** Sockets open to this upstream: pooled ones (busy or idle) and tunnels. */
   total = 0;
   constructor(pool: UpstreamPool, target: Target) {
     this.pool = pool;
@@ -365,6 +401,8 @@ export class UpstreamPool {
   readonly keepaliveMs: number;
   readonly idleTimeoutMs: number;
   readonly deadlines = new DeadlineSweep(250);
+  /** Descriptors: upstream sockets are counted here, client sockets by the server. */
+  readonly fds = new FdBudget();
   private readonly config: PoolConfig;
   private closed = false;
 
@@ -438,10 +476,16 @@ export class UpstreamPool {
   }
 
   private connect(entry: PoolEntry, user: UpstreamUser): void {
+    if (!this.fds.upstreamAllowed()) {
+      user.onUpstreamFailure(null, 'FD_LIMIT');
+      this.dropIfUnused(entry);
+      return;
+    }
     const target = entry.target;
     const socket = connectTo(target);
     this.stats.upstreamSocketsCreated++;
     entry.total++;
+    this.fds.upstream++;
     const conn = new UpstreamConn(entry, socket, this.config.maxHeaderSize);
     conn.beginExchange(user);
     user.connecting = conn;
@@ -469,7 +513,7 @@ export class UpstreamPool {
       waiter.onUpstreamReady(conn);
       return;
     }
-    if (this.closed || entry.idle.length >= this.config.maxIdleSockets) {
+    if (this.closed || entry.idle.length >= this.config.maxIdleSockets || entry.tunnelWaiters.length > 0) {
       this.destroy(conn);
       return;
     }
@@ -513,9 +557,95 @@ export class UpstreamPool {
     conn.user = null;
     conn.unconsume();
     closeParserLater(conn.parser);
-    this.forget(conn);
+    // The socket keeps counting against maxSocketsPerUpstream until the tunnel closes it.
+    this.holdSlot(socket, conn.entry);
     // The tunnel owns the socket now; the pool's per-socket state can go.
     (socket as net.Socket & { [kUpstream]?: UpstreamConn })[kUpstream] = undefined;
+  }
+
+  /**
+   * Opens a tunnel's upstream socket within `maxSocketsPerUpstream`: at once when a slot is
+   * free, else once one frees up (an idle pooled socket is closed to make room). A tunnel that
+   * gets no slot within the connect timeout gets `onTunnelSocket(null)`.
+   */
+  openTunnel(target: Target, user: TunnelUser): void {
+    const entry = this.entryFor(target);
+    if (entry.total < this.config.maxSockets) {
+      this.startTunnel(entry, user);
+      return;
+    }
+    const timer = setTimeout(tunnelWaitExpired, this.config.connectTimeoutMs, this, entry, user);
+    entry.tunnelWaiters.push({ user, timer });
+    // Idle sockets hold slots too: give one up (its close frees the slot, see forget()).
+    const idle = entry.idle.shift();
+    if (idle !== undefined) this.destroy(idle);
+  }
+
+  /** A tunnel that no longer wants a socket (its client went away while it waited). */
+  cancelTunnel(target: Target, user: TunnelUser): void {
+    const entry = this.entries.get(target.key);
+    if (entry === undefined) return;
+    const at = entry.tunnelWaiters.findIndex((w) => w.user === user);
+    if (at === -1) return;
+    clearTimeout(entry.tunnelWaiters[at]!.timer);
+    entry.tunnelWaiters.splice(at, 1);
+    this.dropIfUnused(entry);
+  }
+
+  tunnelWaitExpired(entry: PoolEntry, user: TunnelUser): void {
+    const at = entry.tunnelWaiters.findIndex((w) => w.user === user);
+    if (at === -1) return;
+    entry.tunnelWaiters.splice(at, 1);
+    this.dropIfUnused(entry);
+    user.onTunnelSocket(null, 'SOCKET_LIMIT');
+  }
+
+  private startTunnel(entry: PoolEntry, user: TunnelUser): void {
+    if (!this.fds.upstreamAllowed()) {
+      this.dropIfUnused(entry);
+      user.onTunnelSocket(null, 'FD_LIMIT');
+      return;
+    }
+    const socket = connectTo(entry.target);
+    this.stats.upstreamSocketsCreated++;
+    entry.total++;
+    this.fds.upstream++;
+    this.holdSlot(socket, entry);
+    user.onTunnelSocket(socket, '');
+  }
+
+  private holdSlot(socket: net.Socket, entry: PoolEntry): void {
+    (socket as SlotSocket)[kSlot] = entry;
+    socket.on('close', slotSocketOnClose);
+  }
+
+  /** A tunnel's socket closed: its slot goes to a waiting exchange, else a waiting tunnel. */
+  releaseSlot(entry: PoolEntry): void {
+    entry.total--;
+    this.fds.upstream--;
+    this.slotFreed(entry);
+  }
+
+  private slotFreed(entry: PoolEntry): void {
+    const waiter = entry.waiters.shift();
+    if (waiter !== undefined) {
+      if (this.closed) waiter.onUpstreamFailure(null, 'PROXY_STOPPING');
+      else this.connect(entry, waiter);
+    } else {
+      const tunnel = entry.tunnelWaiters.shift();
+      if (tunnel !== undefined) {
+        clearTimeout(tunnel.timer);
+        if (this.closed) tunnel.user.onTunnelSocket(null, 'PROXY_STOPPING');
+        else this.startTunnel(entry, tunnel.user);
+      }
+    }
+    this.dropIfUnused(entry);
+  }
+
+  private dropIfUnused(entry: PoolEntry): void {
+    if (entry.total === 0 && entry.waiters.length === 0 && entry.tunnelWaiters.length === 0 && this.entries.get(entry.target.key) === entry) {
+      this.entries.delete(entry.target.key);
+    }
   }
 
   /** Called once per socket when it closes (or is detached). */
@@ -523,15 +653,11 @@ export class UpstreamPool {
     this.deadlines.disarm(conn);
     const entry = conn.entry;
     entry.total--;
+    this.fds.upstream--;
     const at = entry.idle.indexOf(conn);
     if (at !== -1) entry.idle.splice(at, 1);
     // A slot freed: a waiter may connect.
-    const waiter = entry.waiters.shift();
-    if (waiter !== undefined) {
-      if (this.closed) waiter.onUpstreamFailure(null, 'PROXY_STOPPING');
-      else this.connect(entry, waiter);
-    }
-    if (entry.total === 0 && entry.waiters.length === 0) this.entries.delete(entry.target.key);
+    this.slotFreed(entry);
   }
 
   counts(): Pick<PoolStats, 'upstreamSocketsActive' | 'upstreamSocketsIdle' | 'upstreamWaiters'> {
@@ -541,7 +667,7 @@ export class UpstreamPool {
     for (const entry of this.entries.values()) {
       active += entry.total - entry.idle.length;
       idle += entry.idle.length;
-      waiters += entry.waiters.length;
+      waiters += entry.waiters.length + entry.tunnelWaiters.length;
     }
     return { upstreamSocketsActive: active, upstreamSocketsIdle: idle, upstreamWaiters: waiters };
   }
@@ -559,6 +685,10 @@ export class UpstreamPool {
     for (const entry of this.entries.values()) {
       for (const conn of entry.idle.splice(0)) conn.socket.destroy();
       for (const waiter of entry.waiters.splice(0)) waiter.onUpstreamFailure(null, 'PROXY_STOPPING');
+      for (const tunnel of entry.tunnelWaiters.splice(0)) {
+        clearTimeout(tunnel.timer);
+        tunnel.user.onTunnelSocket(null, 'PROXY_STOPPING');
+      }
     }
   }
 
