@@ -440,6 +440,11 @@ export class ProxyServer implements SessionHost, H2Host {
   }
 
   tlsReady(secure: tls.TLSSocket): void {
+    // A client-initiated renegotiation (TLS 1.2) costs the server a full handshake each time,
+    // over and over on one connection: refuse it. Node only emits an error for it, so any TLS
+    // socket error destroys the socket.
+    secure.disableRenegotiation();
+    secure.on('error', destroyOnError);
     if (secure.alpnProtocol === 'h2') {
       this.http2Server().emit('connection', secure);
       return;
@@ -523,6 +528,10 @@ function endAndLinger(socket: net.Socket, data: Buffer): void {
   socket.resume();
   socket.end(data);
   socket.setTimeout(5_000, destroySocket);
+}
+
+function destroyOnError(this: net.Socket): void {
+  this.destroy();
 }
 
 function destroySocket(this: net.Socket): void {

@@ -29,8 +29,8 @@ export class TlsContexts {
   defaultPem: { cert: Buffer; key: Buffer };
   /** Called after a successful reload. */
   onReload: (() => void) | null = null;
-  private readonly exact = new Map<string, tls.SecureContext>();
-  private readonly wildcard = new Map<string, tls.SecureContext>();
+  private exact = new Map<string, tls.SecureContext>();
+  private wildcard = new Map<string, tls.SecureContext>();
   private readonly watched: string[] = [];
   readonly sniCallback: (servername: string, cb: (err: Error | null, ctx?: tls.SecureContext) => void) => void;
 
@@ -60,15 +60,21 @@ export class TlsContexts {
     return this.defaultContext;
   }
 
+  /**
+   * Builds the SNI tables aside and swaps them in only when every file loaded: a half-written
+   * key (the watcher sees the file mid-write) must leave the names served as they were.
+   */
   private loadSni(): void {
-    this.exact.clear();
-    this.wildcard.clear();
+    const exact = new Map<string, tls.SecureContext>();
+    const wildcard = new Map<string, tls.SecureContext>();
     for (const [name, files] of Object.entries(this.option.sni ?? {})) {
       const context = load(files);
       const lower = name.toLowerCase();
-      if (lower.startsWith('*.')) this.wildcard.set(lower.slice(2), context);
-      else this.exact.set(lower, context);
+      if (lower.startsWith('*.')) wildcard.set(lower.slice(2), context);
+      else exact.set(lower, context);
     }
+    this.exact = exact;
+    this.wildcard = wildcard;
   }
 
   /** Re-reads every file; on any error the certificates in use stay as they are. */
