@@ -140,3 +140,65 @@ describe('request head size limits', () => {
     assert.match(await rawRequest(pport, [line.slice(0, 3000), line.slice(3000)]), /^HTTP\/1\.1 414 /);
   });
 });
+
+describe('pipelining', () => {
+  let proxy;
+  let pport;
+  let upstream;
+
+  before(async () => {
+    ({ proxy, port: pport } = await startProxy());
+    upstream = await startUpstream();
+  });
+
+  after(async () => {
+    await proxy?.stop();
+    await upstream?.close();
+  });
+
+  it('1,524 pipelined GETs in one write: at most a small bound is queued, those are answered in order, then the connection closes', async () => {
+    const one = (i) => `GET /p${i} HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${upstream.port}\r\n\r\n`;
+    let data = '';
+    for (let i = 0; i < 1524; i++) data += one(i);
+    upstream.requests.length = 0;
+    const text = await rawRequest(pport, data, { timeoutMs: 5000 });
+    const answered = (text.match(/HTTP\/1\.1 200 /g) ?? []).length;
+    assert.ok(answered >= 2 && answered <= 40, `answered ${answered}`);
+    assert.ok(upstream.requests.length <= 40, `the upstream got ${upstream.requests.length}`);
+    assert.deepEqual(upstream.requests.map((r) => r.url), Array.from({ length: upstream.requests.length }, (_, i) => `/p${i}`));
+    // Each answer is the one for its request, and the last one says the connection closes.
+    const urls = [...text.matchAll(/"url":"(\/p\d+)"/g)].map((m) => m[1]);
+    assert.deepEqual(urls, Array.from({ length: answered }, (_, i) => `/p${i}`));
+    assert.match(text.slice(text.lastIndexOf('HTTP/1.1 200')), /\r\nconnection: close\r\n/i);
+  });
+
+  it('valid requests pipelined before a bad one are answered first; then the 400 and a close', async () => {
+    const good = (p) => `GET ${p} HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${upstream.port}\r\n\r\n`;
+    const attack = `${good('/one')}${good('/two')}GET /bad HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n`;
+    upstream.requests.length = 0;
+    const text = await rawRequest(pport, attack, { timeoutMs: 3000 });
+    const statuses = [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]);
+    assert.deepEqual(statuses, ['200', '200', '400'], text.slice(0, 400));
+    assert.deepEqual(upstream.requests.map((r) => r.url), ['/one', '/two']);
+  });
+
+  it('after a refusal on a connection paused for pipelining, the client close is seen at once (no linger)', async () => {
+    const slow = await startUpstream((req, res) => setTimeout(() => res.end('ok'), 200));
+    try {
+      const good = `GET /s HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${slow.port}\r\n\r\n`;
+      const before = proxy.getStats().activeConnections;
+      const socket = net.connect(pport, '127.0.0.1');
+      socket.on('error', () => {});
+      socket.write(`${good}${good}GET /bad HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n`);
+      let text = '';
+      socket.on('data', (c) => {
+        text += c.toString('latin1');
+      });
+      await waitFor(() => text.includes('HTTP/1.1 400'), { timeoutMs: 3000 });
+      socket.destroy();
+      assert.ok(await waitFor(() => proxy.getStats().activeConnections <= before, { timeoutMs: 1500 }), 'the connection was released at once');
+    } finally {
+      await slow.close();
+    }
+  });
+});

@@ -103,6 +103,20 @@ export function stopReading(socket: Readable, handle: StreamHandle | null): void
   }
 }
 
+/**
+ * Makes a socket that nothing consumes read again, however it was stopped: at its stream
+ * (`pause()`) or at its handle (`stopReading` while consumed), which `resume()` alone does not
+ * undo when the stream itself still counts as flowing.
+ */
+export function resumeSocket(socket: Readable): void {
+  socket.resume();
+  const handle = streamHandle(socket);
+  if (handle !== undefined && handle._consumed !== true && handle.reading === false) {
+    handle.reading = true;
+    handle.readStart();
+  }
+}
+
 export function startReading(socket: Readable, handle: StreamHandle | null): void {
   if (handle === null) socket.resume();
   else if (handle.reading === false) {

@@ -38,6 +38,7 @@ import {
   kOnMessageComplete,
   consumeSocket,
   releaseHandle,
+  resumeSocket,
   startReading,
   stopReading,
   type HTTPParser,
@@ -64,11 +65,19 @@ const C_BROKEN = 4; // the parser hit bad input; answer it once nothing is in fl
 const C_UPGRADING = 8; // the parser stopped at an upgrade/CONNECT head
 const C_TUNNEL = 16; // the socket belongs to a tunnel now
 const C_HEAD_PENDING = 32; // a request head is being received (header timeout armed)
-const C_NO_MORE = 64; // a request asked to close: later bytes are ignored (RFC 9112 §9.6)
+const C_NO_MORE = 64; // no more requests are taken: later bytes are ignored (RFC 9112 §9.6)
 const C_SEEN_DATA = 128;
 const C_IN_BATCH = 256; // an upstream read for this connection's response is being parsed
 const C_SOCKET_CORKED = 512; // ... and the socket is corked until it ends
 const C_LINE_DONE = 1024; // the request line of a head still being received has ended (414 vs 431)
+const C_IGNORING = 2048; // what the client sends is read and dropped
+
+/**
+ * Pipelined requests queued behind the one being answered. One read can hold over a thousand
+ * small GETs; past this many the connection takes no more requests: those queued are answered,
+ * then it closes, and the client retries the rest on a new connection (RFC 9112 §9.3.2).
+ */
+const PIPELINE_MAX = 32;
 
 /** Up to this size, a body that comes in the same upstream read as its head joins it in one string write. */
 const JOIN_BODY_MAX = 4096;
@@ -179,7 +188,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   onExecuted(ret: number | ParseError): void {
     // No 'data' events when consuming: keep the idle timer honest by hand (as node:http does).
     (this.socket as unknown as { _unrefTimer(): void })._unrefTimer();
-    if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_NO_MORE)) !== 0) return;
+    if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_IGNORING)) !== 0) return;
     this.afterExecute(ret, null);
   }
 
@@ -200,14 +209,13 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   }
 
   private afterExecute(ret: number | ParseError, data: Buffer | null): void {
+    // Bytes after a request that asked to close are not a request (RFC 9112 §9.6), nor are
+    // those past the pipelining bound: ignore them.
+    if ((this.flags & C_NO_MORE) !== 0 || (isParseError(ret) && ret.code === 'HPE_CLOSED_CONNECTION')) {
+      this.ignoreRest();
+      return;
+    }
     if (isParseError(ret)) {
-      // Bytes after a request that asked to close are not a request (RFC 9112 §9.6): ignore them.
-      if (ret.code === 'HPE_CLOSED_CONNECTION') {
-        this.flags |= C_NO_MORE;
-        this.unconsume();
-        this.socket.on('data', discard);
-        return;
-      }
       const chunk = data ?? this.parser.getCurrentBuffer();
       this.broken(ret.code === 'HPE_HEADER_OVERFLOW' ? this.overflowStatus(chunk, ret) : 400, ret);
       return;
@@ -225,6 +233,13 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       if (rest !== null) this.upgradeRest = this.upgradeRest === null ? rest : Buffer.concat([this.upgradeRest, rest]);
       this.pause(P_UPGRADE);
     }
+  }
+
+  private ignoreRest(): void {
+    if ((this.flags & C_IGNORING) !== 0) return;
+    this.flags |= C_NO_MORE | C_IGNORING;
+    this.unconsume();
+    this.socket.on('data', discard);
   }
 
   private overflowStatus(chunk: Buffer, err: ParseError): number {
@@ -286,7 +301,9 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     // Keep reading (and dropping) what the client still sends, so the close is a FIN, not a RST.
     socket.on('data', discard);
     this.pauses = 0;
-    socket.resume();
+    // Reading may have been stopped at the handle (pipelining, backpressure): start it again,
+    // or the client's close would only be seen when the linger timer fires.
+    resumeSocket(socket);
     socket.end(data);
     socket.setTimeout(5_000);
   }
@@ -336,7 +353,13 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     stats.totalRequests++;
     stats.http1Requests++;
     if (this.tls) stats.tlsRequests++;
-    if ((this.flags & C_BROKEN) !== 0) return 0;
+    if ((this.flags & (C_BROKEN | C_NO_MORE)) !== 0) return 0;
+    if (this.current !== null && this.pending !== null && this.pending.length >= PIPELINE_MAX) {
+      // This head and everything after it go unanswered; the connection closes after the queue.
+      this.flags |= C_NO_MORE;
+      this.parsing = null;
+      return 0;
+    }
     // llhttp accepts HTTP/0.9 and HTTP/2.0 request lines; a proxy must not (SPEC §4).
     if (major !== 1 || minor > 1) {
       this.broken(400, null);
@@ -490,7 +513,10 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     return (
       (ex.flags & EX_CLIENT_CLOSE) === 0 &&
       !this.core.draining &&
-      (this.flags & (C_CLOSE_AFTER | C_BROKEN | C_UPGRADING)) === 0 &&
+      (this.flags & (C_CLOSE_AFTER | C_UPGRADING)) === 0 &&
+      // After bad input or the pipelining bound, the requests queued before it are still
+      // answered; the last of them closes the connection.
+      ((this.flags & (C_BROKEN | C_NO_MORE)) === 0 || (this.pending !== null && this.pending.length > 0)) &&
       ((ex.flags & EX_REQUEST_ENDED) !== 0 || ex.bodyMode === BODY_NONE)
     );
   }
@@ -698,19 +724,25 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     // The exchange may have paused reading for its body (queued while the upstream connected,
     // or upstream backpressure) and then failed: its pause ends with it.
     this.unpause(P_BACKPRESSURE);
-    if ((this.flags & C_BROKEN) !== 0) {
-      this.sendBrokenAndClose();
-      return;
-    }
     if ((this.flags & C_CLOSE_AFTER) !== 0 || (this.flags & C_UPGRADING) !== 0) {
-      this.closeWith('');
+      if ((this.flags & C_BROKEN) !== 0) this.sendBrokenAndClose();
+      else this.closeWith('');
       return;
     }
     const next = this.pending?.shift();
     if (next !== undefined) {
       this.current = next;
-      if (this.pending!.length === 0) this.unpause(P_PIPELINE);
+      if (this.pending!.length === 0 && (this.flags & C_NO_MORE) === 0) this.unpause(P_PIPELINE);
       this.startExchange(next);
+      return;
+    }
+    // Requests queued before bad input were answered: now the answer to the bad input.
+    if ((this.flags & C_BROKEN) !== 0) {
+      this.sendBrokenAndClose();
+      return;
+    }
+    if ((this.flags & C_NO_MORE) !== 0 && (this.flags & C_IGNORING) !== 0 && this.parsing === null) {
+      this.closeWith('');
       return;
     }
     this.unpause(P_PIPELINE);
