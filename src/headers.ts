@@ -125,7 +125,8 @@ export interface RequestHeadFacts {
   /** How many `Via` entries name this proxy instance. */
   viaSelfCount: number;
   connectionTokens: string[] | null;
-  hasUpgrade: boolean;
+  /** `Upgrade` names `websocket`: the only upgrade the proxy tunnels. */
+  upgradeWebsocket: boolean;
   /** `REPEATED_*` bits: routing headers given more than once (refused, never "last one wins"). */
   repeatedRouting: number;
 }
@@ -145,7 +146,7 @@ export function emptyFacts(): RequestHeadFacts {
     chunked: false,
     viaSelfCount: 0,
     connectionTokens: null,
-    hasUpgrade: false,
+    upgradeWebsocket: false,
     repeatedRouting: 0,
   };
 }
@@ -158,6 +159,12 @@ function countOccurrences(haystack: string, needle: string): number {
     at = haystack.indexOf(needle, at + needle.length);
   }
   return count;
+}
+
+function namesWebsocket(value: string): boolean {
+  if (value.length === 9) return value.toLowerCase() === 'websocket';
+  for (const part of value.split(',')) if (part.trim().toLowerCase() === 'websocket') return true;
+  return false;
 }
 
 /** One pass over a flat `[name, value, ...]` list, names in any case. */
@@ -174,7 +181,7 @@ export function scanRequestHeaders(raw: readonly string[], viaToken: string, fac
         facts.host = raw[i + 1]!;
         break;
       case N_UPGRADE:
-        facts.hasUpgrade = true;
+        if (!facts.upgradeWebsocket) facts.upgradeWebsocket = namesWebsocket(raw[i + 1]!);
         break;
       case N_CONNECTION:
         facts.connectionTokens = addConnectionTokens(raw[i + 1]!, facts.connectionTokens);

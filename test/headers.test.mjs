@@ -268,7 +268,7 @@ describe('scanRequestHeaders', () => {
       chunked: false,
       viaSelfCount: 3,
       connectionTokens: null, // keep-alive and upgrade are removed as hop-by-hop anyway
-      hasUpgrade: true,
+      upgradeWebsocket: true,
       repeatedRouting: 0,
     });
   });

@@ -202,3 +202,60 @@ describe('pipelining', () => {
     }
   });
 });
+
+describe('upgrade requests with a body', () => {
+  let proxy;
+  let pport;
+  let upstream;
+
+  before(async () => {
+    ({ proxy, port: pport } = await startProxy());
+    upstream = await startUpstream();
+  });
+
+  after(async () => {
+    await proxy?.stop();
+    await upstream?.close();
+  });
+
+  const h2cHead = (port, framing) =>
+    `POST /up HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${port}\r\nConnection: Upgrade, HTTP2-Settings\r\n` +
+    `Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n${framing}\r\n`;
+
+  it('Upgrade: h2c POST with a 200 KB Content-Length body is forwarded whole as an ordinary request; the next request on the connection too', async () => {
+    const body = 'b'.repeat(200_000);
+    upstream.requests.length = 0;
+    const data = `${h2cHead(upstream.port, `Content-Length: ${body.length}\r\n`)}${body}` +
+      `GET /next HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${upstream.port}\r\nConnection: close\r\n\r\n`;
+    const text = await rawRequest(pport, data, { timeoutMs: 5000 });
+    const bodies = [...text.matchAll(/"bodyLength":(\d+)/g)].map((m) => Number(m[1]));
+    assert.deepEqual(bodies, [200_000, 0], text.slice(0, 300));
+    assert.deepEqual(upstream.requests.map((r) => r.url), ['/up', '/next']);
+    assert.equal(upstream.requests[0].headers.upgrade, undefined, 'Upgrade is not forwarded');
+    assert.equal(upstream.requests[0].headers['http2-settings'], undefined);
+  });
+
+  it('Upgrade: h2c POST with a chunked 200 KB body reaches the upstream whole, never cut short', async () => {
+    const piece = 'c'.repeat(10_000);
+    let chunked = '';
+    for (let i = 0; i < 20; i++) chunked += `${piece.length.toString(16)}\r\n${piece}\r\n`;
+    chunked += '0\r\n\r\n';
+    upstream.requests.length = 0;
+    const text = await rawRequest(pport, `${h2cHead(upstream.port, 'Transfer-Encoding: chunked\r\n')}${chunked}`, {
+      timeoutMs: 5000,
+      until: (t) => t.includes('"bodyLength"'),
+    });
+    assert.match(text, /^HTTP\/1\.1 200 /);
+    assert.match(text, /"bodyLength":200000/);
+  });
+
+  it('a WebSocket upgrade request that carries a body gets 400 and never reaches the upstream', async () => {
+    upstream.requests.length = 0;
+    const data =
+      `GET /ws HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${upstream.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+      'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 5\r\n\r\nhello';
+    const text = await rawRequest(pport, data);
+    assert.match(text, /^HTTP\/1\.1 400 /);
+    assert.equal(upstream.requests.length, 0);
+  });
+});

@@ -71,6 +71,7 @@ const C_IN_BATCH = 256; // an upstream read for this connection's response is be
 const C_SOCKET_CORKED = 512; // ... and the socket is corked until it ends
 const C_LINE_DONE = 1024; // the request line of a head still being received has ended (414 vs 431)
 const C_IGNORING = 2048; // what the client sends is read and dropped
+const C_NOT_UPGRADING = 4096; // llhttp stops after a request it takes for an upgrade the proxy does not make
 
 /**
  * Pipelined requests queued behind the one being answered. One read can hold over a thousand
@@ -224,6 +225,17 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       // A head spans reads (the common head completes within one and never gets here): remember
       // whether its request line ended, so an oversized header later is 431, not 414.
       if ((data ?? this.parser.getCurrentBuffer()).indexOf(10) !== -1) this.flags |= C_LINE_DONE;
+    }
+    if ((this.flags & C_NOT_UPGRADING) !== 0 && this.parsing === null) {
+      // llhttp paused after a request with an `Upgrade` the proxy forwards as an ordinary
+      // request (h2c, ...): what follows it is HTTP/1.1 again, parse on.
+      const chunk = data ?? this.parser.getCurrentBuffer();
+      this.flags &= ~C_NOT_UPGRADING;
+      if (ret < chunk.length) {
+        const rest = chunk.subarray(ret);
+        this.afterExecute(this.parser.execute(rest), rest);
+      }
+      return;
     }
     if ((this.flags & C_UPGRADING) !== 0 && (this.flags & C_TUNNEL) === 0) {
       // llhttp stopped after the upgrade/CONNECT head: the rest is tunnel data.
@@ -406,6 +418,18 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       ex.flags |= EX_CLIENT_CLOSE;
     }
     this.parsing = ex;
+    if (upgrade && method !== 'CONNECT' && !facts.upgradeWebsocket) {
+      // Only WebSocket upgrades are tunnelled. Any other `Upgrade` (h2c from `curl --http2`, ...)
+      // is dropped as a hop-by-hop field and the request forwarded whole, body included.
+      upgrade = false;
+      this.flags |= C_NOT_UPGRADING;
+    } else if (upgrade && method !== 'CONNECT' && bodyMode !== BODY_NONE) {
+      // A WebSocket handshake has no body (RFC 6455 §4.1); with one, where the tunnel starts
+      // would be the proxy's guess.
+      this.parsing = null;
+      this.broken(400, null);
+      return 0;
+    }
     if (upgrade) {
       this.flags |= C_UPGRADING;
       if (method !== 'CONNECT') ex.flags |= EX_UPGRADE;
