@@ -3,7 +3,7 @@ import { ErrorCodes } from './errors.js';
 import { buildUpstreamH2Headers, buildUpstreamRequestHead, type ForwardContext, type RequestHeadFacts } from './headers.js';
 import type { Logger } from './log.js';
 import type { ResolvedOptions } from './options.js';
-import { CachedPortResolver } from './route/port-resolver.js';
+import { CachedPortResolver, RESOLVER_TIMEOUT, type ResolverAnswer } from './route/port-resolver.js';
 import {
   ERR_CONTAINER_NOT_FOUND,
   ERR_LOOP,
@@ -41,6 +41,13 @@ const ERR_CONNECT_NO_ROUTE: RouteError = Object.freeze({
   status: 400,
   code: ErrorCodes.NO_ROUTE,
   message: 'CONNECT needs X-Cmux-Port-Internal or a routable authority',
+});
+
+const ERR_RESOLVER_TIMEOUT: RouteError = Object.freeze({
+  kind: 'error',
+  status: 504,
+  code: ErrorCodes.RESOLVER_TIMEOUT,
+  message: 'container port resolver timed out',
 });
 
 export function splitAuthority(authority: string): { host: string; port: number } | null {
@@ -138,11 +145,14 @@ export class ProxyCore {
         this.startResolved(req, cached);
         return;
       }
-      resolver.resolve(r.container, r.port).then(
-        (port) => this.startResolved(req, port),
+      // Bounded like a connect: no other timer watches a request while it waits here (the
+      // head timer is off, the idle timer skips busy connections).
+      resolver.resolve(r.container, r.port, this.options.upstreamConnectTimeoutMs).then(
+        (answer) => this.startResolved(req, answer),
         (err: unknown) => {
+          const timedOut = (err as NodeJS.ErrnoException | null)?.code === RESOLVER_TIMEOUT;
           this.log.warn(`container port resolver failed for ${r.container}:${r.port}: ${(err as Error)?.message ?? String(err)}`);
-          if (!req.finished) refuse(req, ERR_RESOLVER_FAILED);
+          if (!req.finished) refuse(req, timedOut ? ERR_RESOLVER_TIMEOUT : ERR_RESOLVER_FAILED);
         },
       );
       return;
@@ -151,10 +161,10 @@ export class ProxyCore {
     req.start(r);
   }
 
-  private startResolved(req: Routable, port: number | null): void {
+  private startResolved(req: Routable, answer: ResolverAnswer): void {
     if (req.finished) return;
-    if (port === null) return refuse(req, ERR_CONTAINER_NOT_FOUND);
-    const target = tcpTarget(LOCAL_HOST, port);
+    if (answer === null) return refuse(req, ERR_CONTAINER_NOT_FOUND);
+    const target = typeof answer === 'number' ? tcpTarget(LOCAL_HOST, answer) : tcpTarget(answer.host, answer.port);
     if (this.isSelf(target)) return refuse(req, ERR_LOOP);
     req.start(target);
   }
@@ -171,7 +181,8 @@ export class ProxyCore {
       if (parsed !== null && (parsed.host === 'localhost' || parsed.host === LOCAL_HOST)) target = tcpTarget(LOCAL_HOST, parsed.port);
     }
     if (target === null) return ERR_CONNECT_NO_ROUTE;
-    if (!isRouteError(target) && this.isSelf(target)) return ERR_LOOP;
+    if (isRouteError(target)) return target;
+    if (this.isSelf(target)) return ERR_LOOP;
     return target;
   }
 
