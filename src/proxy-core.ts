@@ -50,6 +50,18 @@ const ERR_RESOLVER_TIMEOUT: RouteError = Object.freeze({
   message: 'container port resolver timed out',
 });
 
+/**
+ * A route to the private port of the `fallback.handler` server. That server trusts the
+ * forwarding headers it gets (the proxy sets them); a CONNECT tunnel to it would let a client
+ * write its own, and a routed request would reach it past the fallback rule.
+ */
+const ERR_PRIVATE_PORT: RouteError = Object.freeze({
+  kind: 'error',
+  status: 400,
+  code: ErrorCodes.INVALID_PORT,
+  message: "invalid port: reserved for the proxy's fallback handler",
+});
+
 export function splitAuthority(authority: string): { host: string; port: number } | null {
   const colon = authority.lastIndexOf(':');
   if (colon === -1) return null;
@@ -88,6 +100,8 @@ export class ProxyCore {
   fallbackTarget: Target | null = null;
   /** True from `stop()` on: keep-alive ends after the current exchange. */
   draining = false;
+  /** The fallback is the embedding app's handler, served on a private port (`fallbackTarget`). */
+  private readonly handlerFallback: boolean;
 
   constructor(options: ResolvedOptions, stats: StatsCounters, log: Logger & { readonly debugEnabled: boolean }, resolver: CachedPortResolver | undefined) {
     this.options = options;
@@ -117,6 +131,7 @@ export class ProxyCore {
     this.protocols =
       options.upstreamProtocol === 'auto' ? new LRUCache({ max: 10_000, ttl: Math.max(1, options.upstreamProtocolCacheTtlMs) }) : null;
     const fallback = options.fallback;
+    this.handlerFallback = fallback !== undefined && 'handler' in fallback;
     if (fallback !== undefined) {
       if ('socketPath' in fallback) this.fallbackTarget = socketTarget(fallback.socketPath);
       else if ('port' in fallback) this.fallbackTarget = tcpTarget(fallback.host ?? LOCAL_HOST, fallback.port);
@@ -158,6 +173,7 @@ export class ProxyCore {
       return;
     }
     if (this.isSelf(r)) return refuse(req, ERR_LOOP);
+    if (this.handlerFallback && this.isPrivateFallback(r)) return refuse(req, ERR_PRIVATE_PORT);
     req.start(r);
   }
 
@@ -166,6 +182,7 @@ export class ProxyCore {
     if (answer === null) return refuse(req, ERR_CONTAINER_NOT_FOUND);
     const target = typeof answer === 'number' ? tcpTarget(LOCAL_HOST, answer) : tcpTarget(answer.host, answer.port);
     if (this.isSelf(target)) return refuse(req, ERR_LOOP);
+    if (this.handlerFallback && this.isPrivateFallback(target)) return refuse(req, ERR_PRIVATE_PORT);
     req.start(target);
   }
 
@@ -183,7 +200,19 @@ export class ProxyCore {
     if (target === null) return ERR_CONNECT_NO_ROUTE;
     if (isRouteError(target)) return target;
     if (this.isSelf(target)) return ERR_LOOP;
+    if (this.handlerFallback && this.isPrivateFallback(target)) return ERR_PRIVATE_PORT;
     return target;
+  }
+
+  /**
+   * A target that reaches the fallback handler's private server (bound to 127.0.0.1) other than
+   * through the fallback rule.
+   */
+  private isPrivateFallback(target: Target): boolean {
+    const fallback = this.fallbackTarget;
+    if (fallback === null || target.port !== fallback.port || target.socketPath !== undefined) return false;
+    const host = target.host;
+    return host === fallback.host || host === 'localhost';
   }
 
   /** A target that is this proxy's own listening socket would loop forever. */
