@@ -7,6 +7,7 @@ import http2 from 'node:http2';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { startProxy, startRawServer, rawRequest, request, sleep, waitFor } from './helpers/servers.mjs';
+import { FRAME, headersFrame, settingsFrame } from './helpers/h2-raw.mjs';
 
 const TEXT_PLAIN = 'text/plain; charset=utf-8';
 
@@ -215,6 +216,52 @@ describe('upstream status codes outside 100-599', () => {
       // The proxy still serves this client protocol afterwards.
       await sleep(10);
     });
+  }
+
+  /** An h2c upstream written as raw frames: every request stream gets HEADERS with `status`. */
+  function rawH2cUpstream(status) {
+    return (socket) => {
+      let buf = Buffer.alloc(0);
+      let prefaceSeen = false;
+      socket.on('data', (c) => {
+        buf = Buffer.concat([buf, c]);
+        if (!prefaceSeen) {
+          if (buf.length < 24) return;
+          buf = buf.subarray(24);
+          prefaceSeen = true;
+          socket.write(settingsFrame());
+        }
+        while (buf.length >= 9) {
+          const length = buf.readUIntBE(0, 3);
+          if (buf.length < 9 + length) return;
+          const type = buf[3];
+          const flags = buf[4];
+          const streamId = buf.readUInt32BE(5) & 0x7fffffff;
+          buf = buf.subarray(9 + length);
+          if (type === FRAME.SETTINGS && (flags & 1) === 0) socket.write(settingsFrame({}, { ack: true }));
+          if (type === FRAME.HEADERS && streamId !== 0) {
+            socket.write(headersFrame(streamId, [[':status', status], ['content-type', 'text/plain'], ['set-cookie', 'session=attacker']], { endStream: true }));
+          }
+        }
+      });
+    };
+  }
+
+  for (const status of ['099', '000', '888']) {
+    for (const client of ['HTTP/1.1', 'HTTP/2']) {
+      it(`:status ${status} from an h2c upstream -> 502 BAD_RESPONSE (${client} client)`, async (t) => {
+        const { proxy, port } = await proxyFor(t, { upstreamProtocol: 'h2c' });
+        const up = await rawUpstream(t, rawH2cUpstream(status));
+        const res =
+          client === 'HTTP/2'
+            ? await h2Get(port, '/h2c', { 'x-cmux-port-internal': String(up.port) })
+            : await request(`http://127.0.0.1:${port}/h2c`, { headers: { 'x-cmux-port-internal': String(up.port) } });
+        assert.equal(res.status, 502);
+        assert.equal(res.body, 'upstream request error: BAD_RESPONSE');
+        assert.equal(res.headers['set-cookie'], undefined);
+        assert.equal(proxy.getStats().upstreamErrors.BAD_RESPONSE, 1);
+      });
+    }
   }
 
   it('100-599 pass: a 599 is relayed', async (t) => {
