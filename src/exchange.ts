@@ -178,6 +178,15 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
 
   h2Response(status: number, raw: string[]): void {
     if (this.finished) return;
+    if (status < 200 || status > 599) {
+      // nghttp2 only checks that :status has three digits: 000-099 arrive here as final
+      // responses, 600-999 too. None is a status code (RFC 9110 §15).
+      const h2 = this.h2;
+      this.h2 = null;
+      h2?.cancel();
+      this.failUpstream('BAD_RESPONSE');
+      return;
+    }
     this.status = status;
     this.flags |= EX_RESPONSE_STARTED;
     this.client.respond(this, status, http().STATUS_CODES[status] ?? 'Unknown', withoutPseudo(raw));
@@ -309,17 +318,18 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
 
   onResponseHead(conn: UpstreamConn, status: number, statusMessage: string, raw: string[], upgrade: boolean, keepAlive: boolean): number {
     if (this.finished) return 0;
+    // llhttp takes any three digits: 000-099 and 600-999 are no status code (RFC 9110 §15).
+    // Relayed, a "0" would even pass as an interim answer and its body as the next response.
+    if (status < 100 || status > 599) return this.badResponse(conn);
     if (status < 200 && status !== 101) {
       this.client.interim(this, status, statusMessage, raw);
       return 0;
     }
     this.core.pool.headArrived(conn);
     if (status === 101) {
-      if ((this.flags & EX_UPGRADE) === 0 || !upgrade) {
-        conn.errorCode = 'BAD_RESPONSE';
-        conn.socket.destroy();
-        return 0;
-      }
+      // A switch nobody asked for (RFC 9110 §15.2.2: only in answer to an Upgrade request);
+      // llhttp stops at it as at any 101, so nothing else of it would ever reach the client.
+      if ((this.flags & EX_UPGRADE) === 0 || !upgrade) return this.badResponse(conn);
       this.status = status;
       this.flags |= EX_RESPONSE_STARTED;
       conn.phase = PHASE_UPGRADED;
@@ -335,6 +345,15 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   }
 
   private upgradeHead: { statusMessage: string; raw: string[] } | null = null;
+
+  /** A response head the proxy cannot relay: the socket goes, the client gets a 502 now. */
+  private badResponse(conn: UpstreamConn): number {
+    conn.errorCode = 'BAD_RESPONSE';
+    this.conn = null;
+    this.core.pool.destroy(conn);
+    this.failUpstream('BAD_RESPONSE');
+    return 0;
+  }
 
   onUpgradeData(conn: UpstreamConn, rest: Buffer): void {
     const head = this.upgradeHead;

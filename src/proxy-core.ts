@@ -4,7 +4,7 @@ import { buildUpstreamH2Headers, buildUpstreamRequestHead, type ForwardContext, 
 import type { Logger } from './log.js';
 import type { ResolvedOptions } from './options.js';
 import { parsePort } from './route/host-patterns.js';
-import { CachedPortResolver } from './route/port-resolver.js';
+import { CachedPortResolver, RESOLVER_TIMEOUT, type ResolverAnswer } from './route/port-resolver.js';
 import {
   ERR_CONTAINER_NOT_FOUND,
   ERR_LOOP,
@@ -42,6 +42,25 @@ const ERR_CONNECT_NO_ROUTE: RouteError = Object.freeze({
   status: 400,
   code: ErrorCodes.NO_ROUTE,
   message: 'CONNECT needs X-Cmux-Port-Internal or a routable authority',
+});
+
+const ERR_RESOLVER_TIMEOUT: RouteError = Object.freeze({
+  kind: 'error',
+  status: 504,
+  code: ErrorCodes.RESOLVER_TIMEOUT,
+  message: 'container port resolver timed out',
+});
+
+/**
+ * A route to the private port of the `fallback.handler` server. That server trusts the
+ * forwarding headers it gets (the proxy sets them); a CONNECT tunnel to it would let a client
+ * write its own, and a routed request would reach it past the fallback rule.
+ */
+const ERR_PRIVATE_PORT: RouteError = Object.freeze({
+  kind: 'error',
+  status: 400,
+  code: ErrorCodes.INVALID_PORT,
+  message: "invalid port: reserved for the proxy's fallback handler",
 });
 
 const ERR_CONNECT_BAD_AUTHORITY: RouteError = Object.freeze({
@@ -94,6 +113,8 @@ export class ProxyCore {
   fallbackTarget: Target | null = null;
   /** True from `stop()` on: keep-alive ends after the current exchange. */
   draining = false;
+  /** The fallback is the embedding app's handler, served on a private port (`fallbackTarget`). */
+  private readonly handlerFallback: boolean;
 
   constructor(options: ResolvedOptions, stats: StatsCounters, log: Logger & { readonly debugEnabled: boolean }, resolver: CachedPortResolver | undefined) {
     this.options = options;
@@ -123,6 +144,7 @@ export class ProxyCore {
     this.protocols =
       options.upstreamProtocol === 'auto' ? new LRUCache({ max: 10_000, ttl: Math.max(1, options.upstreamProtocolCacheTtlMs) }) : null;
     const fallback = options.fallback;
+    this.handlerFallback = fallback !== undefined && 'handler' in fallback;
     if (fallback !== undefined) {
       if ('socketPath' in fallback) this.fallbackTarget = socketTarget(fallback.socketPath);
       else if ('port' in fallback) this.fallbackTarget = pinnedTcpTarget(fallback.host ?? LOCAL_HOST, fallback.port);
@@ -151,24 +173,29 @@ export class ProxyCore {
         this.startResolved(req, cached);
         return;
       }
-      resolver.resolve(r.container, r.port).then(
-        (port) => this.startResolved(req, port),
+      // Bounded like a connect: no other timer watches a request while it waits here (the
+      // head timer is off, the idle timer skips busy connections).
+      resolver.resolve(r.container, r.port, this.options.upstreamConnectTimeoutMs).then(
+        (answer) => this.startResolved(req, answer),
         (err: unknown) => {
+          const timedOut = (err as NodeJS.ErrnoException | null)?.code === RESOLVER_TIMEOUT;
           this.log.warn(`container port resolver failed for ${r.container}:${r.port}: ${(err as Error)?.message ?? String(err)}`);
-          if (!req.finished) refuse(req, ERR_RESOLVER_FAILED);
+          if (!req.finished) refuse(req, timedOut ? ERR_RESOLVER_TIMEOUT : ERR_RESOLVER_FAILED);
         },
       );
       return;
     }
     if (this.isSelf(r)) return refuse(req, ERR_LOOP);
+    if (this.handlerFallback && this.isPrivateFallback(r)) return refuse(req, ERR_PRIVATE_PORT);
     req.start(r);
   }
 
-  private startResolved(req: Routable, port: number | null): void {
+  private startResolved(req: Routable, answer: ResolverAnswer): void {
     if (req.finished) return;
-    if (port === null) return refuse(req, ERR_CONTAINER_NOT_FOUND);
-    const target = tcpTarget(LOCAL_HOST, port);
+    if (answer === null) return refuse(req, ERR_CONTAINER_NOT_FOUND);
+    const target = typeof answer === 'number' ? tcpTarget(LOCAL_HOST, answer) : tcpTarget(answer.host, answer.port);
     if (this.isSelf(target)) return refuse(req, ERR_LOOP);
+    if (this.handlerFallback && this.isPrivateFallback(target)) return refuse(req, ERR_PRIVATE_PORT);
     req.start(target);
   }
 
@@ -187,8 +214,21 @@ export class ProxyCore {
     let target: Target | RouteError | null = r !== null && !isContainerRoute(r) ? r : null;
     if (target === null && (parsed.host === 'localhost' || parsed.host === LOCAL_HOST)) target = tcpTarget(LOCAL_HOST, parsed.port);
     if (target === null) return ERR_CONNECT_NO_ROUTE;
-    if (!isRouteError(target) && this.isSelf(target)) return ERR_LOOP;
+    if (isRouteError(target)) return target;
+    if (this.isSelf(target)) return ERR_LOOP;
+    if (this.handlerFallback && this.isPrivateFallback(target)) return ERR_PRIVATE_PORT;
     return target;
+  }
+
+  /**
+   * A target that reaches the fallback handler's private server (bound to 127.0.0.1) other than
+   * through the fallback rule.
+   */
+  private isPrivateFallback(target: Target): boolean {
+    const fallback = this.fallbackTarget;
+    if (fallback === null || target.port !== fallback.port || target.socketPath !== undefined) return false;
+    const host = target.host;
+    return host === fallback.host || host === 'localhost';
   }
 
   /** A target that is this proxy's own listening socket would loop forever. */

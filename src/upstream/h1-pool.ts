@@ -80,6 +80,16 @@ interface TunnelWaiter {
   timer: NodeJS.Timeout;
 }
 
+/** Where a response that completed in the current read stands (`UpstreamConn.ending`). */
+const END_NONE = 0;
+/** A final response completed in this read; llhttp may still have bytes of it to go through. */
+const END_IN_READ = 1;
+/** ...and its exchange gave the socket back: the pool takes it once the read is consumed. */
+const END_RELEASE = 2;
+
+/** What the upstream did wrong when it sent bytes nobody asked for (in `upstreamErrors`). */
+const UNEXPECTED_RESPONSE = 'UNEXPECTED_RESPONSE';
+
 type UpstreamSocket = net.Socket & { [kUpstream]: UpstreamConn };
 type ResponseParser = HTTPParser & { conn: UpstreamConn };
 
@@ -110,6 +120,8 @@ export class UpstreamConn implements Expirable {
   handle: StreamHandle | null = null;
   /** The client side batching while llhttp works through one read (head and body in one write). */
   corked: ReadBatch | null = null;
+  /** END_NONE, END_IN_READ or END_RELEASE: a release waits for the end of the read. */
+  ending = END_NONE;
   private paused = false;
 
   constructor(entry: PoolEntry, socket: net.Socket, maxHeaderSize: number) {
@@ -180,9 +192,10 @@ export class UpstreamConn implements Expirable {
 function parserOnMessageBegin(this: ResponseParser): void {
   const conn = this.conn;
   if (conn.user === null) {
-    // A response nobody asked for (bytes on an idle socket): the upstream broke framing.
-    conn.errorCode = 'UNEXPECTED_RESPONSE';
-    conn.socket.destroy();
+    // A response nobody asked for: bytes after the last response, on an idle socket or in the
+    // very read that completed it (a body sent for HEAD, a second response in the same write,
+    // a Content-Length shorter than the body). The upstream broke framing (RFC 9112 §6.3).
+    conn.entry.pool.discard(conn);
   }
 }
 
@@ -237,7 +250,32 @@ function parserOnMessageComplete(this: ResponseParser): void {
   if (!conn.headComplete || conn.phase === PHASE_UPGRADED) return;
   const trailers = conn.pendingHeaders;
   conn.pendingHeaders = null;
+  // llhttp goes on with the rest of this read once this returns. Whatever follows in it belongs
+  // to no request: the socket may serve the next exchange only after llhttp is through the read
+  // (see UpstreamPool.release), and a message starting in it means the socket is discarded.
+  conn.ending = END_IN_READ;
+  this[Parser.kOnMessageBegin] = parserOnMessageBegin;
   conn.user?.onResponseEnd(conn, trailers);
+}
+
+/** llhttp refused a read: the response is malformed, or bytes after a complete one are. */
+function parseFailed(conn: UpstreamConn): void {
+  if (conn.ending === END_NONE) {
+    conn.errorCode = 'BAD_RESPONSE';
+    conn.socket.destroy();
+    return;
+  }
+  conn.entry.pool.discard(conn);
+  endOfRead(conn);
+}
+
+/** The read that completed a response is consumed: release the socket if it was given back. */
+function endOfRead(conn: UpstreamConn): void {
+  const ending = conn.ending;
+  conn.ending = END_NONE;
+  if (ending !== END_RELEASE) return;
+  conn.entry.releasing--;
+  if (!conn.socket.destroyed) conn.entry.pool.release(conn);
 }
 
 function parserOnExecute(this: ResponseParser, ret: number | ParseError): void {
@@ -252,10 +290,10 @@ function parserOnExecute(this: ResponseParser, ret: number | ParseError): void {
   (socket as unknown as { _unrefTimer(): void })._unrefTimer();
   conn.responseBytes = true;
   if (isParseError(ret)) {
-    conn.errorCode = 'BAD_RESPONSE';
-    socket.destroy();
+    parseFailed(conn);
     return;
   }
+  if (conn.ending !== END_NONE) endOfRead(conn);
   if (conn.phase === PHASE_UPGRADED && conn.user !== null) {
     const chunk = this.getCurrentBuffer();
     conn.unconsume();
@@ -281,7 +319,7 @@ function socketOnData(this: UpstreamSocket, chunk: Buffer): void {
   const conn = this[kUpstream];
   if (conn.user === null) {
     // Bytes on an idle socket: the upstream broke framing. Never reuse it.
-    this.destroy();
+    conn.entry.pool.discard(conn);
     return;
   }
   conn.responseBytes = true;
@@ -291,10 +329,10 @@ function socketOnData(this: UpstreamSocket, chunk: Buffer): void {
   const ret = conn.parser.execute(chunk);
   if (out !== null) out.endBatch();
   if (isParseError(ret)) {
-    conn.errorCode = 'BAD_RESPONSE';
-    this.destroy();
+    parseFailed(conn);
     return;
   }
+  if (conn.ending !== END_NONE) endOfRead(conn);
   if (conn.phase === PHASE_UPGRADED && conn.user !== null) {
     conn.user.onUpgradeData(conn, ret < chunk.length ? chunk.subarray(ret) : EMPTY);
   }
@@ -374,6 +412,8 @@ class PoolEntry {
   readonly tunnelWaiters: TunnelWaiter[] = [];
   /** Sockets open to this upstream: pooled ones (busy or idle) and tunnels. */
   total = 0;
+  /** Sockets given back in the middle of a read (END_RELEASE): free once the read is consumed. */
+  releasing = 0;
   constructor(pool: UpstreamPool, target: Target) {
     this.pool = pool;
     this.target = target;
@@ -444,7 +484,9 @@ export class UpstreamPool {
       user.onUpstreamReady(idle);
       return;
     }
-    if (entry.total >= this.config.maxSockets) {
+    // A socket being released at the end of the current read serves the next user (a
+    // pipelined request dispatched from inside that read) rather than a new connection.
+    if (entry.total >= this.config.maxSockets || entry.releasing > 0) {
       entry.waiters.push(user);
       return;
     }
@@ -499,12 +541,22 @@ export class UpstreamPool {
     socket.on('close', socketOnClose);
   }
 
-  /** Returns a socket after a clean exchange; it serves a waiter or goes idle. */
+  /**
+   * Returns a socket after a clean exchange; it serves a waiter or goes idle. Called from inside
+   * llhttp's message-complete callback, it only marks the socket: the rest of that read is
+   * parsed first (with no user, so any byte of another message discards the socket) and the
+   * socket is taken back after it (endOfRead).
+   */
   release(conn: UpstreamConn): void {
     this.deadlines.disarm(conn);
     conn.user = null;
-    conn.responses++;
     const entry = conn.entry;
+    if (conn.ending === END_IN_READ) {
+      conn.ending = END_RELEASE;
+      entry.releasing++;
+      return;
+    }
+    conn.responses++;
     const waiter = entry.waiters.shift();
     if (waiter !== undefined) {
       this.stats.upstreamSocketsReused++;
@@ -530,6 +582,15 @@ export class UpstreamPool {
     conn.parser[Parser.kOnMessageBegin] = parserOnMessageBegin;
     this.deadlines.arm(conn, idleMs);
     entry.idle.push(conn);
+  }
+
+  /** Closes a socket whose upstream sent bytes nobody asked for; counted in `upstreamErrors`. */
+  discard(conn: UpstreamConn): void {
+    if (conn.errorCode === undefined) {
+      conn.errorCode = UNEXPECTED_RESPONSE;
+      this.stats.countUpstreamError(UNEXPECTED_RESPONSE);
+    }
+    this.destroy(conn);
   }
 
   /** Closes a socket that must not be reused; the exchange holding it lets go first. */
@@ -654,6 +715,8 @@ export class UpstreamPool {
     const entry = conn.entry;
     entry.total--;
     this.fds.upstream--;
+    if (conn.ending === END_RELEASE) entry.releasing--;
+    conn.ending = END_NONE;
     const at = entry.idle.indexOf(conn);
     if (at !== -1) entry.idle.splice(at, 1);
     // A slot freed: a waiter may connect.

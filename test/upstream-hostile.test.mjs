@@ -1,0 +1,316 @@
+// A hostile (or broken) HTTP/1.1 upstream, written as raw bytes: responses that overrun their
+// framing onto a pooled socket another client is waiting for, a 101 nobody asked for, status
+// codes outside 100-599, and an upstream whose TCP handshake never completes.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import http2 from 'node:http2';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { startProxy, startRawServer, rawRequest, request, sleep, waitFor } from './helpers/servers.mjs';
+import { FRAME, headersFrame, settingsFrame } from './helpers/h2-raw.mjs';
+
+const TEXT_PLAIN = 'text/plain; charset=utf-8';
+
+/** Calls `onRequest(socket, head, index)` for each request head a raw upstream gets (no bodies). */
+function onRequestHeads(socket, onRequest) {
+  let buf = '';
+  let index = 0;
+  socket.on('data', (c) => {
+    buf += c.toString('latin1');
+    let at;
+    while ((at = buf.indexOf('\r\n\r\n')) !== -1) {
+      const head = buf.slice(0, at);
+      buf = buf.slice(at + 4);
+      onRequest(socket, head, index++);
+    }
+  });
+}
+
+async function proxyFor(t, options = {}) {
+  const p = await startProxy(options);
+  t.after(() => p.proxy.stop());
+  return p;
+}
+
+async function rawUpstream(t, onConnection) {
+  const up = await startRawServer(onConnection);
+  t.after(() => up.close());
+  return up;
+}
+
+/** The attacker's response: what a victim must never receive. */
+const EVIL = 'HTTP/1.1 200 OK\r\nSet-Cookie: session=attacker; Path=/\r\nContent-Length: 6\r\n\r\nPWNED!';
+
+describe('a pooled upstream socket with bytes left after the response is never handed on', () => {
+  // Each case: the attacker's method and the exact bytes the upstream writes in one write().
+  const cases = [
+    {
+      name: 'a naive upstream sends a body for HEAD',
+      method: 'HEAD',
+      bytes: `HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${EVIL.length}\r\n\r\n${EVIL}`,
+    },
+    {
+      name: 'two responses in one write',
+      method: 'GET',
+      bytes: `HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok${EVIL}`,
+    },
+    {
+      name: 'a Content-Length shorter than the body',
+      method: 'GET',
+      bytes: `HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello, world\r\n${EVIL}`,
+    },
+  ];
+  for (const c of cases) {
+    it(`${c.name}: the waiting client gets its own answer from a fresh socket, the socket is destroyed and counted`, async (t) => {
+      const { proxy, port } = await proxyFor(t, { maxSocketsPerUpstream: 1 });
+      let connections = 0;
+      const seen = [];
+      const up = await rawUpstream(t, (socket) => {
+        const connection = ++connections;
+        onRequestHeads(socket, async (s, head) => {
+          const target = head.split(' ')[1];
+          seen.push({ connection, target });
+          if (target === '/attacker') {
+            // Answer only once the victim waits for this very socket.
+            await waitFor(() => proxy.getStats().upstreamWaiters === 1, { timeoutMs: 3000 });
+            s.write(c.bytes);
+            return;
+          }
+          const body = `victim answer on conn ${connection}`;
+          s.write(`HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+        });
+      });
+      const route = `X-Cmux-Port-Internal: ${up.port}\r\n`;
+      const attacker = rawRequest(port, `${c.method} /attacker HTTP/1.1\r\nHost: a\r\n${route}\r\n`, {
+        timeoutMs: 3000,
+        until: (s) => s.includes('\r\n\r\n') && (c.method === 'HEAD' || s.endsWith('ok') || s.endsWith('hello')),
+      });
+      await waitFor(() => seen.length === 1, { timeoutMs: 3000 });
+      const victim = rawRequest(port, `GET /victim HTTP/1.1\r\nHost: v\r\nCookie: victim=1\r\n${route}\r\n`, {
+        timeoutMs: 4000,
+        until: (s) => /victim answer on conn \d+$/.test(s) || s.endsWith('PWNED!'),
+      });
+      const [a, v] = await Promise.all([attacker, victim]);
+      assert.match(a, /^HTTP\/1\.1 200 OK\r\n/);
+      assert.doesNotMatch(v, /attacker|PWNED/, `the victim got the attacker's response:\n${v}`);
+      assert.match(v, /^HTTP\/1\.1 200 OK\r\n/);
+      assert.match(v, /victim answer on conn 2$/, 'the victim must be served on a fresh upstream socket');
+      assert.deepEqual(
+        seen.map((r) => `${r.connection} ${r.target}`),
+        ['1 /attacker', '2 /victim'],
+      );
+      assert.equal(proxy.getStats().upstreamErrors.UNEXPECTED_RESPONSE, 1);
+      assert.equal(proxy.getStats().upstreamSocketsReused, 0);
+    });
+  }
+
+  it('the same bytes on an ordinary keep-alive socket: a response followed by nothing is still reused', async (t) => {
+    const { proxy, url } = await proxyFor(t, { maxSocketsPerUpstream: 1 });
+    let connections = 0;
+    const up = await rawUpstream(t, (socket) => {
+      const connection = ++connections;
+      onRequestHeads(socket, (s, head) => {
+        const body = `conn ${connection} ${head.split(' ')[1]}`;
+        s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+      });
+    });
+    const headers = { 'x-cmux-port-internal': String(up.port) };
+    const answers = await Promise.all([1, 2, 3, 4].map((i) => request(`${url}/r${i}`, { headers })));
+    assert.deepEqual(answers.map((r) => r.body).sort(), ['conn 1 /r1', 'conn 1 /r2', 'conn 1 /r3', 'conn 1 /r4']);
+    assert.equal(connections, 1);
+    assert.equal(proxy.getStats().upstreamSocketsReused, 3);
+    assert.equal(proxy.getStats().upstreamErrors.UNEXPECTED_RESPONSE, undefined);
+  });
+});
+
+/** Both client protocols: resolves { status, headers, body } or throws. */
+async function h2Get(port, path, headers) {
+  const session = http2.connect(`http://127.0.0.1:${port}`);
+  session.on('error', () => {});
+  try {
+    return await new Promise((resolve, reject) => {
+      const stream = session.request({ ':path': path, ...headers });
+      const chunks = [];
+      let response;
+      const timer = setTimeout(() => reject(new Error('HTTP/2 client timeout')), 4000);
+      stream.on('response', (h) => (response = h));
+      stream.on('data', (d) => chunks.push(d));
+      stream.on('end', () => {
+        clearTimeout(timer);
+        resolve({ status: response?.[':status'], headers: response, body: Buffer.concat(chunks).toString('latin1') });
+      });
+      stream.on('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+    });
+  } finally {
+    session.close();
+  }
+}
+
+describe('an upstream 101 to a request that did not ask to upgrade', () => {
+  const answers = {
+    'with Upgrade: websocket': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello from the other protocol',
+    'without Upgrade': 'HTTP/1.1 101 Switching Protocols\r\n\r\n',
+  };
+  for (const [name, bytes] of Object.entries(answers)) {
+    it(`${name} -> 502 BAD_RESPONSE at once (HTTP/1.1 client), upstream socket destroyed`, async (t) => {
+      const { proxy, port } = await proxyFor(t, { upstreamResponseTimeoutMs: 30_000 });
+      const up = await rawUpstream(t, (socket) => onRequestHeads(socket, (s) => s.write(bytes)));
+      const started = Date.now();
+      const out = await rawRequest(port, `GET /plain HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`, {
+        timeoutMs: 3000,
+        until: (s) => s.includes('BAD_RESPONSE'),
+      });
+      assert.ok(Date.now() - started < 2500, 'the client was left waiting');
+      assert.match(out, /^HTTP\/1\.1 502 Bad Gateway\r\n/);
+      assert.ok(out.includes(`content-type: ${TEXT_PLAIN}`));
+      assert.ok(out.endsWith('\r\n\r\nupstream request error: BAD_RESPONSE'), out);
+      assert.doesNotMatch(out, /101|other protocol/);
+      assert.ok(await waitFor(() => up.sockets.size === 0, { timeoutMs: 2000 }), 'the upstream socket stays open');
+      assert.equal(proxy.getStats().upstreamErrors.BAD_RESPONSE, 1);
+      assert.equal(proxy.getStats().upstreamSocketsActive, 0);
+    });
+
+    it(`${name} -> 502 BAD_RESPONSE at once (HTTP/2 client)`, async (t) => {
+      const { proxy, port } = await proxyFor(t, { upstreamResponseTimeoutMs: 30_000 });
+      const up = await rawUpstream(t, (socket) => onRequestHeads(socket, (s) => s.write(bytes)));
+      const res = await h2Get(port, '/plain', { 'x-cmux-port-internal': String(up.port) });
+      assert.equal(res.status, 502);
+      assert.equal(res.body, 'upstream request error: BAD_RESPONSE');
+      assert.ok(await waitFor(() => up.sockets.size === 0, { timeoutMs: 2000 }), 'the upstream socket stays open');
+      assert.equal(proxy.getStats().upstreamErrors.BAD_RESPONSE, 1);
+    });
+  }
+});
+
+describe('upstream status codes outside 100-599', () => {
+  const statuses = {
+    '099': 'HTTP/1.1 099 Nine\r\nContent-Length: 5\r\n\r\nhello',
+    '000': 'HTTP/1.1 000 Zero\r\nContent-Length: 5\r\n\r\nhello',
+    '888': 'HTTP/1.1 888 Eights\r\nContent-Length: 5\r\n\r\nhello',
+    '600': 'HTTP/1.1 600 Six\r\nContent-Length: 5\r\n\r\nhello',
+  };
+  for (const [code, bytes] of Object.entries(statuses)) {
+    it(`${code} -> 502 upstream request error: BAD_RESPONSE (HTTP/1.1 client), nothing else on the connection`, async (t) => {
+      const { proxy, port } = await proxyFor(t);
+      const up = await rawUpstream(t, (socket) => onRequestHeads(socket, (s) => s.write(bytes)));
+      const out = await rawRequest(port, `GET /status HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`, { timeoutMs: 1500 });
+      const body = 'upstream request error: BAD_RESPONSE';
+      assert.match(out, /^HTTP\/1\.1 502 Bad Gateway\r\n/);
+      assert.ok(out.endsWith(`\r\n\r\n${body}`), `one 502 and nothing after it:\n${out}`);
+      assert.equal(out.split('HTTP/1.1 ').length, 2, `more than one response:\n${out}`);
+      assert.doesNotMatch(out, /hello|Zero|Nine|Eights|Six/);
+      assert.ok(await waitFor(() => up.sockets.size === 0, { timeoutMs: 2000 }), 'the upstream socket stays open');
+      assert.equal(proxy.getStats().upstreamErrors.BAD_RESPONSE, 1);
+    });
+
+    it(`${code} -> 502 upstream request error: BAD_RESPONSE (HTTP/2 client)`, async (t) => {
+      const { proxy, port } = await proxyFor(t);
+      const up = await rawUpstream(t, (socket) => onRequestHeads(socket, (s) => s.write(bytes)));
+      const res = await h2Get(port, '/status', { 'x-cmux-port-internal': String(up.port) });
+      assert.equal(res.status, 502);
+      assert.equal(res.body, 'upstream request error: BAD_RESPONSE');
+      assert.equal(proxy.getStats().upstreamErrors.BAD_RESPONSE, 1);
+      // The proxy still serves this client protocol afterwards.
+      await sleep(10);
+    });
+  }
+
+  /** An h2c upstream written as raw frames: every request stream gets HEADERS with `status`. */
+  function rawH2cUpstream(status) {
+    return (socket) => {
+      let buf = Buffer.alloc(0);
+      let prefaceSeen = false;
+      socket.on('data', (c) => {
+        buf = Buffer.concat([buf, c]);
+        if (!prefaceSeen) {
+          if (buf.length < 24) return;
+          buf = buf.subarray(24);
+          prefaceSeen = true;
+          socket.write(settingsFrame());
+        }
+        while (buf.length >= 9) {
+          const length = buf.readUIntBE(0, 3);
+          if (buf.length < 9 + length) return;
+          const type = buf[3];
+          const flags = buf[4];
+          const streamId = buf.readUInt32BE(5) & 0x7fffffff;
+          buf = buf.subarray(9 + length);
+          if (type === FRAME.SETTINGS && (flags & 1) === 0) socket.write(settingsFrame({}, { ack: true }));
+          if (type === FRAME.HEADERS && streamId !== 0) {
+            socket.write(headersFrame(streamId, [[':status', status], ['content-type', 'text/plain'], ['set-cookie', 'session=attacker']], { endStream: true }));
+          }
+        }
+      });
+    };
+  }
+
+  for (const status of ['099', '000', '888']) {
+    for (const client of ['HTTP/1.1', 'HTTP/2']) {
+      it(`:status ${status} from an h2c upstream -> 502 BAD_RESPONSE (${client} client)`, async (t) => {
+        const { proxy, port } = await proxyFor(t, { upstreamProtocol: 'h2c' });
+        const up = await rawUpstream(t, rawH2cUpstream(status));
+        const res =
+          client === 'HTTP/2'
+            ? await h2Get(port, '/h2c', { 'x-cmux-port-internal': String(up.port) })
+            : await request(`http://127.0.0.1:${port}/h2c`, { headers: { 'x-cmux-port-internal': String(up.port) } });
+        assert.equal(res.status, 502);
+        assert.equal(res.body, 'upstream request error: BAD_RESPONSE');
+        assert.equal(res.headers['set-cookie'], undefined);
+        assert.equal(proxy.getStats().upstreamErrors.BAD_RESPONSE, 1);
+      });
+    }
+  }
+
+  it('100-599 pass: a 599 is relayed', async (t) => {
+    const { port } = await proxyFor(t);
+    const up = await rawUpstream(t, (socket) => onRequestHeads(socket, (s) => s.write('HTTP/1.1 599 Edge\r\nContent-Length: 2\r\n\r\nok')));
+    const out = await rawRequest(port, `GET / HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`, { timeoutMs: 3000, until: (s) => s.endsWith('ok') });
+    assert.match(out, /^HTTP\/1\.1 599 Edge\r\n/);
+  });
+});
+
+describe('connect timeout', () => {
+  /**
+   * A loopback listener whose accept queue is full, so the kernel drops further SYNs and a
+   * connect() to it never completes: python3 listens with backlog 0 and never accepts, and two
+   * connections fill its queue.
+   */
+  async function blackHole(t) {
+    const py = spawn('python3', [
+      '-c',
+      'import socket,sys,time\ns=socket.socket()\ns.bind(("127.0.0.1",0))\ns.listen(0)\nprint(s.getsockname()[1],flush=True)\ntime.sleep(60)',
+    ], { stdio: ['ignore', 'pipe', 'inherit'] });
+    t.after(() => py.kill());
+    const [line] = await once(py.stdout, 'data');
+    const port = Number(String(line).trim());
+    const net = await import('node:net');
+    const fillers = [];
+    for (let i = 0; i < 3; i++) {
+      const s = net.connect({ port, host: '127.0.0.1' });
+      s.on('error', () => {});
+      fillers.push(s);
+    }
+    t.after(() => fillers.forEach((s) => s.destroy()));
+    await sleep(200);
+    return port;
+  }
+
+  it("an upstream whose TCP handshake never completes -> 504 'upstream timeout', counted in upstreamConnectTimeouts", async (t) => {
+    const port = await blackHole(t);
+    const { proxy, url } = await proxyFor(t, { upstreamConnectTimeoutMs: 500, upstreamResponseTimeoutMs: 30_000 });
+    const started = Date.now();
+    const res = await request(`${url}/never`, { headers: { 'x-cmux-port-internal': String(port) } });
+    const elapsed = Date.now() - started;
+    assert.equal(res.status, 504);
+    assert.equal(res.headers['content-type'], TEXT_PLAIN);
+    assert.equal(res.body, 'upstream timeout');
+    assert.ok(elapsed >= 400 && elapsed < 3000, `answered after ${elapsed} ms`);
+    const stats = proxy.getStats();
+    assert.equal(stats.upstreamConnectTimeouts, 1);
+    assert.equal(stats.upstreamErrors.CONNECT_TIMEOUT, 1);
+    assert.equal(stats.upstreamSocketsActive, 0);
+  });
+});
