@@ -259,3 +259,86 @@ describe('upgrade requests with a body', () => {
     assert.equal(upstream.requests.length, 0);
   });
 });
+
+describe('clients that half-close', () => {
+  let proxy;
+  let pport;
+  let upstream;
+  let raw;
+  let seen;
+
+  before(async () => {
+    ({ proxy, port: pport } = await startProxy());
+    upstream = await startUpstream();
+    // Answers a WebSocket-looking head with 101, then records what follows and answers the FIN.
+    raw = await startRawServer((s) => {
+      const record = { data: '', fin: false };
+      seen.push(record);
+      s.on('data', (c) => {
+        const before = record.data;
+        record.data += c.toString('latin1');
+        if (!before.includes('\r\n\r\n') && record.data.includes('\r\n\r\n') && record.data.startsWith('GET ')) {
+          s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+        }
+      });
+      s.on('end', () => {
+        record.fin = true;
+        s.end('BYE');
+      });
+    });
+  });
+
+  after(async () => {
+    await proxy?.stop();
+    await upstream?.close();
+    await raw?.close();
+  });
+
+  async function halfClose(data) {
+    const socket = net.connect(pport, '127.0.0.1');
+    socket.on('error', () => {});
+    let text = '';
+    socket.on('data', (c) => {
+      text += c.toString('latin1');
+    });
+    await once(socket, 'connect');
+    socket.end(data);
+    await Promise.race([once(socket, 'close'), new Promise((r) => setTimeout(r, 3000))]);
+    socket.destroy();
+    return text;
+  }
+
+  it('CONNECT head + early data + FIN in one go: the early data reaches the upstream, then the FIN, and its answer comes back', async () => {
+    seen = [];
+    const text = await halfClose(`CONNECT 127.0.0.1:${raw.port} HTTP/1.1\r\nHost: 127.0.0.1:${raw.port}\r\n\r\nPOST / HTTP/1.1\r\nHost: early\r\n\r\n`);
+    assert.equal(seen.length, 1);
+    assert.equal(seen[0].data, 'POST / HTTP/1.1\r\nHost: early\r\n\r\n');
+    assert.equal(seen[0].fin, true);
+    assert.equal(text, 'HTTP/1.1 200 Connection Established\r\n\r\nBYE');
+  });
+
+  it('WebSocket upgrade head + early frame bytes + FIN: the bytes follow the head upstream, then the FIN', async () => {
+    seen = [];
+    const head =
+      `GET /ws HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${raw.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+      'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n';
+    const text = await halfClose(`${head}EARLY-FRAME`);
+    assert.equal(seen.length, 1);
+    assert.ok(seen[0].data.endsWith('\r\n\r\nEARLY-FRAME'), JSON.stringify(seen[0].data));
+    assert.equal(seen[0].fin, true);
+    assert.match(text, /^HTTP\/1\.1 101 [^]*\r\n\r\nBYE$/);
+  });
+
+  it('a plain request then FIN still gets its answer', async () => {
+    const text = await halfClose(`GET /half HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${upstream.port}\r\n\r\n`);
+    assert.match(text, /^HTTP\/1\.1 200 [^]*"url":"\/half"/);
+  });
+
+  it('a body cut short by FIN never reaches the upstream as a whole request', async () => {
+    upstream.requests.length = 0;
+    const text = await halfClose(`POST /cut HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${upstream.port}\r\nContent-Length: 100\r\n\r\nonly-some`);
+    assert.doesNotMatch(text, /HTTP\/1\.1 200/);
+    await new Promise((r) => setTimeout(r, 100));
+    for (const req of upstream.requests) assert.equal(req.complete, false, 'the upstream never saw it complete');
+  });
+});

@@ -72,6 +72,7 @@ const C_SOCKET_CORKED = 512; // ... and the socket is corked until it ends
 const C_LINE_DONE = 1024; // the request line of a head still being received has ended (414 vs 431)
 const C_IGNORING = 2048; // what the client sends is read and dropped
 const C_NOT_UPGRADING = 4096; // llhttp stops after a request it takes for an upgrade the proxy does not make
+const C_CLIENT_ENDED = 8192; // the client half-closed while its upgrade or CONNECT was being set up
 
 /**
  * Pipelined requests queued behind the one being answered. One read can hold over a thousand
@@ -154,6 +155,10 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     const { keepaliveMs, clientIdleTimeoutMs } = this.core.options;
     if (keepaliveMs > 0) socket.setKeepAlive(true, keepaliveMs);
     socket.setTimeout(clientIdleTimeoutMs);
+    // A client's FIN ends its requests, not the answers it waits for (RFC 9112 §9.6): the
+    // proxy closes its side itself once they are written.
+    (socket as { allowHalfOpen: boolean }).allowHalfOpen = true;
+    socket.on('end', socketOnEnd);
     socket.on('data', socketOnData);
     socket.on('drain', socketOnDrain);
     socket.on('timeout', socketOnTimeout);
@@ -645,10 +650,16 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     socket.write(`HTTP/1.1 ${status} ${statusMessage}\r\n${filterResponseHeadersH1(raw, true, ex.responseFacts)}\r\n`, 'latin1');
     if (rest.length > 0) socket.write(rest);
     const upstream = conn.socket;
+    this.sendEarlyData(upstream);
+    this.openTunnel(upstream, TUNNEL_WEBSOCKET);
+  }
+
+  /** What the client sent after its upgrade or CONNECT head, and its FIN if it came already. */
+  private sendEarlyData(upstream: net.Socket): void {
     const early = this.upgradeRest;
     this.upgradeRest = null;
     if (early !== null) upstream.write(early);
-    this.openTunnel(upstream, TUNNEL_WEBSOCKET);
+    if ((this.flags & C_CLIENT_ENDED) !== 0) upstream.end();
   }
 
   private openTunnel(upstream: net.Socket, kind: number): void {
@@ -667,6 +678,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     this.host.headTimer.disarm(this);
     this.unconsume();
     this.pauses = 0;
+    socket.removeListener('end', socketOnEnd);
     socket.removeListener('data', socketOnData);
     socket.removeListener('drain', socketOnDrain);
     socket.removeListener('timeout', socketOnTimeout);
@@ -727,9 +739,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     this.current = null;
     this.detach();
     this.socket.write('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
-    const early = this.upgradeRest;
-    this.upgradeRest = null;
-    if (early !== null) upstream.write(early);
+    this.sendEarlyData(upstream);
     this.openTunnel(upstream, TUNNEL_CONNECT);
   }
 
@@ -803,6 +813,35 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     }
     closeParserLater(this.parser);
     this.host.h1Closed(this);
+  }
+
+  /** The client sent FIN. */
+  onEnd(): void {
+    const flags = this.flags;
+    if ((flags & (C_CLOSED | C_TUNNEL)) !== 0) return;
+    if ((flags & C_UPGRADING) !== 0) {
+      // `CONNECT ... \r\n\r\n<early data>` then FIN: the early data goes upstream, then the FIN.
+      const ex = this.current;
+      if (ex === null || ((ex.flags & EX_UPGRADE) === 0 && ex.method !== 'CONNECT')) {
+        this.socket.destroy();
+        return;
+      }
+      this.flags |= C_CLIENT_ENDED;
+      if ((ex.flags & EX_UPGRADE) !== 0) {
+        // The upgrade head is upstream already: the rest follows it now. Still queued for a
+        // socket: the client gave up waiting. Connecting: the rest goes with the head's answer.
+        if (ex.conn !== null) this.sendEarlyData(ex.conn.socket);
+        else if (ex.connecting === null) this.socket.destroy();
+      }
+      return;
+    }
+    if ((flags & (C_BROKEN | C_CLOSE_AFTER | C_IGNORING)) === 0 && isParseError(this.parser.finish())) {
+      // A request cut short (head or body): it must not reach the upstream as if whole.
+      this.socket.destroy();
+      return;
+    }
+    this.flags |= C_NO_MORE | C_IGNORING;
+    if (this.current === null && (flags & C_CLOSE_AFTER) === 0) this.closeWith('');
   }
 
   onTimeout(): void {
@@ -892,6 +931,10 @@ function parserOnBody(this: RequestParser, chunk: Buffer): void {
 
 function parserOnMessageComplete(this: RequestParser): void {
   this.conn.onMessageComplete();
+}
+
+function socketOnEnd(this: ClientSocket): void {
+  this[kH1].onEnd();
 }
 
 function socketOnData(this: ClientSocket, chunk: Buffer): void {
