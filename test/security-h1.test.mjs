@@ -342,3 +342,64 @@ describe('clients that half-close', () => {
     for (const req of upstream.requests) assert.equal(req.complete, false, 'the upstream never saw it complete');
   });
 });
+
+describe('bodies of 1-byte chunks', () => {
+  it('go upstream in one write per client read, not three writes per chunk', async () => {
+    let reads = 0;
+    let body = '';
+    let resolveDone;
+    const done = new Promise((r) => (resolveDone = r));
+    const raw = await startRawServer((s) => {
+      let head = true;
+      let seen = '';
+      s.on('data', (c) => {
+        reads++;
+        seen += c.toString('latin1');
+        if (head && seen.includes('\r\n\r\n')) head = false;
+        if (!head && seen.endsWith('0\r\n\r\n')) {
+          body = seen.slice(seen.indexOf('\r\n\r\n') + 4);
+          s.end('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
+          resolveDone();
+        }
+      });
+    });
+    const { proxy, port } = await startProxy();
+    // Count the proxy's write() calls toward the upstream (Node and the kernel merge the
+    // segments, so neither the syscalls nor the upstream's reads would tell).
+    let writes = 0;
+    const write = net.Socket.prototype.write;
+    net.Socket.prototype.write = function (...args) {
+      if (this.remotePort === raw.port) writes++;
+      return write.apply(this, args);
+    };
+    try {
+      const chunks = 16_384;
+      const socket = net.connect(port, '127.0.0.1');
+      socket.on('error', () => {});
+      await once(socket, 'connect');
+      // Head and all chunks in one write: the proxy reads them in a handful of reads.
+      socket.write(
+        `POST /tiny HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${raw.port}\r\nTransfer-Encoding: chunked\r\n\r\n` +
+          `${'1\r\nx\r\n'.repeat(chunks)}0\r\n\r\n`,
+      );
+      await done;
+      socket.destroy();
+      // Re-framed by the proxy, the body is whole: every byte arrived, in few upstream reads.
+      let decoded = '';
+      for (let rest = body; ; ) {
+        const eol = rest.indexOf('\r\n');
+        const size = parseInt(rest.slice(0, eol), 16);
+        if (size === 0) break;
+        decoded += rest.slice(eol + 2, eol + 2 + size);
+        rest = rest.slice(eol + 4 + size);
+      }
+      assert.equal(decoded, 'x'.repeat(chunks));
+      assert.ok(reads > 0);
+      assert.ok(writes < 64, `the proxy made ${writes} writes upstream for ${chunks} one-byte chunks`);
+    } finally {
+      delete net.Socket.prototype.write;
+      await proxy.stop();
+      await raw.close();
+    }
+  });
+});

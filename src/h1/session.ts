@@ -127,6 +127,9 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   inSweep = false;
   parseError: ParseError | null = null;
   brokenStatus = 400;
+  /** Request body pieces of the read being parsed, sent when llhttp is through it (onBody). */
+  private bodyPiece: Buffer | null = null;
+  private bodyPieces: Buffer[] | null = null;
   /** Bytes the client sent after an upgrade/CONNECT head. */
   upgradeRest: Buffer | null = null;
   /** The socket handle llhttp reads from directly, when consuming (no 'data' events then). */
@@ -194,7 +197,10 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   onExecuted(ret: number | ParseError): void {
     // No 'data' events when consuming: keep the idle timer honest by hand (as node:http does).
     (this.socket as unknown as { _unrefTimer(): void })._unrefTimer();
-    if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_IGNORING)) !== 0) return;
+    if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_IGNORING)) !== 0) {
+      this.bodyPiece = this.bodyPieces = null;
+      return;
+    }
     this.afterExecute(ret, null);
   }
 
@@ -215,6 +221,11 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   }
 
   private afterExecute(ret: number | ParseError, data: Buffer | null): void {
+    if (this.bodyPiece !== null) {
+      // A parse error means the body is corrupt: nothing more of it goes upstream.
+      if (isParseError(ret)) this.bodyPiece = this.bodyPieces = null;
+      else this.flushBody();
+    }
     // Bytes after a request that asked to close are not a request (RFC 9112 §9.6), nor are
     // those past the pipelining bound: ignore them.
     if ((this.flags & C_NO_MORE) !== 0 || (isParseError(ret) && ret.code === 'HPE_CLOSED_CONNECTION')) {
@@ -474,14 +485,34 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     this.core.dispatch(ex);
   }
 
+  /**
+   * llhttp calls back once per chunk of a chunked body: a read of 1-byte chunks makes thousands.
+   * The pieces of one read are collected and go upstream as one write when llhttp is through
+   * the read (or at the message's end), whatever the chunk count.
+   */
   onBody(chunk: Buffer): void {
+    if (this.parsing === null) return;
+    const first = this.bodyPiece;
+    if (first === null) this.bodyPiece = chunk;
+    else if (this.bodyPieces === null) this.bodyPieces = [first, chunk];
+    else this.bodyPieces.push(chunk);
+  }
+
+  /** Sends the body pieces of the read being parsed (see onBody). */
+  private flushBody(): void {
+    const piece = this.bodyPiece;
+    if (piece === null) return;
+    const pieces = this.bodyPieces;
+    this.bodyPiece = null;
+    this.bodyPieces = null;
     const ex = this.parsing;
-    if (ex !== null) ex.requestBody(chunk);
+    if (ex !== null) ex.requestBody(pieces === null ? piece : Buffer.concat(pieces));
   }
 
   onMessageComplete(): void {
     const ex = this.parsing;
     if (ex === null) return;
+    this.flushBody();
     this.parsing = null;
     const trailers = this.pendingHeaders;
     // Every per-message field starts empty for the next message.
