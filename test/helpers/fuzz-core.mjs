@@ -425,6 +425,12 @@ function checkUpstreamRequest(up, req, log) {
 
 function answer(socket, req, close) {
   if (socket.destroyed) return;
+  socket.cork();
+  answerNow(socket, req, close);
+  socket.uncork();
+}
+
+function answerNow(socket, req, close) {
   const id = req.id ?? 'none';
   if (req.websocket && id !== 'none') {
     const key = req.all('sec-websocket-key')[0] ?? '';
@@ -443,6 +449,11 @@ function answer(socket, req, close) {
     socket.write(`${half.toString(16)}\r\n${body.slice(0, half)}\r\n${(body.length - half).toString(16)}\r\n${body.slice(half)}\r\n0\r\n\r\n`);
   } else {
     socket.write(`HTTP/1.1 200 OK\r\nx-fuzz-id: ${id}\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\n${conn}\r\n${body}`);
+  }
+  if (variant === 3 && !close) {
+    // A naive upstream: a second, unasked-for response in the same write. It must never be
+    // taken for the answer to the next request that reuses this socket (another client's).
+    socket.write(`HTTP/1.1 200 OK\r\nx-fuzz-id: ${id}\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
   }
 }
 
