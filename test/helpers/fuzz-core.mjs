@@ -1140,7 +1140,7 @@ function genH2Case(r, ctx, caseIndex) {
   // initial 65,535-byte window (RFC 9113 §6.9.2).
   let dataBudget = 60_000;
   // Cancelled streams per connection stay under the proxy's rapid-reset budget.
-  let cancelBudget = 100;
+  let cancelBudget = 60;
   const n = 1 + r.int(7);
   let k = 0;
   const newId = () => `f${caseIndex}x${k++}`;
