@@ -50,6 +50,11 @@ export const UPSTREAM_NOT_DELIVERED: ReadonlySet<string> = new Set([
   'EADDRNOTAVAIL',
   'ENOENT', // unix socket path missing
   'CONNECT_TIMEOUT',
+  // The proxy's own limits: no upstream socket was opened.
+  'SOCKET_LIMIT',
+  'FD_LIMIT',
+  'EMFILE',
+  'ENFILE',
 ]);
 
 const STATUS_TEXT: Record<number, string> = {
