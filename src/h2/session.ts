@@ -530,32 +530,10 @@ function checkPseudoHeaders(
  * upstream that compares without case would frame them otherwise, and a pooled connection would
  * then read one response's body as the next response. Other extension methods pass.
  */
+const STANDARD_METHODS: ReadonlySet<string> = new Set(['GET', 'POST', 'HEAD', 'PUT', 'DELETE', 'OPTIONS', 'PATCH', 'CONNECT', 'TRACE']);
+
 function isExactMethod(method: string): boolean {
-  switch (method) {
-    case 'GET':
-    case 'POST':
-    case 'HEAD':
-    case 'PUT':
-    case 'DELETE':
-    case 'OPTIONS':
-    case 'PATCH':
-    case 'CONNECT':
-    case 'TRACE':
-      return true;
-  }
-  switch (method.toUpperCase()) {
-    case 'GET':
-    case 'POST':
-    case 'HEAD':
-    case 'PUT':
-    case 'DELETE':
-    case 'OPTIONS':
-    case 'PATCH':
-    case 'CONNECT':
-    case 'TRACE':
-      return false;
-  }
-  return true;
+  return STANDARD_METHODS.has(method) || !STANDARD_METHODS.has(method.toUpperCase());
 }
 
 let toDispatch: Exchange[] = [];
