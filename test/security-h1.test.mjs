@@ -182,6 +182,23 @@ describe('pipelining', () => {
     assert.deepEqual(upstream.requests.map((r) => r.url), ['/one', '/two']);
   });
 
+  it('a close-delimited answer (HTTP/1.0, no length) is never followed by the 400 for bad input read behind it', async () => {
+    const noLength = await startUpstream((req, res) => {
+      res.write('the whole');
+      res.end(' body');
+    });
+    try {
+      const attack =
+        `GET /old HTTP/1.0\r\nHost: x\r\nX-Cmux-Port-Internal: ${noLength.port}\r\nConnection: keep-alive\r\n\r\n` +
+        'GET /bad HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n';
+      const text = await rawRequest(pport, attack, { timeoutMs: 3000 });
+      assert.match(text, /^HTTP\/1\.1 200 /);
+      assert.ok(text.endsWith('\r\n\r\nthe whole body'), JSON.stringify(text));
+    } finally {
+      await noLength.close();
+    }
+  });
+
   it('after a refusal on a connection paused for pipelining, the client close is seen at once (no linger)', async () => {
     const slow = await startUpstream((req, res) => setTimeout(() => res.end('ok'), 200));
     try {

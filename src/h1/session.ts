@@ -73,6 +73,7 @@ const C_LINE_DONE = 1024; // the request line of a head still being received has
 const C_IGNORING = 2048; // what the client sends is read and dropped
 const C_NOT_UPGRADING = 4096; // llhttp stops after a request it takes for an upgrade the proxy does not make
 const C_CLIENT_ENDED = 8192; // the client half-closed while its upgrade or CONNECT was being set up
+const C_CLOSE_DELIMITED = 16384; // the response being written ends with the close: nothing may follow it
 
 /**
  * Pipelined requests queued behind the one being answered. One read can hold over a thousand
@@ -575,7 +576,8 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       !this.core.draining &&
       (this.flags & (C_CLOSE_AFTER | C_UPGRADING)) === 0 &&
       // After bad input or the pipelining bound, the requests queued before it are still
-      // answered; the last of them closes the connection.
+      // answered; the last of them closes the connection. (An upgrade head read behind other
+      // requests closes the connection after the current one: RFC 9112 §9.3 allows it.)
       ((this.flags & (C_BROKEN | C_NO_MORE)) === 0 || (this.pending !== null && this.pending.length > 0)) &&
       ((ex.flags & EX_REQUEST_ENDED) !== 0 || ex.bodyMode === BODY_NONE)
     );
@@ -594,6 +596,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       }
     }
     ex.clientState = framing;
+    if (framing === FRAME_CLOSE) this.flags |= C_CLOSE_DELIMITED;
     if (framing === FRAME_CLOSE || !this.willKeepAlive(ex)) {
       this.flags |= C_CLOSE_AFTER;
       head += 'connection: close\r\n\r\n';
@@ -789,9 +792,16 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     // The exchange may have paused reading for its body (queued while the upstream connected,
     // or upstream backpressure) and then failed: its pause ends with it.
     this.unpause(P_BACKPRESSURE);
-    if ((this.flags & C_CLOSE_AFTER) !== 0 || (this.flags & C_UPGRADING) !== 0) {
-      if ((this.flags & C_BROKEN) !== 0) this.sendBrokenAndClose();
+    if ((this.flags & C_CLOSE_AFTER) !== 0) {
+      // The answer to bad input read behind this request follows it, unless the response ends
+      // with the close (HTTP/1.0, no length): then anything more would read as its body.
+      if ((this.flags & (C_BROKEN | C_CLOSE_DELIMITED)) === C_BROKEN) this.sendBrokenAndClose();
       else this.closeWith('');
+      return;
+    }
+    if ((this.flags & C_UPGRADING) !== 0) {
+      // After an upgrade head (refused, or read behind other requests) nothing more is HTTP.
+      this.closeWith('');
       return;
     }
     const next = this.pending?.shift();
