@@ -194,9 +194,7 @@ class UpSession {
       this.failWaiters(h2UpstreamCode(err, 'BAD_RESPONSE'));
     });
     session.on('close', () => this.onClose());
-    session.setTimeout(pool.idleTimeoutMs, () => {
-      if (this.active === 0) session.close();
-    });
+    session.setTimeout(pool.idleTimeoutMs, this.closeIfIdle);
     if (pool.keepaliveMs > 0) {
       this.ping = setInterval(pingUpstream, pool.keepaliveMs, this);
       this.ping.unref();
@@ -208,10 +206,20 @@ class UpSession {
     return !this.goneAway && !this.closed && !this.session.destroyed && this.active < this.maxStreams;
   }
 
+  /** Session timeout: close when no stream is open (a stream outliving the timeout re-arms it below). */
+  private readonly closeIfIdle = (): void => {
+    if (this.active === 0) this.session.close();
+  };
+
   streamClosed(_req: H2UpstreamRequest): void {
     this.active--;
     if (this.goneAway && this.active === 0) this.session.close();
-    else this.pool.serveWaiters(this.entry);
+    else {
+      // The session's inactivity timer fires once; if a long stream (SSE, long poll) held the
+      // session through it, idleness is counted again from this stream's end.
+      if (this.active === 0 && !this.session.destroyed) this.session.setTimeout(this.pool.idleTimeoutMs, this.closeIfIdle);
+      this.pool.serveWaiters(this.entry);
+    }
   }
 
   private failWaiters(code: string): void {

@@ -1,0 +1,33 @@
+// An h2c upstream session held through its idle timeout by one long stream (SSE, long poll)
+// still closes once it has been idle that long after the stream: sessions are never pinned.
+import { it } from 'node:test';
+import assert from 'node:assert/strict';
+import http2 from 'node:http2';
+import { once } from 'node:events';
+import { startProxy, request, waitFor } from './helpers/servers.mjs';
+
+it('an h2c upstream session whose only stream outlived upstreamIdleTimeoutMs closes after it, idle', async () => {
+  const upstream = http2.createServer();
+  let open = 0;
+  upstream.on('session', (session) => {
+    open++;
+    session.on('close', () => open--);
+  });
+  upstream.on('stream', (stream) => setTimeout(() => {
+    stream.respond({ ':status': 200 });
+    stream.end('ok');
+  }, 1500));
+  upstream.listen(0, '127.0.0.1');
+  await once(upstream, 'listening');
+  const { proxy, url } = await startProxy({ upstreamProtocol: 'h2c', upstreamIdleTimeoutMs: 500 });
+  try {
+    const res = await request(url, { headers: { 'x-cmux-port-internal': String(upstream.address().port) } });
+    assert.equal(res.status, 200);
+    assert.equal(open, 1);
+    assert.ok(await waitFor(() => open === 0, { timeoutMs: 2500 }), 'the idle upstream session was closed');
+    assert.equal(proxy.getStats().upstreamH2Sessions, 0);
+  } finally {
+    await proxy.stop();
+    upstream.close();
+  }
+});
