@@ -239,17 +239,30 @@ describe('upgrade requests with a body', () => {
     `POST /up HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${port}\r\nConnection: Upgrade, HTTP2-Settings\r\n` +
     `Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n${framing}\r\n`;
 
-  it('Upgrade: h2c POST with a 200 KB Content-Length body is forwarded whole as an ordinary request; the next request on the connection too', async () => {
+  it('Upgrade: h2c POST with a 200 KB Content-Length body is forwarded whole as an ordinary request, the connection\'s last', async () => {
     const body = 'b'.repeat(200_000);
     upstream.requests.length = 0;
     const data = `${h2cHead(upstream.port, `Content-Length: ${body.length}\r\n`)}${body}` +
       `GET /next HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${upstream.port}\r\nConnection: close\r\n\r\n`;
     const text = await rawRequest(pport, data, { timeoutMs: 5000 });
     const bodies = [...text.matchAll(/"bodyLength":(\d+)/g)].map((m) => Number(m[1]));
-    assert.deepEqual(bodies, [200_000, 0], text.slice(0, 300));
-    assert.deepEqual(upstream.requests.map((r) => r.url), ['/up', '/next']);
+    assert.deepEqual(bodies, [200_000], text.slice(0, 300));
+    assert.match(text, /\r\nconnection: close\r\n/i);
+    assert.deepEqual(upstream.requests.map((r) => r.url), ['/up']);
     assert.equal(upstream.requests[0].headers.upgrade, undefined, 'Upgrade is not forwarded');
     assert.equal(upstream.requests[0].headers['http2-settings'], undefined);
+  });
+
+  it('bad bytes after an Upgrade: h2c request are never left unanswered: its answer says close and the connection closes', async () => {
+    upstream.requests.length = 0;
+    const attack =
+      `GET /a HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${upstream.port}\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n` +
+      'GET /b HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx';
+    const t0 = Date.now();
+    const text = await rawRequest(pport, attack, { timeoutMs: 4000 });
+    assert.ok(Date.now() - t0 < 2000, 'closed at once, not at the head timeout');
+    assert.match(text, /^HTTP\/1\.1 200 [^]*\r\nconnection: close\r\n/i);
+    assert.deepEqual(upstream.requests.map((r) => r.url), ['/a']);
   });
 
   it('Upgrade: h2c POST with a chunked 200 KB body reaches the upstream whole, never cut short', async () => {

@@ -244,14 +244,12 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       if ((data ?? this.parser.getCurrentBuffer()).indexOf(10) !== -1) this.flags |= C_LINE_DONE;
     }
     if ((this.flags & C_NOT_UPGRADING) !== 0 && this.parsing === null) {
-      // llhttp paused after a request with an `Upgrade` the proxy forwards as an ordinary
-      // request (h2c, ...): what follows it is HTTP/1.1 again, parse on.
-      const chunk = data ?? this.parser.getCurrentBuffer();
+      // llhttp stopped after a request with an `Upgrade` the proxy forwards as an ordinary one
+      // (h2c, ...), and until another head completes Node's binding reports no parse error: bad
+      // bytes after it would go unanswered. That request is the connection's last (it was
+      // answered with `connection: close`); what follows is dropped.
       this.flags &= ~C_NOT_UPGRADING;
-      if (ret < chunk.length) {
-        const rest = chunk.subarray(ret);
-        this.afterExecute(this.parser.execute(rest), rest);
-      }
+      this.ignoreRest();
       return;
     }
     if ((this.flags & C_UPGRADING) !== 0 && (this.flags & C_TUNNEL) === 0) {
@@ -440,6 +438,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       // is dropped as a hop-by-hop field and the request forwarded whole, body included.
       upgrade = false;
       this.flags |= C_NOT_UPGRADING;
+      ex.flags |= EX_CLIENT_CLOSE;
     } else if (upgrade && method !== 'CONNECT' && bodyMode !== BODY_NONE) {
       // A WebSocket handshake has no body (RFC 6455 §4.1); with one, where the tunnel starts
       // would be the proxy's guess.
