@@ -364,6 +364,17 @@ describe('clients that half-close', () => {
     assert.match(text, /^HTTP\/1\.1 200 [^]*"url":"\/half"/);
   });
 
+  it('a complete request, then half a head, then FIN: the complete one is still answered, the half one never forwarded', async () => {
+    const slow = await startUpstream((req, res) => setTimeout(() => res.end(`done ${req.url}`), 150));
+    try {
+      const text = await halfClose(`GET /slow HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${slow.port}\r\n\r\nGET /b HT`);
+      assert.match(text, /^HTTP\/1\.1 200 [^]*done \/slow$/);
+      assert.deepEqual(slow.requests.map((r) => r.url), ['/slow']);
+    } finally {
+      await slow.close();
+    }
+  });
+
   it('a body cut short by FIN never reaches the upstream as a whole request', async () => {
     upstream.requests.length = 0;
     const text = await halfClose(`POST /cut HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${upstream.port}\r\nContent-Length: 100\r\n\r\nonly-some`);

@@ -876,9 +876,20 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       return;
     }
     if ((flags & (C_BROKEN | C_CLOSE_AFTER | C_IGNORING)) === 0 && isParseError(this.parser.finish())) {
-      // A request cut short (head or body): it must not reach the upstream as if whole.
-      this.socket.destroy();
-      return;
+      // A request cut short (head or body) must not reach the upstream as if whole. One that
+      // never started is dropped and those before it are still answered; one whose body was
+      // already going upstream is aborted with the connection.
+      const parsing = this.parsing;
+      if (this.current === null || parsing === this.current) {
+        this.socket.destroy();
+        return;
+      }
+      if (parsing !== null) {
+        parsing.flags |= EX_FINISHED;
+        const at = this.pending?.indexOf(parsing) ?? -1;
+        if (at !== -1) this.pending!.splice(at, 1);
+        this.parsing = null;
+      }
     }
     this.flags |= C_NO_MORE | C_IGNORING;
     if (this.current === null && (flags & C_CLOSE_AFTER) === 0) this.closeWith('');
