@@ -233,7 +233,14 @@ class WebSocketBridge implements Routable, TunnelUser {
       this.phase = 3;
       return 0;
     }
-    // Refused (403, 404, ...): relay the answer as a normal response (SPEC §5).
+    if (status < 300) {
+      // A 2xx to extended CONNECT means the tunnel is open (RFC 8441 §5): an upstream that
+      // answered the upgrade with 200 and a body refused it, and its body must not arrive as
+      // WebSocket data.
+      this.fail('BAD_HANDSHAKE');
+      return 0;
+    }
+    // Refused (403, 404, ...): relay the answer as a normal response.
     this.phase = 2;
     this.core.stats.countStatus(status);
     try {
