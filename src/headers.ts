@@ -340,9 +340,10 @@ function keepAliveTimeout(value: string): number {
 
 /**
  * The response head's header lines for an HTTP/1.1 client (hop-by-hop removed), and facts
- * about framing. `upgrade` keeps Upgrade/Connection (101 answers).
+ * about framing. `upgrade` keeps Upgrade/Connection (101 answers); `noLength` drops Content-Length
+ * (1xx and 204 answers).
  */
-export function filterResponseHeadersH1(raw: readonly string[], upgrade: boolean, facts: ResponseHeadFacts): string {
+export function filterResponseHeadersH1(raw: readonly string[], upgrade: boolean, facts: ResponseHeadFacts, noLength: boolean): string {
   const tokens = connectionTokens(raw);
   let lines = '';
   facts.contentLength = false;
@@ -358,7 +359,11 @@ export function filterResponseHeadersH1(raw: readonly string[], upgrade: boolean
     if ((kind & N_HOP) !== 0) {
       if (!(upgrade && (kind === N_UPGRADE || kind === N_CONNECTION))) continue;
     } else if (tokens !== null && tokens.includes(name.toLowerCase())) continue;
-    if (kind === N_CONTENT_LENGTH) facts.contentLength = true;
+    if (kind === N_CONTENT_LENGTH) {
+      // RFC 9110 §8.6: never on a 1xx or 204; a lenient client behind would wait for that body.
+      if (noLength) continue;
+      facts.contentLength = true;
+    }
     lines += `${name}: ${value}\r\n`;
   }
   return lines;

@@ -444,3 +444,22 @@ describe('bodies of 1-byte chunks', () => {
     }
   });
 });
+
+describe('response framing fields the proxy must not pass on', () => {
+  it('Content-Length on a 204 (or a 1xx) from the upstream never reaches the client', async () => {
+    const raw = await startRawServer((s) => {
+      s.once('data', () => s.write('HTTP/1.1 103 Early Hints\r\nContent-Length: 9\r\nLink: </a.css>\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n'));
+    });
+    const { proxy, port } = await startProxy();
+    try {
+      const text = await rawRequest(port, `GET /x HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${raw.port}\r\nConnection: close\r\n\r\n`, {
+        until: (t) => t.includes('204 No Content') && t.endsWith('\r\n\r\n'),
+      });
+      assert.match(text, /^HTTP\/1\.1 103 [^]*HTTP\/1\.1 204 /);
+      assert.doesNotMatch(text, /content-length/i);
+    } finally {
+      await proxy.stop();
+      await raw.close();
+    }
+  });
+});

@@ -584,7 +584,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
 
   respond(ex: Exchange, status: number, statusMessage: string, raw: string[]): void {
     const facts = ex.responseFacts;
-    let head = `HTTP/1.1 ${status} ${statusMessage}\r\n${filterResponseHeadersH1(raw, false, facts)}`;
+    let head = `HTTP/1.1 ${status} ${statusMessage}\r\n${filterResponseHeadersH1(raw, false, facts, status === 204)}`;
     let framing = FRAME_PASS;
     const noBody = ex.method === 'HEAD' || status === 204 || status === 304;
     if (!noBody && !facts.contentLength) {
@@ -619,7 +619,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
 
   interim(ex: Exchange, status: number, statusMessage: string, raw: string[]): void {
     if (ex.clientVersion === '1.0') return; // RFC 9110 §15.2: no 1xx to HTTP/1.0 clients
-    this.socket.write(`HTTP/1.1 ${status} ${statusMessage}\r\n${filterResponseHeadersH1(raw, false, ex.responseFacts)}\r\n`, 'latin1');
+    this.socket.write(`HTTP/1.1 ${status} ${statusMessage}\r\n${filterResponseHeadersH1(raw, false, ex.responseFacts, true)}\r\n`, 'latin1');
   }
 
   writeBody(ex: Exchange, chunk: Buffer): boolean {
@@ -680,7 +680,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     this.flags |= C_TUNNEL;
     this.current = null;
     this.detach();
-    socket.write(`HTTP/1.1 ${status} ${statusMessage}\r\n${filterResponseHeadersH1(raw, true, ex.responseFacts)}\r\n`, 'latin1');
+    socket.write(`HTTP/1.1 ${status} ${statusMessage}\r\n${filterResponseHeadersH1(raw, true, ex.responseFacts, true)}\r\n`, 'latin1');
     if (rest.length > 0) socket.write(rest);
     const upstream = conn.socket;
     this.sendEarlyData(upstream);
