@@ -303,6 +303,12 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       wire: null,
     };
     session[kSession] = state;
+    // Node answers a client's GOAWAY(NO_ERROR) by calling close() from inside nghttp2's frame
+    // callback; if the same read then holds a new stream and a connection error (a 3-byte PING),
+    // nghttp2 aborts the whole process (Node 20: assertion `iframe->state == NGHTTP2_IB_IGN_ALL`).
+    // close() runs once nghttp2 has returned instead.
+    sessionClose ??= session.close;
+    session.close = closeAfterCallbacks;
     host.sessionOpened(session);
     watchForDeath(session, state);
     session.on('error', sessionOnError);
@@ -325,6 +331,17 @@ export function createH2Server(host: H2Host): http2.Http2Server {
   });
   server.on('sessionError', () => {});
   return server;
+}
+
+/** Node's own `Http2Session#close` (the class is not exported: taken from the first session). */
+let sessionClose: ((this: http2.ServerHttp2Session, callback?: () => void) => void) | null = null;
+
+function closeAfterCallbacks(this: http2.ServerHttp2Session, callback?: () => void): void {
+  setImmediate(closeSessionNow, this, callback);
+}
+
+function closeSessionNow(session: http2.ServerHttp2Session, callback: (() => void) | undefined): void {
+  if (!session.destroyed) sessionClose!.call(session, callback);
 }
 
 type HandleOwner = { _handle?: StreamHandle | null; _parent?: HandleOwner | null };
@@ -379,7 +396,9 @@ function confirmSuspects(): void {
   for (const session of batch) {
     if (session.destroyed || session[kSession] === undefined || !stoppedReading(session[kSession]!)) continue;
     // Stopped twice with nothing queued on the wire: nghttp2 wants no more input and its GOAWAY
-    // has been flushed (RFC 9113 §5.4.1: the connection is closed after it).
+    // has been flushed (RFC 9113 §5.4.1: the connection is closed after it). The probe started
+    // reading again: stop it before anything is read into a session that takes no more input.
+    session[kSession]!.handle!.readStop();
     probed.delete(session);
     session.destroy();
   }
