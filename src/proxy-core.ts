@@ -140,6 +140,7 @@ export class ProxyCore {
     this.h2pool = new H2UpstreamPool(
       { idleTimeoutMs: options.upstreamIdleTimeoutMs, keepaliveMs: options.keepaliveMs, maxSessions: options.maxSessionsPerUpstream },
       stats,
+      this.pool.fds,
     );
     this.protocols =
       options.upstreamProtocol === 'auto' ? new LRUCache({ max: 10_000, ttl: Math.max(1, options.upstreamProtocolCacheTtlMs) }) : null;

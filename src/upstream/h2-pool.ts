@@ -4,6 +4,7 @@ import { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
 import { connectTo } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters } from '../stats.js';
+import type { FdBudget } from '../fd-budget.js';
 
 
 /** What an h2c upstream stream reports to the exchange using it. */
@@ -200,6 +201,7 @@ class UpSession {
       this.ping.unref();
     }
     pool.stats.upstreamSocketsCreated++;
+    if (pool.fds !== null) pool.fds.upstream++;
   }
 
   get usable(): boolean {
@@ -230,6 +232,7 @@ class UpSession {
 
   private onClose(): void {
     this.closed = true;
+    if (this.pool.fds !== null) this.pool.fds.upstream--;
     if (this.ping !== null) clearInterval(this.ping);
     this.pool.sessionClosed(this);
   }
@@ -274,9 +277,12 @@ export class H2UpstreamPool {
   readonly idleTimeoutMs: number;
   readonly keepaliveMs: number;
   private readonly maxSessions: number;
+  /** The process's descriptor budget, shared with the HTTP/1.1 pool (null: not counted). */
+  readonly fds: FdBudget | null;
 
-  constructor(config: H2PoolConfig, stats: StatsCounters) {
+  constructor(config: H2PoolConfig, stats: StatsCounters, fds: FdBudget | null = null) {
     this.stats = stats;
+    this.fds = fds;
     this.idleTimeoutMs = config.idleTimeoutMs;
     this.keepaliveMs = config.keepaliveMs;
     this.maxSessions = config.maxSessions;
@@ -309,7 +315,14 @@ export class H2UpstreamPool {
         // Open another session unless one is still connecting or the bound is reached.
         const connecting = entry.sessions.some((s) => !s.ready && !s.closed);
         const live = entry.sessions.filter((s) => !s.closed && !s.goneAway).length;
-        if (!connecting && live < this.maxSessions) entry.sessions.push(new UpSession(this, entry));
+        if (!connecting && live < this.maxSessions) {
+          if (this.fds === null || this.fds.upstreamAllowed()) entry.sessions.push(new UpSession(this, entry));
+          else if (live === 0) {
+            // No descriptor to spare for a session and none open: the waiters get the proxy's 503
+            // (the last descriptors are kept for clients), nothing was sent.
+            for (const waiter of entry.waiters.splice(0)) waiter.h2Failure('FD_LIMIT', false);
+          }
+        }
         return;
       }
       const user = entry.waiters.shift()!;
