@@ -288,10 +288,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     if (this.core.log.debugEnabled) this.core.log.debug(`h1 ${this.clientAddress}: bad request (${err?.code ?? status}) -> ${status}`);
     const parsing = this.parsing;
     if (parsing !== null && parsing !== this.current && (parsing.flags & EX_FINISHED) === 0) {
-      // A pipelined request that never started: drop it.
-      parsing.flags |= EX_FINISHED;
-      const at = this.pending?.indexOf(parsing) ?? -1;
-      if (at !== -1) this.pending!.splice(at, 1);
+      this.dropPipelined(parsing);
     } else if (parsing !== null && parsing === this.current && (parsing.flags & EX_REQUEST_ENDED) === 0) {
       // Its body is corrupt (bad chunking): the upstream must not get a complete-looking request.
       parsing.abort();
@@ -299,6 +296,13 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     }
     this.parsing = null;
     if (this.current === null) this.sendBrokenAndClose();
+  }
+
+  /** A pipelined request that never started (bad or cut short): out of the queue, unanswered. */
+  private dropPipelined(ex: Exchange): void {
+    ex.flags |= EX_FINISHED;
+    const at = this.pending?.indexOf(ex) ?? -1;
+    if (at !== -1) this.pending!.splice(at, 1);
   }
 
   private sendBrokenAndClose(): void {
@@ -815,7 +819,8 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       this.sendBrokenAndClose();
       return;
     }
-    if ((this.flags & C_NO_MORE) !== 0 && (this.flags & C_IGNORING) !== 0 && this.parsing === null) {
+    // Past the pipelining bound or after the client's FIN (C_IGNORING implies C_NO_MORE).
+    if ((this.flags & C_IGNORING) !== 0 && this.parsing === null) {
       this.closeWith('');
       return;
     }
@@ -885,9 +890,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
         return;
       }
       if (parsing !== null) {
-        parsing.flags |= EX_FINISHED;
-        const at = this.pending?.indexOf(parsing) ?? -1;
-        if (at !== -1) this.pending!.splice(at, 1);
+        this.dropPipelined(parsing);
         this.parsing = null;
       }
     }
