@@ -517,17 +517,23 @@ export class UpstreamPool {
     if (at !== -1) entry.waiters.splice(at, 1);
   }
 
+  /** A new socket to the entry's upstream, counted in its slots and the descriptor budget; null past the budget. */
+  private openSocket(entry: PoolEntry): net.Socket | null {
+    if (!this.fds.upstreamAllowed()) return null;
+    const socket = connectTo(entry.target);
+    this.stats.upstreamSocketsCreated++;
+    entry.total++;
+    this.fds.upstream++;
+    return socket;
+  }
+
   private connect(entry: PoolEntry, user: UpstreamUser): void {
-    if (!this.fds.upstreamAllowed()) {
+    const socket = this.openSocket(entry);
+    if (socket === null) {
       user.onUpstreamFailure(null, 'FD_LIMIT');
       this.dropIfUnused(entry);
       return;
     }
-    const target = entry.target;
-    const socket = connectTo(target);
-    this.stats.upstreamSocketsCreated++;
-    entry.total++;
-    this.fds.upstream++;
     const conn = new UpstreamConn(entry, socket, this.config.maxHeaderSize);
     conn.beginExchange(user);
     user.connecting = conn;
@@ -662,15 +668,12 @@ export class UpstreamPool {
   }
 
   private startTunnel(entry: PoolEntry, user: TunnelUser): void {
-    if (!this.fds.upstreamAllowed()) {
+    const socket = this.openSocket(entry);
+    if (socket === null) {
       this.dropIfUnused(entry);
       user.onTunnelSocket(null, 'FD_LIMIT');
       return;
     }
-    const socket = connectTo(entry.target);
-    this.stats.upstreamSocketsCreated++;
-    entry.total++;
-    this.fds.upstream++;
     this.holdSlot(socket, entry);
     user.onTunnelSocket(socket, '');
   }
