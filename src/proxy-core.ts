@@ -14,6 +14,7 @@ import {
   isContainerRoute,
   isRouteError,
   route,
+  routeError,
   type RouteError,
 } from './route/router.js';
 import { pinnedTcpTarget, socketTarget, tcpTarget, type Target } from './route/target.js';
@@ -37,38 +38,18 @@ function refuse(req: Routable, err: RouteError): void {
   req.reject(err.status, err.code, err.message);
 }
 
-const ERR_CONNECT_NO_ROUTE: RouteError = Object.freeze({
-  kind: 'error',
-  status: 400,
-  code: ErrorCodes.NO_ROUTE,
-  message: 'CONNECT needs X-Cmux-Port-Internal or a routable authority',
-});
+const ERR_CONNECT_NO_ROUTE = routeError(400, ErrorCodes.NO_ROUTE, 'CONNECT needs X-Cmux-Port-Internal or a routable authority');
 
-const ERR_RESOLVER_TIMEOUT: RouteError = Object.freeze({
-  kind: 'error',
-  status: 504,
-  code: ErrorCodes.RESOLVER_TIMEOUT,
-  message: 'container port resolver timed out',
-});
+const ERR_RESOLVER_TIMEOUT = routeError(504, ErrorCodes.RESOLVER_TIMEOUT, 'container port resolver timed out');
 
 /**
  * A route to the private port of the `fallback.handler` server. That server trusts the
  * forwarding headers it gets (the proxy sets them); a CONNECT tunnel to it would let a client
  * write its own, and a routed request would reach it past the fallback rule.
  */
-const ERR_PRIVATE_PORT: RouteError = Object.freeze({
-  kind: 'error',
-  status: 400,
-  code: ErrorCodes.INVALID_PORT,
-  message: "invalid port: reserved for the proxy's fallback handler",
-});
+const ERR_PRIVATE_PORT = routeError(400, ErrorCodes.INVALID_PORT, "invalid port: reserved for the proxy's fallback handler");
 
-const ERR_CONNECT_BAD_AUTHORITY: RouteError = Object.freeze({
-  kind: 'error',
-  status: 400,
-  code: ErrorCodes.BAD_REQUEST,
-  message: 'CONNECT needs host:port with a decimal port 1-65535',
-});
+const ERR_CONNECT_BAD_AUTHORITY = routeError(400, ErrorCodes.BAD_REQUEST, 'CONNECT needs host:port with a decimal port 1-65535');
 
 /**
  * `host:port` of a CONNECT target (RFC 9110 §9.3.6, authority-form: the port is required), or

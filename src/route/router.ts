@@ -22,7 +22,7 @@ export interface ContainerRoute {
 
 export type Route = Target | RouteError | ContainerRoute | null;
 
-function routeError(status: number, code: string, message: string): RouteError {
+export function routeError(status: number, code: string, message: string): RouteError {
   return Object.freeze({ kind: 'error', status, code, message });
 }
 
