@@ -309,6 +309,8 @@ export function createH2Server(host: H2Host): http2.Http2Server {
     // close() runs once nghttp2 has returned instead.
     sessionClose ??= session.close;
     session.close = closeAfterCallbacks;
+    sessionDestroy ??= session.destroy;
+    session.destroy = destroyUnlessStreamError;
     host.sessionOpened(session);
     watchForDeath(session, state);
     session.on('error', sessionOnError);
@@ -342,6 +344,29 @@ function closeAfterCallbacks(this: http2.ServerHttp2Session, callback?: () => vo
 
 function closeSessionNow(session: http2.ServerHttp2Session, callback: (() => void) | undefined): void {
   if (!session.destroyed) sessionClose!.call(session, callback);
+}
+
+/** Node's own `Http2Session#destroy`. */
+let sessionDestroy: ((this: http2.ServerHttp2Session, error?: Error, code?: number) => void) | null = null;
+
+/** nghttp2's NGHTTP2_ERR_PROTO, as `errno` of Node's `ERR_HTTP2_ERROR`. */
+const NGHTTP2_ERR_PROTO = -505;
+
+/**
+ * A stream error must cost that stream only (RFC 9113 §5.4.2). nghttp2 reports a malformed
+ * stream it has already reset (DATA beyond or short of `content-length`, RFC 9113 §8.1.1) to
+ * its invalid-frame callback as NGHTTP2_ERR_PROTO; since Node 22 that callback destroys the whole
+ * session with GOAWAY(INTERNAL_ERROR), losing every other request in flight on the connection,
+ * and does so from inside nghttp2's read loop, which may then hand DATA of the next frame to a
+ * stream Node has torn down (Node 22: process abort, `onread->IsFunction()`). Node 20 reports
+ * nothing for the same frame. That destroy is skipped, as on Node 20: for a stream error the
+ * RST_STREAM is already queued and the session goes on; for a connection error nghttp2 has
+ * already queued GOAWAY with the RFC's code and stopped reading, and the dead-session probe
+ * closes the connection once that GOAWAY is flushed.
+ */
+function destroyUnlessStreamError(this: http2.ServerHttp2Session, error?: Error, code?: number): void {
+  if (error != null && (error as NodeJS.ErrnoException).errno === NGHTTP2_ERR_PROTO && (error as NodeJS.ErrnoException).code === 'ERR_HTTP2_ERROR') return;
+  sessionDestroy!.call(this, error, code);
 }
 
 type HandleOwner = { _handle?: StreamHandle | null; _parent?: HandleOwner | null };
