@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
 import { createProxyServer } from './server.js';
+import { capYoungGeneration } from './gc-tuning.js';
 import type { FallbackOption, ProxyOptions } from './options.js';
 import type { LogLevel } from './log.js';
 
@@ -118,6 +119,7 @@ export function optionsFromArgs(argv: string[], env: NodeJS.ProcessEnv): ProxyOp
 }
 
 async function main(): Promise<void> {
+  capYoungGeneration();
   let options: ProxyOptions | 'help';
   try {
     options = optionsFromArgs(process.argv.slice(2), process.env);
