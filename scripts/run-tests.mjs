@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Runs every test file under test/ with node:test and fails when no test ran (node --test exits 0
 // when nothing matched). Extra arguments are file filters: `npm test -- routing` runs
-// test/*routing*.test.mjs only.
+// test/*routing*.test.mjs only. With CMUX_TEST_NO_SKIP=1 (CI) a skipped or todo test fails the
+// run too: every test must run on every tested Node version.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -44,9 +45,12 @@ const count = (name) => Number(/^# (\w+) (\d+)$/m.test(report) ? (report.match(n
 const passed = count('pass');
 const failed = count('fail');
 const tests = count('tests');
+const skipped = count('skipped') + count('todo');
 if (tests === 0 || passed === 0) {
   console.error('run-tests: no test ran');
   process.exit(1);
 }
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(result.status === 0 && failed === 0 ? 0 : 1);
+const noSkip = process.env.CMUX_TEST_NO_SKIP === '1';
+console.log(`${passed} passed, ${failed} failed${skipped > 0 ? `, ${skipped} skipped` : ''} (Node ${process.version})`);
+if (noSkip && skipped > 0) console.error('run-tests: CMUX_TEST_NO_SKIP=1 and tests were skipped');
+process.exit(result.status === 0 && failed === 0 && !(noSkip && skipped > 0) ? 0 : 1);
