@@ -6,6 +6,7 @@ import type { ProxyCore } from '../proxy-core.js';
 import { hostName } from '../route/host-patterns.js';
 import type { UpstreamConn } from '../upstream/h1-pool.js';
 import { startExtendedConnect } from './extended-connect.js';
+import { isReportedProtocolError } from './protocol-error.js';
 import { http2 as loadHttp2 } from '../builtins.js';
 import {
   HTTP2_HEADER_CONTENT_LENGTH,
@@ -349,23 +350,17 @@ function closeSessionNow(session: http2.ServerHttp2Session, callback: (() => voi
 /** Node's own `Http2Session#destroy`. */
 let sessionDestroy: ((this: http2.ServerHttp2Session, error?: Error, code?: number) => void) | null = null;
 
-/** nghttp2's NGHTTP2_ERR_PROTO, as `errno` of Node's `ERR_HTTP2_ERROR`. */
-const NGHTTP2_ERR_PROTO = -505;
-
 /**
- * A stream error must cost that stream only (RFC 9113 §5.4.2). nghttp2 reports a malformed
- * stream it has already reset (DATA beyond or short of `content-length`, RFC 9113 §8.1.1) to
- * its invalid-frame callback as NGHTTP2_ERR_PROTO; since Node 22 that callback destroys the whole
- * session with GOAWAY(INTERNAL_ERROR), losing every other request in flight on the connection,
- * and does so from inside nghttp2's read loop, which may then hand DATA of the next frame to a
- * stream Node has torn down (Node 22: process abort, `onread->IsFunction()`). Node 20 reports
- * nothing for the same frame. That destroy is skipped, as on Node 20: for a stream error the
+ * A stream error must cost that stream only (RFC 9113 §5.4.2); see protocol-error.ts for how
+ * Node 22+ turns one into a session-wide GOAWAY(INTERNAL_ERROR), and may then hand DATA of a
+ * later frame in the same read to a stream it has torn down (Node 22.23: process abort,
+ * `onread->IsFunction()`). That destroy is skipped, as on Node 20: for a stream error the
  * RST_STREAM is already queued and the session goes on; for a connection error nghttp2 has
  * already queued GOAWAY with the RFC's code and stopped reading, and the dead-session probe
  * closes the connection once that GOAWAY is flushed.
  */
 function destroyUnlessStreamError(this: http2.ServerHttp2Session, error?: Error, code?: number): void {
-  if (error != null && (error as NodeJS.ErrnoException).errno === NGHTTP2_ERR_PROTO && (error as NodeJS.ErrnoException).code === 'ERR_HTTP2_ERROR') return;
+  if (isReportedProtocolError(error)) return;
   sessionDestroy!.call(this, error, code);
 }
 

@@ -1,6 +1,7 @@
 import type http2 from 'node:http2';
 import { http2 as loadHttp2 } from '../builtins.js';
 import { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
+import { keepSessionOnStreamError } from '../h2/protocol-error.js';
 import { connectTo } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters } from '../stats.js';
@@ -179,6 +180,8 @@ class UpSession {
       maxSessionMemory: 64,
     });
     this.session = session;
+    // One malformed response stream must not cost the other streams on this session.
+    keepSessionOnStreamError(session);
     session.on('remoteSettings', (settings) => {
       this.ready = true;
       if (settings.maxConcurrentStreams !== undefined) this.maxStreams = Math.max(1, Math.min(settings.maxConcurrentStreams, 1000));
