@@ -47,10 +47,14 @@ if [ ! -x "$dir/bin/node" ]; then
   (cd "$tmp" && npm pack --silent "node-$os-$arch@$version" >/dev/null)
   tar -xzf "$tmp"/node-"$os"-"$arch"-"$version".tgz -C "$tmp"
   "$tmp/package/bin/node" --version >/dev/null
-  # A concurrent run may have finished first: the rename fails harmlessly then.
-  mv -T "$tmp/package" "$dir" 2>/dev/null || [ -x "$dir/bin/node" ]
+  # A concurrent run may have installed it meanwhile: then this copy is dropped.
+  [ -e "$dir" ] || mv "$tmp/package" "$dir"
   rm -rf "$tmp"
   trap - EXIT
+  if [ ! -x "$dir/bin/node" ]; then
+    echo "with-node: $dir/bin/node is missing after the install" >&2
+    exit 1
+  fi
 fi
 
 export PATH="$dir/bin:$PATH"
