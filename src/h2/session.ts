@@ -14,6 +14,7 @@ import {
   NGHTTP2_ENHANCE_YOUR_CALM,
   NGHTTP2_FLAG_END_STREAM,
   NGHTTP2_REFUSED_STREAM,
+  rfcCodeForNghttp2Error,
 } from './constants.js';
 
 
@@ -309,6 +310,10 @@ export function createH2Server(host: H2Host): http2.Http2Server {
     // close() runs once nghttp2 has returned instead.
     sessionClose ??= session.close;
     session.close = closeAfterCallbacks;
+    // On a connection error nghttp2 reports, Node destroys the session with the error and no
+    // code, which makes its GOAWAY say INTERNAL_ERROR; the code the RFC names goes instead.
+    sessionDestroy ??= session.destroy;
+    session.destroy = destroyWithRfcCode;
     host.sessionOpened(session);
     watchForDeath(session, state);
     session.on('error', sessionOnError);
@@ -338,6 +343,17 @@ let sessionClose: ((this: http2.ServerHttp2Session, callback?: () => void) => vo
 
 function closeAfterCallbacks(this: http2.ServerHttp2Session, callback?: () => void): void {
   setImmediate(closeSessionNow, this, callback);
+}
+
+/** Node's own `Http2Session#destroy`. */
+let sessionDestroy: ((this: http2.ServerHttp2Session, error?: Error, code?: number) => void) | null = null;
+
+function destroyWithRfcCode(this: http2.ServerHttp2Session, error?: Error, code?: number): void {
+  if (code === undefined && error instanceof Error) {
+    const err = error as NodeJS.ErrnoException;
+    if (err.code === 'ERR_HTTP2_ERROR' && typeof err.errno === 'number') code = rfcCodeForNghttp2Error(err.errno);
+  }
+  sessionDestroy!.call(this, error, code);
 }
 
 function closeSessionNow(session: http2.ServerHttp2Session, callback: (() => void) | undefined): void {
