@@ -6,6 +6,8 @@
  * reached the upstream (the connection was never established), so a client may retry any
  * method. Every other upstream code means the upstream may have seen (part of) the request.
  */
+import { NGHTTP2_HTTP_1_1_REQUIRED } from './h2/constants.js';
+
 export class ProxyError extends Error {
   readonly code: string;
   readonly status: number;
@@ -113,7 +115,7 @@ export const RESPONSE_503_AT_CAPACITY = closingErrorResponse(503, 'proxy at conn
  * HTTP/1.1 response): the server preface (an empty SETTINGS frame, RFC 9113 §3.4), then
  * GOAWAY(HTTP_1_1_REQUIRED, last stream 0) with the reason as debug data.
  */
-export const GOAWAY_HTTP_1_1_REQUIRED = h2Goaway(0xd, 'HTTP/2 is disabled on this proxy');
+export const GOAWAY_HTTP_1_1_REQUIRED = h2Goaway(NGHTTP2_HTTP_1_1_REQUIRED, 'HTTP/2 is disabled on this proxy');
 
 function h2Goaway(code: number, debug: string): Buffer {
   const reason = Buffer.from(debug, 'latin1');
