@@ -18,6 +18,7 @@ import {
   errorName,
   frame,
   headersFrame,
+  pingFrame,
   requestHeaders,
   rstStreamFrame,
   settingsFrame,
@@ -76,7 +77,7 @@ describe('GOAWAY error codes of HTTP/2 connection errors', () => {
     await assertGoaway(c, ERROR.PROTOCOL_ERROR, 'RST_STREAM on idle stream');
   });
 
-  // nghttp2 answers the next two with its own GOAWAY before Node sees an error: kept here so
+  // nghttp2 answers the next three with its own GOAWAY before Node sees an error: kept here so
   // that the mapping never changes them.
   it('DATA on an idle stream -> GOAWAY(PROTOCOL_ERROR)', async () => {
     const c = await H2RawClient.connect(px.port);
@@ -90,6 +91,27 @@ describe('GOAWAY error codes of HTTP/2 connection errors', () => {
     await assertGoaway(c, ERROR.FRAME_SIZE_ERROR, 'PING length 3');
   });
 
+  it('an undecodable HPACK block -> GOAWAY(COMPRESSION_ERROR)', async () => {
+    const c = await H2RawClient.connect(px.port);
+    c.send(headersFrame(1, Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), { endStream: true }));
+    await assertGoaway(c, ERROR.COMPRESSION_ERROR, 'bad HPACK');
+  });
+
+  it('10,000 SETTINGS in one write (unsent ACKs flood) -> GOAWAY(ENHANCE_YOUR_CALM)', async () => {
+    const c = await H2RawClient.connect(px.port);
+    c.send(Buffer.concat(Array.from({ length: 10_000 }, () => settingsFrame({}))));
+    await assertGoaway(c, ERROR.ENHANCE_YOUR_CALM, 'SETTINGS flood');
+  });
+
+  // RFC 9113 §6.7 says to ignore it; Node makes it a connection error, with the RFC's code here.
+  it('an unsolicited PING ACK -> GOAWAY(PROTOCOL_ERROR)', async () => {
+    const c = await H2RawClient.connect(px.port);
+    c.send(pingFrame(Buffer.from('unasked!'), { ack: true }));
+    await assertGoaway(c, ERROR.PROTOCOL_ERROR, 'unsolicited PING ACK');
+  });
+
+  // On a fully closed stream nghttp2 keeps no state (Node sets its no_closed_streams option) and
+  // ignores the frame; it reports STREAM_CLOSED while the stream is half-closed (remote).
   it('HEADERS again on a stream the client already ended -> GOAWAY(STREAM_CLOSED)', async () => {
     const c = await H2RawClient.connect(px.port);
     c.send(headersFrame(1, requestHeaders(up.port, { path: '/slow' }), { endStream: true }));
