@@ -10,9 +10,9 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { startProxy, startRawServer, h2connect, waitFor } from './helpers/servers.mjs';
 
-const CONNECT_MS = 400;
-const RESPONSE_MS = 400;
-const IDLE_MS = 600;
+const CONNECT_MS = 1000;
+const RESPONSE_MS = 1000;
+const IDLE_MS = 1500;
 const NGHTTP2_CANCEL = 8;
 const NGHTTP2_INTERNAL_ERROR = 2;
 
@@ -207,7 +207,7 @@ for (const client of ['h1', 'h2']) {
     });
 
     it('an upstream that drip-feeds a byte of DATA more often than upstreamIdleTimeoutMs is not timed out', async () => {
-      const BYTES = 16;
+      const BYTES = 30;
       const up = await h2cUpstream((stream) => {
         stream.respond({ ':status': 200 });
         let sent = 0;
