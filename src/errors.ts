@@ -6,6 +6,8 @@
  * reached the upstream (the connection was never established), so a client may retry any
  * method. Every other upstream code means the upstream may have seen (part of) the request.
  */
+import { NGHTTP2_HTTP_1_1_REQUIRED } from './h2/constants.js';
+
 export class ProxyError extends Error {
   readonly code: string;
   readonly status: number;
@@ -107,4 +109,21 @@ export const RESPONSE_408_TIMEOUT = closingErrorResponse(408, 'request headers t
 export const RESPONSE_414_URI_TOO_LONG = closingErrorResponse(414, 'request line too long');
 export const RESPONSE_431_HEADERS_TOO_LARGE = closingErrorResponse(431, 'request headers too large');
 export const RESPONSE_503_AT_CAPACITY = closingErrorResponse(503, 'proxy at connection capacity');
-export const RESPONSE_505_NO_HTTP2 = closingErrorResponse(505, 'HTTP/2 is disabled on this proxy');
+
+/**
+ * The answer to an h2c preface when HTTP/2 is disabled, in HTTP/2 (an h2 client cannot read an
+ * HTTP/1.1 response): the server preface (an empty SETTINGS frame, RFC 9113 §3.4), then
+ * GOAWAY(HTTP_1_1_REQUIRED, last stream 0) with the reason as debug data.
+ */
+export const GOAWAY_HTTP_1_1_REQUIRED = h2Goaway(NGHTTP2_HTTP_1_1_REQUIRED, 'HTTP/2 is disabled on this proxy');
+
+function h2Goaway(code: number, debug: string): Buffer {
+  const reason = Buffer.from(debug, 'latin1');
+  const out = Buffer.alloc(9 + 9 + 8 + reason.length);
+  out[3] = 0x4; // SETTINGS, empty
+  out.writeUIntBE(8 + reason.length, 9, 3);
+  out[12] = 0x7; // GOAWAY on stream 0, last stream id 0
+  out.writeUInt32BE(code, 22);
+  reason.copy(out, 26);
+  return out;
+}

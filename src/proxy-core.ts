@@ -119,8 +119,15 @@ export class ProxyCore {
       stats,
     );
     this.h2pool = new H2UpstreamPool(
-      { idleTimeoutMs: options.upstreamIdleTimeoutMs, keepaliveMs: options.keepaliveMs, maxSessions: options.maxSessionsPerUpstream },
+      {
+        connectTimeoutMs: options.upstreamConnectTimeoutMs,
+        responseTimeoutMs: options.upstreamResponseTimeoutMs,
+        idleTimeoutMs: options.upstreamIdleTimeoutMs,
+        keepaliveMs: options.keepaliveMs,
+        maxSessions: options.maxSessionsPerUpstream,
+      },
       stats,
+      this.pool.deadlines,
       this.pool.fds,
     );
     this.protocols =

@@ -3,7 +3,7 @@ import type http2 from 'node:http2';
 import net from 'node:net';
 import type tls from 'node:tls';
 import { http as loadHttp, tls as loadTls } from './builtins.js';
-import { RESPONSE_503_AT_CAPACITY, RESPONSE_505_NO_HTTP2 } from './errors.js';
+import { GOAWAY_HTTP_1_1_REQUIRED, RESPONSE_503_AT_CAPACITY } from './errors.js';
 import { DeadlineSweep } from './deadlines.js';
 import { H1Connection, type SessionHost } from './h1/session.js';
 import { createH2Server, type H2Host } from './h2/session.js';
@@ -402,8 +402,7 @@ export class ProxyServer implements SessionHost, H2Host {
       case SNIFF_H2:
         if (!this.options.enableHttp2) {
           this.stats.proxyErrorResponses++;
-          this.stats.countStatus(505);
-          endAndLinger(socket, RESPONSE_505_NO_HTTP2);
+          endAndLinger(socket, GOAWAY_HTTP_1_1_REQUIRED);
           return;
         }
         socket.pause();

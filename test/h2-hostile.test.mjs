@@ -363,8 +363,8 @@ describe('HTTP/2 hostile input', () => {
     return `${goaway ? `GOAWAY(${errorName(goaway.errorCode)}, last ${goaway.lastStreamId})` : 'no GOAWAY'}, ${closed ? 'closed by the proxy' : 'left open'}`;
   }
 
-  // Observed: nghttp2 1.61 (max 8 CONTINUATIONs per block) makes mem_recv fail; Node sends
-  // GOAWAY(INTERNAL_ERROR, last 1) and destroys the session after ~9 frames (~150 KiB); the
+  // Observed: nghttp2 1.61 (max 8 CONTINUATIONs per block) makes mem_recv fail; the session is
+  // destroyed with GOAWAY(ENHANCE_YOUR_CALM, last 1) after ~9 frames (~150 KiB); the
   // client's further writes go nowhere; memory growth ~0 MiB; nothing reaches the upstream.
   it('CONTINUATION flood (16 KiB fragments, > 1 MiB, no END_HEADERS) -> GOAWAY + close, memory flat', async (t) => {
     await fresh(async (ctx) => {
@@ -387,7 +387,7 @@ describe('HTTP/2 hostile input', () => {
     });
   });
 
-  // Observed: same as above with zero-length CONTINUATIONs (CVE-2024-27983 shape): GOAWAY(INTERNAL_ERROR, last 1) + close.
+  // Observed: same as above with zero-length CONTINUATIONs (CVE-2024-27983 shape): GOAWAY(ENHANCE_YOUR_CALM, last 1) + close.
   it('CONTINUATION flood (10,000 empty fragments) -> GOAWAY + close', async (t) => {
     await fresh(async (ctx) => {
       const c = await H2RawClient.connect(ctx.port);
@@ -483,8 +483,8 @@ describe('HTTP/2 hostile input', () => {
   });
 
   // Observed: 10,000 SETTINGS in one write queue > 1,000 unsent ACKs; nghttp2 reports
-  // NGHTTP2_ERR_FLOODED, Node sends GOAWAY(INTERNAL_ERROR, last 0) and destroys the session;
-  // 0 ACKs reach the client. (Issue 6 prefers ENHANCE_YOUR_CALM; the code is Node's choice.)
+  // NGHTTP2_ERR_FLOODED and the session is destroyed with GOAWAY(ENHANCE_YOUR_CALM, last 0)
+  // (test/h2-goaway-codes.test.mjs asserts the code); 0 ACKs reach the client.
   it('SETTINGS flood (10,000 frames) -> GOAWAY + close', async (t) => {
     await fresh(async (ctx) => {
       const c = await H2RawClient.connect(ctx.port);
@@ -502,7 +502,7 @@ describe('HTTP/2 hostile input', () => {
     });
   });
 
-  // Observed: as SETTINGS: GOAWAY(INTERNAL_ERROR, last 0), session destroyed, 0 PING ACKs.
+  // Observed: as SETTINGS: GOAWAY(ENHANCE_YOUR_CALM, last 0), session destroyed, 0 PING ACKs.
   it('PING flood (10,000 frames) -> GOAWAY + close', async (t) => {
     await fresh(async (ctx) => {
       const c = await H2RawClient.connect(ctx.port);

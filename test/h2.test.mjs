@@ -415,18 +415,39 @@ describe('HTTP/2 disabled', () => {
     await proxy.stop();
   });
 
-  it('an h2c preface gets an HTTP/1.1 505 and a close', async () => {
+  /** An HTTP/2 answer an h2 client can read: SETTINGS, then GOAWAY(HTTP_1_1_REQUIRED, last stream 0). */
+  function assertHttp11Required(out) {
+    assert.ok(!out.startsWith('HTTP/1'), `got an HTTP/1 answer: ${JSON.stringify(out.slice(0, 40))}`);
+    const buf = Buffer.from(out, 'latin1');
+    const frames = parseFrames(out);
+    assert.deepEqual(frames.map((f) => f.type), [4, 7], 'SETTINGS then GOAWAY');
+    assert.equal(frames[0].flags, 0);
+    const goaway = buf.subarray(9 + frames[0].length + 9);
+    assert.equal(goaway.readUInt32BE(0), 0, 'last stream id');
+    assert.equal(goaway.readUInt32BE(4), 0xd, 'HTTP_1_1_REQUIRED');
+    assert.equal(goaway.subarray(8).toString('latin1'), 'HTTP/2 is disabled on this proxy');
+  }
+
+  it('an h2c preface gets GOAWAY(HTTP_1_1_REQUIRED) and a close', async () => {
     const started = Date.now();
     const out = await rawRequest(port, Buffer.concat([PREFACE, EMPTY_SETTINGS]), { timeoutMs: 3000 });
     const elapsed = Date.now() - started;
-    assert.match(out, /^HTTP\/1\.1 505 /);
-    assert.match(out, /\r\nconnection: close\r\n/i);
+    assertHttp11Required(out);
     assert.ok(elapsed < 2000, `the proxy did not close the connection (${elapsed} ms)`);
   });
 
-  it('a split preface gets the 505 too, and HTTP/1.1 still works', async () => {
+  it('a node:http2 client is told HTTP/1.1 is required', async () => {
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    const errored = new Promise((resolve) => session.on('error', resolve));
+    const [code] = await once(session, 'goaway');
+    assert.equal(code, http2.constants.NGHTTP2_HTTP_1_1_REQUIRED);
+    assert.match(String((await errored).message), /error code 13/);
+    session.destroy();
+  });
+
+  it('a split preface gets the GOAWAY too, and HTTP/1.1 still works', async () => {
     const out = await rawRequest(port, [PREFACE.subarray(0, 10), PREFACE.subarray(10)], { timeoutMs: 3000 });
-    assert.match(out, /^HTTP\/1\.1 505 /);
+    assertHttp11Required(out);
     const echo = await startUpstream();
     try {
       const res = await rawRequest(

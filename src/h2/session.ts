@@ -15,6 +15,12 @@ import {
   NGHTTP2_ENHANCE_YOUR_CALM,
   NGHTTP2_FLAG_END_STREAM,
   NGHTTP2_REFUSED_STREAM,
+  NGHTTP2_PROTOCOL_ERROR,
+  NGHTTP2_INTERNAL_ERROR,
+  NGHTTP2_FLOW_CONTROL_ERROR,
+  NGHTTP2_STREAM_CLOSED,
+  NGHTTP2_FRAME_SIZE_ERROR,
+  NGHTTP2_COMPRESSION_ERROR,
 } from './constants.js';
 
 
@@ -310,6 +316,8 @@ export function createH2Server(host: H2Host): http2.Http2Server {
     // close() runs once nghttp2 has returned instead.
     sessionClose ??= session.close;
     session.close = closeAfterCallbacks;
+    // A stream error nghttp2 reports costs that stream only; on a connection error Node
+    // destroys the session with no code (GOAWAY(INTERNAL_ERROR)): the code the RFC names goes instead.
     sessionDestroy ??= session.destroy;
     session.destroy = destroyUnlessStreamError;
     host.sessionOpened(session);
@@ -343,12 +351,52 @@ function closeAfterCallbacks(this: http2.ServerHttp2Session, callback?: () => vo
   setImmediate(closeSessionNow, this, callback);
 }
 
+/** Node's own `Http2Session#destroy`. */
+let sessionDestroy: ((this: http2.ServerHttp2Session, error?: Error, code?: number) => void) | null = null;
+
+function destroyWithRfcCode(this: http2.ServerHttp2Session, error?: Error, code?: number): void {
+  if (code === undefined && error instanceof Error) {
+    const err = error as NodeJS.ErrnoException;
+    if (err.code === 'ERR_HTTP2_ERROR' && typeof err.errno === 'number') code = rfcCodeForNghttp2Error(err.errno);
+  }
+  sessionDestroy!.call(this, error, code);
+}
+
+/**
+ * The RFC 9113 §7 error code for an nghttp2 library error (`errno` of Node's ERR_HTTP2_ERROR),
+ * for the GOAWAY of a session destroyed over it. nghttp2's own mapping
+ * (get_error_code_from_lib_error_code) plus the errors nghttp2 reports without a GOAWAY of its own.
+ */
+function rfcCodeForNghttp2Error(errno: number): number {
+  switch (errno) {
+    case -505: // NGHTTP2_ERR_PROTO
+    case -531: // NGHTTP2_ERR_HTTP_HEADER
+    case -532: // NGHTTP2_ERR_HTTP_MESSAGING
+    case -536: // NGHTTP2_ERR_SETTINGS_EXPECTED: the first frame was not SETTINGS
+    case -903: // NGHTTP2_ERR_BAD_CLIENT_MAGIC: invalid connection preface (RFC 9113 §3.4)
+      return NGHTTP2_PROTOCOL_ERROR;
+    case -524: // NGHTTP2_ERR_FLOW_CONTROL
+      return NGHTTP2_FLOW_CONTROL_ERROR;
+    case -510: // NGHTTP2_ERR_STREAM_CLOSED
+      return NGHTTP2_STREAM_CLOSED;
+    case -522: // NGHTTP2_ERR_FRAME_SIZE_ERROR
+      return NGHTTP2_FRAME_SIZE_ERROR;
+    case -533: // NGHTTP2_ERR_REFUSED_STREAM
+      return NGHTTP2_REFUSED_STREAM;
+    case -523: // NGHTTP2_ERR_HEADER_COMP
+      return NGHTTP2_COMPRESSION_ERROR;
+    case -537: // NGHTTP2_ERR_TOO_MANY_SETTINGS
+    case -904: // NGHTTP2_ERR_FLOODED
+    case -905: // NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
+      return NGHTTP2_ENHANCE_YOUR_CALM;
+    default:
+      return NGHTTP2_INTERNAL_ERROR;
+  }
+}
+
 function closeSessionNow(session: http2.ServerHttp2Session, callback: (() => void) | undefined): void {
   if (!session.destroyed) sessionClose!.call(session, callback);
 }
-
-/** Node's own `Http2Session#destroy`. */
-let sessionDestroy: ((this: http2.ServerHttp2Session, error?: Error, code?: number) => void) | null = null;
 
 /**
  * A stream error must cost that stream only (RFC 9113 §5.4.2); see protocol-error.ts for how
@@ -361,7 +409,7 @@ let sessionDestroy: ((this: http2.ServerHttp2Session, error?: Error, code?: numb
  */
 function destroyUnlessStreamError(this: http2.ServerHttp2Session, error?: Error, code?: number): void {
   if (isReportedProtocolError(error)) return;
-  sessionDestroy!.call(this, error, code);
+  destroyWithRfcCode.call(this, error, code);
 }
 
 type HandleOwner = { _handle?: StreamHandle | null; _parent?: HandleOwner | null };

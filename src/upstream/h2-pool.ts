@@ -3,6 +3,7 @@ import { http2 as loadHttp2 } from '../builtins.js';
 import { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
 import { keepSessionOnStreamError } from '../h2/protocol-error.js';
 import { connectTo } from './connect.js';
+import type { DeadlineSweep, Expirable } from '../deadlines.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters } from '../stats.js';
 import type { FdBudget } from '../fd-budget.js';
@@ -42,8 +43,13 @@ export function h2UpstreamCode(err: NodeJS.ErrnoException | null | undefined, fa
 const kReq = Symbol('cmux.h2up.request');
 type UpStream = http2.ClientHttp2Stream & { [kReq]?: H2UpstreamRequest };
 
-/** One request on an upstream HTTP/2 session. */
-export class H2UpstreamRequest {
+/**
+ * One request on an upstream HTTP/2 session. Its deadline (in the pool's sweep) is the response
+ * head's until a final head arrives, then the longest silence tolerated mid-response, re-armed by
+ * every DATA chunk either way; on expiry the stream is reset and the exchange fails with
+ * RESPONSE_TIMEOUT or IDLE_TIMEOUT while the session serves on.
+ */
+export class H2UpstreamRequest implements Expirable {
   readonly session: UpSession;
   readonly stream: UpStream;
   user: H2UpstreamUser | null;
@@ -51,6 +57,8 @@ export class H2UpstreamRequest {
   private trailers: string[] | null = null;
   /** The errno code of the error the stream was destroyed with, if any. */
   errorCode: string | null = null;
+  deadline = 0;
+  inSweep = false;
 
   constructor(session: UpSession, user: H2UpstreamUser) {
     this.session = session;
@@ -58,6 +66,8 @@ export class H2UpstreamRequest {
     const stream = session.session.request(user.h2Headers(), { endStream: user.h2EndStream }) as UpStream;
     this.stream = stream;
     stream[kReq] = this;
+    const pool = session.pool;
+    pool.deadlines.arm(this, pool.responseTimeoutMs);
     stream.on('response', upStreamOnResponse);
     stream.on('data', upStreamOnData);
     stream.on('trailers', upStreamOnTrailers);
@@ -68,7 +78,10 @@ export class H2UpstreamRequest {
   }
 
   write(chunk: Buffer): boolean {
-    return this.stream.destroyed ? true : this.stream.write(chunk);
+    if (this.stream.destroyed) return true;
+    // Request body going out mid-response is traffic too (as on an HTTP/1.1 socket).
+    if (this.responded) this.session.pool.deadlines.arm(this, this.session.pool.idleTimeoutMs);
+    return this.stream.write(chunk);
   }
 
   end(): void {
@@ -86,14 +99,32 @@ export class H2UpstreamRequest {
   /** The client went away: reset the upstream stream. */
   cancel(): void {
     this.user = null;
+    this.session.pool.deadlines.disarm(this);
     if (!this.stream.destroyed) this.stream.close(NGHTTP2_CANCEL);
+  }
+
+  /** The sweep: no response head in time, or silence mid-response. Resets the stream only. */
+  expire(): void {
+    const user = this.user;
+    this.user = null;
+    if (!this.stream.destroyed) this.stream.close(NGHTTP2_CANCEL);
+    // The upstream may have seen the request: never replayed.
+    user?.h2Failure(this.responded ? 'IDLE_TIMEOUT' : 'RESPONSE_TIMEOUT', false);
   }
 
   onResponse(headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, raw: string[]): void {
     const status = Number(headers[':status']);
     if (status >= 100 && status < 200) return;
     this.responded = true;
+    this.session.pool.deadlines.arm(this, this.session.pool.idleTimeoutMs);
     this.user?.h2Response(status, raw);
+  }
+
+  onData(chunk: Buffer): void {
+    const user = this.user;
+    if (user === null) return;
+    this.session.pool.deadlines.arm(this, this.session.pool.idleTimeoutMs);
+    user.h2Body(chunk);
   }
 
   onTrailers(raw: string[]): void {
@@ -103,10 +134,12 @@ export class H2UpstreamRequest {
   onEnd(): void {
     const user = this.user;
     this.user = null;
+    this.session.pool.deadlines.disarm(this);
     user?.h2End(this.trailers);
   }
 
   onClose(): void {
+    this.session.pool.deadlines.disarm(this);
     this.session.streamClosed(this);
     const user = this.user;
     if (user === null) return;
@@ -124,7 +157,7 @@ function upStreamOnResponse(this: UpStream, headers: http2.IncomingHttpHeaders &
   this[kReq]?.onResponse(headers, raw ?? flatten(headers));
 }
 function upStreamOnData(this: UpStream, chunk: Buffer): void {
-  this[kReq]?.user?.h2Body(chunk);
+  this[kReq]?.onData(chunk);
 }
 function upStreamOnTrailers(this: UpStream, headers: http2.IncomingHttpHeaders, _flags: number, raw: string[]): void {
   this[kReq]?.onTrailers(raw ?? flatten(headers));
@@ -157,8 +190,11 @@ function flatten(headers: http2.IncomingHttpHeaders): string[] {
   return raw;
 }
 
-/** One h2c session to an upstream and its running streams. */
-class UpSession {
+/**
+ * One h2c session to an upstream and its running streams. Until the peer's SETTINGS arrive its
+ * deadline (in the pool's sweep) is the connect timeout: TCP connect plus SETTINGS exchange.
+ */
+class UpSession implements Expirable {
   readonly pool: H2UpstreamPool;
   readonly entry: H2Entry;
   readonly session: http2.ClientHttp2Session;
@@ -168,6 +204,8 @@ class UpSession {
   ready = false;
   goneAway = false;
   closed = false;
+  deadline = 0;
+  inSweep = false;
   private ping: NodeJS.Timeout | null = null;
 
   constructor(pool: H2UpstreamPool, entry: H2Entry) {
@@ -182,8 +220,10 @@ class UpSession {
     this.session = session;
     // One malformed response stream must not cost the other streams on this session.
     keepSessionOnStreamError(session);
+    pool.deadlines.arm(this, pool.connectTimeoutMs);
     session.on('remoteSettings', (settings) => {
       this.ready = true;
+      pool.deadlines.disarm(this);
       if (settings.maxConcurrentStreams !== undefined) this.maxStreams = Math.max(1, Math.min(settings.maxConcurrentStreams, 1000));
       pool.serveWaiters(entry);
     });
@@ -205,6 +245,13 @@ class UpSession {
     }
     pool.stats.upstreamSocketsCreated++;
     if (pool.fds !== null) pool.fds.upstream++;
+  }
+
+  /** The sweep: no SETTINGS from the upstream within the connect timeout. Nothing was sent. */
+  expire(): void {
+    if (this.ready || this.closed) return;
+    this.failWaiters('CONNECT_TIMEOUT');
+    this.session.destroy();
   }
 
   get usable(): boolean {
@@ -235,6 +282,7 @@ class UpSession {
 
   private onClose(): void {
     this.closed = true;
+    this.pool.deadlines.disarm(this);
     if (this.pool.fds !== null) this.pool.fds.upstream--;
     if (this.ping !== null) clearInterval(this.ping);
     this.pool.sessionClosed(this);
@@ -263,6 +311,11 @@ interface H2Entry {
 }
 
 export interface H2PoolConfig {
+  /** TCP connect plus the peer's SETTINGS -> CONNECT_TIMEOUT. */
+  connectTimeoutMs: number;
+  /** Stream opened -> final response head -> RESPONSE_TIMEOUT. */
+  responseTimeoutMs: number;
+  /** Idle sessions close; also the longest silence mid-response -> IDLE_TIMEOUT. */
   idleTimeoutMs: number;
   keepaliveMs: number;
   maxSessions: number;
@@ -277,15 +330,22 @@ export interface H2PoolConfig {
 export class H2UpstreamPool {
   private readonly entries = new Map<string, H2Entry>();
   readonly stats: StatsCounters;
+  readonly connectTimeoutMs: number;
+  readonly responseTimeoutMs: number;
   readonly idleTimeoutMs: number;
   readonly keepaliveMs: number;
   private readonly maxSessions: number;
   /** The process's descriptor budget, shared with the HTTP/1.1 pool (null: not counted). */
   readonly fds: FdBudget | null;
+  /** Session connect and stream deadlines: the sweep of the HTTP/1.1 pool's phase deadlines. */
+  readonly deadlines: DeadlineSweep;
 
-  constructor(config: H2PoolConfig, stats: StatsCounters, fds: FdBudget | null = null) {
+  constructor(config: H2PoolConfig, stats: StatsCounters, deadlines: DeadlineSweep, fds: FdBudget | null = null) {
     this.stats = stats;
     this.fds = fds;
+    this.deadlines = deadlines;
+    this.connectTimeoutMs = config.connectTimeoutMs;
+    this.responseTimeoutMs = config.responseTimeoutMs;
     this.idleTimeoutMs = config.idleTimeoutMs;
     this.keepaliveMs = config.keepaliveMs;
     this.maxSessions = config.maxSessions;
