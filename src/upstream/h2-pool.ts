@@ -1,6 +1,7 @@
 import type http2 from 'node:http2';
 import { http2 as loadHttp2 } from '../builtins.js';
-import { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
+import { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
+import { trailersH2 } from '../headers.js';
 import { connectTo } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters } from '../stats.js';
@@ -14,7 +15,8 @@ export interface H2UpstreamUser {
   /** True when the request has no body (END_STREAM on HEADERS). */
   readonly h2EndStream: boolean;
   h2Started(req: H2UpstreamRequest): void;
-  h2Response(status: number, raw: string[]): void;
+  /** `endStream`: the response HEADERS ended the stream (no body; a trailers-only answer). */
+  h2Response(status: number, raw: string[], endStream: boolean): void;
   h2Body(chunk: Buffer): void;
   h2End(trailers: string[] | null): void;
   /** `replayable`: the upstream provably did not process the stream (REFUSED_STREAM / GOAWAY). */
@@ -48,13 +50,18 @@ export class H2UpstreamRequest {
   user: H2UpstreamUser | null;
   responded = false;
   private trailers: string[] | null = null;
+  /** Request trailers to send when the body ends (null: none). */
+  private requestTrailers: string[] | null = null;
   /** The errno code of the error the stream was destroyed with, if any. */
   errorCode: string | null = null;
 
   constructor(session: UpSession, user: H2UpstreamUser) {
     this.session = session;
     this.user = user;
-    const stream = session.session.request(user.h2Headers(), { endStream: user.h2EndStream }) as UpStream;
+    // A request with a body may end with trailers, known only at its end: Node then asks for them
+    // ('wantTrailers'); none to send ends the stream with an empty DATA frame.
+    const endStream = user.h2EndStream;
+    const stream = session.session.request(user.h2Headers(), { endStream, waitForTrailers: !endStream }) as UpStream;
     this.stream = stream;
     stream[kReq] = this;
     stream.on('response', upStreamOnResponse);
@@ -64,14 +71,28 @@ export class H2UpstreamRequest {
     stream.on('drain', upStreamOnDrain);
     stream.on('error', upStreamOnError);
     stream.on('close', upStreamOnClose);
+    if (!endStream) stream.on('wantTrailers', upStreamOnWantTrailers);
   }
 
   write(chunk: Buffer): boolean {
     return this.stream.destroyed ? true : this.stream.write(chunk);
   }
 
-  end(): void {
+  /** The request body is complete; `trailers` (raw, filtered here) follow it. */
+  end(trailers: string[] | null): void {
+    this.requestTrailers = trailers;
     if (!this.stream.destroyed && !this.stream.writableEnded) this.stream.end();
+  }
+
+  sendRequestTrailers(): void {
+    const trailers = this.requestTrailers;
+    this.requestTrailers = null;
+    try {
+      this.stream.sendTrailers(trailers === null ? {} : trailersH2(trailers));
+    } catch {
+      // A value Node will not send: the upstream must not see a complete-looking request.
+      if (!this.stream.destroyed) this.stream.close(NGHTTP2_CANCEL);
+    }
   }
 
   pause(): void {
@@ -88,11 +109,11 @@ export class H2UpstreamRequest {
     if (!this.stream.destroyed) this.stream.close(NGHTTP2_CANCEL);
   }
 
-  onResponse(headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, raw: string[]): void {
+  onResponse(headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, raw: string[], endStream: boolean): void {
     const status = Number(headers[':status']);
     if (status >= 100 && status < 200) return;
     this.responded = true;
-    this.user?.h2Response(status, raw);
+    this.user?.h2Response(status, raw, endStream);
   }
 
   onTrailers(raw: string[]): void {
@@ -119,8 +140,11 @@ export class H2UpstreamRequest {
   }
 }
 
-function upStreamOnResponse(this: UpStream, headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, _flags: number, raw: string[]): void {
-  this[kReq]?.onResponse(headers, raw ?? flatten(headers));
+function upStreamOnResponse(this: UpStream, headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, flags: number, raw: string[]): void {
+  this[kReq]?.onResponse(headers, raw ?? flatten(headers), (flags & NGHTTP2_FLAG_END_STREAM) !== 0);
+}
+function upStreamOnWantTrailers(this: UpStream): void {
+  this[kReq]?.sendRequestTrailers();
 }
 function upStreamOnData(this: UpStream, chunk: Buffer): void {
   this[kReq]?.user?.h2Body(chunk);
