@@ -119,7 +119,13 @@ export class ProxyCore {
       stats,
     );
     this.h2pool = new H2UpstreamPool(
-      { idleTimeoutMs: options.upstreamIdleTimeoutMs, keepaliveMs: options.keepaliveMs, maxSessions: options.maxSessionsPerUpstream },
+      {
+        idleTimeoutMs: options.upstreamIdleTimeoutMs,
+        keepaliveMs: options.keepaliveMs,
+        maxSessions: options.maxSessionsPerUpstream,
+        // The same bound as for client heads and trailers (HTTP/2 counts 32 bytes per field more).
+        maxHeaderListSize: options.maxHeaderSize * 2,
+      },
       stats,
       this.pool.fds,
     );

@@ -80,7 +80,10 @@ async function startRecordingUpstream() {
   return { ...raw, requests };
 }
 
-/** An h2c upstream: `/trailers` answers with trailers, `/trailers-only` with HEADERS + END_STREAM, `/echo` echoes body and request trailers. */
+/**
+ * An h2c upstream: `/trailers` answers with trailers, `/trailers-only` with HEADERS + END_STREAM,
+ * `/echo` echoes body and request trailers, `/big` sends oversized trailers.
+ */
 async function startH2cUpstream() {
   const seen = [];
   const sessions = new Set();
@@ -103,7 +106,11 @@ async function startH2cUpstream() {
     stream.on('end', () => {
       stream.respond({ ':status': 200, 'content-type': 'text/plain' }, { waitForTrailers: true });
       stream.on('wantTrailers', () => stream.sendTrailers({ 'x-checksum': 'abc', 'grpc-status': '0' }));
-      if (path === '/echo') stream.end(JSON.stringify(record));
+      if (path === '/big') {
+        stream.removeAllListeners('wantTrailers');
+        stream.on('wantTrailers', () => stream.sendTrailers({ 'x-big': 'a'.repeat(MAX_HEADER_SIZE * 3) }));
+        stream.end('hello');
+      } else if (path === '/echo') stream.end(JSON.stringify(record));
       else {
         stream.write('hello ');
         stream.end('world');
@@ -378,7 +385,7 @@ describe('trailers', () => {
     } finally {
       session.close();
     }
-    const stats = px.proxy.stats;
+    const stats = px.proxy.getStats();
     assert.ok(stats.responsesReset >= 2, JSON.stringify(stats));
   });
 
@@ -508,6 +515,27 @@ describe('trailers', () => {
     } finally {
       session.close();
     }
+  });
+
+  it('oversized h2c upstream trailers (past maxHeaderSize x 2): HTTP/1.1 client cut before the last chunk, HTTP/2 stream reset', async () => {
+    // A first exchange has the upstream session's SETTINGS acknowledged.
+    assert.match(await h1Get(pxH2c.port, h2Up.port, '/trailers'), /^HTTP\/1\.1 200 /);
+    const h1 = await h1Get(pxH2c.port, h2Up.port, '/big');
+    assert.match(h1, /^HTTP\/1\.1 200 /);
+    assert.equal(trailerSection(h1), null, 'no complete chunked body');
+    assert.doesNotMatch(h1, /x-big/i);
+    const session = h2connect(pxH2c.port);
+    try {
+      const res = await h2fetch(session, { ':path': '/big', 'x-cmux-port-internal': String(h2Up.port) });
+      assert.equal(res.status, 200);
+      assert.equal(res.trailers, null);
+      assert.equal(res.rstCode, http2.constants.NGHTTP2_INTERNAL_ERROR);
+      const next = await h2fetch(session, { ':path': '/trailers', 'x-cmux-port-internal': String(h2Up.port) });
+      assert.equal(next.trailers?.['x-checksum'], 'abc');
+    } finally {
+      session.close();
+    }
+    assert.ok(await waitFor(() => pxH2c.proxy.getStats().upstreamH2Streams === 0, { timeoutMs: 10000 }));
   });
 
   it('TLS h2 client: trailers from HTTP/1.1 and h2c upstreams, request trailers to both', async () => {

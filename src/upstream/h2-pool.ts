@@ -201,6 +201,7 @@ class UpSession {
       createConnection: () => connectTo(target),
       // A proxy may hold many streams from slow clients (DESIGN.md pitfalls).
       maxSessionMemory: 64,
+      settings: pool.maxHeaderListSize === undefined ? undefined : { maxHeaderListSize: pool.maxHeaderListSize },
     });
     this.session = session;
     session.on('remoteSettings', (settings) => {
@@ -287,6 +288,8 @@ export interface H2PoolConfig {
   idleTimeoutMs: number;
   keepaliveMs: number;
   maxSessions: number;
+  /** SETTINGS_MAX_HEADER_LIST_SIZE toward upstreams: larger response heads or trailers reset their stream. */
+  maxHeaderListSize?: number;
 }
 
 /**
@@ -301,6 +304,7 @@ export class H2UpstreamPool {
   readonly idleTimeoutMs: number;
   readonly keepaliveMs: number;
   private readonly maxSessions: number;
+  readonly maxHeaderListSize: number | undefined;
   /** The process's descriptor budget, shared with the HTTP/1.1 pool (null: not counted). */
   readonly fds: FdBudget | null;
 
@@ -310,6 +314,7 @@ export class H2UpstreamPool {
     this.idleTimeoutMs = config.idleTimeoutMs;
     this.keepaliveMs = config.keepaliveMs;
     this.maxSessions = config.maxSessions;
+    this.maxHeaderListSize = config.maxHeaderListSize;
   }
 
   request(target: Target, user: H2UpstreamUser): void {
