@@ -52,6 +52,8 @@ export const EX_WAITING_SOCKET = 64;
 export const EX_CLIENT_CLOSE = 128;
 /** Some request body went to the upstream (a replay would lose it). */
 export const EX_BODY_SENT = 256;
+/** The upstream's response head ended its stream (h2c: no body, a trailers-only answer). */
+export const EX_RESPONSE_EMPTY = 512;
 
 /**
  * One request/response through the proxy to an HTTP/1.1 upstream. Fixed shape; the client side
@@ -172,11 +174,11 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       this.flags |= EX_BODY_SENT;
       for (const chunk of queued) req.write(chunk);
     }
-    if ((this.flags & EX_REQUEST_ENDED) !== 0 && this.bodyMode !== BODY_NONE) req.end();
+    if ((this.flags & EX_REQUEST_ENDED) !== 0 && this.bodyMode !== BODY_NONE) req.end(this.requestTrailers);
     if (queued !== null) this.client.resumeRequest(this);
   }
 
-  h2Response(status: number, raw: string[]): void {
+  h2Response(status: number, raw: string[], endStream: boolean): void {
     if (this.finished) return;
     if (status < 200 || status > 599) {
       // nghttp2 only checks that :status has three digits: 000-099 arrive here as final
@@ -188,7 +190,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       return;
     }
     this.status = status;
-    this.flags |= EX_RESPONSE_STARTED;
+    this.flags |= endStream ? EX_RESPONSE_STARTED | EX_RESPONSE_EMPTY : EX_RESPONSE_STARTED;
     this.client.respond(this, status, http().STATUS_CODES[status] ?? 'Unknown', withoutPseudo(raw));
   }
 
@@ -275,6 +277,11 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     return ok;
   }
 
+  /**
+   * The request's end toward an HTTP/1.1 upstream. Trailers travel only in a chunked body: a
+   * request sent with its Content-Length (an HTTP/2 client's) has no place for them, and they are
+   * dropped (RFC 9110 §6.5.1 lets a recipient discard trailers).
+   */
   private writeRequestEnd(): void {
     if (this.bodyMode !== BODY_CHUNKED) return;
     const trailers = this.requestTrailers;
@@ -306,7 +313,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.requestTrailers = trailers;
     if (this.finished || (this.flags & EX_HEAD_SENT) === 0) return;
     if (this.h2 !== null) {
-      if (this.bodyMode !== BODY_NONE) this.h2.end();
+      if (this.bodyMode !== BODY_NONE) this.h2.end(trailers);
       return;
     }
     this.writeRequestEnd();

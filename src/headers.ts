@@ -399,25 +399,33 @@ export function responseHeadersH2(raw: readonly string[], status: number, facts:
   return out;
 }
 
+/**
+ * True for a field that never travels in a trailer section: hop-by-hop and routing fields,
+ * framing (`content-length`, `transfer-encoding`), `host` and pseudo-headers (RFC 9110 §6.5.1,
+ * RFC 9113 §8.1). Such a field is dropped, the rest of the section is relayed.
+ */
+function notATrailer(name: string): boolean {
+  if (name.charCodeAt(0) === 58 /* : */) return true;
+  const kind = nameKind(name);
+  return (kind & N_HOP) !== 0 || kind === N_CONTENT_LENGTH || kind === N_HOST;
+}
+
 /** Trailers from a flat raw list, as HTTP/1.1 trailer lines. */
 export function trailerLines(raw: readonly string[]): string {
   let lines = '';
   for (let i = 0; i < raw.length; i += 2) {
-    const kind = nameKind(raw[i]!);
-    if ((kind & N_HOP) !== 0 || kind === N_CONTENT_LENGTH || kind === N_HOST) continue;
+    if (notATrailer(raw[i]!)) continue;
     lines += `${raw[i]}: ${raw[i + 1]}\r\n`;
   }
   return lines;
 }
 
-/** Trailers for an HTTP/2 stream (lower-case names, no connection-specific or pseudo fields). */
+/** Trailers for an HTTP/2 stream (lower-case names, no connection-specific, framing or pseudo fields). */
 export function trailersH2(raw: readonly string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    if (name.charCodeAt(0) === 58) continue;
-    const kind = nameKind(name);
-    if ((kind & N_HOP) !== 0 || kind === N_CONTENT_LENGTH) continue;
+    if (notATrailer(name)) continue;
     const lower = name.toLowerCase();
     out[lower] = out[lower] === undefined ? raw[i + 1]! : `${out[lower]}, ${raw[i + 1]!}`;
   }

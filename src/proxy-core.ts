@@ -125,6 +125,8 @@ export class ProxyCore {
         idleTimeoutMs: options.upstreamIdleTimeoutMs,
         keepaliveMs: options.keepaliveMs,
         maxSessions: options.maxSessionsPerUpstream,
+        // The same bound as for client heads and trailers (HTTP/2 counts 32 bytes per field more).
+        maxHeaderListSize: options.maxHeaderSize * 2,
       },
       stats,
       this.pool.deadlines,

@@ -1,6 +1,6 @@
 import type http2 from 'node:http2';
 import type net from 'node:net';
-import { BODY_CHUNKED, BODY_LENGTH, BODY_NONE, EX_FINISHED, Exchange, type ClientSide } from '../exchange.js';
+import { BODY_CHUNKED, BODY_LENGTH, BODY_NONE, EX_FINISHED, EX_RESPONSE_EMPTY, Exchange, type ClientSide } from '../exchange.js';
 import { emptyFacts, responseHeadersH2, scanRequestHeaders, trailersH2 } from '../headers.js';
 import type { ProxyCore } from '../proxy-core.js';
 import { hostName } from '../route/host-patterns.js';
@@ -34,8 +34,10 @@ interface H2StreamState {
   stream: ProxyStream;
   /** Kept here: `stream.session` is gone once the stream is destroyed. */
   session: TrackedSession | undefined;
+  /** Response trailers, sent when Node asks for them ('wantTrailers'). */
   trailers: string[] | null;
-  waitForTrailers: boolean;
+  /** The client's request trailers (raw), passed on with the request's end. */
+  requestTrailers: string[] | null;
 }
 
 /** Hooks the server gives the HTTP/2 sessions. */
@@ -112,12 +114,13 @@ const h2ClientSide: ClientSide = {
     const state = ex.clientState as H2StreamState;
     const stream = state.stream;
     const headers = responseHeadersH2(raw, status, ex.responseFacts);
-    const endStream = ex.method === 'HEAD' || NO_BODY_STATUS(status);
-    // Trailers only come with a chunked upstream body that announced them.
-    state.waitForTrailers = !endStream && headers['trailer'] === undefined ? false : !endStream && raw.some(isTrailerName);
+    const endStream = ex.method === 'HEAD' || NO_BODY_STATUS(status) || (ex.flags & EX_RESPONSE_EMPTY) !== 0;
+    // Trailers can follow any h2c upstream body, and a chunked HTTP/1.1 one (announced by
+    // `Trailer` or not); the stream then ends with them, or with an empty DATA frame if none came.
+    const waitForTrailers = !endStream && (ex.h2 !== null || !ex.responseFacts.contentLength);
     ex.core.stats.countStatus(status);
     try {
-      stream.respond(headers, { endStream, waitForTrailers: state.waitForTrailers });
+      stream.respond(headers, { endStream, waitForTrailers });
     } catch (err) {
       // Invalid header values from the upstream, or a stream the client already reset.
       if (!stream.destroyed && !stream.headersSent) {
@@ -179,10 +182,6 @@ const h2ClientSide: ClientSide = {
   },
 };
 
-function isTrailerName(value: string, index: number, raw: string[]): boolean {
-  return index % 2 === 0 && value.length === 7 && value.toLowerCase() === 'trailer' && raw[index + 1] !== '';
-}
-
 export function respondError(stream: http2.ServerHttp2Stream, status: number, message: string): void {
   if (stream.destroyed || stream.closed) return;
   if (stream.headersSent) {
@@ -227,7 +226,13 @@ function streamOnEnd(this: ProxyStream): void {
     if (!this.destroyed) this.destroy();
     return;
   }
-  ex.requestEnd(null);
+  ex.requestEnd((ex.clientState as H2StreamState).requestTrailers);
+}
+
+/** The client's trailing HEADERS (Node emits them before 'end'). */
+function streamOnTrailers(this: ProxyStream, _headers: http2.IncomingHttpHeaders, _flags: number, raw: string[]): void {
+  const ex = this[kEx];
+  if (ex !== undefined) (ex.clientState as H2StreamState).requestTrailers = raw;
 }
 
 /** The client reset the stream while our writes were pending: Node emits no 'close' then. */
@@ -563,7 +568,7 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   const ended = (flags & NGHTTP2_FLAG_END_STREAM) !== 0;
   const bodyMode = ended ? BODY_NONE : facts.contentLength !== undefined ? BODY_LENGTH : BODY_CHUNKED;
   const ex = new Exchange(core, h2ClientSide, method, path, raw, facts, host, clientAddress, tls ? 'https' : 'http', '2', bodyMode);
-  const state: H2StreamState = { stream, session, trailers: null, waitForTrailers: false };
+  const state: H2StreamState = { stream, session, trailers: null, requestTrailers: null };
   ex.clientState = state;
   stream[kEx] = ex;
   stream.on('close', streamOnClose);
@@ -574,6 +579,7 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
     ex.requestEnd(null);
   } else {
     stream.on('data', streamOnData);
+    stream.on('trailers', streamOnTrailers);
     stream.on('end', streamOnEnd);
   }
   // Dispatch after the frames read with this HEADERS are processed: a stream reset in the same

@@ -1,7 +1,8 @@
 import type http2 from 'node:http2';
 import { http2 as loadHttp2 } from '../builtins.js';
-import { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
+import { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
 import { keepSessionOnStreamError } from '../h2/protocol-error.js';
+import { trailersH2 } from '../headers.js';
 import { connectTo } from './connect.js';
 import type { DeadlineSweep, Expirable } from '../deadlines.js';
 import type { Target } from '../route/target.js';
@@ -16,7 +17,8 @@ export interface H2UpstreamUser {
   /** True when the request has no body (END_STREAM on HEADERS). */
   readonly h2EndStream: boolean;
   h2Started(req: H2UpstreamRequest): void;
-  h2Response(status: number, raw: string[]): void;
+  /** `endStream`: the response HEADERS ended the stream (no body; a trailers-only answer). */
+  h2Response(status: number, raw: string[], endStream: boolean): void;
   h2Body(chunk: Buffer): void;
   h2End(trailers: string[] | null): void;
   /** `replayable`: the upstream provably did not process the stream (REFUSED_STREAM / GOAWAY). */
@@ -55,6 +57,8 @@ export class H2UpstreamRequest implements Expirable {
   user: H2UpstreamUser | null;
   responded = false;
   private trailers: string[] | null = null;
+  /** Request trailers to send when the body ends (null: none). */
+  private requestTrailers: string[] | null = null;
   /** The errno code of the error the stream was destroyed with, if any. */
   errorCode: string | null = null;
   deadline = 0;
@@ -63,7 +67,10 @@ export class H2UpstreamRequest implements Expirable {
   constructor(session: UpSession, user: H2UpstreamUser) {
     this.session = session;
     this.user = user;
-    const stream = session.session.request(user.h2Headers(), { endStream: user.h2EndStream }) as UpStream;
+    // A request with a body may end with trailers, known only at its end: Node then asks for them
+    // ('wantTrailers'); none to send ends the stream with an empty DATA frame.
+    const endStream = user.h2EndStream;
+    const stream = session.session.request(user.h2Headers(), { endStream, waitForTrailers: !endStream }) as UpStream;
     this.stream = stream;
     stream[kReq] = this;
     const pool = session.pool;
@@ -75,6 +82,7 @@ export class H2UpstreamRequest implements Expirable {
     stream.on('drain', upStreamOnDrain);
     stream.on('error', upStreamOnError);
     stream.on('close', upStreamOnClose);
+    if (!endStream) stream.on('wantTrailers', upStreamOnWantTrailers);
   }
 
   write(chunk: Buffer): boolean {
@@ -84,8 +92,21 @@ export class H2UpstreamRequest implements Expirable {
     return this.stream.write(chunk);
   }
 
-  end(): void {
+  /** The request body is complete; `trailers` (raw, filtered here) follow it. */
+  end(trailers: string[] | null): void {
+    this.requestTrailers = trailers;
     if (!this.stream.destroyed && !this.stream.writableEnded) this.stream.end();
+  }
+
+  sendRequestTrailers(): void {
+    const trailers = this.requestTrailers;
+    this.requestTrailers = null;
+    try {
+      this.stream.sendTrailers(trailers === null ? {} : trailersH2(trailers));
+    } catch {
+      // A value Node will not send: the upstream must not see a complete-looking request.
+      if (!this.stream.destroyed) this.stream.close(NGHTTP2_CANCEL);
+    }
   }
 
   pause(): void {
@@ -112,12 +133,12 @@ export class H2UpstreamRequest implements Expirable {
     user?.h2Failure(this.responded ? 'IDLE_TIMEOUT' : 'RESPONSE_TIMEOUT', false);
   }
 
-  onResponse(headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, raw: string[]): void {
+  onResponse(headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, raw: string[], endStream: boolean): void {
     const status = Number(headers[':status']);
     if (status >= 100 && status < 200) return;
     this.responded = true;
     this.session.pool.deadlines.arm(this, this.session.pool.idleTimeoutMs);
-    this.user?.h2Response(status, raw);
+    this.user?.h2Response(status, raw, endStream);
   }
 
   onData(chunk: Buffer): void {
@@ -153,8 +174,11 @@ export class H2UpstreamRequest implements Expirable {
   }
 }
 
-function upStreamOnResponse(this: UpStream, headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, _flags: number, raw: string[]): void {
-  this[kReq]?.onResponse(headers, raw ?? flatten(headers));
+function upStreamOnResponse(this: UpStream, headers: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, flags: number, raw: string[]): void {
+  this[kReq]?.onResponse(headers, raw ?? flatten(headers), (flags & NGHTTP2_FLAG_END_STREAM) !== 0);
+}
+function upStreamOnWantTrailers(this: UpStream): void {
+  this[kReq]?.sendRequestTrailers();
 }
 function upStreamOnData(this: UpStream, chunk: Buffer): void {
   this[kReq]?.onData(chunk);
@@ -216,6 +240,7 @@ class UpSession implements Expirable {
       createConnection: () => connectTo(target),
       // A proxy may hold many streams from slow clients (DESIGN.md pitfalls).
       maxSessionMemory: 64,
+      settings: pool.maxHeaderListSize === undefined ? undefined : { maxHeaderListSize: pool.maxHeaderListSize },
     });
     this.session = session;
     // One malformed response stream must not cost the other streams on this session.
@@ -319,6 +344,8 @@ export interface H2PoolConfig {
   idleTimeoutMs: number;
   keepaliveMs: number;
   maxSessions: number;
+  /** SETTINGS_MAX_HEADER_LIST_SIZE toward upstreams: larger response heads or trailers reset their stream. */
+  maxHeaderListSize?: number;
 }
 
 /**
@@ -335,6 +362,7 @@ export class H2UpstreamPool {
   readonly idleTimeoutMs: number;
   readonly keepaliveMs: number;
   private readonly maxSessions: number;
+  readonly maxHeaderListSize: number | undefined;
   /** The process's descriptor budget, shared with the HTTP/1.1 pool (null: not counted). */
   readonly fds: FdBudget | null;
   /** Session connect and stream deadlines: the sweep of the HTTP/1.1 pool's phase deadlines. */
@@ -349,6 +377,7 @@ export class H2UpstreamPool {
     this.idleTimeoutMs = config.idleTimeoutMs;
     this.keepaliveMs = config.keepaliveMs;
     this.maxSessions = config.maxSessions;
+    this.maxHeaderListSize = config.maxHeaderListSize;
   }
 
   request(target: Target, user: H2UpstreamUser): void {
