@@ -443,3 +443,32 @@ describe('CLI --help', () => {
     for (const m of stdout.matchAll(/^ {2}(--[a-z0-9-]+)/gm)) assert.ok(cliSection.includes(`\`${m[1]}`), `README lists ${m[1]}`);
   });
 });
+
+describe('README "Try it" claims', () => {
+  it('from Node, *.localhost routes work with a loopback lookup or a Host header; a workspace whose server binds 127.0.0.1 only gets 502 ECONNREFUSED', async () => {
+    const up = await startUpstream();
+    const { child, port } = await startCli(['--port', '0']);
+    try {
+      const get = (url, options) =>
+        new Promise((resolve, reject) => {
+          http.get(url, options, (res) => {
+            let body = '';
+            res.on('data', (c) => (body += c));
+            res.on('end', () => resolve({ status: res.statusCode, body }));
+          }).on('error', reject);
+        });
+      const lookup = (name, opts, cb) => (opts.all ? cb(null, [{ address: '127.0.0.1', family: 4 }]) : cb(null, '127.0.0.1', 4));
+      const viaLookup = await get(`http://app.${up.port}.localhost:${port}/lookup`, { lookup });
+      assert.equal(viaLookup.status, 200);
+      assert.equal(JSON.parse(viaLookup.body).url, '/lookup');
+      const viaHost = await get(`http://127.0.0.1:${port}/host`, { headers: { host: `app.${up.port}.localhost` } });
+      assert.equal(JSON.parse(viaHost.body).url, '/host');
+      const workspace = await get(`http://127.0.0.1:${port}/`, { headers: { host: `workspace-1-${up.port}.localhost` } });
+      assert.equal(workspace.status, 502);
+      assert.equal(workspace.body, 'upstream request error: ECONNREFUSED');
+    } finally {
+      await stopCli(child);
+      await up.close();
+    }
+  });
+});
