@@ -200,8 +200,9 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Parsed
     }
     let value: unknown;
     if (f.kind === 'flag') {
-      if (text !== true && !truthy(label, text)) continue;
-      value = false; // every boolean flag is a --no-*
+      // Every boolean flag is a --no-*; its variable set to 0/false turns the option back on
+      // (over a config file that turned it off).
+      value = !(text === true || truthy(label, text));
     } else {
       const trimmed = (text as string).trim();
       value = f.kind === 'int' && /^[+-]?\d+$/.test(trimmed) ? Number(trimmed) : f.kind === 'int' ? text : trimmed;

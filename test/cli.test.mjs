@@ -201,6 +201,21 @@ describe('CLI precedence: flags > environment > config file > defaults', () => {
     assert.match(fromFile.stderr, new RegExp(`127\\.0\\.0\\.1:${up.port}: address already in use`));
   });
 
+  it('CMUX_PROXY_NO_<X>=0 turns an option back on over the config file; the --no-<x> flag turns it off over both', async () => {
+    const config = writeJson(dir, 'routing.json', { headerRoutingEnabled: false });
+    const status = async (args, env) => {
+      const { child, port } = await startCli(['--port', '0', '--config', config, ...args], { env });
+      try {
+        return (await exec('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', '-H', `X-Cmux-Port-Internal: ${up.port}`, `http://127.0.0.1:${port}/`])).stdout;
+      } finally {
+        await stopCli(child);
+      }
+    };
+    assert.equal(await status([], {}), '400', 'the file turns header routing off');
+    assert.equal(await status([], { CMUX_PROXY_NO_HEADER_ROUTING: '0' }), '200', 'the variable wins over the file');
+    assert.equal(await status(['--no-header-routing'], { CMUX_PROXY_NO_HEADER_ROUTING: '0' }), '400', 'the flag wins over the variable');
+  });
+
   /** Starts the CLI, sends one unrouted request, stops; returns the debug lines it logged. */
   async function debugLines(args, env) {
     const { child, port, stderr } = await startCli(args, { env });
