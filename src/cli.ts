@@ -164,7 +164,7 @@ function readConfig(file: string): Record<string, unknown> {
   }
   let value: unknown;
   try {
-    value = JSON.parse(text);
+    value = JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
   } catch (err) {
     throw new UsageError(`${file}: invalid JSON: ${jsonError(text, err as Error)}`, false);
   }
