@@ -1,39 +1,48 @@
 #!/usr/bin/env node
-import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
 import { createProxyServer } from './server.js';
 import { capYoungGeneration } from './gc-tuning.js';
-import type { FallbackOption, ProxyOptions } from './options.js';
-import type { LogLevel } from './log.js';
+import { OptionError, describeValue, resolveOptions, type ProxyOptions } from './options.js';
 
 /**
- * Flags -> createProxyServer. Every flag also reads CMUX_PROXY_<NAME> (`--idle-timeout-ms` ->
- * CMUX_PROXY_IDLE_TIMEOUT_MS; `--no-http2` -> CMUX_PROXY_NO_HTTP2=1). No proxy logic here.
+ * Flags -> createProxyServer. Each flag sets one API option (`--port` -> `listenPort`,
+ * `--fallback-port` -> `fallback.port`) and also reads CMUX_PROXY_<NAME> (`--idle-timeout-ms` ->
+ * CMUX_PROXY_IDLE_TIMEOUT_MS; `--no-http2` -> CMUX_PROXY_NO_HTTP2=1). `--config <file.json>`
+ * takes the API's option names. Precedence: flags > environment > config file > defaults.
+ * Anything wrong in what the user wrote exits 2; a failure to start (certificate files, a taken
+ * port) exits 1. No proxy logic here.
  */
 type Kind = 'int' | 'string' | 'flag';
 interface Flag {
   name: string;
   kind: Kind;
   help: string;
-  option?: keyof ProxyOptions;
-  /** For `--no-*` flags: the option they set to false. */
-  negates?: keyof ProxyOptions;
+  /** The option it sets: a name, or `fallback.port` style for a field of an object option. */
+  option: string;
+  /** What the value looks like in --help. */
+  arg?: string;
+  /** More environment variables read after CMUX_PROXY_<NAME>, in order. */
+  moreEnv?: string[];
 }
 
 const FLAGS: Flag[] = [
   { name: 'port', kind: 'int', option: 'listenPort', help: 'port to listen on; 0 picks a free one [9776]' },
-  { name: 'host', kind: 'string', option: 'listenHost', help: 'address to bind [127.0.0.1]' },
-  { name: 'no-http2', kind: 'flag', negates: 'enableHttp2', help: 'refuse HTTP/2 (h2c preface gets 505)' },
-  { name: 'no-websockets', kind: 'flag', negates: 'enableWebsockets', help: 'refuse WebSocket upgrades (501)' },
+  { name: 'host', kind: 'string', option: 'listenHost', arg: '<address>', help: 'address to bind [127.0.0.1]' },
+  { name: 'no-http2', kind: 'flag', option: 'enableHttp2', help: 'refuse HTTP/2 (h2c preface gets 505)' },
+  { name: 'no-websockets', kind: 'flag', option: 'enableWebsockets', help: 'refuse WebSocket upgrades (501)' },
   { name: 'max-connections', kind: 'int', option: 'maxConnections', help: 'client connections served at once [1000]' },
   { name: 'connection-queue-timeout-ms', kind: 'int', option: 'connectionQueueTimeoutMs', help: 'how long a connection past the limit waits before 503 [10000]' },
+  { name: 'max-queued-connections', kind: 'int', option: 'maxQueuedConnections', help: 'connections allowed to wait; past it 503 at once [1000]' },
   { name: 'idle-timeout-ms', kind: 'int', option: 'idleTimeoutMs', help: 'idle client and pooled upstream connections close after this [120000]' },
   { name: 'client-idle-timeout-ms', kind: 'int', option: 'clientIdleTimeoutMs', help: 'idle client connections [idle-timeout-ms]' },
   { name: 'upstream-idle-timeout-ms', kind: 'int', option: 'upstreamIdleTimeoutMs', help: 'idle pooled upstream sockets [idle-timeout-ms]' },
   { name: 'keepalive-ms', kind: 'int', option: 'keepaliveMs', help: 'TCP keep-alive and HTTP/2 PING interval [30000]' },
-  { name: 'no-header-routing', kind: 'flag', negates: 'headerRoutingEnabled', help: 'ignore X-Cmux-Port-Internal / X-Cmux-Workspace-Internal' },
-  { name: 'no-workspace-isolation', kind: 'flag', negates: 'workspaceIsolation', help: 'route workspaces to 127.0.0.1 instead of 127.18.x.y' },
-  { name: 'no-preserve-host', kind: 'flag', negates: 'preserveHost', help: 'rewrite Host to the target (like changeOrigin)' },
-  { name: 'upstream-protocol', kind: 'string', option: 'upstreamProtocol', help: 'upstream protocol: http1, h2c (prior knowledge) or auto (probe once, remembered) [http1]' },
+  { name: 'no-header-routing', kind: 'flag', option: 'headerRoutingEnabled', help: 'ignore X-Cmux-Port-Internal / X-Cmux-Workspace-Internal' },
+  { name: 'no-workspace-isolation', kind: 'flag', option: 'workspaceIsolation', help: 'route workspaces to 127.0.0.1 instead of 127.18.x.y' },
+  { name: 'no-preserve-host', kind: 'flag', option: 'preserveHost', help: 'rewrite Host to the target (like changeOrigin)' },
+  { name: 'upstream-protocol', kind: 'string', option: 'upstreamProtocol', arg: '<protocol>', help: 'http1, h2c (prior knowledge) or auto (probe once, remembered) [http1]' },
+  { name: 'upstream-protocol-cache-ttl-ms', kind: 'int', option: 'upstreamProtocolCacheTtlMs', help: 'how long auto remembers what an upstream speaks [300000]' },
+  { name: 'max-sessions-per-upstream', kind: 'int', option: 'maxSessionsPerUpstream', help: 'HTTP/2 sessions per h2c upstream; more streams wait [8]' },
   { name: 'upstream-connect-timeout-ms', kind: 'int', option: 'upstreamConnectTimeoutMs', help: 'upstream connect timeout [5000]' },
   { name: 'upstream-response-timeout-ms', kind: 'int', option: 'upstreamResponseTimeoutMs', help: 'wait for the upstream response head [120000]' },
   { name: 'request-headers-timeout-ms', kind: 'int', option: 'requestHeadersTimeoutMs', help: 'time a client has to send a request head [30000]' },
@@ -41,96 +50,232 @@ const FLAGS: Flag[] = [
   { name: 'max-header-size', kind: 'int', option: 'maxHeaderSize', help: 'largest request head in bytes (431 past it) [16384]' },
   { name: 'max-headers-count', kind: 'int', option: 'maxHeadersCount', help: 'most header fields in a request (431 past it) [200]' },
   { name: 'max-sockets-per-upstream', kind: 'int', option: 'maxSocketsPerUpstream', help: 'sockets per upstream; more requests wait [1024]' },
+  { name: 'max-idle-sockets-per-upstream', kind: 'int', option: 'maxIdleSocketsPerUpstream', help: 'idle keep-alive sockets kept per upstream [256]' },
   { name: 'http2-max-concurrent-streams', kind: 'int', option: 'http2MaxConcurrentStreams', help: 'HTTP/2 streams one client connection may have open at once [100]' },
-  { name: 'fallback-port', kind: 'int', help: 'send unrouted requests to this local port (the embedding app)' },
-  { name: 'fallback-socket', kind: 'string', help: 'send unrouted requests to this unix socket' },
-  { name: 'docker-socket', kind: 'string', option: 'dockerSocketPath', help: 'resolve <container>.<port>.localhost via the Docker Engine API at this socket' },
+  { name: 'fallback-port', kind: 'int', option: 'fallback.port', help: 'send unrouted requests to this local port (the embedding app)' },
+  { name: 'fallback-socket', kind: 'string', option: 'fallback.socketPath', arg: '<path>', help: 'send unrouted requests to this unix socket' },
+  { name: 'docker-socket', kind: 'string', option: 'dockerSocketPath', arg: '<path>', help: 'resolve <container>.<port>.localhost via the Docker Engine API here' },
   { name: 'port-cache-ttl-ms', kind: 'int', option: 'portResolverCacheTtlMs', help: 'container port look-ups are cached this long [2000]' },
-  { name: 'tls-cert', kind: 'string', help: 'PEM certificate: terminate TLS on the same port (ALPN h2, http/1.1); reloaded on change' },
-  { name: 'tls-key', kind: 'string', help: 'PEM private key for --tls-cert' },
-  { name: 'log-level', kind: 'string', option: 'logLevel', help: 'silent, error, warn, info or debug [info]; CMUX_PROXY_LOG=debug also works' },
+  { name: 'tls-cert', kind: 'string', option: 'tls.certFile', arg: '<file>', help: 'PEM certificate: TLS on the same port (ALPN h2, http/1.1); reloaded on change' },
+  { name: 'tls-key', kind: 'string', option: 'tls.keyFile', arg: '<file>', help: 'PEM private key for --tls-cert' },
+  { name: 'log-level', kind: 'string', option: 'logLevel', arg: '<level>', moreEnv: ['CMUX_PROXY_LOG'], help: 'silent, error, warn, info or debug [info]' },
 ];
+
+/** Flags that are not options. */
+const CONFIG_FLAG = { name: 'config', arg: '<file.json>', help: 'options by their API names (tls.sni, fallback.host, ...); flags and env win' };
+const BY_NAME = new Map(FLAGS.map((f) => [f.name, f]));
 
 function envName(flag: string): string {
   return `CMUX_PROXY_${flag.replace(/-/g, '_').toUpperCase()}`;
 }
 
-function usage(): string {
-  const lines = FLAGS.map((f) => {
-    const arg = f.kind === 'flag' ? '' : f.kind === 'int' ? ' <n>' : ' <value>';
-    return `  --${f.name}${arg}`.padEnd(44) + `${f.help}\n${' '.repeat(44)}env ${envName(f.name)}`;
-  });
-  return `Usage: cmux-proxy [options]\n\nOne port for HTTP/1.1, HTTP/2 (h2c) and TLS, routed by X-Cmux-Port-Internal and Host.\n\nOptions:\n${lines.join('\n')}\n  --help, -h                                  this text\n`;
+function argOf(f: Flag): string {
+  if (f.kind === 'flag') return '';
+  return ` ${f.arg ?? (f.name.endsWith('-ms') ? '<ms>' : '<n>')}`;
 }
 
-class UsageError extends Error {}
-
-function parseInt10(name: string, text: string): number {
-  if (!/^-?\d+$/.test(text.trim())) throw new UsageError(`--${name} expects an integer, got ${JSON.stringify(text)}`);
-  return Number(text.trim());
+/** --help: flags in one column, what they do in the next, env and option name below. */
+export function usage(): string {
+  const rows: [string, string, string][] = FLAGS.map((f) => [
+    `--${f.name}${argOf(f)}`,
+    f.help,
+    `env ${[envName(f.name), ...(f.moreEnv ?? [])].join(', ')}; option ${f.option}`,
+  ]);
+  rows.push([`--${CONFIG_FLAG.name} ${CONFIG_FLAG.arg}`, CONFIG_FLAG.help, `env ${envName(CONFIG_FLAG.name)}`]);
+  rows.push(['--version', 'print the version and exit', '']);
+  rows.push(['--help, -h', 'this text', '']);
+  const width = Math.max(...rows.map((r) => r[0].length)) + 4;
+  const pad = ' '.repeat(width);
+  const lines = rows.map(([left, help, more]) => `  ${left.padEnd(width - 2)}${help}${more === '' ? '' : `\n${pad}${more}`}`);
+  return (
+    'Usage: cmux-proxy [options]\n\n' +
+    'One port for HTTP/1.1, HTTP/2 (h2c) and TLS, routed by X-Cmux-Port-Internal and Host.\n' +
+    'Precedence: flags > environment variables > --config file > defaults.\n' +
+    'Exit status: 2 for a bad flag, variable or config file; 1 when the proxy cannot start.\n\n' +
+    `Options:\n${lines.join('\n')}\n`
+  );
 }
 
-function truthy(name: string, text: string): boolean {
-  const t = text.trim().toLowerCase();
-  if (t === '1' || t === 'true' || t === 'yes') return true;
-  if (t === '0' || t === 'false' || t === 'no' || t === '') return false;
-  throw new UsageError(`${envName(name)} expects 1/true or 0/false, got ${JSON.stringify(text)}`);
-}
-
-export function optionsFromArgs(argv: string[], env: NodeJS.ProcessEnv): ProxyOptions | 'help' {
-  const spec: Record<string, { type: 'string' | 'boolean'; short?: string }> = { help: { type: 'boolean', short: 'h' } };
-  for (const f of FLAGS) spec[f.name] = { type: f.kind === 'flag' ? 'boolean' : 'string' };
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    values = parseArgs({ args: argv, options: spec, strict: true, allowPositionals: false }).values as Record<string, string | boolean | undefined>;
-  } catch (err) {
-    throw new UsageError((err as Error).message);
+/** Something wrong in what the user wrote: exit 2. `hint` adds "(see --help)". */
+class UsageError extends Error {
+  readonly hint: boolean;
+  constructor(message: string, hint = true) {
+    super(message);
+    this.hint = hint;
   }
-  if (values['help'] === true) return 'help';
-  const options: Record<string, unknown> = { listenPort: 9776 };
-  let fallbackPort: number | undefined;
-  let fallbackSocket: string | undefined;
-  let tlsCert: string | undefined;
-  let tlsKey: string | undefined;
-  for (const f of FLAGS) {
-    const fromFlag = values[f.name];
-    const fromEnv = env[envName(f.name)];
-    if (fromFlag === undefined && fromEnv === undefined) continue;
-    if (f.kind === 'flag') {
-      const on = fromFlag === true || (fromFlag === undefined && truthy(f.name, fromEnv!));
-      if (on && f.negates !== undefined) options[f.negates] = false;
+}
+
+type Parsed = { kind: 'help' } | { kind: 'version' } | { kind: 'run'; options: ProxyOptions };
+
+/** Reads argv by hand: one-line errors, and `--port -1` is a value, not a missing one. */
+function parseArgv(argv: string[]): Parsed | Map<string, string | true> {
+  const values = new Map<string, string | true>();
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--help' || arg === '-h') return { kind: 'help' };
+    if (arg === '--version') return { kind: 'version' };
+    if (!arg.startsWith('--') || arg === '--') throw new UsageError(`unexpected argument ${JSON.stringify(arg)}`);
+    const eq = arg.indexOf('=');
+    const name = eq === -1 ? arg.slice(2) : arg.slice(2, eq);
+    const flag = name === CONFIG_FLAG.name ? null : BY_NAME.get(name);
+    if (flag === undefined) throw new UsageError(`unknown option --${name}`);
+    if (flag !== null && flag.kind === 'flag') {
+      if (eq !== -1) throw new UsageError(`--${name} takes no value, got ${JSON.stringify(arg.slice(eq + 1))}`);
+      values.set(name, true);
       continue;
     }
-    const text = typeof fromFlag === 'string' ? fromFlag : fromEnv!;
-    const value = f.kind === 'int' ? parseInt10(f.name, text) : text;
-    if (f.name === 'fallback-port') fallbackPort = value as number;
-    else if (f.name === 'fallback-socket') fallbackSocket = value as string;
-    else if (f.name === 'tls-cert') tlsCert = value as string;
-    else if (f.name === 'tls-key') tlsKey = value as string;
-    else if (f.option !== undefined) options[f.option] = value;
+    const value = eq !== -1 ? arg.slice(eq + 1) : argv[i + 1];
+    if (value === undefined || (eq === -1 && value.startsWith('--'))) throw new UsageError(`--${name} needs a value`);
+    if (eq === -1) i++;
+    values.set(name, value);
   }
-  if (fallbackPort !== undefined && fallbackSocket !== undefined) throw new UsageError('--fallback-port and --fallback-socket exclude each other');
-  if (fallbackPort !== undefined) options['fallback'] = { port: fallbackPort } satisfies FallbackOption;
-  if (fallbackSocket !== undefined) options['fallback'] = { socketPath: fallbackSocket } satisfies FallbackOption;
-  if ((tlsCert === undefined) !== (tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
-  if (tlsCert !== undefined && tlsKey !== undefined) options['tls'] = { certFile: tlsCert, keyFile: tlsKey };
-  if (options['logLevel'] === undefined && env['CMUX_PROXY_LOG'] !== undefined) options['logLevel'] = env['CMUX_PROXY_LOG'] as LogLevel;
-  return options as unknown as ProxyOptions;
+  return values;
+}
+
+/** Env values: unset and empty are the same. */
+function fromEnv(env: NodeJS.ProcessEnv, name: string): string | undefined {
+  const value = env[name];
+  return value === undefined || value === '' ? undefined : value;
+}
+
+function truthy(label: string, text: string): boolean {
+  const t = text.trim().toLowerCase();
+  if (t === '1' || t === 'true' || t === 'yes') return true;
+  if (t === '0' || t === 'false' || t === 'no') return false;
+  throw new UsageError(`${label}: expected 1/true/yes or 0/false/no`);
+}
+
+/** `position 57` in a JSON.parse message -> `line 3, column 5`. */
+function jsonError(text: string, err: Error): string {
+  const m = /at position (\d+)/.exec(err.message);
+  if (m === null) return err.message;
+  const before = text.slice(0, Number(m[1]));
+  const line = before.split('\n').length;
+  const column = before.length - before.lastIndexOf('\n');
+  return `${err.message.slice(0, m.index).trim()} at line ${line}, column ${column}`;
+}
+
+function readConfig(file: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new UsageError(`${file}: cannot read the config file (${(e.message.split(', ')[0] ?? e.message).trim()})`, false);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
+  } catch (err) {
+    throw new UsageError(`${file}: invalid JSON: ${jsonError(text, err as Error)}`, false);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new UsageError(`${file}: expected a JSON object of options, got ${describeValue(value)}`, false);
+  }
+  return value as Record<string, unknown>;
+}
+
+/**
+ * argv + environment + config file -> validated options (by resolveOptions, the API's own
+ * checks). Throws UsageError with one line naming the flag, variable or file entry at fault.
+ */
+export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Parsed {
+  const values = parseArgv(argv);
+  if (!(values instanceof Map)) return values;
+  const configFile = (values.get(CONFIG_FLAG.name) as string | undefined) ?? fromEnv(env, envName(CONFIG_FLAG.name));
+  const options: Record<string, unknown> = { listenPort: 9776, ...(configFile === undefined ? {} : readConfig(configFile)) };
+  /** Option path -> how the user wrote it (`--port -1`, `CMUX_PROXY_PORT=-1`). */
+  const sources = new Map<string, string>();
+  let fallbackFrom: string | undefined;
+  let tlsFrom: string | undefined;
+  for (const f of FLAGS) {
+    let text: string | true | undefined = values.get(f.name);
+    let label = `--${f.name}${typeof text === 'string' ? ` ${text}` : ''}`;
+    if (text === undefined) {
+      for (const name of [envName(f.name), ...(f.moreEnv ?? [])]) {
+        text = fromEnv(env, name);
+        label = `${name}=${text}`;
+        if (text !== undefined) break;
+      }
+      if (text === undefined) continue;
+    }
+    let value: unknown;
+    if (f.kind === 'flag') {
+      // Every boolean flag is a --no-*; its variable set to 0/false turns the option back on
+      // (over a config file that turned it off).
+      value = !(text === true || truthy(label, text));
+    } else {
+      const trimmed = (text as string).trim();
+      value = f.kind === 'int' && /^[+-]?\d+$/.test(trimmed) ? Number(trimmed) : f.kind === 'int' ? text : trimmed;
+    }
+    sources.set(f.option, label);
+    const dot = f.option.indexOf('.');
+    if (dot === -1) {
+      options[f.option] = value;
+      continue;
+    }
+    const group = f.option.slice(0, dot);
+    if (group === 'fallback') {
+      // A fallback from flags or env replaces the config file's.
+      if (fallbackFrom !== undefined) throw new UsageError(`${fallbackFrom} and ${label} exclude each other`);
+      fallbackFrom = label;
+      options['fallback'] = {};
+    } else if (group === 'tls') {
+      // Certificate flags replace the config file's files and keep its `sni`.
+      tlsFrom ??= label;
+      const tls = options['tls'];
+      options['tls'] = typeof tls === 'object' && tls !== null && !Array.isArray(tls) ? { ...tls } : {};
+    }
+    (options[group] as Record<string, unknown>)[f.option.slice(dot + 1)] = value;
+  }
+  if (tlsFrom !== undefined) {
+    const tls = options['tls'] as Record<string, unknown>;
+    if (tls['certFile'] === undefined) throw new UsageError(`${tlsFrom} needs --tls-cert too`);
+    if (tls['keyFile'] === undefined) throw new UsageError(`${tlsFrom} needs --tls-key too`);
+  }
+  try {
+    resolveOptions(options as unknown as ProxyOptions);
+  } catch (err) {
+    if (!(err instanceof OptionError)) throw err;
+    const reason = err.expected === undefined ? 'unknown option' : `expected ${err.expected}`;
+    const label = sources.get(err.option);
+    if (label !== undefined) throw new UsageError(`${label}: ${reason}`);
+    if (configFile !== undefined) {
+      throw new UsageError(`${configFile}: ${err.option}: ${err.expected === undefined ? reason : `${describeValue(err.value)} (${reason})`}`, false);
+    }
+    throw new UsageError(err.message);
+  }
+  return { kind: 'run', options: options as unknown as ProxyOptions };
+}
+
+function version(): string {
+  // dist/cli.js and the bundle dist/cmux-proxy.js both sit one level below package.json.
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
 }
 
 async function main(): Promise<void> {
   capYoungGeneration();
-  let options: ProxyOptions | 'help';
+  let parsed: Parsed;
   try {
-    options = optionsFromArgs(process.argv.slice(2), process.env);
+    parsed = parseCommandLine(process.argv.slice(2), process.env);
   } catch (err) {
-    process.stderr.write(`cmux-proxy: ${(err as Error).message} (see --help)\n`);
+    const hint = err instanceof UsageError && !err.hint ? '' : ' (see --help)';
+    process.stderr.write(`cmux-proxy: ${(err as Error).message}${hint}\n`);
     process.exit(2);
   }
-  if (options === 'help') {
+  if (parsed.kind === 'help') {
     process.stdout.write(usage());
     return;
   }
+  if (parsed.kind === 'version') {
+    process.stdout.write(`cmux-proxy ${version()}\n`);
+    return;
+  }
+  const options = parsed.options;
+  // The log level above already weighed CMUX_PROXY_LOG against the flags; the logger must not
+  // apply it again over a flag.
+  delete process.env['CMUX_PROXY_LOG'];
   let proxy: ReturnType<typeof createProxyServer>;
   try {
     proxy = createProxyServer(options);

@@ -156,7 +156,8 @@ const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls',
 ]);
 
-function describe(value: unknown): string {
+/** A value as error messages show it: strings quoted, objects as JSON, functions as "a function". */
+export function describeValue(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value);
   if (typeof value === 'function') return 'a function';
   if (typeof value === 'object' && value !== null) {
@@ -169,8 +170,37 @@ function describe(value: unknown): string {
   return String(value);
 }
 
+/**
+ * A bad option: `option` is its path as written (`tls.sni["a.test"].certFile`), `value` what was
+ * given, `expected` what would have been accepted (`undefined` for an unknown option name). The
+ * CLI uses these to name the flag, environment variable or config file entry the value came from.
+ */
+export class OptionError extends TypeError {
+  readonly option: string;
+  readonly value: unknown;
+  readonly expected: string | undefined;
+  constructor(option: string, value: unknown, expected: string | undefined) {
+    super(
+      expected === undefined
+        ? `Unknown option ${option}: ${describeValue(value)} (the README lists the options)`
+        : `Invalid option ${option}: ${describeValue(value)} (expected ${expected})`,
+    );
+    this.name = 'TypeError';
+    this.option = option;
+    this.value = value;
+    this.expected = expected;
+  }
+}
+
 function fail(name: string, value: unknown, expected: string): never {
-  throw new TypeError(`Invalid option ${name}: ${describe(value)} (expected ${expected})`);
+  throw new OptionError(name, value, expected);
+}
+
+/** Refuses keys of a nested option object that are not in `known`. */
+function onlyKnown(name: string, value: object, known: readonly string[]): void {
+  for (const key of Object.keys(value)) {
+    if (!known.includes(key)) throw new OptionError(`${name}.${key}`, (value as Record<string, unknown>)[key], undefined);
+  }
 }
 
 function integer(o: Record<string, unknown>, name: string, fallback: number | undefined, min: number, max: number): number {
@@ -199,6 +229,7 @@ function validateFallback(value: unknown): FallbackOption | undefined {
   if (typeof value !== 'object' || value === null) fail('fallback', value, '{ port }, { socketPath } or { handler }');
   const f = value as Record<string, unknown>;
   if ('handler' in f) {
+    onlyKnown('fallback', f, ['handler', 'upgrade']);
     if (typeof f['handler'] !== 'function') fail('fallback.handler', f['handler'], 'a function (req, res)');
     if (f['upgrade'] !== undefined && typeof f['upgrade'] !== 'function') {
       fail('fallback.upgrade', f['upgrade'], 'a function (req, socket, head)');
@@ -206,10 +237,12 @@ function validateFallback(value: unknown): FallbackOption | undefined {
     return value as FallbackOption;
   }
   if ('socketPath' in f) {
+    onlyKnown('fallback', f, ['socketPath']);
     if (typeof f['socketPath'] !== 'string' || f['socketPath'] === '') fail('fallback.socketPath', f['socketPath'], 'a non-empty path');
     return { socketPath: f['socketPath'] };
   }
   if ('port' in f) {
+    onlyKnown('fallback', f, ['port', 'host']);
     const port = f['port'];
     if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) {
       fail('fallback.port', port, 'an integer from 1 to 65535');
@@ -221,8 +254,9 @@ function validateFallback(value: unknown): FallbackOption | undefined {
   return fail('fallback', value, '{ port }, { socketPath } or { handler }');
 }
 
-function validateFiles(name: string, value: unknown): void {
+function validateFiles(name: string, value: unknown, known: readonly string[]): void {
   if (typeof value !== 'object' || value === null) fail(name, value, '{ certFile, keyFile }');
+  onlyKnown(name, value, known);
   const v = value as Record<string, unknown>;
   for (const field of ['certFile', 'keyFile']) {
     if (typeof v[field] !== 'string' || v[field] === '') fail(`${name}.${field}`, v[field], 'a file path');
@@ -231,11 +265,11 @@ function validateFiles(name: string, value: unknown): void {
 
 function validateTls(value: unknown): TlsOption | undefined {
   if (value === undefined) return undefined;
-  validateFiles('tls', value);
+  validateFiles('tls', value, ['certFile', 'keyFile', 'sni']);
   const sni = (value as Record<string, unknown>)['sni'];
   if (sni !== undefined) {
     if (typeof sni !== 'object' || sni === null) fail('tls.sni', sni, 'an object of server name -> { certFile, keyFile }');
-    for (const [name, files] of Object.entries(sni)) validateFiles(`tls.sni[${JSON.stringify(name)}]`, files);
+    for (const [name, files] of Object.entries(sni)) validateFiles(`tls.sni[${JSON.stringify(name)}]`, files, ['certFile', 'keyFile']);
   }
   return value as TlsOption;
 }
@@ -245,7 +279,7 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
   if (typeof input !== 'object' || input === null) fail('options', input, 'an object');
   const o = input as unknown as Record<string, unknown>;
   for (const key of Object.keys(o)) {
-    if (!KNOWN_OPTIONS.has(key)) fail(key, o[key], 'no such option; see the README for the list');
+    if (!KNOWN_OPTIONS.has(key)) throw new OptionError(key, o[key], undefined);
   }
   const listenHost = o['listenHost'] ?? DEFAULTS.listenHost;
   if (typeof listenHost !== 'string' || listenHost === '') fail('listenHost', listenHost, 'an address to bind');

@@ -1,6 +1,6 @@
-import { readFileSync, unwatchFile, watchFile } from 'node:fs';
+import { readFileSync, stat, statSync, type Stats } from 'node:fs';
 import type tls from 'node:tls';
-import { tls as loadTls } from './builtins.js';
+import { crypto as loadCrypto, tls as loadTls } from './builtins.js';
 import type { Logger } from './log.js';
 
 /** A certificate and its key, as PEM files. */
@@ -31,15 +31,20 @@ export class TlsContexts {
   onReload: (() => void) | null = null;
   private exact = new Map<string, tls.SecureContext>();
   private wildcard = new Map<string, tls.SecureContext>();
-  private readonly watched: string[] = [];
+  private watched: string[] = [];
+  /** `mtime/size` (or the stat error) of each watched file when last polled. */
+  private stamps = new Map<string, string>();
+  private pollTimer: NodeJS.Timeout | null = null;
+  private polling = false;
   readonly sniCallback: (servername: string, cb: (err: Error | null, ctx?: tls.SecureContext) => void) => void;
 
   constructor(option: TlsOption, log: Logger) {
     this.option = option;
     this.log = log;
     // Fail fast at construction on unreadable or mismatched files.
-    this.defaultPem = readPem(option);
-    this.defaultContext = loadTls().createSecureContext(this.defaultPem);
+    const pair = loadPair(option);
+    this.defaultPem = pair.pem;
+    this.defaultContext = pair.context;
     this.loadSni();
     this.sniCallback = (servername, cb) => cb(null, this.contextFor(servername));
   }
@@ -68,7 +73,7 @@ export class TlsContexts {
     const exact = new Map<string, tls.SecureContext>();
     const wildcard = new Map<string, tls.SecureContext>();
     for (const [name, files] of Object.entries(this.option.sni ?? {})) {
-      const context = load(files);
+      const context = loadPair(files).context;
       const lower = name.toLowerCase();
       if (lower.startsWith('*.')) wildcard.set(lower.slice(2), context);
       else exact.set(lower, context);
@@ -77,16 +82,18 @@ export class TlsContexts {
     this.wildcard = wildcard;
   }
 
-  /** Re-reads every file; on any error the certificates in use stay as they are. */
-  reload(): boolean {
+  /**
+   * Re-reads every file; on any error the certificates in use stay as they are. Logs one line
+   * either way, naming the files that changed (when known) or the file that failed.
+   */
+  reload(changed?: readonly string[]): boolean {
     try {
-      const pem = readPem(this.option);
-      const next = loadTls().createSecureContext(pem);
+      const pair = loadPair(this.option);
       this.loadSni();
-      this.defaultPem = pem;
-      this.defaultContext = next;
+      this.defaultPem = pair.pem;
+      this.defaultContext = pair.context;
       this.onReload?.();
-      this.log.info('TLS certificates reloaded');
+      this.log.info(changed === undefined ? 'TLS certificates reloaded' : `TLS certificates reloaded (${changed.join(', ')} changed)`);
       return true;
     } catch (err) {
       this.log.error(`TLS certificate reload failed, keeping the current ones: ${(err as Error).message}`);
@@ -94,27 +101,108 @@ export class TlsContexts {
     }
   }
 
+  /**
+   * Polls every certificate and key file (size and mtime) together every 2 s, so a renewal that
+   * rewrites a certificate and its key is one reload, not one per file.
+   */
   watch(): void {
+    if (this.pollTimer !== null) return;
     const files = [this.option.certFile, this.option.keyFile];
     for (const f of Object.values(this.option.sni ?? {})) files.push(f.certFile, f.keyFile);
-    for (const file of new Set(files)) {
-      const watcher = watchFile(file, { interval: WATCH_INTERVAL_MS, persistent: false }, (curr, prev) => {
-        if (curr.mtimeMs !== prev.mtimeMs || curr.size !== prev.size) this.reload();
-      });
-      watcher.unref?.();
-      this.watched.push(file);
+    this.watched = [...new Set(files)];
+    this.stamps = new Map();
+    for (const file of this.watched) {
+      try {
+        this.stamps.set(file, stampOf(null, statSync(file)));
+      } catch (err) {
+        this.stamps.set(file, stampOf(err as NodeJS.ErrnoException, null));
+      }
     }
+    this.pollTimer = setInterval(() => this.poll(), WATCH_INTERVAL_MS);
+    this.pollTimer.unref();
   }
 
   unwatch(): void {
-    for (const file of this.watched.splice(0)) unwatchFile(file);
+    if (this.pollTimer !== null) clearInterval(this.pollTimer);
+    this.pollTimer = null;
+    this.watched = [];
+  }
+
+  private poll(): void {
+    if (this.polling || this.watched.length === 0) return;
+    this.polling = true;
+    const files = this.watched;
+    const changed: string[] = [];
+    let pending = files.length;
+    for (const file of files) {
+      stat(file, (err, st) => {
+        const stamp = stampOf(err, st);
+        if (this.stamps.get(file) !== stamp) {
+          this.stamps.set(file, stamp);
+          changed.push(file);
+        }
+        if (--pending > 0) return;
+        this.polling = false;
+        if (changed.length > 0 && this.watched === files) this.reload(files.filter((f) => changed.includes(f)));
+      });
+    }
   }
 }
 
-function readPem(files: CertificateFiles): { cert: Buffer; key: Buffer } {
-  return { cert: readFileSync(files.certFile), key: readFileSync(files.keyFile) };
+function stampOf(err: NodeJS.ErrnoException | null, st: Stats | null): string {
+  return err === null && st !== null ? `${st.mtimeMs}/${st.size}` : `error ${err?.code ?? ''}`;
 }
 
-function load(files: CertificateFiles): tls.SecureContext {
-  return loadTls().createSecureContext(readPem(files));
+/** A certificate or key file that cannot be used; the message names the file. */
+export class CertificateFileError extends Error {
+  readonly file: string;
+  readonly code: string;
+  constructor(file: string, code: string, message: string, cause: unknown) {
+    super(message, { cause });
+    this.name = 'CertificateFileError';
+    this.file = file;
+    this.code = code;
+  }
+}
+
+function readOne(file: string, what: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const reason = (e.message.split(', ')[0] ?? e.message).trim();
+    throw new CertificateFileError(file, e.code ?? 'EIO', `cannot read TLS ${what} file ${file} (${reason})`, err);
+  }
+}
+
+interface LoadedPair {
+  pem: { cert: Buffer; key: Buffer };
+  context: tls.SecureContext;
+}
+
+/** Reads and checks a certificate and its key, so every error names the file at fault. */
+function loadPair(files: CertificateFiles): LoadedPair {
+  const cert = readOne(files.certFile, 'certificate');
+  const key = readOne(files.keyFile, 'key');
+  const crypto = loadCrypto();
+  try {
+    new crypto.X509Certificate(cert);
+  } catch (err) {
+    throw new CertificateFileError(files.certFile, 'ERR_TLS_CERT_FILE', `TLS certificate file ${files.certFile} holds no valid PEM certificate (${(err as Error).message})`, err);
+  }
+  try {
+    crypto.createPrivateKey(key);
+  } catch (err) {
+    throw new CertificateFileError(files.keyFile, 'ERR_TLS_KEY_FILE', `TLS key file ${files.keyFile} holds no valid PEM private key (${(err as Error).message})`, err);
+  }
+  try {
+    return { pem: { cert, key }, context: loadTls().createSecureContext({ cert, key }) };
+  } catch (err) {
+    throw new CertificateFileError(
+      files.certFile,
+      'ERR_TLS_CERT_KEY_MISMATCH',
+      `TLS certificate file ${files.certFile} and key file ${files.keyFile} cannot be used together (${(err as Error).message})`,
+      err,
+    );
+  }
 }

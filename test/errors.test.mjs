@@ -26,3 +26,10 @@ it('ProxyError carries code and status', () => {
   assert.equal(e.status, 400);
   assert.ok(e instanceof Error);
 });
+
+it('the README lists each ErrorCodes key as users write it, with its value', () => {
+  const section = readme.slice(readme.indexOf('## Error codes'));
+  for (const [key, value] of Object.entries(ErrorCodes)) {
+    assert.match(section, new RegExp(`\`ErrorCodes\\.${key}\`[^\\n]*\`${value}\``), `ErrorCodes.${key} = ${value}`);
+  }
+});

@@ -69,13 +69,14 @@ describe('http2MaxConcurrentStreams', () => {
     assert.equal(resolveOptions({ listenPort: 0, http2MaxConcurrentStreams: 7 }).http2MaxConcurrentStreams, 7);
     assert.throws(() => resolveOptions({ listenPort: 0, http2MaxConcurrentStreams: 0 }), /http2MaxConcurrentStreams/);
     assert.throws(() => resolveOptions({ listenPort: 0, http2MaxConcurrentStreams: 1.5 }), /http2MaxConcurrentStreams/);
-    // The CLI hands the value to the option validation (a bad one names the option).
+    // The CLI hands the value to the option validation; a bad one is a bad command line (exit 2)
+    // naming the flag or variable it came from.
     const flag = await runCli(['--port', '0', '--http2-max-concurrent-streams', '0']);
-    assert.equal(flag.code, 1);
-    assert.match(flag.stderr, /http2MaxConcurrentStreams: 0/);
+    assert.equal(flag.code, 2);
+    assert.match(flag.stderr, /--http2-max-concurrent-streams 0: expected an integer from 1 to 10000/);
     const env = await runCli(['--port', '0'], { env: { CMUX_PROXY_HTTP2_MAX_CONCURRENT_STREAMS: '100001' } });
-    assert.equal(env.code, 1);
-    assert.match(env.stderr, /http2MaxConcurrentStreams: 100001/);
+    assert.equal(env.code, 2);
+    assert.match(env.stderr, /CMUX_PROXY_HTTP2_MAX_CONCURRENT_STREAMS=100001: expected an integer from 1 to 10000/);
     assert.match((await runCli(['--help'])).stdout, /--http2-max-concurrent-streams <n>/);
   });
 

@@ -2,7 +2,8 @@
 // option and the value."
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { resolveOptions, DEFAULTS } from '../dist/options.js';
+import { resolveOptions, DEFAULTS, OptionError } from '../dist/options.js';
+import * as api from '../dist/index.js';
 
 /** Asserts a TypeError whose message names `name` and shows `shown` (the value as printed). */
 function assertBad(options, name, shown) {
@@ -216,5 +217,49 @@ describe('resolveOptions rejects bad values with a TypeError naming option and v
       name: 'TypeError',
       message: 'Invalid option listenPort: -1 (expected an integer from 0 to 65535)',
     });
+  });
+});
+
+describe('OptionError: what the CLI and config file errors are made from', () => {
+  it('an unknown option is a TypeError whose message says "unknown option" and names it', () => {
+    assert.throws(() => resolveOptions({ listenPort: 0, listenport: 1 }), {
+      name: 'TypeError',
+      message: 'Unknown option listenport: 1 (the README lists the options)',
+    });
+    assert.throws(() => resolveOptions({ listenPort: 0, bogus: 'x' }), /unknown option/i);
+  });
+
+  it('carries the option path, the value and what was expected (undefined when the name is unknown)', () => {
+    const bad = (options) => {
+      try {
+        resolveOptions(options);
+      } catch (err) {
+        assert.ok(err instanceof OptionError);
+        assert.ok(err instanceof TypeError);
+        return { option: err.option, value: err.value, expected: err.expected };
+      }
+      assert.fail('no error');
+    };
+    assert.deepEqual(bad({ listenPort: -1 }), { option: 'listenPort', value: -1, expected: 'an integer from 0 to 65535' });
+    assert.deepEqual(bad({ listenPort: 0, bogus: 1 }), { option: 'bogus', value: 1, expected: undefined });
+    assert.deepEqual(bad({ listenPort: 0, fallback: { port: 0 } }), { option: 'fallback.port', value: 0, expected: 'an integer from 1 to 65535' });
+    assert.deepEqual(bad({ listenPort: 0, tls: { certFile: 'a', keyFile: 'b', sni: { 'a.test': { certFile: 'c', keyFile: 5 } } } }), {
+      option: 'tls.sni["a.test"].keyFile',
+      value: 5,
+      expected: 'a file path',
+    });
+  });
+
+  it('unknown fields inside tls, its sni entries and fallback are refused by their path (a misspelt field is not ignored)', () => {
+    assertBad({ listenPort: 0, tls: { certFile: 'a', keyFile: 'b', cert: 'c' } }, 'tls.cert', '"c"');
+    assertBad({ listenPort: 0, tls: { certFile: 'a', keyFile: 'b', sni: { 'a.test': { cert: 'c' } } } }, 'tls.sni["a.test"].cert', '"c"');
+    assertBad({ listenPort: 0, fallback: { port: 3000, hots: 'x' } }, 'fallback.hots', '"x"');
+    assertBad({ listenPort: 0, fallback: { socketPath: '/tmp/a.sock', port: 1 } }, 'fallback.port', '1');
+    assertBad({ listenPort: 0, fallback: { handler: () => {}, upgarde: () => {} } }, 'fallback.upgarde', 'a function');
+    assert.throws(() => resolveOptions({ listenPort: 0, fallback: { port: 3000, hots: 'x' } }), /^TypeError: Unknown option fallback\.hots/);
+  });
+
+  it('is exported by the package', () => {
+    assert.equal(api.OptionError, OptionError);
   });
 });

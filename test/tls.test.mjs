@@ -3,7 +3,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import https from 'node:https';
 import { tmpdir } from 'node:os';
@@ -11,8 +11,9 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { startProxy, startUpstream, request, waitFor } from './helpers/servers.mjs';
-import { startCli, stopCli } from './helpers/cli.mjs';
+import { createProxyServer } from '../dist/index.js';
+import { startProxy, startUpstream, request, sleep, waitFor } from './helpers/servers.mjs';
+import { runCli, startCli, stopCli } from './helpers/cli.mjs';
 
 const exec = promisify(execFile);
 const GEN = fileURLToPath(new URL('../scripts/gen-dev-cert.sh', import.meta.url));
@@ -183,6 +184,76 @@ describe('TLS misconfiguration and absence', () => {
       await stopCli(child);
       await up.close();
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('certificate files: every error names the file; one log line per reload', () => {
+  let dir;
+  let a;
+  let b;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'cmux-tls-files-'));
+    a = gen(dir, 'a');
+    b = gen(dir, 'b');
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('createProxyServer names the certificate or key file that is unreadable or not PEM, and both when they do not match', async () => {
+    const garbage = join(dir, 'garbage.pem');
+    writeFileSync(garbage, 'not a pem file\n');
+    const missing = join(dir, 'missing.pem');
+    const cases = [
+      [{ certFile: missing, keyFile: a.keyFile }, `cannot read TLS certificate file ${missing} (ENOENT: no such file or directory)`],
+      [{ certFile: a.certFile, keyFile: missing }, `cannot read TLS key file ${missing} (ENOENT: no such file or directory)`],
+      [{ certFile: dir, keyFile: a.keyFile }, `cannot read TLS certificate file ${dir} (EISDIR`],
+      [{ certFile: garbage, keyFile: a.keyFile }, `TLS certificate file ${garbage} holds no valid PEM certificate`],
+      [{ certFile: a.certFile, keyFile: garbage }, `TLS key file ${garbage} holds no valid PEM private key`],
+      [{ certFile: a.certFile, keyFile: b.keyFile }, `TLS certificate file ${a.certFile} and key file ${b.keyFile} cannot be used together`],
+      [{ ...a, sni: { 'x.test': { certFile: garbage, keyFile: a.keyFile } } }, `TLS certificate file ${garbage} holds no valid PEM certificate`],
+    ];
+    for (const [tlsOption, message] of cases) {
+      assert.throws(() => createProxyServer({ listenPort: 0, logLevel: 'silent', tls: tlsOption }), (err) => {
+        assert.ok(err.message.startsWith(message), `${err.message} starts with ${message}`);
+        return true;
+      });
+    }
+  });
+
+  it('the CLI exits 1 with one line naming a key file that is not PEM', async () => {
+    const garbage = join(dir, 'garbage-key.pem');
+    writeFileSync(garbage, 'nope\n');
+    const r = await runCli(['--port', '0', '--tls-cert', a.certFile, '--tls-key', garbage]);
+    assert.equal(r.code, 1);
+    const lines = r.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, r.stderr);
+    assert.ok(lines[0].startsWith(`cmux-proxy: TLS key file ${garbage} holds no valid PEM private key`), lines[0]);
+  });
+
+  it('a renewal that rewrites certificate and key is one reload and one log line; a bad file at reload is named in the log', async () => {
+    const files = { certFile: join(dir, 'live.pem'), keyFile: join(dir, 'live-key.pem') };
+    copyFileSync(a.certFile, files.certFile);
+    copyFileSync(a.keyFile, files.keyFile);
+    const lines = [];
+    const logger = { debug() {}, info: (m) => lines.push(`info ${m}`), warn: (m) => lines.push(`warn ${m}`), error: (m) => lines.push(`error ${m}`) };
+    const proxy = createProxyServer({ listenPort: 0, logLevel: 'info', logger, tls: files });
+    await proxy.start();
+    const port = proxy.address().port;
+    const ca = readFileSync(join(dir, 'ca.pem'));
+    try {
+      const reloads = () => lines.filter((l) => /reload/.test(l));
+      copyFileSync(b.certFile, files.certFile);
+      copyFileSync(b.keyFile, files.keyFile);
+      assert.ok(await waitFor(() => reloads().length > 0, { timeoutMs: 10000, stepMs: 100 }), 'the change was noticed');
+      await sleep(4500); // two more polls: nothing else may be logged for this renewal
+      assert.deepEqual(reloads(), [`info TLS certificates reloaded (${files.certFile}, ${files.keyFile} changed)`]);
+      assert.equal((await peerCert(port, 'localhost', ca)).cn, 'b');
+      writeFileSync(files.certFile, 'half-written');
+      assert.ok(await waitFor(() => reloads().length > 1, { timeoutMs: 10000, stepMs: 100 }), 'the bad file was noticed');
+      assert.match(reloads()[1], new RegExp(`^error TLS certificate reload failed, keeping the current ones: TLS certificate file ${files.certFile} holds no valid PEM certificate`));
+      assert.equal((await peerCert(port, 'localhost', ca)).cn, 'b', 'still served with the last good certificate');
+    } finally {
+      await proxy.stop();
     }
   });
 });
