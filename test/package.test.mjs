@@ -1,7 +1,8 @@
 // The package as a user gets it: the repository's files (no dist/) are packed with `npm pack`,
 // which builds through the `prepare` script; the tarball is installed into a fresh project, which
 // imports it, proxies a request, type-checks a strict TypeScript file against its types (with the
-// repository's TypeScript and @types/node) and runs its `cmux-proxy` bin.
+// repository's TypeScript and @types/node) and runs its `cmux-proxy` bin. And `npm install
+// git+file://<this repository>#<HEAD>` builds and installs the same package.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
@@ -185,5 +186,33 @@ describe('npm package', () => {
     const { stdout } = await run(bin, ['--help'], { cwd: app, timeout: 30_000 });
     assert.match(stdout, /^Usage: cmux-proxy/);
     assert.match(stdout, /--port/);
+  });
+});
+
+describe('npm install from git', () => {
+  it('builds through prepare and installs a package that imports and runs', async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'cmux-proxy-git-'));
+    try {
+      const head = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: repo, encoding: 'utf8' }).trim();
+      const app = join(tmp, 'app');
+      mkdirSync(app);
+      writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true, type: 'module' }));
+      await npm(['install', '--prefer-offline', '--no-audit', '--no-fund', `git+file://${repo}#${head}`], app);
+      const root = join(app, 'node_modules/cmux-proxy');
+      for (const f of ['dist/index.js', 'dist/index.d.ts', 'dist/cmux-proxy.js', 'LICENSE']) assert.ok(existsSync(join(root, f)), `${f} was built and installed`);
+      const script = `import { createProxyServer } from 'cmux-proxy';
+        const proxy = createProxyServer({ listenPort: 0, logLevel: 'silent' });
+        await proxy.start();
+        const res = await fetch('http://127.0.0.1:' + proxy.address().port + '/');
+        await proxy.stop();
+        process.stdout.write(String(res.status));`;
+      writeFileSync(join(app, 'check.mjs'), script);
+      const { stdout } = await run(process.execPath, ['check.mjs'], { cwd: app, timeout: 30_000 });
+      assert.equal(stdout, '400', 'an unrouted request gets the proxy\'s 400');
+      const help = await run(join(app, 'node_modules/.bin/cmux-proxy'), ['--help'], { cwd: app, timeout: 30_000 });
+      assert.match(help.stdout, /^Usage: cmux-proxy/);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
   });
 });
