@@ -40,7 +40,7 @@ export interface ProxyAddress {
 }
 
 /**
- * The embedding API (SPEC §1): one listening port, sniffed per connection, connection
+ * The embedding API: one listening port, sniffed per connection, connection
  * accounting with `maxConnections`, graceful drain on `stop()`, stats.
  */
 export class ProxyServer implements SessionHost, H2Host {
@@ -363,7 +363,7 @@ export class ProxyServer implements SessionHost, H2Host {
 
   /**
    * Draining is over when nothing but tunnels is left: in-flight exchanges are done, and
-   * WebSockets and CONNECT tunnels do not end by themselves (SPEC §1: closed after the drain).
+   * WebSockets and CONNECT tunnels do not end by themselves (they are closed after the drain).
    */
   private onlyTunnelsLeft(): boolean {
     return this.sockets.size <= this.h1Tunnels;
