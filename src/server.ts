@@ -159,6 +159,13 @@ export class ProxyServer implements SessionHost, H2Host {
       const protocols = this.options.enableHttp2 ? 'HTTP/1.1, h2c' : 'HTTP/1.1';
       this.core.log.info(`listening on ${host}:${address.port} (${protocols}${this.tls === undefined ? '' : ', TLS'})`);
     } catch (err) {
+      const server = this.server;
+      if (server !== null) {
+        // Failed after listening: nothing may stay open.
+        this.server = null;
+        this.running = false;
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      }
       await this.stopFallbackServer();
       throw listenError(err as NodeJS.ErrnoException, this.options.listenHost, this.options.listenPort);
     }
