@@ -7,7 +7,7 @@ import type Crypto from 'node:crypto';
 /**
  * Builtins only some deployments need, loaded on first use. `node:http2`, `node:tls`,
  * `node:crypto` and `node:http` together cost a fresh process about 6 MiB of RSS; a proxy that
- * serves only HTTP/1.1 in cleartext never pays it (SPEC: idle RSS ≤ bare node + 10 MiB).
+ * serves only HTTP/1.1 in cleartext never pays it (idle RSS stays within 10 MiB of a bare node process).
  * `require` keeps the first use synchronous.
  */
 export const requireBuiltin = createRequire(import.meta.url);

@@ -311,7 +311,8 @@ async function main(): Promise<void> {
     process.stderr.write(`cmux-proxy: ${(err as Error).message}\n`);
     process.exit(1);
   }
-  if (options.logLevel !== 'silent') {
+  // The proxy logs where it listens at info level; below that the CLI still says it, once.
+  if (options.logLevel === 'warn' || options.logLevel === 'error') {
     const address = proxy.address();
     if (address !== null) {
       const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;

@@ -2,7 +2,7 @@
  * The error catalogue. Every failure the proxy answers with has a stable `code`, the HTTP status
  * it maps to and a short text body. Users match on `.code`.
  *
- * Retry safety (SPEC §4): codes under `UPSTREAM_NOT_DELIVERED` mean nothing of the request
+ * Retry safety: codes under `UPSTREAM_NOT_DELIVERED` mean nothing of the request
  * reached the upstream (the connection was never established), so a client may retry any
  * method. Every other upstream code means the upstream may have seen (part of) the request.
  */
@@ -94,7 +94,7 @@ export function closingErrorResponse(status: number, body: string): Buffer {
   return Buffer.from(errorResponse(status, body, false), 'latin1');
 }
 
-/** The answer to an upstream failure before a response started (SPEC §4): 504 on timeouts, else 502. */
+/** The answer to an upstream failure before a response started: 504 on timeouts, else 502. */
 export function upstreamFailureAnswer(code: string): { status: number; message: string } {
   if (code === 'CONNECT_TIMEOUT' || code === 'RESPONSE_TIMEOUT') return { status: 504, message: 'upstream timeout' };
   // The proxy's own limits, not the upstream's fault: 503, try again later.

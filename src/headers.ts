@@ -257,7 +257,7 @@ export function buildUpstreamRequestHead(
         via = via === undefined ? value : `${via}, ${value}`;
         continue;
       case N_FORWARDED_SET:
-        // Set by this proxy from what it saw (SPEC §4); a client's own value is not trusted.
+        // Set by this proxy from what it saw; a client's own value is not trusted.
         continue;
       case N_COOKIE:
         // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).

@@ -7,7 +7,7 @@ import type { TlsOption } from './tls.js';
 export type ContainerPortResolver = (container: string, port: number) => Promise<number | null>;
 
 /**
- * Where requests that match no route go (SPEC §3 rule 6): the embedding app's own port or unix
+ * Where requests that match no route go (the last routing rule): the embedding app's own port or unix
  * socket (proxied like any upstream), or a handler. A handler is served by a private
  * `http.Server` on a loopback port that the proxy forwards to, so it sees ordinary
  * `IncomingMessage` / `ServerResponse` objects (and `upgrade` sees the raw socket).

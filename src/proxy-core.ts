@@ -66,7 +66,7 @@ export function splitAuthority(authority: string): { host: string; port: number 
   return host === '' ? null : { host, port };
 }
 
-/** `Via` entries naming this instance beyond this many mean a loop (SPEC §4). */
+/** `Via` entries naming this instance beyond this many mean a loop (answered 508). */
 const MAX_VIA_SELF = 3;
 
 /**
@@ -142,7 +142,7 @@ export class ProxyCore {
     }
   }
 
-  /** Routes a request and starts it, or answers it with the routing error (SPEC §3). */
+  /** Routes a request and starts it, or answers it with the routing error (first matching rule wins). */
   dispatch(req: Routable): void {
     if (req.facts.viaSelfCount > MAX_VIA_SELF) return refuse(req, ERR_LOOP);
     const r = route(
@@ -191,7 +191,7 @@ export class ProxyCore {
   }
 
   /**
-   * Where a plain `CONNECT host:port` goes (SPEC §5): the routing headers or a Host pattern in
+   * Where a plain `CONNECT host:port` goes: the routing headers or a Host pattern in
    * the authority, else the authority itself when it names this machine's loopback.
    */
   connectTarget(facts: RequestHeadFacts, authority: string): Target | RouteError {

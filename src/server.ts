@@ -40,7 +40,7 @@ export interface ProxyAddress {
 }
 
 /**
- * The embedding API (SPEC §1): one listening port, sniffed per connection, connection
+ * The embedding API: one listening port, sniffed per connection, connection
  * accounting with `maxConnections`, graceful drain on `stop()`, stats.
  */
 export class ProxyServer implements SessionHost, H2Host {
@@ -52,8 +52,20 @@ export class ProxyServer implements SessionHost, H2Host {
   private h2server: http2.Http2Server | null = null;
   private server: net.Server | null = null;
   private fallbackServer: http.Server | null = null;
+  /** Listening (possibly draining). */
   private running = false;
-  private stopping: Promise<void> | null = null;
+  /** Draining in stop(). */
+  private stopping = false;
+  /** stop() calls whose drain has not begun yet. */
+  private stopsQueued = 0;
+  /** Whether the proxy runs once every pending start()/stop() has run. */
+  private wanted = false;
+  /** start()/stop() calls queued or running. */
+  private pendingOps = 0;
+  /** Settles when the last queued start()/stop() has. */
+  private tail: Promise<void> = Promise.resolve();
+  /** The pending stop() that nothing was queued after: another stop() returns it. */
+  private pendingStop: Promise<void> | null = null;
   /** Client sockets being served (not the queued ones). */
   private readonly sockets = new Set<AcceptedSocket>();
   /** Every accepted socket still open, served or not (queued, refused, lingering). */
@@ -106,9 +118,21 @@ export class ProxyServer implements SessionHost, H2Host {
     return this.tls?.reload() ?? false;
   }
 
-  async start(): Promise<void> {
-    if (this.running || this.stopping !== null) throw new Error('cmux-proxy is already running');
-    this.running = true;
+  /**
+   * Starts listening. Calls to start() and stop() take effect one after the other, in call order:
+   * a stop() made while start() is pending waits for it, then stops; a start() made while stop()
+   * is pending waits for it, then starts. start() rejects when the proxy is running or will be
+   * once the pending calls are done.
+   */
+  start(): Promise<void> {
+    if (this.wanted) return Promise.reject(new Error('cmux-proxy is already running'));
+    this.wanted = true;
+    this.pendingStop = null;
+    return this.enqueue(() => this.listen());
+  }
+
+  /** The start itself, run when every earlier start()/stop() has settled. */
+  private async listen(): Promise<void> {
     try {
       await this.startFallbackServer();
       const server = net.createServer({ pauseOnConnect: true, noDelay: true });
@@ -123,6 +147,7 @@ export class ProxyServer implements SessionHost, H2Host {
       });
       server.on('error', serverOnError);
       this.server = server;
+      this.running = true;
       this.core.pool.fds.measure();
       const address = server.address() as net.AddressInfo;
       this.core.listenAddress = address.address;
@@ -130,19 +155,33 @@ export class ProxyServer implements SessionHost, H2Host {
       this.core.draining = false;
       this.core.pool.reopen();
       this.tls?.watch();
-      this.core.log.debug(`listening on ${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`);
+      const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+      const protocols = this.options.enableHttp2 ? 'HTTP/1.1, h2c' : 'HTTP/1.1';
+      this.core.log.info(`listening on ${host}:${address.port} (${protocols}${this.tls === undefined ? '' : ', TLS'})`);
     } catch (err) {
-      this.running = false;
+      const server = this.server;
+      if (server !== null) {
+        // Failed after listening: nothing may stay open.
+        this.server = null;
+        this.running = false;
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      }
       await this.stopFallbackServer();
-      const e = err as NodeJS.ErrnoException;
-      if (e.code === 'EADDRINUSE') {
-        throw new Error(`cannot listen on ${this.options.listenHost}:${this.options.listenPort}: address already in use`, { cause: err });
-      }
-      if (e.code === 'EADDRNOTAVAIL' || e.code === 'EACCES') {
-        throw new Error(`cannot listen on ${this.options.listenHost}:${this.options.listenPort}: ${e.code}`, { cause: err });
-      }
-      throw err;
+      throw listenError(err as NodeJS.ErrnoException, this.options.listenHost, this.options.listenPort);
     }
+  }
+
+  /** Runs `op` after every earlier start()/stop() has settled; `wanted` follows the outcome. */
+  private enqueue(op: () => Promise<void>): Promise<void> {
+    this.pendingOps++;
+    const run = this.tail.then(op).finally(() => {
+      // Updated before the caller sees the result, so a start() right after a failed one works.
+      if (--this.pendingOps > 0) return;
+      this.wanted = this.running;
+      this.pendingStop = null;
+    });
+    this.tail = run.then(noop, noop);
+    return run;
   }
 
   private async startFallbackServer(): Promise<void> {
@@ -179,13 +218,23 @@ export class ProxyServer implements SessionHost, H2Host {
    * (WebSockets, tunnels, slow exchanges) is closed.
    */
   stop(): Promise<void> {
-    if (!this.running) return Promise.reject(new Error('cmux-proxy is not running'));
-    if (this.stopping !== null) return this.stopping;
-    this.stopping = this.drainAndClose().finally(() => {
+    if (!this.wanted) return this.pendingStop ?? Promise.reject(new Error('cmux-proxy is not running'));
+    this.wanted = false;
+    this.stopsQueued++;
+    return (this.pendingStop = this.enqueue(() => this.close()));
+  }
+
+  /** The stop itself, run when every earlier start()/stop() has settled: nothing to do if that start failed. */
+  private async close(): Promise<void> {
+    this.stopsQueued--;
+    if (!this.running) return;
+    this.stopping = true;
+    try {
+      await this.drainAndClose();
+    } finally {
       this.running = false;
-      this.stopping = null;
-    });
-    return this.stopping;
+      this.stopping = false;
+    }
   }
 
   private async drainAndClose(): Promise<void> {
@@ -226,8 +275,9 @@ export class ProxyServer implements SessionHost, H2Host {
     core.log.info('stopped');
   }
 
+  /** True while listening with no stop() pending; false while a start() is still pending. */
   isRunning(): boolean {
-    return this.running && this.stopping === null;
+    return this.running && !this.stopping && this.stopsQueued === 0;
   }
 
   address(): ProxyAddress | null {
@@ -320,7 +370,7 @@ export class ProxyServer implements SessionHost, H2Host {
 
   /**
    * Draining is over when nothing but tunnels is left: in-flight exchanges are done, and
-   * WebSockets and CONNECT tunnels do not end by themselves (SPEC §1: closed after the drain).
+   * WebSockets and CONNECT tunnels do not end by themselves (they are closed after the drain).
    */
   private onlyTunnelsLeft(): boolean {
     return this.sockets.size <= this.h1Tunnels;
@@ -464,6 +514,26 @@ export class ProxyServer implements SessionHost, H2Host {
   sessionClosed(session: http2.ServerHttp2Session): void {
     if (this.sessions.delete(session)) this.stats.http2Connections--;
   }
+}
+
+function noop(): void {}
+
+const LISTEN_ERRORS: Record<string, string> = {
+  EADDRINUSE: 'address already in use',
+  EACCES: 'permission denied',
+  EADDRNOTAVAIL: 'address not available',
+};
+
+/** A listen failure as an Error that names the address and carries the system code as `.code`. */
+function listenError(err: NodeJS.ErrnoException, host: string, port: number): Error {
+  if (typeof err.code !== 'string' || err.syscall !== 'listen') return err;
+  const what = LISTEN_ERRORS[err.code] ?? err.message;
+  const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+  const out = new Error(`cannot listen on ${address}: ${what} (${err.code})`, { cause: err }) as NodeJS.ErrnoException;
+  out.code = err.code;
+  out.errno = err.errno;
+  out.syscall = err.syscall;
+  return out;
 }
 
 function tunnelSocketOnClose(this: AcceptedSocket): void {

@@ -1,4 +1,4 @@
-/** First-bytes classification of a connection (SPEC §2). */
+/** First-bytes classification of a connection: HTTP/1.x, the h2c preface, or a TLS ClientHello. */
 export const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
 export const SNIFF_MORE = 0; // a prefix of the h2 preface so far: read more

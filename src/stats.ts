@@ -3,7 +3,7 @@
  * Gauges (open now) and counters (since start) are named apart in the README.
  */
 export class StatsCounters {
-  // SPEC §1 seed fields
+  // The fields every embedder reads first
   totalRequests = 0;
   activeConnections = 0;
   websocketConnections = 0;

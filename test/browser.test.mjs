@@ -1,4 +1,4 @@
-// A real browser end to end (issue 4): headless Chromium (Debian's `chromium`, driven by
+// A real browser end to end: headless Chromium (Debian's `chromium`, driven by
 // playwright-core) loads https://app.<appPort>.localhost:<proxyPort>/ through the proxy's TLS port.
 // The page fetches JSON and opens a wss:// WebSocket back through the proxy; the test checks the
 // data arrived, the WebSocket echoed, the page came over HTTP/2, and the proxy counted an RFC 8441

@@ -1,4 +1,4 @@
-// SPEC §6 and issue 2: the CLI with real clients (curl over HTTP/1.1 and h2c prior knowledge).
+// The CLI with real clients (curl over HTTP/1.1 and h2c prior knowledge).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';

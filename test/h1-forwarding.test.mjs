@@ -1,4 +1,4 @@
-// SPEC §2 (HTTP/1.1 and 1.0 with keep-alive and pipelining) and §4 (forwarding rules):
+// HTTP/1.1 and 1.0 with keep-alive and pipelining, and the forwarding rules:
 // HTTP/1.1 client -> proxy -> HTTP/1.1 upstream over real sockets, routed with
 // `X-Cmux-Port-Internal: <upstream port>` unless a test says otherwise.
 import { after, before, describe, it } from 'node:test';

@@ -1,4 +1,4 @@
-// HTTP/2 connection errors end with the GOAWAY error code RFC 9113 names (§5.4.1, §6.x), not
+// HTTP/2 connection errors end with the GOAWAY error code RFC 9113 §5.4.1 and RFC 9113 §6 name, not
 // INTERNAL_ERROR: Node destroys a session over an nghttp2 error without a code, which would make
 // every such GOAWAY say INTERNAL_ERROR. The connection is closed right after the GOAWAY.
 import { after, before, describe, it } from 'node:test';

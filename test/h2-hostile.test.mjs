@@ -1,4 +1,4 @@
-// Issue 6 (hostile input) / SPEC §2, §4 over HTTP/2: frames no well-behaved client sends,
+// Hostile input over HTTP/2 (garbage refused, forwarding rules kept): frames no well-behaved client sends,
 // written raw (test/helpers/h2-raw.mjs) to an in-process proxy in front of a recording echo
 // upstream (routed with x-cmux-port-internal). Every case asserts the exact outcome, that
 // nothing malformed reached the upstream, and that the proxy still serves a fresh h2 request
@@ -163,7 +163,7 @@ describe('HTTP/2 hostile input', () => {
 
   /**
    * The observed rejection: RST_STREAM(PROTOCOL_ERROR) without any response head (a 400 would
-   * also satisfy issue 6; nghttp2 decides before the proxy sees the stream).
+   * also be a clean refusal; nghttp2 decides before the proxy sees the stream).
    */
   function assertRejected(out, id) {
     assert.equal(out.rstCode, ERROR.PROTOCOL_ERROR, `${id}: expected RST_STREAM(PROTOCOL_ERROR), got status ${out.status} rst ${errorName(out.rstCode)}`);

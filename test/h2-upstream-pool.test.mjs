@@ -1,4 +1,4 @@
-// Issue 4: h2c upstreams through the hand-made HTTP/2 session pool, and `auto` protocol choice.
+// h2c upstreams through the hand-made HTTP/2 session pool, and `auto` protocol choice.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';

@@ -1,4 +1,4 @@
-// SPEC §2 / §4 over HTTP/2: h2c prior knowledge (node:http2 client) -> proxy -> HTTP/1.1
+// Sniffing and forwarding over HTTP/2: h2c prior knowledge (node:http2 client) -> proxy -> HTTP/1.1
 // upstream, routed by X-Cmux-Port-Internal. Real sockets on 127.0.0.1, no mocks.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';

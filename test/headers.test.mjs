@@ -1,4 +1,4 @@
-// SPEC §4 forwarding rules (header part) and §2 header translation, on the pure helpers.
+// The forwarding rules (header part) and HTTP/1 <-> HTTP/2 header translation, on the pure helpers.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -141,7 +141,7 @@ describe('buildUpstreamRequestHead', () => {
     assert.deepEqual(values(fields, 'sec-websocket-version'), ['13']);
   });
 
-  it('on upgrades keeps the Upgrade header (SPEC §4: "upgrade (except on upgrades)")', () => {
+  it('on upgrades keeps the Upgrade header (hop-by-hop everywhere else)', () => {
     const raw = ['Host', 'h', 'Upgrade', 'websocket', 'Connection', 'Upgrade', 'Sec-WebSocket-Key', 'k', 'Sec-WebSocket-Version', '13'];
     const { fields } = build(raw, { upgrade: true });
     assert.deepEqual(values(fields, 'upgrade').map((v) => v.toLowerCase()), ['websocket']);
@@ -297,7 +297,7 @@ describe('scanRequestHeaders', () => {
 });
 
 describe('isHopByHop / connectionTokens', () => {
-  it('knows exactly the SPEC list (plus http2-settings)', () => {
+  it('knows exactly the hop-by-hop list: RFC 9110 fields, proxy-connection, the X-Cmux routing headers, http2-settings', () => {
     for (const name of ['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'x-cmux-port-internal', 'x-cmux-workspace-internal', 'x-cmux-host-override', 'http2-settings']) {
       assert.equal(isHopByHop(name), true, name);
     }

@@ -1,4 +1,4 @@
-// Issue 2 / SPEC §4: 256 MiB up and down through the proxy (run as a child process), byte-exact,
+// Streamed bodies: 256 MiB up and down through the proxy (run as a child process), byte-exact,
 // with the proxy's peak RSS under idle + 64 MiB. CMUX_TEST_LARGE_MIB changes the size.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';

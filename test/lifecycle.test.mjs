@@ -1,4 +1,4 @@
-// SPEC §1: createProxyServer / start / stop / isRunning / getStats, maxConnections and drain.
+// The embedding API: createProxyServer / start / stop / isRunning / getStats, maxConnections and drain.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';

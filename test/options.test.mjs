@@ -1,5 +1,5 @@
-// SPEC §1 options: defaults, and "Bad values are rejected ... with a `TypeError` that names the
-// option and the value."
+// Options: defaults, and bad values are rejected with a `TypeError` that names the option and
+// the value.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { resolveOptions, DEFAULTS, OptionError } from '../dist/options.js';
@@ -19,7 +19,7 @@ function assertBad(options, name, shown) {
   );
 }
 
-describe('resolveOptions defaults (SPEC §1)', () => {
+describe('resolveOptions defaults', () => {
   const o = resolveOptions({ listenPort: 9776 });
 
   it('keeps listenPort', () => {
@@ -40,7 +40,7 @@ describe('resolveOptions defaults (SPEC §1)', () => {
     assert.equal(o.workspaceIsolation, true);
   });
 
-  it('product defaults named in the SPEC', () => {
+  it('product defaults: resolver cache 2 s, Host preserved, 5 s connect, 10 s drain, HTTP/1.1 upstreams', () => {
     assert.equal(o.portResolverCacheTtlMs, 2_000);
     assert.equal(o.preserveHost, true);
     assert.equal(o.upstreamConnectTimeoutMs, 5_000);
@@ -62,7 +62,7 @@ describe('resolveOptions defaults (SPEC §1)', () => {
     assert.deepEqual([split.idleTimeoutMs, split.clientIdleTimeoutMs, split.upstreamIdleTimeoutMs], [5000, 1000, 2000]);
   });
 
-  it('debug logging is off by default (SPEC §6)', () => {
+  it('debug logging is off by default', () => {
     assert.notEqual(o.logLevel, 'debug');
     assert.equal(o.logLevel, 'info');
   });

@@ -1,5 +1,5 @@
-// SPEC §3 rule 2: "with a resolver, the container's published host port is looked up (cached for
-// the TTL); unknown container -> 404 `container not found`, resolver failure -> 502."
+// Routing rule 2 with a resolver: the container's published host port is looked up (cached for
+// the TTL); unknown container -> 404 `container not found`, resolver failure -> 502.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';

@@ -1,4 +1,4 @@
-// SPEC §3 end to end: each rule reaches the right upstream address through the proxy.
+// Routing end to end: each rule reaches the right upstream address through the proxy.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';

@@ -1,4 +1,4 @@
-// SPEC §3 routing rules 1-4 (rule 5, absolute-form, is the caller's job: it passes the
+// Routing rules 1-4 (rule 5, absolute-form, is the caller's job: it passes the
 // authority as `host`), through the pure router and the host pattern helpers.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';

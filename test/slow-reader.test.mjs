@@ -1,4 +1,4 @@
-// Issue 6: a slow reader on either side never makes the proxy's memory grow without bound.
+// Hostile peers: a slow reader on either side never makes the proxy's memory grow without bound.
 // The proxy runs as a child process; its RSS comes from /proc/<pid>/status.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';

@@ -1,5 +1,5 @@
-// SPEC §2 (garbage gets 400, the server keeps serving everyone else) and §4 (request smuggling
-// is refused: 400 and the connection closes). Every bad request is sent over raw TCP in one
+// Garbage gets 400 and the server keeps serving everyone else; request smuggling is
+// refused: 400 and the connection closes. Every bad request is sent over raw TCP in one
 // write, routed with `X-Cmux-Port-Internal` to a "trap" upstream of its own that must never see
 // a request; afterwards a normal request through the same proxy must still be served.
 import { after, before, describe, it } from 'node:test';

@@ -1,4 +1,4 @@
-// Issue 6 items 5-6 / SPEC §4-§5: a bounded soak of the proxy run as a child process (the CLI).
+// Forwarding, WebSockets and tunnels under load: a bounded soak of the proxy run as a child process (the CLI).
 //
 // Mixed traffic: HTTP/1.1 keep-alive GET/POST, HTTP/2 (node:http2) GET/POST and WebSockets (`ws`),
 // bodies of random sizes 0..4 MiB with sha256 checked on both ends (the upstream checks every
@@ -201,7 +201,7 @@ const rssBytes = (pid) => statusField(pid, 'VmRSS');
 const mib = (n) => `${(n / MIB).toFixed(1)} MiB`;
 const human = (n) => (n >= 1024 * MIB ? `${(n / 1024 / MIB).toFixed(2)} GiB` : mib(n));
 
-/** A 502/504 the proxy made: text/plain, short, the code in the body (SPEC §4). */
+/** A 502/504 the proxy made: text/plain, short, the code in the body. */
 function statusOutcome(proto, status, headers, body, allow = [502, 504]) {
   const text = body.toString('utf8');
   const plain = /^text\/plain/.test(String(headers['content-type'] ?? ''));

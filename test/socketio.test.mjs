@@ -1,4 +1,4 @@
-// Issue 3 item 4 / SPEC §3 rule 6: the hand-off to the embedding app. Requests and upgrades that
+// Routing rule 6: the hand-off to the embedding app. Requests and upgrades that
 // match no route go to the app's fallback (its port, or its (req, res) handler and upgrade
 // handler), so one port serves the proxy and the app's own UI and Socket.IO. A real `socket.io`
 // server and `socket.io-client`, with the polling and the WebSocket transports.

@@ -1,4 +1,4 @@
-// Idle timeouts (SPEC §1 idleTimeoutMs and §4 pooled sockets closed before the upstream's own
+// Idle timeouts (idleTimeoutMs, and pooled sockets closed before the upstream's own
 // Keep-Alive timeout), and TCP keep-alive on client sockets.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';

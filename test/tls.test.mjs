@@ -1,4 +1,4 @@
-// TLS on the same port (issue 4): ALPN h2 / http/1.1, SNI, certificate hot reload, cleartext
+// TLS on the same port: ALPN h2 / http/1.1, SNI, certificate hot reload, cleartext
 // still served beside it, X-Forwarded-Proto https; checked with curl and Node clients.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';

@@ -1,4 +1,4 @@
-// SPEC §4 "Upstream failures" and pooled-socket reuse: real upstreams that refuse, hang, close,
+// Upstream failures and pooled-socket reuse: real upstreams that refuse, hang, close,
 // truncate or speak garbage. HTTP/1.1 clients unless stated. Every test uses a fresh proxy so
 // the stats it checks are exact.
 import { after, before, describe, it } from 'node:test';

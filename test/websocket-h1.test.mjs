@@ -1,4 +1,4 @@
-// SPEC §5 / issue 3: HTTP/1.1 WebSockets (Upgrade) and CONNECT tunnels through the proxy, with the
+// HTTP/1.1 WebSockets (Upgrade) and CONNECT tunnels through the proxy, with the
 // `ws` package as client and upstream echo server. Real sockets on 127.0.0.1; what the upstream
 // received is checked, not only what the client negotiated (ws silently falls back when a header
 // is lost on the way).
@@ -327,7 +327,7 @@ describe('WebSocket refusals and failures', () => {
       const res = await refusedWs(`ws://127.0.0.1:${port}/raw403`, undefined, routeTo('header', upstream.port));
       assert.equal(res.status, 403);
       assert.equal(res.body, body);
-      // Issue 3: "An upstream that answers anything but 101 gets its answer relayed and its socket destroyed."
+      // An upstream that answers anything but 101 gets its answer relayed and its socket destroyed.
       const closedUp = await waitFor(() => upstream.sockets.size === 0);
       const s = proxy.getStats();
       assert.ok(closedUp, `the proxy kept the refusing upstream socket open (upstreamSocketsIdle=${s.upstreamSocketsIdle}, upstreamSocketsActive=${s.upstreamSocketsActive})`);

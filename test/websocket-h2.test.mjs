@@ -1,4 +1,4 @@
-// SPEC §5 / RFC 8441: WebSockets over HTTP/2 extended CONNECT, bridged to an HTTP/1.1 Upgrade.
+// RFC 8441: WebSockets over HTTP/2 extended CONNECT, bridged to an HTTP/1.1 Upgrade.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';

@@ -1,4 +1,4 @@
-// Issue 3 "Done when": a bounded test opens 2,000 WebSockets at once through the proxy, echoes on
+// WebSockets at scale: a bounded test opens 2,000 WebSockets at once through the proxy, echoes on
 // each, closes half from each side abruptly, and checks that no socket is left open. The proxy
 // runs as a child process (the real CLI), so its stats are out of reach: its open file
 // descriptors (/proc/<pid>/fd) are the check, before and after, within +10.

@@ -1,4 +1,4 @@
-// SPEC §3 "Workspace -> IP": take the last `/` segment of the name; if it ends in digits N
+// Workspace -> IP: take the last `/` segment of the name; if it ends in digits N
 // (u32, overflow -> 400) use N, else N = 32-bit FNV-1a of that lower-cased segment & 0xFFFF;
 // IP = `127.18.((N>>8)&255).(N&255)`.
 import { describe, it } from 'node:test';
@@ -38,8 +38,8 @@ function mulberry32(seed) {
   };
 }
 
-describe('workspace -> IP (SPEC §3)', () => {
-  it('gives the three examples from the SPEC', () => {
+describe('workspace -> IP', () => {
+  it('gives the three examples from the README', () => {
     assert.equal(workspaceIp('workspace-1'), '127.18.0.1');
     assert.equal(workspaceIp('workspace-256'), '127.18.1.0');
     assert.equal(workspaceIp('workspace-a'), '127.18.176.32');

@@ -1,5 +1,5 @@
 // Turns the repetitions into summaries (median, min, max), a markdown report with ratios, and the
-// issue-5 floors (met / not met) for cmux-proxy.
+// performance floors (met / not met) cmux-proxy is held to.
 import { summarize } from './measure.mjs';
 
 /** { key: {median,min,max,n} } over the successful runs, for every numeric field. */
@@ -65,7 +65,7 @@ export function workloadTable(workload, results) {
 const med = (all, w, s, k) => all[w]?.[s]?.summary[k]?.median ?? null;
 
 /**
- * The floors of issue 5, checked on the medians of this run. Each: { floor, value, limit, met }
+ * The performance floors cmux-proxy is held to, checked on the medians of this run. Each: { floor, value, limit, met }
  * (met null when a figure is missing).
  */
 export function checkFloors(all, cfg) {
@@ -131,7 +131,7 @@ export function markdownReport({ meta, workloads, results, floors }) {
   }
   if (floors.some((f) => f.value !== null)) {
     out.push('');
-    out.push('### Issue 5 floors (medians of this run)');
+    out.push('### Performance floors (medians of this run)');
     out.push('');
     out.push(floorsTable(floors));
   }

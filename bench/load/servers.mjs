@@ -2,7 +2,7 @@
 // a Node upload sink and a `ws` echo server. Systems under test (on the proxy CPU): this proxy,
 // the baseline Node proxy with and without keep-alive, nginx as a reverse proxy, http2-proxy,
 // plus "direct" (no proxy at all) and a bare `node` process for idle memory.
-import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort, startProcess, stopProcess, waitForPort, sleep } from './processes.mjs';
@@ -18,7 +18,7 @@ export const NGINX = existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : 'nginx'
 
 export const paths = {
   cli: join(repoRoot, 'dist/cmux-proxy.js'),
-  baseline: resolve(repoRoot, '../shared/bench/baseline-node-proxy.mjs'),
+  baseline: resolve(here, '../baseline/old-cmux-proxy.mjs'),
   http2Proxy: join(here, 'http2-proxy-server.mjs'),
   uploadSink: join(here, 'upload-sink.mjs'),
   wsEcho: join(here, 'ws-echo-server.mjs'),
@@ -162,21 +162,6 @@ export async function startBackends(workDir) {
 
 // ---- systems under test -----------------------------------------------------------------------
 
-/**
- * The baseline is an ES module that imports `http-proxy`, which lives in this repo's node_modules.
- * ESM ignores NODE_PATH, so we run it through a symlink inside node_modules/.cache with
- * --preserve-symlinks(-main): the very same file, resolving packages from this repo.
- */
-function baselineEntry() {
-  if (!existsSync(paths.baseline)) throw new Error(`baseline not found at ${paths.baseline}`);
-  const dir = join(repoRoot, 'node_modules/.cache/cmux-bench');
-  const link = join(dir, 'baseline-node-proxy.mjs');
-  mkdirSync(dir, { recursive: true });
-  rmSync(link, { force: true });
-  symlinkSync(paths.baseline, link);
-  return link;
-}
-
 const nodeEnv = () => {
   const env = { ...process.env, NODE_PATH: join(repoRoot, 'node_modules') };
   delete env.NODE_OPTIONS;
@@ -219,9 +204,8 @@ export async function startSystem(name, { workDir, nginxRoutes }) {
       ]);
     case 'baseline':
     case 'baseline-ka': {
-      const entry = baselineEntry();
       const extra = name === 'baseline-ka' ? ['--keep-alive'] : [];
-      return nodeSystem((port) => ['--preserve-symlinks', '--preserve-symlinks-main', entry, '--port', String(port), ...extra]);
+      return nodeSystem((port) => [paths.baseline, '--port', String(port), ...extra]);
     }
     case 'http2-proxy':
       return nodeSystem((port) => [paths.http2Proxy, '--port', String(port)]);

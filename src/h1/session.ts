@@ -391,7 +391,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       this.parsing = null;
       return 0;
     }
-    // llhttp accepts HTTP/0.9 and HTTP/2.0 request lines; a proxy must not (SPEC §4).
+    // llhttp accepts HTTP/0.9 and HTTP/2.0 request lines; a proxy must not forward either.
     if (major !== 1 || minor > 1) {
       this.broken(400, null);
       return 0;
@@ -728,7 +728,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     (socket as net.Socket & { [kH1]?: H1Connection })[kH1] = undefined;
   }
 
-  /** CONNECT host:port -> the routed target, 200, then splice (SPEC §5). */
+  /** CONNECT host:port -> the routed target, 200, then splice. */
   private startConnectTunnel(ex: Exchange): void {
     const core = this.core;
     const target = core.connectTarget(ex.facts, ex.host ?? '');

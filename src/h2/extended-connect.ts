@@ -32,7 +32,7 @@ type BridgeStream = http2.ServerHttp2Stream & { [kBridge]?: WebSocketBridge | Co
 type BridgeParser = HTTPParser & { bridge: WebSocketBridge };
 
 /**
- * HTTP/2 CONNECT (SPEC §5): RFC 8441 extended CONNECT with `:protocol websocket` is bridged to
+ * HTTP/2 CONNECT: RFC 8441 extended CONNECT with `:protocol websocket` is bridged to
  * an HTTP/1.1 Upgrade on the upstream (the proxy makes the Sec-WebSocket-Key and checks the
  * Accept), then the stream and the upstream socket are spliced raw. Plain CONNECT opens a
  * tunnel to the routed target.

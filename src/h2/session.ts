@@ -299,7 +299,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       maxConcurrentStreams: options.http2MaxConcurrentStreams,
       maxHeaderListSize: options.maxHeaderSize * 2,
     },
-    // The 10 MB default is too small for a proxy with slow readers (DESIGN.md, Node pitfalls).
+    // node:http2's 10 MB default is too small for a proxy with slow readers.
     maxSessionMemory: 64,
     maxHeaderListPairs: options.maxHeadersCount + 8,
   });

@@ -1,5 +1,5 @@
 /**
- * Host-based routing rules 2-4 of SPEC §3, as pure functions of a lower-cased host name (port
+ * The Host-based routing rules (README "Routing", rules 2-4), as pure functions of a lower-cased host name (port
  * already stripped). Each returns a `HostRoute` or `null` when its shape does not match.
  */
 export const KNOWN_PORT_NAMES: ReadonlyMap<string, number> = new Map([

@@ -238,7 +238,7 @@ class UpSession implements Expirable {
     const target = entry.target;
     const session = loadHttp2().connect(`http://${target.key}`, {
       createConnection: () => connectTo(target),
-      // A proxy may hold many streams from slow clients (DESIGN.md pitfalls).
+      // A proxy may hold many streams from slow clients: node:http2's 10 MB default is too small.
       maxSessionMemory: 64,
       settings: pool.maxHeaderListSize === undefined ? undefined : { maxHeaderListSize: pool.maxHeaderListSize },
     });
@@ -349,7 +349,7 @@ export interface H2PoolConfig {
 }
 
 /**
- * HTTP/2 sessions to h2c upstreams, by hand (DESIGN.md): per origin a list of sessions; a
+ * HTTP/2 sessions to h2c upstreams, pooled by hand (node:http2 has no client pool): per origin a list of sessions; a
  * session is busy when its streams reach the peer's SETTINGS_MAX_CONCURRENT_STREAMS and another
  * opens (up to `maxSessions`, then requests wait); GOAWAY retires a session; idle sessions
  * close; PING finds dead ones; a crashed upstream leaves no session behind.
