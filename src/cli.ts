@@ -47,6 +47,8 @@ const FLAGS: Flag[] = [
   { name: 'port-cache-ttl-ms', kind: 'int', option: 'portResolverCacheTtlMs', help: 'container port look-ups are cached this long [2000]' },
   { name: 'tls-cert', kind: 'string', help: 'PEM certificate: terminate TLS on the same port (ALPN h2, http/1.1); reloaded on change' },
   { name: 'tls-key', kind: 'string', help: 'PEM private key for --tls-cert' },
+  { name: 'admin-port', kind: 'int', option: 'adminPort', help: 'serve /metrics, /healthz, /readyz and /stats on this port [off]' },
+  { name: 'admin-host', kind: 'string', option: 'adminHost', help: 'address the admin listener binds [127.0.0.1]' },
   { name: 'log-level', kind: 'string', option: 'logLevel', help: 'silent, error, warn, info or debug [info]; CMUX_PROXY_LOG=debug also works' },
 ];
 
@@ -171,6 +173,8 @@ async function main(): Promise<void> {
       const protocols = options.enableHttp2 === false ? 'HTTP/1.1' : 'HTTP/1.1, h2c';
       process.stderr.write(`cmux-proxy: listening on ${host}:${address.port} (${protocols}${options.tls ? ', TLS' : ''})\n`);
     }
+    const admin = proxy.adminAddress();
+    if (admin !== null) process.stderr.write(`cmux-proxy: admin on ${admin.family === 'IPv6' ? `[${admin.address}]` : admin.address}:${admin.port}\n`);
   }
 }
 

@@ -87,6 +87,10 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   /** Free slot for the client side's own per-exchange state. */
   clientState: unknown = undefined;
   readonly responseFacts: ResponseHeadFacts = { contentLength: false, keepAliveTimeoutSec: 0 };
+  /** performance.now() when the head arrived; read only while an observer is set (else 0). */
+  readonly t0: number;
+  /** performance.now() when an upstream socket was asked for (observer only). */
+  private tUpstream = 0;
 
   constructor(
     core: ProxyCore,
@@ -113,6 +117,13 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.clientVersion = clientVersion;
     this.bodyMode = bodyMode;
     this.out = client.readBatch();
+    this.t0 = core.observer === null ? 0 : performance.now();
+  }
+
+  /** The single end of every exchange that does not become a tunnel: feeds the observer. */
+  private ended(): void {
+    const observer = this.core.observer;
+    if (observer !== null) observer.exchangeEnd(this);
   }
 
   get finished(): boolean {
@@ -122,8 +133,10 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   reject(status: number, code: string, message: string): void {
     if (this.finished) return;
     this.flags |= EX_FINISHED;
+    this.status = status;
     this.client.fail(this, status, code, message);
     this.client.done(this);
+    this.ended();
   }
 
   /** Routed: ask the pool for a socket (or an h2c stream when the target speaks HTTP/2). */
@@ -145,6 +158,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     }
     this.head = this.core.buildHead(this, target);
     this.flags |= EX_WAITING_SOCKET;
+    if (this.core.observer !== null) this.tUpstream = performance.now();
     this.core.pool.acquire(target, this);
   }
 
@@ -203,6 +217,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.h2 = null;
     this.client.end(this, trailers === null ? null : withoutPseudo(trailers));
     this.client.done(this);
+    this.ended();
   }
 
   h2Drain(): void {
@@ -231,12 +246,14 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     core.countUpstreamFailure(code);
     if ((this.flags & EX_RESPONSE_STARTED) === 0) {
       const { status, message } = upstreamFailureAnswer(code);
+      this.status = status;
       this.client.fail(this, status, code, message);
     } else {
       core.stats.responsesReset++;
       this.client.reset(this);
     }
     this.client.done(this);
+    this.ended();
   }
 
   onUpstreamReady(conn: UpstreamConn): void {
@@ -246,6 +263,8 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       return;
     }
     this.conn = conn;
+    const observer = this.core.observer;
+    if (observer !== null && conn.responses === 0 && this.tUpstream !== 0) observer.upstreamConnected(this.tUpstream);
     this.core.pool.awaitHead(conn, this.core.options.upstreamResponseTimeoutMs);
     const socket = conn.socket;
     const queued = this.queued;
@@ -394,6 +413,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       this.core.pool.destroy(conn);
     }
     this.client.done(this);
+    this.ended();
   }
 
   onUpstreamFailure(conn: UpstreamConn | null, code: string): void {
@@ -438,6 +458,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       this.core.pool.cancel(this.target, this);
       this.core.h2pool.cancel(this.target, this);
     }
+    this.ended();
   }
 }
 

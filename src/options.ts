@@ -77,6 +77,10 @@ export interface ProxyOptions {
   logLevel?: LogLevel;
   /** Terminate TLS on the same port (ALPN h2 / http/1.1). Files are PEM; reloaded when they change. */
   tls?: TlsOption;
+  /** Port of the admin listener (/metrics, /healthz, /readyz, /stats); off when unset, 0 picks a free one. */
+  adminPort?: number;
+  /** Address the admin listener binds. */
+  adminHost?: string;
 }
 
 export interface ResolvedOptions {
@@ -113,6 +117,8 @@ export interface ResolvedOptions {
   logger: Logger | undefined;
   logLevel: LogLevel;
   tls: TlsOption | undefined;
+  adminPort: number | undefined;
+  adminHost: string;
 }
 
 export const DEFAULTS = {
@@ -143,6 +149,7 @@ export const DEFAULTS = {
   upstreamProtocolCacheTtlMs: 300_000,
   portResolverCacheTtlMs: 2_000,
   logLevel: 'info' as LogLevel,
+  adminHost: '127.0.0.1',
 } as const;
 
 const LOG_LEVELS: ReadonlySet<string> = new Set(['silent', 'error', 'warn', 'info', 'debug']);
@@ -153,7 +160,7 @@ const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'preserveHost', 'upstreamProtocol', 'upstreamConnectTimeoutMs', 'upstreamResponseTimeoutMs',
   'requestHeadersTimeoutMs', 'drainTimeoutMs', 'maxHeaderSize', 'maxHeadersCount',
   'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'http2MaxConcurrentStreams', 'upstreamProtocolCacheTtlMs', 'fallback', 'containerPortResolver',
-  'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls',
+  'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls', 'adminPort', 'adminHost',
 ]);
 
 function describe(value: unknown): string {
@@ -269,6 +276,8 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
   if (dockerSocketPath !== undefined && (typeof dockerSocketPath !== 'string' || dockerSocketPath === '')) {
     fail('dockerSocketPath', dockerSocketPath, 'a unix socket path');
   }
+  const adminHost = o['adminHost'] ?? DEFAULTS.adminHost;
+  if (typeof adminHost !== 'string' || adminHost === '') fail('adminHost', adminHost, 'an address to bind');
   const maxSocketsPerUpstream = integer(o, 'maxSocketsPerUpstream', DEFAULTS.maxSocketsPerUpstream, 1, 1_000_000);
   return {
     listenPort: integer(o, 'listenPort', undefined, 0, 65535),
@@ -304,5 +313,7 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
     logger: logger as Logger | undefined,
     logLevel: logLevel as LogLevel,
     tls: validateTls(o['tls']),
+    adminPort: o['adminPort'] === undefined ? undefined : integer(o, 'adminPort', undefined, 0, 65535),
+    adminHost,
   };
 }

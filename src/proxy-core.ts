@@ -2,6 +2,7 @@ import { BODY_CHUNKED, EX_UPGRADE, type Exchange } from './exchange.js';
 import { ErrorCodes } from './errors.js';
 import { buildUpstreamH2Headers, buildUpstreamRequestHead, type ForwardContext, type RequestHeadFacts } from './headers.js';
 import type { Logger } from './log.js';
+import type { Observer } from './observe.js';
 import type { ResolvedOptions } from './options.js';
 import { parsePort } from './route/host-patterns.js';
 import { CachedPortResolver, RESOLVER_TIMEOUT, type ResolverAnswer } from './route/port-resolver.js';
@@ -94,6 +95,8 @@ export class ProxyCore {
   fallbackTarget: Target | null = null;
   /** True from `stop()` on: keep-alive ends after the current exchange. */
   draining = false;
+  /** Set when metrics or the access log are on; null keeps every hook to one check. */
+  observer: Observer | null = null;
   /** The fallback is the embedding app's handler, served on a private port (`fallbackTarget`). */
   private readonly handlerFallback: boolean;
 

@@ -16,6 +16,8 @@ import { pinnedTcpTarget } from './route/target.js';
 import { SNIFF_H1, SNIFF_H2, SNIFF_MORE, SNIFF_TLS, sniff } from './sniff.js';
 import { StatsCounters, snapshot, type ProxyStats } from './stats.js';
 import { TlsContexts } from './tls.js';
+import { AdminServer } from './admin.js';
+import { Observer } from './observe.js';
 
 const kSniff = Symbol('cmux.sniff');
 const kServer = Symbol('cmux.server');
@@ -69,6 +71,7 @@ export class ProxyServer implements SessionHost, H2Host {
   private readonly alpn: string[];
   private acceptFailures = 0;
   private acceptLoggedAt = 0;
+  private readonly admin: AdminServer | null = null;
 
   constructor(input: ProxyOptions) {
     this.options = resolveOptions(input);
@@ -78,6 +81,11 @@ export class ProxyServer implements SessionHost, H2Host {
       (this.options.dockerSocketPath !== undefined ? createDockerPortResolver(this.options.dockerSocketPath) : undefined);
     const resolver = resolverFn === undefined ? undefined : new CachedPortResolver(resolverFn, this.options.portResolverCacheTtlMs);
     this.core = new ProxyCore(this.options, this.stats, log, resolver);
+    if (this.options.adminPort !== undefined) {
+      const observer = new Observer();
+      this.core.observer = observer;
+      this.admin = new AdminServer(this, observer, this.options.adminHost, this.options.adminPort);
+    }
     // Head deadlines fire up to one sweep late: 250 ms on top of requestHeadersTimeoutMs.
     this.headTimer = new DeadlineSweep(250);
     // Certificates are read now, so a bad path fails createProxyServer, not the first client.
@@ -110,6 +118,7 @@ export class ProxyServer implements SessionHost, H2Host {
     if (this.running || this.stopping !== null) throw new Error('cmux-proxy is already running');
     this.running = true;
     try {
+      await this.admin?.start();
       await this.startFallbackServer();
       const server = net.createServer({ pauseOnConnect: true, noDelay: true });
       server.on('connection', serverOnConnection);
@@ -134,6 +143,7 @@ export class ProxyServer implements SessionHost, H2Host {
     } catch (err) {
       this.running = false;
       await this.stopFallbackServer();
+      await this.admin?.stop();
       const e = err as NodeJS.ErrnoException;
       if (e.code === 'EADDRINUSE') {
         throw new Error(`cannot listen on ${this.options.listenHost}:${this.options.listenPort}: address already in use`, { cause: err });
@@ -223,11 +233,23 @@ export class ProxyServer implements SessionHost, H2Host {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
     await this.stopFallbackServer();
+    await this.admin?.stop();
     core.log.info('stopped');
   }
 
   isRunning(): boolean {
     return this.running && this.stopping === null;
+  }
+
+  /** Listening and not draining (the admin listener's /readyz). */
+  isReady(): boolean {
+    return this.server !== null && !this.core.draining;
+  }
+
+  /** The admin listener's address while it runs, else null. */
+  adminAddress(): ProxyAddress | null {
+    const address = this.admin?.address();
+    return address == null ? null : { address: address.address, port: address.port, family: address.family };
   }
 
   address(): ProxyAddress | null {

@@ -9,6 +9,7 @@ import { crypto } from '../builtins.js';
 import { HTTP2_HEADER_STATUS } from './constants.js';
 import type { TunnelUser } from '../upstream/h1-pool.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
+import { TUNNEL_KIND_CONNECT, TUNNEL_KIND_WEBSOCKET } from '../observe.js';
 import {
   parserResource,
   Parser,
@@ -102,6 +103,8 @@ class WebSocketBridge implements Routable, TunnelUser {
   /** 0 routing/connecting, 1 waiting for the upstream's answer, 2 relaying a non-101 answer, 3 spliced, 4 over */
   private phase = 0;
   private readonly responseFacts: ResponseHeadFacts = { contentLength: false, keepAliveTimeoutSec: 0 };
+  /** performance.now() at the request head (observer only, else 0). */
+  readonly t0: number;
 
   constructor(core: ProxyCore, stream: BridgeStream, headers: http2.IncomingHttpHeaders, raw: string[], facts: RequestHeadFacts, clientAddress: string, tls: boolean) {
     this.core = core;
@@ -112,6 +115,7 @@ class WebSocketBridge implements Routable, TunnelUser {
     this.path = headers[':path'] ?? '/';
     this.clientAddress = clientAddress;
     this.tls = tls;
+    this.t0 = core.observer === null ? 0 : performance.now();
     stream[kBridge] = this;
     stream.on('close', bridgeStreamOnClose);
   }
@@ -273,7 +277,9 @@ class WebSocketBridge implements Routable, TunnelUser {
     this.parser = null;
     configureTunnelSocket(socket, this.core.options.keepaliveMs);
     if (rest !== null && rest.length > 0) this.stream.write(rest);
-    new Tunnel(this.stream, socket, TUNNEL_WEBSOCKET, this.core.stats);
+    const tunnel = new Tunnel(this.stream, socket, TUNNEL_WEBSOCKET, this.core.stats);
+    const observer = this.core.observer;
+    if (observer !== null) tunnel.record = observer.tunnelOpened(TUNNEL_KIND_WEBSOCKET, this.t0);
   }
 
   fail(code: string): void {
@@ -369,9 +375,12 @@ class ConnectTunnel implements TunnelUser {
   private readonly target: Target;
   private socket: BridgeSocket | null = null;
   private done = false;
+  /** performance.now() at the request head (observer only, else 0). */
+  readonly t0: number;
 
   constructor(core: ProxyCore, stream: BridgeStream, target: Target) {
     this.core = core;
+    this.t0 = core.observer === null ? 0 : performance.now();
     this.stream = stream;
     this.target = target;
     stream[kBridge] = this;
@@ -419,7 +428,9 @@ class ConnectTunnel implements TunnelUser {
     }
     this.core.stats.countStatus(200);
     configureTunnelSocket(socket, this.core.options.keepaliveMs);
-    new Tunnel(this.stream, socket, TUNNEL_CONNECT, this.core.stats);
+    const tunnel = new Tunnel(this.stream, socket, TUNNEL_CONNECT, this.core.stats);
+    const observer = this.core.observer;
+    if (observer !== null) tunnel.record = observer.tunnelOpened(TUNNEL_KIND_CONNECT, this.t0);
   }
 
   fail(code: string): void {
