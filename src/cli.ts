@@ -16,6 +16,8 @@ interface Flag {
   option?: keyof ProxyOptions;
   /** For `--no-*` flags: the option they set to false. */
   negates?: keyof ProxyOptions;
+  /** For other flags: the option they set to true. */
+  enables?: keyof ProxyOptions;
 }
 
 const FLAGS: Flag[] = [
@@ -49,6 +51,8 @@ const FLAGS: Flag[] = [
   { name: 'tls-key', kind: 'string', help: 'PEM private key for --tls-cert' },
   { name: 'admin-port', kind: 'int', option: 'adminPort', help: 'serve /metrics, /healthz, /readyz and /stats on this port [off]' },
   { name: 'admin-host', kind: 'string', option: 'adminHost', help: 'address the admin listener binds [127.0.0.1]' },
+  { name: 'access-log', kind: 'string', option: 'accessLog', help: "one JSON line per exchange to 'stdout' or this file (appended; SIGUSR1 reopens it) [off]" },
+  { name: 'access-log-query', kind: 'flag', enables: 'accessLogQuery', help: 'log paths with their query string' },
   { name: 'log-level', kind: 'string', option: 'logLevel', help: 'silent, error, warn, info or debug [info]; CMUX_PROXY_LOG=debug also works' },
 ];
 
@@ -100,6 +104,7 @@ export function optionsFromArgs(argv: string[], env: NodeJS.ProcessEnv): ProxyOp
     if (f.kind === 'flag') {
       const on = fromFlag === true || (fromFlag === undefined && truthy(f.name, fromEnv!));
       if (on && f.negates !== undefined) options[f.negates] = false;
+      if (on && f.enables !== undefined) options[f.enables] = true;
       continue;
     }
     const text = typeof fromFlag === 'string' ? fromFlag : fromEnv!;
@@ -159,6 +164,16 @@ async function main(): Promise<void> {
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+  if (typeof options.accessLog === 'string' && options.accessLog !== 'stdout') {
+    // Log rotation: the file was moved away; write to a new one under the same name.
+    process.on('SIGUSR1', () => {
+      try {
+        proxy.reopenAccessLog();
+      } catch (err) {
+        process.stderr.write(`cmux-proxy: cannot reopen the access log: ${(err as Error).message}\n`);
+      }
+    });
+  }
   started = proxy.start();
   try {
     await started;

@@ -91,6 +91,13 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   readonly t0: number;
   /** performance.now() when an upstream socket was asked for (observer only). */
   private tUpstream = 0;
+  /** Request and response body bytes relayed. */
+  bytesIn = 0;
+  bytesOut = 0;
+  /** Served on a pooled upstream socket that had answered before. */
+  reused = false;
+  /** Why it ended early (an error code, CLIENT_ABORT), else ''. */
+  errorCode = '';
 
   constructor(
     core: ProxyCore,
@@ -134,6 +141,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     if (this.finished) return;
     this.flags |= EX_FINISHED;
     this.status = status;
+    this.errorCode = code;
     this.client.fail(this, status, code, message);
     this.client.done(this);
     this.ended();
@@ -208,6 +216,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
 
   h2Body(chunk: Buffer): void {
     if (this.finished) return;
+    this.bytesOut += chunk.length;
     if (!this.client.writeBody(this, chunk)) this.h2?.pause();
   }
 
@@ -242,6 +251,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   /** The upstream failed for good: 502/504 before the response started, a reset after. */
   failUpstream(code: string): void {
     this.flags |= EX_FINISHED;
+    this.errorCode = code;
     const core = this.core;
     core.countUpstreamFailure(code);
     if ((this.flags & EX_RESPONSE_STARTED) === 0) {
@@ -263,6 +273,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       return;
     }
     this.conn = conn;
+    this.reused = conn.responses > 0;
     const observer = this.core.observer;
     if (observer !== null && conn.responses === 0 && this.tUpstream !== 0) observer.upstreamConnected(this.tUpstream);
     this.core.pool.awaitHead(conn, this.core.options.upstreamResponseTimeoutMs);
@@ -303,6 +314,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   /** A piece of the request body from the client. Returns false when the client should pause. */
   requestBody(chunk: Buffer): boolean {
     if (this.finished || chunk.length === 0) return true;
+    this.bytesIn += chunk.length;
     if ((this.flags & EX_HEAD_SENT) === 0) {
       (this.queued ??= []).push(chunk);
       this.client.pauseRequest(this);
@@ -386,6 +398,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
 
   onResponseBody(chunk: Buffer): void {
     if (this.finished) return;
+    this.bytesOut += chunk.length;
     if (!this.client.writeBody(this, chunk)) this.conn?.pauseReading();
   }
 
@@ -446,6 +459,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   abort(): void {
     if (this.finished) return;
     this.flags |= EX_FINISHED;
+    this.errorCode = 'CLIENT_ABORT';
     this.core.stats.clientAborts++;
     const conn = this.conn;
     this.conn = null;

@@ -1,4 +1,8 @@
+import type { AccessLog, AccessLogEntry } from './access-log.js';
 import type { Exchange } from './exchange.js';
+import type { RequestHeadFacts } from './headers.js';
+import type { ProxyCore } from './proxy-core.js';
+import type { Target } from './route/target.js';
 import type { ProxyStats } from './stats.js';
 import type { Tunnel } from './tunnel.js';
 
@@ -74,24 +78,119 @@ function statusClass(status: number): number {
   return status >= 100 && status < 600 ? ((status / 100) | 0) - 1 : 5;
 }
 
+/** What the access log says about a WebSocket or tunnel, taken when it opens. */
+export interface TunnelInfo {
+  client: string;
+  clientVersion: string;
+  tls: boolean;
+  method: string;
+  host: string | undefined;
+  path: string;
+  route: string;
+  target: Target | null;
+  status: number;
+  requestId: string;
+}
+
 /** A WebSocket or tunnel being watched, made when it opens. */
 export interface TunnelRecord {
   readonly observer: Observer;
   readonly kind: number;
   /** performance.now() when its request head arrived. */
   readonly t0: number;
+  readonly info: TunnelInfo | null;
+}
+
+/** How a request was routed, for the access log. */
+export function routeKind(core: ProxyCore, method: string, facts: RequestHeadFacts, target: Target | null): string {
+  if (method === 'CONNECT') return 'connect';
+  if (target === null) return 'none';
+  if (target === core.fallbackTarget) return 'fallback';
+  if (core.options.headerRoutingEnabled && (facts.portHeader !== undefined || facts.workspaceHeader !== undefined)) return 'header';
+  return 'host';
+}
+
+function protocolName(clientVersion: string): string {
+  return clientVersion === '2' ? 'HTTP/2' : clientVersion === '1.0' ? 'HTTP/1.0' : 'HTTP/1.1';
 }
 
 export class Observer {
   private readonly duration = new Histogram(DURATION_BUCKETS, PROTOCOLS.length * STATUS_CLASSES.length);
   private readonly connect = new Histogram(CONNECT_BUCKETS, 1);
   private readonly lifetime = new Histogram(LIFETIME_BUCKETS, TUNNEL_KINDS.length);
+  readonly accessLog: AccessLog | null;
+  private readonly logQuery: boolean;
+  /** ISO time of the current event-loop turn's lines (one Date per batch, not per line). */
+  private now = '';
+
+  constructor(accessLog: AccessLog | null, logQuery: boolean) {
+    this.accessLog = accessLog;
+    this.logQuery = logQuery;
+  }
+
+  private time(): string {
+    let now = this.now;
+    if (now === '') {
+      now = this.now = new Date().toISOString();
+      setImmediate(clearTime, this);
+    }
+    return now;
+  }
+
+  clearTime(): void {
+    this.now = '';
+  }
+
+  private logPath(path: string): string {
+    if (this.logQuery) return path;
+    const q = path.indexOf('?');
+    return q === -1 ? path : path.slice(0, q);
+  }
 
   /** The exchange is over (response ended, proxy-made answer, failure or client abort). */
   exchangeEnd(ex: Exchange): void {
-    const seconds = (performance.now() - ex.t0) / 1000;
+    const ms = performance.now() - ex.t0;
     const proto = ex.clientVersion === '2' ? PROTO_HTTP2 : PROTO_HTTP1;
-    this.duration.observe(proto * STATUS_CLASSES.length + statusClass(ex.status), seconds);
+    this.duration.observe(proto * STATUS_CLASSES.length + statusClass(ex.status), ms / 1000);
+    const log = this.accessLog;
+    if (log === null) return;
+    const entry: AccessLogEntry = {
+      time: this.time(),
+      kind: 'http',
+      client: ex.clientAddress,
+      protocol: protocolName(ex.clientVersion),
+      tls: ex.proto === 'https',
+      method: ex.method,
+      host: ex.host ?? null,
+      path: this.logPath(ex.path),
+      route: routeKind(ex.core, ex.method, ex.facts, ex.target),
+      target: ex.target === null ? null : ex.target.key,
+      status: ex.status,
+      bytesIn: ex.bytesIn,
+      bytesOut: ex.bytesOut,
+      durationMs: Math.round(ms * 1000) / 1000,
+      reused: ex.reused,
+      error: ex.errorCode === '' ? null : ex.errorCode,
+      requestId: null,
+    };
+    log.add(entry);
+  }
+
+  /** What the access log needs of an exchange that became a WebSocket or tunnel (null: no log). */
+  tunnelInfo(ex: Exchange): TunnelInfo | null {
+    if (this.accessLog === null) return null;
+    return {
+      client: ex.clientAddress,
+      clientVersion: ex.clientVersion,
+      tls: ex.proto === 'https',
+      method: ex.method,
+      host: ex.host,
+      path: ex.path,
+      route: routeKind(ex.core, ex.method, ex.facts, ex.target),
+      target: ex.target,
+      status: ex.status === 0 ? 200 : ex.status,
+      requestId: '',
+    };
   }
 
   /** A new upstream socket connected; `t0` is when it was asked for. */
@@ -99,12 +198,37 @@ export class Observer {
     this.connect.observe(0, (performance.now() - t0) / 1000);
   }
 
-  tunnelOpened(kind: number, t0: number): TunnelRecord {
-    return { observer: this, kind, t0 };
+  tunnelOpened(kind: number, t0: number, info: TunnelInfo | null): TunnelRecord {
+    return { observer: this, kind, t0, info };
   }
 
-  tunnelEnd(record: TunnelRecord, _tunnel: Tunnel): void {
-    this.lifetime.observe(record.kind, (performance.now() - record.t0) / 1000);
+  tunnelEnd(record: TunnelRecord, tunnel: Tunnel): void {
+    const ms = performance.now() - record.t0;
+    this.lifetime.observe(record.kind, ms / 1000);
+    const log = this.accessLog;
+    const info = record.info;
+    if (log === null || info === null) return;
+    // The second end is always the upstream socket.
+    const upstream = tunnel.b as unknown as { bytesRead?: number; bytesWritten?: number };
+    log.add({
+      time: this.time(),
+      kind: record.kind === TUNNEL_KIND_WEBSOCKET ? 'websocket' : 'tunnel',
+      client: info.client,
+      protocol: protocolName(info.clientVersion),
+      tls: info.tls,
+      method: info.method,
+      host: info.host ?? null,
+      path: this.logPath(info.path),
+      route: info.route,
+      target: info.target === null ? null : info.target.key,
+      status: info.status,
+      bytesIn: upstream.bytesWritten ?? 0,
+      bytesOut: upstream.bytesRead ?? 0,
+      durationMs: Math.round(ms * 1000) / 1000,
+      reused: false,
+      error: null,
+      requestId: info.requestId === '' ? null : info.requestId,
+    });
   }
 
   /** Prometheus text exposition format 0.0.4. */
@@ -146,6 +270,10 @@ export class Observer {
     out.push('');
     return out.join('\n');
   }
+}
+
+function clearTime(observer: Observer): void {
+  observer.clearTime();
 }
 
 function labelValue(value: string): string {

@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger, LogLevel } from './log.js';
 import type { TlsOption } from './tls.js';
+import type { AccessLogOption } from './access-log.js';
 
 /** Looks up the host port a container publishes for `port`; `null` when the container is unknown. */
 export type ContainerPortResolver = (container: string, port: number) => Promise<number | null>;
@@ -81,6 +82,10 @@ export interface ProxyOptions {
   adminPort?: number;
   /** Address the admin listener binds. */
   adminHost?: string;
+  /** One JSON line per finished exchange, WebSocket and tunnel: 'stdout', a file path (appended), or a function. Off when unset. */
+  accessLog?: AccessLogOption;
+  /** Log the path with its query string (off: the query is cut). */
+  accessLogQuery?: boolean;
 }
 
 export interface ResolvedOptions {
@@ -119,6 +124,8 @@ export interface ResolvedOptions {
   tls: TlsOption | undefined;
   adminPort: number | undefined;
   adminHost: string;
+  accessLog: AccessLogOption | undefined;
+  accessLogQuery: boolean;
 }
 
 export const DEFAULTS = {
@@ -160,7 +167,7 @@ const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'preserveHost', 'upstreamProtocol', 'upstreamConnectTimeoutMs', 'upstreamResponseTimeoutMs',
   'requestHeadersTimeoutMs', 'drainTimeoutMs', 'maxHeaderSize', 'maxHeadersCount',
   'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'http2MaxConcurrentStreams', 'upstreamProtocolCacheTtlMs', 'fallback', 'containerPortResolver',
-  'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls', 'adminPort', 'adminHost',
+  'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls', 'adminPort', 'adminHost', 'accessLog', 'accessLogQuery',
 ]);
 
 function describe(value: unknown): string {
@@ -278,6 +285,10 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
   }
   const adminHost = o['adminHost'] ?? DEFAULTS.adminHost;
   if (typeof adminHost !== 'string' || adminHost === '') fail('adminHost', adminHost, 'an address to bind');
+  const accessLog = o['accessLog'];
+  if (accessLog !== undefined && typeof accessLog !== 'function' && (typeof accessLog !== 'string' || accessLog === '')) {
+    fail('accessLog', accessLog, "'stdout', a file path or a function (entry) => void");
+  }
   const maxSocketsPerUpstream = integer(o, 'maxSocketsPerUpstream', DEFAULTS.maxSocketsPerUpstream, 1, 1_000_000);
   return {
     listenPort: integer(o, 'listenPort', undefined, 0, 65535),
@@ -315,5 +326,7 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
     tls: validateTls(o['tls']),
     adminPort: o['adminPort'] === undefined ? undefined : integer(o, 'adminPort', undefined, 0, 65535),
     adminHost,
+    accessLog: accessLog as AccessLogOption | undefined,
+    accessLogQuery: bool(o, 'accessLogQuery', false),
   };
 }

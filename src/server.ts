@@ -18,6 +18,7 @@ import { StatsCounters, snapshot, type ProxyStats } from './stats.js';
 import { TlsContexts } from './tls.js';
 import { AdminServer } from './admin.js';
 import { Observer } from './observe.js';
+import { AccessLog } from './access-log.js';
 
 const kSniff = Symbol('cmux.sniff');
 const kServer = Symbol('cmux.server');
@@ -81,10 +82,12 @@ export class ProxyServer implements SessionHost, H2Host {
       (this.options.dockerSocketPath !== undefined ? createDockerPortResolver(this.options.dockerSocketPath) : undefined);
     const resolver = resolverFn === undefined ? undefined : new CachedPortResolver(resolverFn, this.options.portResolverCacheTtlMs);
     this.core = new ProxyCore(this.options, this.stats, log, resolver);
-    if (this.options.adminPort !== undefined) {
-      const observer = new Observer();
+    const { adminPort, accessLog } = this.options;
+    if (adminPort !== undefined || accessLog !== undefined) {
+      // A file that cannot be opened fails createProxyServer, not the first request.
+      const observer = new Observer(accessLog === undefined ? null : new AccessLog(accessLog, log), this.options.accessLogQuery);
       this.core.observer = observer;
-      this.admin = new AdminServer(this, observer, this.options.adminHost, this.options.adminPort);
+      if (adminPort !== undefined) this.admin = new AdminServer(this, observer, this.options.adminHost, adminPort);
     }
     // Head deadlines fire up to one sweep late: 250 ms on top of requestHeadersTimeoutMs.
     this.headTimer = new DeadlineSweep(250);
@@ -118,7 +121,7 @@ export class ProxyServer implements SessionHost, H2Host {
     if (this.running || this.stopping !== null) throw new Error('cmux-proxy is already running');
     this.running = true;
     try {
-      await this.admin?.start();
+      await this.startObservability();
       await this.startFallbackServer();
       const server = net.createServer({ pauseOnConnect: true, noDelay: true });
       server.on('connection', serverOnConnection);
@@ -143,7 +146,7 @@ export class ProxyServer implements SessionHost, H2Host {
     } catch (err) {
       this.running = false;
       await this.stopFallbackServer();
-      await this.admin?.stop();
+      await this.stopObservability();
       const e = err as NodeJS.ErrnoException;
       if (e.code === 'EADDRINUSE') {
         throw new Error(`cannot listen on ${this.options.listenHost}:${this.options.listenPort}: address already in use`, { cause: err });
@@ -153,6 +156,26 @@ export class ProxyServer implements SessionHost, H2Host {
       }
       throw err;
     }
+  }
+
+  /** The admin listener and the access log file: up before the proxy listens. */
+  private async startObservability(): Promise<void> {
+    this.core.observer?.accessLog?.open();
+    await this.admin?.start();
+  }
+
+  /** After the drain: the admin listener closes, the access log is written out and closed. */
+  private async stopObservability(): Promise<void> {
+    await this.admin?.stop();
+    await this.core.observer?.accessLog?.close();
+  }
+
+  /** Opens the access log file again (after it was moved away for rotation); false when there is none. */
+  reopenAccessLog(): boolean {
+    const log = this.core.observer?.accessLog;
+    if (log == null) return false;
+    log.reopen();
+    return true;
   }
 
   private async startFallbackServer(): Promise<void> {
@@ -233,7 +256,7 @@ export class ProxyServer implements SessionHost, H2Host {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
     await this.stopFallbackServer();
-    await this.admin?.stop();
+    await this.stopObservability();
     core.log.info('stopped');
   }
 

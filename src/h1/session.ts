@@ -706,7 +706,9 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     configureTunnelSocket(upstream, keepaliveMs);
     const tunnel = new Tunnel(this.socket, upstream, kind, this.core.stats);
     const observer = this.core.observer;
-    if (observer !== null) tunnel.record = observer.tunnelOpened(kind === TUNNEL_WEBSOCKET ? TUNNEL_KIND_WEBSOCKET : TUNNEL_KIND_CONNECT, ex.t0);
+    if (observer !== null) {
+      tunnel.record = observer.tunnelOpened(kind === TUNNEL_WEBSOCKET ? TUNNEL_KIND_WEBSOCKET : TUNNEL_KIND_CONNECT, ex.t0, observer.tunnelInfo(ex));
+    }
     this.host.tunnelOpened(this.socket);
     this.socket.resume();
     upstream.resume();

@@ -9,7 +9,7 @@ import { crypto } from '../builtins.js';
 import { HTTP2_HEADER_STATUS } from './constants.js';
 import type { TunnelUser } from '../upstream/h1-pool.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
-import { TUNNEL_KIND_CONNECT, TUNNEL_KIND_WEBSOCKET } from '../observe.js';
+import { TUNNEL_KIND_CONNECT, TUNNEL_KIND_WEBSOCKET, routeKind, type TunnelInfo } from '../observe.js';
 import {
   parserResource,
   Parser,
@@ -279,7 +279,24 @@ class WebSocketBridge implements Routable, TunnelUser {
     if (rest !== null && rest.length > 0) this.stream.write(rest);
     const tunnel = new Tunnel(this.stream, socket, TUNNEL_WEBSOCKET, this.core.stats);
     const observer = this.core.observer;
-    if (observer !== null) tunnel.record = observer.tunnelOpened(TUNNEL_KIND_WEBSOCKET, this.t0);
+    if (observer !== null) {
+      const info: TunnelInfo | null =
+        observer.accessLog === null
+          ? null
+          : {
+              client: this.clientAddress,
+              clientVersion: '2',
+              tls: this.tls,
+              method: 'CONNECT',
+              host: this.host,
+              path: this.path,
+              route: routeKind(this.core, 'GET', this.facts, this.target),
+              target: this.target,
+              status: 200,
+              requestId: '',
+            };
+      tunnel.record = observer.tunnelOpened(TUNNEL_KIND_WEBSOCKET, this.t0, info);
+    }
   }
 
   fail(code: string): void {
@@ -430,7 +447,24 @@ class ConnectTunnel implements TunnelUser {
     configureTunnelSocket(socket, this.core.options.keepaliveMs);
     const tunnel = new Tunnel(this.stream, socket, TUNNEL_CONNECT, this.core.stats);
     const observer = this.core.observer;
-    if (observer !== null) tunnel.record = observer.tunnelOpened(TUNNEL_KIND_CONNECT, this.t0);
+    if (observer !== null) {
+      const info: TunnelInfo | null =
+        observer.accessLog === null
+          ? null
+          : {
+              client: this.stream.session?.socket?.remoteAddress ?? '',
+              clientVersion: '2',
+              tls: (this.stream.session?.socket as { encrypted?: boolean } | undefined)?.encrypted === true,
+              method: 'CONNECT',
+              host: this.target.key,
+              path: '',
+              route: 'connect',
+              target: this.target,
+              status: 200,
+              requestId: '',
+            };
+      tunnel.record = observer.tunnelOpened(TUNNEL_KIND_CONNECT, this.t0, info);
+    }
   }
 
   fail(code: string): void {
