@@ -98,6 +98,8 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   reused = false;
   /** Why it ended early (an error code, CLIENT_ABORT), else ''. */
   errorCode = '';
+  /** `X-Request-Id`: the client's when valid, else made by the proxy; sent upstream. */
+  readonly requestId: string;
 
   constructor(
     core: ProxyCore,
@@ -124,6 +126,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.clientVersion = clientVersion;
     this.bodyMode = bodyMode;
     this.out = client.readBatch();
+    this.requestId = core.requestIdFor(facts);
     this.t0 = core.observer === null ? 0 : performance.now();
   }
 

@@ -171,7 +171,7 @@ export class Observer {
       durationMs: Math.round(ms * 1000) / 1000,
       reused: ex.reused,
       error: ex.errorCode === '' ? null : ex.errorCode,
-      requestId: null,
+      requestId: ex.requestId,
     };
     log.add(entry);
   }
@@ -189,7 +189,7 @@ export class Observer {
       route: routeKind(ex.core, ex.method, ex.facts, ex.target),
       target: ex.target,
       status: ex.status === 0 ? 200 : ex.status,
-      requestId: '',
+      requestId: ex.requestId,
     };
   }
 

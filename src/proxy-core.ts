@@ -1,6 +1,6 @@
 import { BODY_CHUNKED, EX_UPGRADE, type Exchange } from './exchange.js';
 import { ErrorCodes } from './errors.js';
-import { buildUpstreamH2Headers, buildUpstreamRequestHead, type ForwardContext, type RequestHeadFacts } from './headers.js';
+import { buildUpstreamH2Headers, buildUpstreamRequestHead, validRequestId, type ForwardContext, type RequestHeadFacts } from './headers.js';
 import type { Logger } from './log.js';
 import type { Observer } from './observe.js';
 import type { ResolvedOptions } from './options.js';
@@ -97,6 +97,9 @@ export class ProxyCore {
   draining = false;
   /** Set when metrics or the access log are on; null keeps every hook to one check. */
   observer: Observer | null = null;
+  /** Request ids the proxy makes: a per-process random prefix and a counter. */
+  private readonly requestIdPrefix: string;
+  private requestCounter = 0;
   /** The fallback is the embedding app's handler, served on a private port (`fallbackTarget`). */
   private readonly handlerFallback: boolean;
 
@@ -110,6 +113,8 @@ export class ProxyCore {
     this.viaToken = `cmux-proxy-${((Math.random() * 0x1_0000_0000) >>> 0).toString(16).padStart(8, '0')}`;
     this.viaEntryH1 = `1.1 ${this.viaToken}`;
     this.viaEntryH2 = `2 ${this.viaToken}`;
+    // Unique enough to tell processes apart in one log; not a secret (no node:crypto).
+    this.requestIdPrefix = `${((Math.random() * 0x1_0000_0000) >>> 0).toString(16).padStart(8, '0')}${((Math.random() * 0x1_0000) >>> 0).toString(16).padStart(4, '0')}-`;
     this.pool = new UpstreamPool(
       {
         connectTimeoutMs: options.upstreamConnectTimeoutMs,
@@ -236,6 +241,16 @@ export class ProxyCore {
     return target.socketPath !== undefined ? 'localhost' : target.key;
   }
 
+  /** The client's `X-Request-Id` when valid (see validRequestId), else a new one. */
+  requestIdFor(facts: RequestHeadFacts): string {
+    const given = facts.requestId;
+    return validRequestId(given) ? given : this.nextRequestId();
+  }
+
+  nextRequestId(): string {
+    return this.requestIdPrefix + (++this.requestCounter).toString(36);
+  }
+
   viaEntryFor(ex: Exchange): string {
     return ex.clientVersion === '2' ? this.viaEntryH2 : ex.clientVersion === '1.0' ? `1.0 ${this.viaToken}` : this.viaEntryH1;
   }
@@ -255,6 +270,7 @@ export class ProxyCore {
       viaEntry: this.viaEntryFor(ex),
       upgrade,
       chunked,
+      requestId: ex.requestId,
     };
   }
 

@@ -56,7 +56,7 @@ export function startExtendedConnect(
       answer(core, stream, target.status, target.message);
       return;
     }
-    new ConnectTunnel(core, stream as BridgeStream, target);
+    new ConnectTunnel(core, stream as BridgeStream, target, core.requestIdFor(facts));
     return;
   }
   if (protocol !== 'websocket') {
@@ -105,6 +105,7 @@ class WebSocketBridge implements Routable, TunnelUser {
   private readonly responseFacts: ResponseHeadFacts = { contentLength: false, keepAliveTimeoutSec: 0 };
   /** performance.now() at the request head (observer only, else 0). */
   readonly t0: number;
+  readonly requestId: string;
 
   constructor(core: ProxyCore, stream: BridgeStream, headers: http2.IncomingHttpHeaders, raw: string[], facts: RequestHeadFacts, clientAddress: string, tls: boolean) {
     this.core = core;
@@ -116,6 +117,7 @@ class WebSocketBridge implements Routable, TunnelUser {
     this.clientAddress = clientAddress;
     this.tls = tls;
     this.t0 = core.observer === null ? 0 : performance.now();
+    this.requestId = core.requestIdFor(facts);
     stream[kBridge] = this;
     stream.on('close', bridgeStreamOnClose);
   }
@@ -177,6 +179,7 @@ class WebSocketBridge implements Routable, TunnelUser {
       viaEntry: this.core.viaEntryH2,
       upgrade: true,
       chunked: false,
+      requestId: this.requestId,
     });
     const parser = new Parser() as BridgeParser;
     parser.initialize(RESPONSE, parserResource(this), options.maxHeaderSize, kLenientNone);
@@ -293,7 +296,7 @@ class WebSocketBridge implements Routable, TunnelUser {
               route: routeKind(this.core, 'GET', this.facts, this.target),
               target: this.target,
               status: 200,
-              requestId: '',
+              requestId: this.requestId,
             };
       tunnel.record = observer.tunnelOpened(TUNNEL_KIND_WEBSOCKET, this.t0, info);
     }
@@ -394,9 +397,11 @@ class ConnectTunnel implements TunnelUser {
   private done = false;
   /** performance.now() at the request head (observer only, else 0). */
   readonly t0: number;
+  readonly requestId: string;
 
-  constructor(core: ProxyCore, stream: BridgeStream, target: Target) {
+  constructor(core: ProxyCore, stream: BridgeStream, target: Target, requestId: string) {
     this.core = core;
+    this.requestId = requestId;
     this.t0 = core.observer === null ? 0 : performance.now();
     this.stream = stream;
     this.target = target;
@@ -461,7 +466,7 @@ class ConnectTunnel implements TunnelUser {
               route: 'connect',
               target: this.target,
               status: 200,
-              requestId: '',
+              requestId: this.requestId,
             };
       tunnel.record = observer.tunnelOpened(TUNNEL_KIND_CONNECT, this.t0, info);
     }
