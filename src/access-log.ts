@@ -36,6 +36,26 @@ export interface AccessLogEntry {
 
 export type AccessLogOption = 'stdout' | string | ((entry: AccessLogEntry) => void);
 
+/** A JSON string literal; the common case (printable ASCII, no quote or backslash) skips JSON.stringify. */
+function str(s: string | null): string {
+  if (s === null) return 'null';
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c === 0x22 || c === 0x5c || c > 0x7e) return JSON.stringify(s);
+  }
+  return `"${s}"`;
+}
+
+/** The entry as one JSON line (same keys and order as JSON.stringify; about 3x faster). */
+export function formatEntry(e: AccessLogEntry): string {
+  return (
+    `{"time":"${e.time}","kind":"${e.kind}","client":${str(e.client)},"protocol":"${e.protocol}","tls":${e.tls},` +
+    `"method":${str(e.method)},"host":${str(e.host)},"path":${str(e.path)},"route":"${e.route}","target":${str(e.target)},` +
+    `"status":${e.status},"bytesIn":${e.bytesIn},"bytesOut":${e.bytesOut},"durationMs":${e.durationMs},"reused":${e.reused},` +
+    `"error":${str(e.error)},"requestId":${str(e.requestId)}}`
+  );
+}
+
 /** Lines wait at most this long for the write that takes them together. */
 const FLUSH_MS = 50;
 
@@ -48,7 +68,7 @@ const MAX_PENDING_BYTES = 16 * 1024 * 1024;
  * A function sink gets each entry object as it ends.
  */
 export class AccessLog {
-  private readonly fn: ((entry: AccessLogEntry) => void) | null;
+  readonly fn: ((entry: AccessLogEntry) => void) | null;
   private readonly path: string | null;
   private fd: number | null = null;
   private pending: string[] = [];
@@ -78,7 +98,11 @@ export class AccessLog {
       }
       return;
     }
-    const line = JSON.stringify(entry);
+    this.addLine(formatEntry(entry));
+  }
+
+  /** A line for a file or stdout sink (`fn` is null). */
+  addLine(line: string): void {
     if (this.pendingBytes > MAX_PENDING_BYTES) {
       this.dropped++;
       return;

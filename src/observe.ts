@@ -1,4 +1,4 @@
-import type { AccessLog, AccessLogEntry } from './access-log.js';
+import { formatEntry, type AccessLog, type AccessLogEntry } from './access-log.js';
 import type { Exchange } from './exchange.js';
 import type { RequestHeadFacts } from './headers.js';
 import type { ProxyCore } from './proxy-core.js';
@@ -122,6 +122,7 @@ export class Observer {
   private readonly logQuery: boolean;
   /** ISO time of the current event-loop turn's lines (one Date per batch, not per line). */
   private now = '';
+  private readonly scratch: AccessLogEntry = newEntry();
 
   constructor(accessLog: AccessLog | null, logQuery: boolean) {
     this.accessLog = accessLog;
@@ -154,26 +155,27 @@ export class Observer {
     this.duration.observe(proto * STATUS_CLASSES.length + statusClass(ex.status), ms / 1000);
     const log = this.accessLog;
     if (log === null) return;
-    const entry: AccessLogEntry = {
-      time: this.time(),
-      kind: 'http',
-      client: ex.clientAddress,
-      protocol: protocolName(ex.clientVersion),
-      tls: ex.proto === 'https',
-      method: ex.method,
-      host: ex.host ?? null,
-      path: this.logPath(ex.path),
-      route: routeKind(ex.core, ex.method, ex.facts, ex.target),
-      target: ex.target === null ? null : ex.target.key,
-      status: ex.status,
-      bytesIn: ex.bytesIn,
-      bytesOut: ex.bytesOut,
-      durationMs: Math.round(ms * 1000) / 1000,
-      reused: ex.reused,
-      error: ex.errorCode === '' ? null : ex.errorCode,
-      requestId: ex.requestId,
-    };
-    log.add(entry);
+    // A function sink keeps its objects; a line sink reuses one (no allocation per request).
+    const entry: AccessLogEntry = log.fn === null ? this.scratch : newEntry();
+    entry.time = this.time();
+    entry.kind = 'http';
+    entry.client = ex.clientAddress;
+    entry.protocol = protocolName(ex.clientVersion);
+    entry.tls = ex.proto === 'https';
+    entry.method = ex.method;
+    entry.host = ex.host ?? null;
+    entry.path = this.logPath(ex.path);
+    entry.route = routeKind(ex.core, ex.method, ex.facts, ex.target);
+    entry.target = ex.target === null ? null : ex.target.key;
+    entry.status = ex.status;
+    entry.bytesIn = ex.bytesIn;
+    entry.bytesOut = ex.bytesOut;
+    entry.durationMs = Math.round(ms * 1000) / 1000;
+    entry.reused = ex.reused;
+    entry.error = ex.errorCode === '' ? null : ex.errorCode;
+    entry.requestId = ex.requestId;
+    if (log.fn === null) log.addLine(formatEntry(entry));
+    else log.add(entry);
   }
 
   /** What the access log needs of an exchange that became a WebSocket or tunnel (null: no log). */
@@ -270,6 +272,28 @@ export class Observer {
     out.push('');
     return out.join('\n');
   }
+}
+
+function newEntry(): AccessLogEntry {
+  return {
+    time: '',
+    kind: 'http',
+    client: '',
+    protocol: '',
+    tls: false,
+    method: '',
+    host: null,
+    path: '',
+    route: '',
+    target: null,
+    status: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    durationMs: 0,
+    reused: false,
+    error: null,
+    requestId: null,
+  };
 }
 
 function clearTime(observer: Observer): void {

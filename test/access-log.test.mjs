@@ -251,3 +251,15 @@ describe('access log: files', () => {
     }
   });
 });
+
+describe('access log: line format', () => {
+  it('formatEntry writes exactly what JSON.stringify writes, escapes included', async () => {
+    const { formatEntry } = await import('../dist/access-log.js');
+    const base = { time: '2026-01-01T00:00:00.000Z', kind: 'http', client: '::1', protocol: 'HTTP/2', tls: true, method: 'GET', host: null, path: '/', route: 'none', target: null, status: 0, bytesIn: 0, bytesOut: 0, durationMs: 0.125, reused: false, error: null, requestId: null };
+    for (const odd of ['plain', 'quo"te', 'back\\slash', 'new\nline', 'tab\t', 'caf\u00e9', '\u2028', 'ctl\u0001', '']) {
+      const e = { ...base, host: odd, path: `/${odd}`, method: odd, requestId: odd, error: odd, target: odd };
+      assert.equal(formatEntry(e), JSON.stringify(e));
+    }
+    assert.equal(formatEntry(base), JSON.stringify(base));
+  });
+});
