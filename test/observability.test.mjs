@@ -251,3 +251,33 @@ describe('CLI --admin-port', () => {
     }
   });
 });
+
+describe('CLI --log-level debug', () => {
+  it('logs each routing decision in one line', async () => {
+    const { startCli, stopCli } = await import('./helpers/cli.mjs');
+    const up = await startUpstream();
+    const cli = await startCli(['--port', '0', '--log-level', 'debug']);
+    try {
+      const base = `http://127.0.0.1:${cli.port}`;
+      assert.equal((await request(`${base}/routed?q=1`, { headers: { 'x-cmux-port-internal': String(up.port), 'x-request-id': 'dbg-1' } })).status, 200);
+      assert.equal((await request(`${base}/lost`)).status, 400);
+      const connect = await new Promise((resolve) => {
+        const s = net.connect(cli.port, '127.0.0.1', () => s.write(`CONNECT 127.0.0.1:${up.port} HTTP/1.1\r\nHost: 127.0.0.1:${up.port}\r\n\r\n`));
+        s.once('data', (c) => {
+          s.destroy();
+          resolve(String(c));
+        });
+      });
+      assert.match(connect, /^HTTP\/1\.1 200/);
+      assert.ok(await waitFor(() => (cli.stderr().match(/route /g) ?? []).length >= 3));
+      const lines = cli.stderr().split('\n').filter((l) => l.includes(' route '));
+      assert.equal(lines.length, 3, lines.join('\n'));
+      assert.match(lines[0], new RegExp(`route GET host="127\\.0\\.0\\.1:${cli.port}" path="/routed\\?q=1" port-header="${up.port}" -> 127\\.0\\.0\\.1:${up.port} \\(header\\) id=dbg-1$`));
+      assert.match(lines[1], /route GET host="127\.0\.0\.1:\d+" path="\/lost" -> 400 CMUX_NO_ROUTE id=\S+$/);
+      assert.match(lines[2], new RegExp(`route CONNECT authority="127\\.0\\.0\\.1:${up.port}" -> 127\\.0\\.0\\.1:${up.port} \\(connect\\)$`));
+    } finally {
+      assert.equal((await stopCli(cli.child)).code, 0);
+      await up.close();
+    }
+  });
+});

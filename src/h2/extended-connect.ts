@@ -92,7 +92,8 @@ class WebSocketBridge implements Routable, TunnelUser {
   readonly facts: RequestHeadFacts;
   readonly host: string | undefined;
   private readonly raw: string[];
-  private readonly path: string;
+  readonly path: string;
+  readonly method = 'CONNECT';
   private readonly clientAddress: string;
   private readonly tls: boolean;
   private readonly key = crypto().randomBytes(16).toString('base64');
