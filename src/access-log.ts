@@ -109,10 +109,13 @@ export class AccessLog {
     }
     this.pending.push(line);
     this.pendingBytes += line.length + 1;
-    if (!this.scheduled && !this.writing) {
-      this.scheduled = true;
-      setTimeout(flushLater, FLUSH_MS, this).unref();
-    }
+    if (!this.writing) this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setTimeout(flushLater, FLUSH_MS, this).unref();
   }
 
   flush(): void {
@@ -144,7 +147,8 @@ export class AccessLog {
       this.retired = null;
       fs.close(retired, ignore);
     }
-    if (this.pending.length > 0) this.flush();
+    // Lines that came during the write wait for the timer too: one write per FLUSH_MS at most.
+    if (this.pending.length > 0) this.schedule();
     else this.settled();
   }
 

@@ -178,23 +178,36 @@ describe('access log: files', () => {
 
   it('writes lines in batches (fewer writes than lines), every line whole', async () => {
     const { dir, file } = tmpFile('access.log');
+    const n = 60;
+    // The upstream answers all requests at once, so they end together whatever the machine's load.
+    const held = [];
+    const burst = await startUpstream((_req, res) => {
+      held.push(res);
+      if (held.length === n) for (const r of held) r.end('ok');
+    });
     const px = await startProxy({ accessLog: file });
     const realWrite = fs.write;
+    const realWriteSync = fs.writeSync;
     let writes = 0;
     fs.write = function (...args) {
       if (args[0] !== 1 && args[0] !== 2) writes++;
       return realWrite.apply(this, args);
     };
+    fs.writeSync = function (...args) {
+      if (args[0] !== 1 && args[0] !== 2) writes++;
+      return realWriteSync.apply(this, args);
+    };
     try {
-      const n = 60;
-      await Promise.all(Array.from({ length: n }, (_, i) => request(`${px.url}/r${i}`, { headers: { 'x-cmux-port-internal': String(up.port) } })));
+      await Promise.all(Array.from({ length: n }, (_, i) => request(`${px.url}/r${i}`, { headers: { 'x-cmux-port-internal': String(burst.port) } })));
       assert.ok(await waitFor(() => readLines(file).length === n, { timeoutMs: 10_000 }));
       const lines = readLines(file);
       assert.deepEqual(lines.map((l) => l.path).sort(), Array.from({ length: n }, (_, i) => `/r${i}`).sort());
-      assert.ok(writes > 0 && writes < n / 2, `${writes} writes for ${n} lines`);
+      assert.ok(writes > 0 && writes <= 5, `${writes} writes for ${n} lines`);
     } finally {
       fs.write = realWrite;
+      fs.writeSync = realWriteSync;
       await px.proxy.stop();
+      await burst.close();
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
