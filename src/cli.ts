@@ -23,6 +23,8 @@ interface Flag {
   arg?: string;
   /** More environment variables read after CMUX_PROXY_<NAME>, in order. */
   moreEnv?: string[];
+  /** A plain flag that turns its option on (the others are `--no-*` flags that turn one off). */
+  enables?: true;
 }
 
 const FLAGS: Flag[] = [
@@ -58,6 +60,10 @@ const FLAGS: Flag[] = [
   { name: 'port-cache-ttl-ms', kind: 'int', option: 'portResolverCacheTtlMs', help: 'container port look-ups are cached this long [2000]' },
   { name: 'tls-cert', kind: 'string', option: 'tls.certFile', arg: '<file>', help: 'PEM certificate: TLS on the same port (ALPN h2, http/1.1); reloaded on change' },
   { name: 'tls-key', kind: 'string', option: 'tls.keyFile', arg: '<file>', help: 'PEM private key for --tls-cert' },
+  { name: 'admin-port', kind: 'int', option: 'adminPort', help: 'serve /metrics, /healthz, /readyz and /stats on this port [off]' },
+  { name: 'admin-host', kind: 'string', option: 'adminHost', arg: '<address>', help: 'address the admin listener binds [127.0.0.1]' },
+  { name: 'access-log', kind: 'string', option: 'accessLog', arg: '<stdout|file>', help: "one JSON line per exchange to 'stdout' or this file (appended; SIGUSR1 reopens it) [off]" },
+  { name: 'access-log-query', kind: 'flag', option: 'accessLogQuery', enables: true, help: 'log paths with their query string' },
   { name: 'log-level', kind: 'string', option: 'logLevel', arg: '<level>', moreEnv: ['CMUX_PROXY_LOG'], help: 'silent, error, warn, info or debug [info]' },
 ];
 
@@ -201,9 +207,10 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Parsed
     }
     let value: unknown;
     if (f.kind === 'flag') {
-      // Every boolean flag is a --no-*; its variable set to 0/false turns the option back on
-      // (over a config file that turned it off).
-      value = !(text === true || truthy(label, text));
+      // A --no-* flag turns its option off; its variable set to 0/false turns it back on (over a
+      // config file that turned it off). An `enables` flag works the other way round.
+      const on = text === true || truthy(label, text);
+      value = f.enables === true ? on : !on;
     } else {
       const trimmed = (text as string).trim();
       value = f.kind === 'int' && /^[+-]?\d+$/.test(trimmed) ? Number(trimmed) : f.kind === 'int' ? text : trimmed;
@@ -304,6 +311,16 @@ async function main(): Promise<void> {
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+  if (typeof options.accessLog === 'string' && options.accessLog !== 'stdout') {
+    // Log rotation: the file was moved away; write to a new one under the same name.
+    process.on('SIGUSR1', () => {
+      try {
+        proxy.reopenAccessLog();
+      } catch (err) {
+        process.stderr.write(`cmux-proxy: cannot reopen the access log: ${(err as Error).message}\n`);
+      }
+    });
+  }
   started = proxy.start();
   try {
     await started;
@@ -319,6 +336,8 @@ async function main(): Promise<void> {
       const protocols = options.enableHttp2 === false ? 'HTTP/1.1' : 'HTTP/1.1, h2c';
       process.stderr.write(`cmux-proxy: listening on ${host}:${address.port} (${protocols}${options.tls ? ', TLS' : ''})\n`);
     }
+    const admin = proxy.adminAddress();
+    if (admin !== null) process.stderr.write(`cmux-proxy: admin on ${admin.family === 'IPv6' ? `[${admin.address}]` : admin.address}:${admin.port}\n`);
   }
 }
 

@@ -89,6 +89,19 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   /** Free slot for the client side's own per-exchange state. */
   clientState: unknown = undefined;
   readonly responseFacts: ResponseHeadFacts = { contentLength: false, keepAliveTimeoutSec: 0 };
+  /** performance.now() when the head arrived; read only while an observer is set (else 0). */
+  readonly t0: number;
+  /** performance.now() when an upstream socket was asked for (observer only). */
+  private tUpstream = 0;
+  /** Request and response body bytes relayed. */
+  bytesIn = 0;
+  bytesOut = 0;
+  /** Served on a pooled upstream socket that had answered before. */
+  reused = false;
+  /** Why it ended early (an error code, CLIENT_ABORT), else ''. */
+  errorCode = '';
+  /** `X-Request-Id`: the client's when valid, else made by the proxy; sent upstream. */
+  readonly requestId: string;
 
   constructor(
     core: ProxyCore,
@@ -115,6 +128,14 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.clientVersion = clientVersion;
     this.bodyMode = bodyMode;
     this.out = client.readBatch();
+    this.requestId = core.requestIdFor(facts);
+    this.t0 = core.observer === null ? 0 : performance.now();
+  }
+
+  /** The single end of every exchange that does not become a tunnel: feeds the observer. */
+  private ended(): void {
+    const observer = this.core.observer;
+    if (observer !== null) observer.exchangeEnd(this);
   }
 
   get finished(): boolean {
@@ -124,8 +145,11 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   reject(status: number, code: string, message: string): void {
     if (this.finished) return;
     this.flags |= EX_FINISHED;
+    this.status = status;
+    this.errorCode = code;
     this.client.fail(this, status, code, message);
     this.client.done(this);
+    this.ended();
   }
 
   /** Routed: ask the pool for a socket (or an h2c stream when the target speaks HTTP/2). */
@@ -147,6 +171,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     }
     this.head = this.core.buildHead(this, target);
     this.flags |= EX_WAITING_SOCKET;
+    if (this.core.observer !== null) this.tUpstream = performance.now();
     this.core.pool.acquire(target, this);
   }
 
@@ -196,6 +221,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
 
   h2Body(chunk: Buffer): void {
     if (this.finished) return;
+    this.bytesOut += chunk.length;
     if (!this.client.writeBody(this, chunk)) this.h2?.pause();
   }
 
@@ -205,6 +231,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.h2 = null;
     this.client.end(this, trailers === null ? null : withoutPseudo(trailers));
     this.client.done(this);
+    this.ended();
   }
 
   h2Drain(): void {
@@ -229,16 +256,19 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   /** The upstream failed for good: 502/504 before the response started, a reset after. */
   failUpstream(code: string): void {
     this.flags |= EX_FINISHED;
+    this.errorCode = code;
     const core = this.core;
     core.countUpstreamFailure(code);
     if ((this.flags & EX_RESPONSE_STARTED) === 0) {
       const { status, message } = upstreamFailureAnswer(code);
+      this.status = status;
       this.client.fail(this, status, code, message);
     } else {
       core.stats.responsesReset++;
       this.client.reset(this);
     }
     this.client.done(this);
+    this.ended();
   }
 
   onUpstreamReady(conn: UpstreamConn): void {
@@ -248,6 +278,9 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       return;
     }
     this.conn = conn;
+    this.reused = conn.responses > 0;
+    const observer = this.core.observer;
+    if (observer !== null && conn.responses === 0 && this.tUpstream !== 0) observer.upstreamConnected(this.tUpstream);
     this.core.pool.awaitHead(conn, this.core.options.upstreamResponseTimeoutMs);
     const socket = conn.socket;
     const queued = this.queued;
@@ -291,6 +324,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   /** A piece of the request body from the client. Returns false when the client should pause. */
   requestBody(chunk: Buffer): boolean {
     if (this.finished || chunk.length === 0) return true;
+    this.bytesIn += chunk.length;
     if ((this.flags & EX_HEAD_SENT) === 0) {
       (this.queued ??= []).push(chunk);
       this.client.pauseRequest(this);
@@ -374,6 +408,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
 
   onResponseBody(chunk: Buffer): void {
     if (this.finished) return;
+    this.bytesOut += chunk.length;
     if (!this.client.writeBody(this, chunk)) this.conn?.pauseReading();
   }
 
@@ -401,6 +436,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       this.core.pool.destroy(conn);
     }
     this.client.done(this);
+    this.ended();
   }
 
   onUpstreamFailure(conn: UpstreamConn | null, code: string): void {
@@ -433,6 +469,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   abort(): void {
     if (this.finished) return;
     this.flags |= EX_FINISHED;
+    this.errorCode = 'CLIENT_ABORT';
     this.core.stats.clientAborts++;
     const conn = this.conn;
     this.conn = null;
@@ -445,6 +482,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       this.core.pool.cancel(this.target, this);
       this.core.h2pool.cancel(this.target, this);
     }
+    this.ended();
   }
 }
 

@@ -52,6 +52,7 @@ const N_VIA = 4;
 /** X-Forwarded-Proto/-Host: set by this proxy from what it saw, never passed on. */
 const N_FORWARDED_SET = 5;
 const N_COOKIE = 6;
+const N_REQUEST_ID = 7;
 const N_HOP = 0x10;
 const N_KEEP_ALIVE = N_HOP | 1;
 const N_UPGRADE = N_HOP | 2;
@@ -79,6 +80,7 @@ const KIND_BY_LOWER_NAME: ReadonlyMap<string, number> = new Map([
   ['x-forwarded-proto', N_FORWARDED_SET],
   ['x-forwarded-host', N_FORWARDED_SET],
   ['cookie', N_COOKIE],
+  ['x-request-id', N_REQUEST_ID],
 ]);
 
 /**
@@ -129,6 +131,8 @@ export interface RequestHeadFacts {
   upgradeWebsocket: boolean;
   /** `REPEATED_*` bits: routing headers given more than once (refused, never "last one wins"). */
   repeatedRouting: number;
+  /** The client's `X-Request-Id` ('' when given more than once). */
+  requestId: string | undefined;
 }
 
 export const REPEATED_PORT = 1;
@@ -148,6 +152,7 @@ export function emptyFacts(): RequestHeadFacts {
     connectionTokens: null,
     upgradeWebsocket: false,
     repeatedRouting: 0,
+    requestId: undefined,
   };
 }
 
@@ -206,6 +211,9 @@ export function scanRequestHeaders(raw: readonly string[], viaToken: string, fac
         if (facts.workspaceHeader !== undefined) facts.repeatedRouting |= REPEATED_WORKSPACE;
         facts.workspaceHeader = raw[i + 1]!;
         break;
+      case N_REQUEST_ID:
+        facts.requestId = facts.requestId === undefined ? raw[i + 1]! : '';
+        break;
     }
   }
 }
@@ -224,6 +232,21 @@ export interface ForwardContext {
   upgrade: boolean;
   /** Send `transfer-encoding: chunked` (the body length is not known up front). */
   chunked: boolean;
+  /** `X-Request-Id` to send (the client's when valid, else one the proxy made). */
+  requestId: string;
+}
+
+/** Longest `X-Request-Id` kept from a client. */
+const REQUEST_ID_MAX = 200;
+
+/** A client's `X-Request-Id` is kept when it is 1-200 visible ASCII characters (0x21-0x7E). */
+export function validRequestId(value: string | undefined): value is string {
+  if (value === undefined || value.length === 0 || value.length > REQUEST_ID_MAX) return false;
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c < 0x21 || c > 0x7e) return false;
+  }
+  return true;
 }
 
 /**
@@ -263,13 +286,16 @@ export function buildUpstreamRequestHead(
         // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
         cookie = cookie === undefined ? value : `${cookie}; ${value}`;
         continue;
+      case N_REQUEST_ID:
+        // Sent once below: the client's when valid, else the proxy's own.
+        continue;
     }
     head += `${name}: ${value}\r\n`;
   }
   if (cookie !== undefined) head += `cookie: ${cookie}\r\n`;
   head += `x-forwarded-for: ${xff === undefined ? ctx.clientAddress : `${xff}, ${ctx.clientAddress}`}\r\n`;
   head += `x-forwarded-proto: ${ctx.proto}\r\nx-forwarded-host: ${ctx.forwardedHost}\r\n`;
-  head += `via: ${via === undefined ? ctx.viaEntry : `${via}, ${ctx.viaEntry}`}\r\n`;
+  head += `via: ${via === undefined ? ctx.viaEntry : `${via}, ${ctx.viaEntry}`}\r\nx-request-id: ${ctx.requestId}\r\n`;
   if (ctx.upgrade) head += 'connection: upgrade\r\n';
   if (ctx.chunked) head += 'transfer-encoding: chunked\r\n';
   return `${head}\r\n`;
@@ -300,7 +326,7 @@ export function buildUpstreamH2Headers(
       trailers ||= value.toLowerCase().includes('trailers');
       continue;
     }
-    if ((kind & N_HOP) !== 0 || kind === N_HOST || kind === N_FORWARDED_SET) continue;
+    if ((kind & N_HOP) !== 0 || kind === N_HOST || kind === N_FORWARDED_SET || kind === N_REQUEST_ID) continue;
     const lower = name.toLowerCase();
     if (tokens !== null && tokens.includes(lower)) continue;
     if (kind === N_FORWARDED_FOR) {
@@ -321,6 +347,7 @@ export function buildUpstreamH2Headers(
   headers['x-forwarded-proto'] = ctx.proto;
   headers['x-forwarded-host'] = ctx.forwardedHost;
   headers['via'] = via === undefined ? ctx.viaEntry : `${via}, ${ctx.viaEntry}`;
+  headers['x-request-id'] = ctx.requestId;
   return headers;
 }
 

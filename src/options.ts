@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger, LogLevel } from './log.js';
 import type { TlsOption } from './tls.js';
+import type { AccessLogOption } from './access-log.js';
 
 /** Looks up the host port a container publishes for `port`; `null` when the container is unknown. */
 export type ContainerPortResolver = (container: string, port: number) => Promise<number | null>;
@@ -77,6 +78,14 @@ export interface ProxyOptions {
   logLevel?: LogLevel;
   /** Terminate TLS on the same port (ALPN h2 / http/1.1). Files are PEM; reloaded when they change. */
   tls?: TlsOption;
+  /** Port of the admin listener (/metrics, /healthz, /readyz, /stats); off when unset, 0 picks a free one. */
+  adminPort?: number;
+  /** Address the admin listener binds. */
+  adminHost?: string;
+  /** One JSON line per finished exchange, WebSocket and tunnel: 'stdout', a file path (appended), or a function. Off when unset. */
+  accessLog?: AccessLogOption;
+  /** Log the path with its query string (off: the query is cut). */
+  accessLogQuery?: boolean;
 }
 
 export interface ResolvedOptions {
@@ -113,6 +122,10 @@ export interface ResolvedOptions {
   logger: Logger | undefined;
   logLevel: LogLevel;
   tls: TlsOption | undefined;
+  adminPort: number | undefined;
+  adminHost: string;
+  accessLog: AccessLogOption | undefined;
+  accessLogQuery: boolean;
 }
 
 export const DEFAULTS = {
@@ -143,6 +156,7 @@ export const DEFAULTS = {
   upstreamProtocolCacheTtlMs: 300_000,
   portResolverCacheTtlMs: 2_000,
   logLevel: 'info' as LogLevel,
+  adminHost: '127.0.0.1',
 } as const;
 
 const LOG_LEVELS: ReadonlySet<string> = new Set(['silent', 'error', 'warn', 'info', 'debug']);
@@ -153,7 +167,7 @@ const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'preserveHost', 'upstreamProtocol', 'upstreamConnectTimeoutMs', 'upstreamResponseTimeoutMs',
   'requestHeadersTimeoutMs', 'drainTimeoutMs', 'maxHeaderSize', 'maxHeadersCount',
   'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'http2MaxConcurrentStreams', 'upstreamProtocolCacheTtlMs', 'fallback', 'containerPortResolver',
-  'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls',
+  'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls', 'adminPort', 'adminHost', 'accessLog', 'accessLogQuery',
 ]);
 
 /** A value as error messages show it: strings quoted, objects as JSON, functions as "a function". */
@@ -303,6 +317,12 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
   if (dockerSocketPath !== undefined && (typeof dockerSocketPath !== 'string' || dockerSocketPath === '')) {
     fail('dockerSocketPath', dockerSocketPath, 'a unix socket path');
   }
+  const adminHost = o['adminHost'] ?? DEFAULTS.adminHost;
+  if (typeof adminHost !== 'string' || adminHost === '') fail('adminHost', adminHost, 'an address to bind');
+  const accessLog = o['accessLog'];
+  if (accessLog !== undefined && typeof accessLog !== 'function' && (typeof accessLog !== 'string' || accessLog === '')) {
+    fail('accessLog', accessLog, "'stdout', a file path or a function (entry) => void");
+  }
   const maxSocketsPerUpstream = integer(o, 'maxSocketsPerUpstream', DEFAULTS.maxSocketsPerUpstream, 1, 1_000_000);
   return {
     listenPort: integer(o, 'listenPort', undefined, 0, 65535),
@@ -338,5 +358,9 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
     logger: logger as Logger | undefined,
     logLevel: logLevel as LogLevel,
     tls: validateTls(o['tls']),
+    adminPort: o['adminPort'] === undefined ? undefined : integer(o, 'adminPort', undefined, 0, 65535),
+    adminHost,
+    accessLog: accessLog as AccessLogOption | undefined,
+    accessLogQuery: bool(o, 'accessLogQuery', false),
   };
 }

@@ -1,7 +1,8 @@
 import { BODY_CHUNKED, EX_UPGRADE, type Exchange } from './exchange.js';
 import { ErrorCodes } from './errors.js';
-import { buildUpstreamH2Headers, buildUpstreamRequestHead, type ForwardContext, type RequestHeadFacts } from './headers.js';
+import { buildUpstreamH2Headers, buildUpstreamRequestHead, validRequestId, type ForwardContext, type RequestHeadFacts } from './headers.js';
 import type { Logger } from './log.js';
+import { routeKind, type Observer } from './observe.js';
 import type { ResolvedOptions } from './options.js';
 import { parsePort } from './route/host-patterns.js';
 import { CachedPortResolver, RESOLVER_TIMEOUT, type ResolverAnswer } from './route/port-resolver.js';
@@ -26,6 +27,9 @@ import type http2 from 'node:http2';
 
 /** A request being routed: an exchange, a WebSocket bridge or a tunnel. */
 export interface Routable {
+  readonly method: string;
+  readonly path: string;
+  readonly requestId: string;
   readonly facts: RequestHeadFacts;
   readonly host: string | undefined;
   readonly finished: boolean;
@@ -94,6 +98,11 @@ export class ProxyCore {
   fallbackTarget: Target | null = null;
   /** True from `stop()` on: keep-alive ends after the current exchange. */
   draining = false;
+  /** Set when metrics or the access log are on; null keeps every hook to one check. */
+  observer: Observer | null = null;
+  /** Request ids the proxy makes: a per-process random prefix and a counter. */
+  private readonly requestIdPrefix: string;
+  private requestCounter = 0;
   /** The fallback is the embedding app's handler, served on a private port (`fallbackTarget`). */
   private readonly handlerFallback: boolean;
 
@@ -107,6 +116,8 @@ export class ProxyCore {
     this.viaToken = `cmux-proxy-${((Math.random() * 0x1_0000_0000) >>> 0).toString(16).padStart(8, '0')}`;
     this.viaEntryH1 = `1.1 ${this.viaToken}`;
     this.viaEntryH2 = `2 ${this.viaToken}`;
+    // Unique enough to tell processes apart in one log; not a secret (no node:crypto).
+    this.requestIdPrefix = `${((Math.random() * 0x1_0000_0000) >>> 0).toString(16).padStart(8, '0')}${((Math.random() * 0x1_0000) >>> 0).toString(16).padStart(4, '0')}-`;
     this.pool = new UpstreamPool(
       {
         connectTimeoutMs: options.upstreamConnectTimeoutMs,
@@ -144,7 +155,7 @@ export class ProxyCore {
 
   /** Routes a request and starts it, or answers it with the routing error (first matching rule wins). */
   dispatch(req: Routable): void {
-    if (req.facts.viaSelfCount > MAX_VIA_SELF) return refuse(req, ERR_LOOP);
+    if (req.facts.viaSelfCount > MAX_VIA_SELF) return this.refuse(req, ERR_LOOP);
     const r = route(
       this.options,
       { portHeader: req.facts.portHeader, workspaceHeader: req.facts.workspaceHeader, host: req.host, repeated: req.facts.repeatedRouting },
@@ -152,11 +163,11 @@ export class ProxyCore {
     );
     if (r === null) {
       const fallback = this.fallbackTarget;
-      if (fallback === null) return refuse(req, ERR_NO_ROUTE);
-      req.start(fallback);
+      if (fallback === null) return this.refuse(req, ERR_NO_ROUTE);
+      this.go(req, fallback);
       return;
     }
-    if (isRouteError(r)) return refuse(req, r);
+    if (isRouteError(r)) return this.refuse(req, r);
     if (isContainerRoute(r)) {
       const resolver = this.resolver!;
       const cached = resolver.peek(r.container, r.port);
@@ -171,23 +182,44 @@ export class ProxyCore {
         (err: unknown) => {
           const timedOut = (err as NodeJS.ErrnoException | null)?.code === RESOLVER_TIMEOUT;
           this.log.warn(`container port resolver failed for ${r.container}:${r.port}: ${(err as Error)?.message ?? String(err)}`);
-          if (!req.finished) refuse(req, timedOut ? ERR_RESOLVER_TIMEOUT : ERR_RESOLVER_FAILED);
+          if (!req.finished) this.refuse(req, timedOut ? ERR_RESOLVER_TIMEOUT : ERR_RESOLVER_FAILED);
         },
       );
       return;
     }
-    if (this.isSelf(r)) return refuse(req, ERR_LOOP);
-    if (this.handlerFallback && this.isPrivateFallback(r)) return refuse(req, ERR_PRIVATE_PORT);
-    req.start(r);
+    if (this.isSelf(r)) return this.refuse(req, ERR_LOOP);
+    if (this.handlerFallback && this.isPrivateFallback(r)) return this.refuse(req, ERR_PRIVATE_PORT);
+    this.go(req, r);
+  }
+
+  /** A routing decision: started toward `target`. */
+  private go(req: Routable, target: Target): void {
+    if (this.log.debugEnabled) this.logRoute(req, `${target.key} (${routeKind(this, 'GET', req.facts, target)})`);
+    req.start(target);
+  }
+
+  /** A routing decision: answered with a routing error. */
+  private refuse(req: Routable, err: RouteError): void {
+    if (this.log.debugEnabled) this.logRoute(req, `${err.status} ${err.code}`);
+    refuse(req, err);
+  }
+
+  /** One debug line per routing decision (`--log-level debug`); client values are JSON-quoted. */
+  private logRoute(req: Routable, outcome: string): void {
+    const f = req.facts;
+    let via = '';
+    if (f.portHeader !== undefined) via += ` port-header=${JSON.stringify(f.portHeader)}`;
+    if (f.workspaceHeader !== undefined) via += ` workspace=${JSON.stringify(f.workspaceHeader)}`;
+    this.log.debug(`route ${req.method} host=${JSON.stringify(req.host ?? '')} path=${JSON.stringify(req.path)}${via} -> ${outcome} id=${req.requestId}`);
   }
 
   private startResolved(req: Routable, answer: ResolverAnswer): void {
     if (req.finished) return;
-    if (answer === null) return refuse(req, ERR_CONTAINER_NOT_FOUND);
+    if (answer === null) return this.refuse(req, ERR_CONTAINER_NOT_FOUND);
     const target = typeof answer === 'number' ? tcpTarget(LOCAL_HOST, answer) : tcpTarget(answer.host, answer.port);
-    if (this.isSelf(target)) return refuse(req, ERR_LOOP);
-    if (this.handlerFallback && this.isPrivateFallback(target)) return refuse(req, ERR_PRIVATE_PORT);
-    req.start(target);
+    if (this.isSelf(target)) return this.refuse(req, ERR_LOOP);
+    if (this.handlerFallback && this.isPrivateFallback(target)) return this.refuse(req, ERR_PRIVATE_PORT);
+    this.go(req, target);
   }
 
   /**
@@ -195,6 +227,15 @@ export class ProxyCore {
    * the authority, else the authority itself when it names this machine's loopback.
    */
   connectTarget(facts: RequestHeadFacts, authority: string): Target | RouteError {
+    const target = this.connectRoute(facts, authority);
+    if (this.log.debugEnabled) {
+      const outcome = isRouteError(target) ? `${target.status} ${target.code}` : `${target.key} (connect)`;
+      this.log.debug(`route CONNECT authority=${JSON.stringify(authority)} -> ${outcome}`);
+    }
+    return target;
+  }
+
+  private connectRoute(facts: RequestHeadFacts, authority: string): Target | RouteError {
     const parsed = splitAuthority(authority);
     if (parsed === null) return ERR_CONNECT_BAD_AUTHORITY;
     const r = route(
@@ -242,6 +283,16 @@ export class ProxyCore {
     return target.socketPath !== undefined ? 'localhost' : target.key;
   }
 
+  /** The client's `X-Request-Id` when valid (see validRequestId), else a new one. */
+  requestIdFor(facts: RequestHeadFacts): string {
+    const given = facts.requestId;
+    return validRequestId(given) ? given : this.nextRequestId();
+  }
+
+  nextRequestId(): string {
+    return this.requestIdPrefix + (++this.requestCounter).toString(36);
+  }
+
   viaEntryFor(ex: Exchange): string {
     return ex.clientVersion === '2' ? this.viaEntryH2 : ex.clientVersion === '1.0' ? `1.0 ${this.viaToken}` : this.viaEntryH1;
   }
@@ -261,6 +312,7 @@ export class ProxyCore {
       viaEntry: this.viaEntryFor(ex),
       upgrade,
       chunked,
+      requestId: ex.requestId,
     };
   }
 

@@ -16,6 +16,9 @@ import { pinnedTcpTarget } from './route/target.js';
 import { SNIFF_H1, SNIFF_H2, SNIFF_MORE, SNIFF_TLS, sniff } from './sniff.js';
 import { StatsCounters, snapshot, type ProxyStats } from './stats.js';
 import { TlsContexts } from './tls.js';
+import { AdminServer } from './admin.js';
+import { Observer } from './observe.js';
+import { AccessLog } from './access-log.js';
 
 const kSniff = Symbol('cmux.sniff');
 const kServer = Symbol('cmux.server');
@@ -81,6 +84,7 @@ export class ProxyServer implements SessionHost, H2Host {
   private readonly alpn: string[];
   private acceptFailures = 0;
   private acceptLoggedAt = 0;
+  private readonly admin: AdminServer | null = null;
 
   constructor(input: ProxyOptions) {
     this.options = resolveOptions(input);
@@ -90,6 +94,13 @@ export class ProxyServer implements SessionHost, H2Host {
       (this.options.dockerSocketPath !== undefined ? createDockerPortResolver(this.options.dockerSocketPath) : undefined);
     const resolver = resolverFn === undefined ? undefined : new CachedPortResolver(resolverFn, this.options.portResolverCacheTtlMs);
     this.core = new ProxyCore(this.options, this.stats, log, resolver);
+    const { adminPort, accessLog } = this.options;
+    if (adminPort !== undefined || accessLog !== undefined) {
+      // A file that cannot be opened fails createProxyServer, not the first request.
+      const observer = new Observer(accessLog === undefined ? null : new AccessLog(accessLog, log), this.options.accessLogQuery);
+      this.core.observer = observer;
+      if (adminPort !== undefined) this.admin = new AdminServer(this, observer, this.options.adminHost, adminPort);
+    }
     // Head deadlines fire up to one sweep late: 250 ms on top of requestHeadersTimeoutMs.
     this.headTimer = new DeadlineSweep(250);
     // Certificates are read now, so a bad path fails createProxyServer, not the first client.
@@ -134,6 +145,7 @@ export class ProxyServer implements SessionHost, H2Host {
   /** The start itself, run when every earlier start()/stop() has settled. */
   private async listen(): Promise<void> {
     try {
+      await this.startObservability();
       await this.startFallbackServer();
       const server = net.createServer({ pauseOnConnect: true, noDelay: true });
       server.on('connection', serverOnConnection);
@@ -158,6 +170,8 @@ export class ProxyServer implements SessionHost, H2Host {
       const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
       const protocols = this.options.enableHttp2 ? 'HTTP/1.1, h2c' : 'HTTP/1.1';
       this.core.log.info(`listening on ${host}:${address.port} (${protocols}${this.tls === undefined ? '' : ', TLS'})`);
+      const admin = this.admin?.address();
+      if (admin != null) this.core.log.info(`admin on ${admin.family === 'IPv6' ? `[${admin.address}]` : admin.address}:${admin.port}`);
     } catch (err) {
       const server = this.server;
       if (server !== null) {
@@ -167,6 +181,7 @@ export class ProxyServer implements SessionHost, H2Host {
         await new Promise<void>((resolve) => server.close(() => resolve()));
       }
       await this.stopFallbackServer();
+      await this.stopObservability();
       throw listenError(err as NodeJS.ErrnoException, this.options.listenHost, this.options.listenPort);
     }
   }
@@ -182,6 +197,26 @@ export class ProxyServer implements SessionHost, H2Host {
     });
     this.tail = run.then(noop, noop);
     return run;
+  }
+
+  /** The admin listener and the access log file: up before the proxy listens. */
+  private async startObservability(): Promise<void> {
+    this.core.observer?.accessLog?.open();
+    await this.admin?.start();
+  }
+
+  /** After the drain: the admin listener closes, the access log is written out and closed. */
+  private async stopObservability(): Promise<void> {
+    await this.admin?.stop();
+    await this.core.observer?.accessLog?.close();
+  }
+
+  /** Opens the access log file again (after it was moved away for rotation); false when there is none. */
+  reopenAccessLog(): boolean {
+    const log = this.core.observer?.accessLog;
+    if (log == null) return false;
+    log.reopen();
+    return true;
   }
 
   private async startFallbackServer(): Promise<void> {
@@ -272,12 +307,24 @@ export class ProxyServer implements SessionHost, H2Host {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
     await this.stopFallbackServer();
+    await this.stopObservability();
     core.log.info('stopped');
   }
 
   /** True while listening with no stop() pending; false while a start() is still pending. */
   isRunning(): boolean {
     return this.running && !this.stopping && this.stopsQueued === 0;
+  }
+
+  /** Listening and not draining (the admin listener's /readyz). */
+  isReady(): boolean {
+    return this.server !== null && !this.core.draining;
+  }
+
+  /** The admin listener's address while it runs, else null. */
+  adminAddress(): ProxyAddress | null {
+    const address = this.admin?.address();
+    return address == null ? null : { address: address.address, port: address.port, family: address.family };
   }
 
   address(): ProxyAddress | null {

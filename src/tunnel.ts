@@ -1,6 +1,7 @@
 import type { Duplex } from 'node:stream';
 import type net from 'node:net';
 import type { StatsCounters } from './stats.js';
+import type { TunnelRecord } from './observe.js';
 
 export const TUNNEL_WEBSOCKET = 1;
 export const TUNNEL_CONNECT = 2;
@@ -27,6 +28,8 @@ export class Tunnel {
   private open = 2;
   private settled = false;
   private readonly onClosed: ((tunnel: Tunnel) => void) | undefined;
+  /** Set by the opener when an observer watches (see observe.ts). */
+  record: TunnelRecord | null = null;
 
   constructor(a: Duplex, b: Duplex, kind: number, stats: StatsCounters, onClosed?: (tunnel: Tunnel) => void) {
     this.a = a as TunnelEnd;
@@ -76,6 +79,8 @@ export class Tunnel {
     this.settled = true;
     if (this.kind === TUNNEL_WEBSOCKET) this.stats.websocketConnections--;
     else this.stats.tunnelsOpen--;
+    const record = this.record;
+    if (record !== null) record.observer.tunnelEnd(record, this);
     this.onClosed?.(this);
   }
 }

@@ -270,6 +270,7 @@ describe('scanRequestHeaders', () => {
       connectionTokens: null, // keep-alive and upgrade are removed as hop-by-hop anyway
       upgradeWebsocket: true,
       repeatedRouting: 0,
+      requestId: undefined,
     });
   });
 

@@ -52,7 +52,7 @@ export function workloadTable(workload, results) {
   for (const system of systems) {
     const entry = results[system];
     const row = [
-      system,
+      SYSTEM_LABELS[system] ?? system,
       ...workload.columns.map((c) => cell(entry.summary[c.key], c.digits)),
       ...ratioCols.map((r) => ratioCell(results, system, r.key, r.ref, r.diff)),
       notes(entry),
@@ -61,6 +61,9 @@ export function workloadTable(workload, results) {
   }
   return lines.join('\n');
 }
+
+/** Row names that need more words than the system's name. */
+const SYSTEM_LABELS = { 'cmux-proxy-observed': 'cmux-proxy, HTTP/1.1 with access log and metrics on' };
 
 const med = (all, w, s, k) => all[w]?.[s]?.summary[k]?.median ?? null;
 

@@ -169,7 +169,7 @@ const nodeEnv = () => {
 };
 
 /** System names, in table order. */
-export const SYSTEM_NAMES = ['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx', 'http2-proxy', 'bare-node'];
+export const SYSTEM_NAMES = ['direct', 'cmux-proxy', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx', 'http2-proxy', 'bare-node'];
 
 export function cmuxAvailable() {
   return existsSync(paths.cli);
@@ -202,6 +202,19 @@ export async function startSystem(name, { workDir, nginxRoutes }) {
         '--log-level', 'warn',
         '--max-connections', String(NOFILE),
       ]);
+    case 'cmux-proxy-observed': {
+      // The same CLI with the access log (a file) and the admin listener (metrics) on.
+      const adminPort = await freePort();
+      return nodeSystem((port) => [
+        paths.cli,
+        '--port', String(port),
+        '--host', '127.0.0.1',
+        '--log-level', 'warn',
+        '--max-connections', String(NOFILE),
+        '--access-log', join(workDir, `access-${port}.log`),
+        '--admin-port', String(adminPort),
+      ]);
+    }
     case 'baseline':
     case 'baseline-ka': {
       const extra = name === 'baseline-ka' ? ['--keep-alive'] : [];

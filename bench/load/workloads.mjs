@@ -43,7 +43,7 @@ async function h2load(system, { backendPort, directPort, args, seconds, requests
 
 /** Systems that accept h2c (prior knowledge) and the ones that speak HTTP/1.1. */
 const H2C = new Set(['direct', 'cmux-proxy', 'nginx', 'http2-proxy']);
-const H1 = new Set(['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx']);
+const H1 = new Set(['direct', 'cmux-proxy', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx']);
 
 /**
  * Warms a long-lived system once after it starts (JIT, pools), by request count so every system
@@ -67,7 +67,9 @@ const cpuPer = (cpu, n) => (cpu === null || !n ? null : round((cpu * 1e6) / n, 1
 const h1Small = {
   name: 'h1-small',
   title: 'HTTP/1.1 keep-alive, 100 B responses (wrk -t1 -c50 --latency)',
-  systems: ['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx'],
+  // cmux-proxy-observed: the row "HTTP/1.1 with access log and metrics on" (access log to a file,
+  // admin listener up), its CPU per request beside the plain cmux-proxy row.
+  systems: ['direct', 'cmux-proxy', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx'],
   columns: [
     { key: 'rps', label: 'req/s', digits: 0 },
     { key: 'p99Ms', label: 'p99 ms', digits: 2 },
@@ -75,7 +77,7 @@ const h1Small = {
   ],
   ratios: [
     { key: 'rps', label: 'req/s', refs: ['direct', 'baseline-ka', 'nginx'] },
-    { key: 'cpuUsPerReq', label: 'CPU/req', refs: ['baseline-ka', 'nginx'] },
+    { key: 'cpuUsPerReq', label: 'CPU/req', refs: ['cmux-proxy', 'baseline-ka', 'nginx'] },
     { key: 'p99Ms', label: 'p99', refs: ['nginx'] },
   ],
   async run(ctx, system) {

@@ -22,6 +22,7 @@ import { emptyFacts, filterResponseHeadersH1, scanRequestHeaders, trailerLines }
 import type { DeadlineSweep, Expirable } from '../deadlines.js';
 import type { ProxyCore } from '../proxy-core.js';
 import { isRouteError } from '../route/router.js';
+import { TUNNEL_KIND_CONNECT, TUNNEL_KIND_WEBSOCKET } from '../observe.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import type { ReadBatch, TunnelUser, UpstreamConn } from '../upstream/h1-pool.js';
 import {
@@ -688,7 +689,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     if (rest.length > 0) socket.write(rest);
     const upstream = conn.socket;
     this.sendEarlyData(upstream);
-    this.openTunnel(upstream, TUNNEL_WEBSOCKET);
+    this.openTunnel(upstream, TUNNEL_WEBSOCKET, ex);
   }
 
   /** What the client sent after its upgrade or CONNECT head, and its FIN if it came already. */
@@ -699,11 +700,15 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     if ((this.flags & C_CLIENT_ENDED) !== 0) upstream.end();
   }
 
-  private openTunnel(upstream: net.Socket, kind: number): void {
+  private openTunnel(upstream: net.Socket, kind: number, ex: Exchange): void {
     const { keepaliveMs } = this.core.options;
     configureTunnelSocket(this.socket, keepaliveMs);
     configureTunnelSocket(upstream, keepaliveMs);
-    new Tunnel(this.socket, upstream, kind, this.core.stats);
+    const tunnel = new Tunnel(this.socket, upstream, kind, this.core.stats);
+    const observer = this.core.observer;
+    if (observer !== null) {
+      tunnel.record = observer.tunnelOpened(kind === TUNNEL_WEBSOCKET ? TUNNEL_KIND_WEBSOCKET : TUNNEL_KIND_CONNECT, ex.t0, observer.tunnelInfo(ex));
+    }
     this.host.tunnelOpened(this.socket);
     this.socket.resume();
     upstream.resume();
@@ -777,7 +782,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     this.detach();
     this.socket.write('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
     this.sendEarlyData(upstream);
-    this.openTunnel(upstream, TUNNEL_CONNECT);
+    this.openTunnel(upstream, TUNNEL_CONNECT, ex);
   }
 
   connectTunnelFailed(upstream: net.Socket, code: string): void {

@@ -9,6 +9,7 @@ import { crypto } from '../builtins.js';
 import { HTTP2_HEADER_STATUS } from './constants.js';
 import type { TunnelUser } from '../upstream/h1-pool.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
+import { TUNNEL_KIND_CONNECT, TUNNEL_KIND_WEBSOCKET, routeKind, type TunnelInfo } from '../observe.js';
 import {
   parserResource,
   Parser,
@@ -55,7 +56,7 @@ export function startExtendedConnect(
       answer(core, stream, target.status, target.message);
       return;
     }
-    new ConnectTunnel(core, stream as BridgeStream, target);
+    new ConnectTunnel(core, stream as BridgeStream, target, core.requestIdFor(facts));
     return;
   }
   if (protocol !== 'websocket') {
@@ -91,7 +92,8 @@ class WebSocketBridge implements Routable, TunnelUser {
   readonly facts: RequestHeadFacts;
   readonly host: string | undefined;
   private readonly raw: string[];
-  private readonly path: string;
+  readonly path: string;
+  readonly method = 'CONNECT';
   private readonly clientAddress: string;
   private readonly tls: boolean;
   private readonly key = crypto().randomBytes(16).toString('base64');
@@ -102,6 +104,9 @@ class WebSocketBridge implements Routable, TunnelUser {
   /** 0 routing/connecting, 1 waiting for the upstream's answer, 2 relaying a non-101 answer, 3 spliced, 4 over */
   private phase = 0;
   private readonly responseFacts: ResponseHeadFacts = { contentLength: false, keepAliveTimeoutSec: 0 };
+  /** performance.now() at the request head (observer only, else 0). */
+  readonly t0: number;
+  readonly requestId: string;
 
   constructor(core: ProxyCore, stream: BridgeStream, headers: http2.IncomingHttpHeaders, raw: string[], facts: RequestHeadFacts, clientAddress: string, tls: boolean) {
     this.core = core;
@@ -112,6 +117,8 @@ class WebSocketBridge implements Routable, TunnelUser {
     this.path = headers[':path'] ?? '/';
     this.clientAddress = clientAddress;
     this.tls = tls;
+    this.t0 = core.observer === null ? 0 : performance.now();
+    this.requestId = core.requestIdFor(facts);
     stream[kBridge] = this;
     stream.on('close', bridgeStreamOnClose);
   }
@@ -173,6 +180,7 @@ class WebSocketBridge implements Routable, TunnelUser {
       viaEntry: this.core.viaEntryH2,
       upgrade: true,
       chunked: false,
+      requestId: this.requestId,
     });
     const parser = new Parser() as BridgeParser;
     parser.initialize(RESPONSE, parserResource(this), options.maxHeaderSize, kLenientNone);
@@ -273,7 +281,26 @@ class WebSocketBridge implements Routable, TunnelUser {
     this.parser = null;
     configureTunnelSocket(socket, this.core.options.keepaliveMs);
     if (rest !== null && rest.length > 0) this.stream.write(rest);
-    new Tunnel(this.stream, socket, TUNNEL_WEBSOCKET, this.core.stats);
+    const tunnel = new Tunnel(this.stream, socket, TUNNEL_WEBSOCKET, this.core.stats);
+    const observer = this.core.observer;
+    if (observer !== null) {
+      const info: TunnelInfo | null =
+        observer.accessLog === null
+          ? null
+          : {
+              client: this.clientAddress,
+              clientVersion: '2',
+              tls: this.tls,
+              method: 'CONNECT',
+              host: this.host,
+              path: this.path,
+              route: routeKind(this.core, 'GET', this.facts, this.target),
+              target: this.target,
+              status: 200,
+              requestId: this.requestId,
+            };
+      tunnel.record = observer.tunnelOpened(TUNNEL_KIND_WEBSOCKET, this.t0, info);
+    }
   }
 
   fail(code: string): void {
@@ -369,9 +396,14 @@ class ConnectTunnel implements TunnelUser {
   private readonly target: Target;
   private socket: BridgeSocket | null = null;
   private done = false;
+  /** performance.now() at the request head (observer only, else 0). */
+  readonly t0: number;
+  readonly requestId: string;
 
-  constructor(core: ProxyCore, stream: BridgeStream, target: Target) {
+  constructor(core: ProxyCore, stream: BridgeStream, target: Target, requestId: string) {
     this.core = core;
+    this.requestId = requestId;
+    this.t0 = core.observer === null ? 0 : performance.now();
     this.stream = stream;
     this.target = target;
     stream[kBridge] = this;
@@ -419,7 +451,26 @@ class ConnectTunnel implements TunnelUser {
     }
     this.core.stats.countStatus(200);
     configureTunnelSocket(socket, this.core.options.keepaliveMs);
-    new Tunnel(this.stream, socket, TUNNEL_CONNECT, this.core.stats);
+    const tunnel = new Tunnel(this.stream, socket, TUNNEL_CONNECT, this.core.stats);
+    const observer = this.core.observer;
+    if (observer !== null) {
+      const info: TunnelInfo | null =
+        observer.accessLog === null
+          ? null
+          : {
+              client: this.stream.session?.socket?.remoteAddress ?? '',
+              clientVersion: '2',
+              tls: (this.stream.session?.socket as { encrypted?: boolean } | undefined)?.encrypted === true,
+              method: 'CONNECT',
+              host: this.target.key,
+              path: '',
+              route: 'connect',
+              target: this.target,
+              status: 200,
+              requestId: this.requestId,
+            };
+      tunnel.record = observer.tunnelOpened(TUNNEL_KIND_CONNECT, this.t0, info);
+    }
   }
 
   fail(code: string): void {
