@@ -1,11 +1,13 @@
 // start() and stop() in every order, overlapping or not: calls take effect one after the other in
 // call order, so each sequence ends in one defined state. Checked by isRunning(), by connecting
 // (really open, or ECONNREFUSED), and by the handles left in this process.
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, linkSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createProxyServer } from '../dist/index.js';
 import { startUpstream, request } from './helpers/servers.mjs';
@@ -237,7 +239,11 @@ describe('start() and stop() in every order', () => {
       process.stdout.write(JSON.stringify(out));
     `;
     const options = process.getuid() === 0 ? { uid: 65534, gid: 65534 } : {};
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
+    const nodePath = process.getuid() === 0 ? nodeOthersCanRun() : process.execPath;
+    after(() => {
+      if (nodePath !== process.execPath) rmSync(dirname(nodePath), { recursive: true, force: true });
+    });
+    const child = spawn(nodePath, ['--input-type=module', '-e', script], { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c) => (stdout += c));
@@ -266,3 +272,25 @@ describe('start() and stop() in every order', () => {
     assert.deepEqual(listening, [`listening on 127.0.0.1:${port} (HTTP/1.1, h2c)`, `listening on 127.0.0.1:${port} (HTTP/1.1, h2c)`]);
   });
 });
+
+/**
+ * This Node binary as a path an unprivileged user can run: itself when every folder above it is
+ * searchable by others, else a link or copy in a temporary folder (a Node installed under root's
+ * 0700 home, as scripts/with-node.sh does for CI).
+ */
+function nodeOthersCanRun() {
+  const exec = process.execPath;
+  let ok = (statSync(exec).mode & 0o001) !== 0;
+  for (let dir = dirname(exec); ok && dir !== dirname(dir); dir = dirname(dir)) ok = (statSync(dir).mode & 0o001) !== 0;
+  if (ok) return exec;
+  const dir = mkdtempSync(join(tmpdir(), 'cmux-node-'));
+  chmodSync(dir, 0o755);
+  const copy = join(dir, 'node');
+  try {
+    linkSync(exec, copy);
+  } catch {
+    copyFileSync(exec, copy);
+  }
+  chmodSync(copy, 0o755);
+  return copy;
+}
