@@ -117,33 +117,43 @@ const h2cSmall = {
   },
 };
 
-const download1m = {
-  name: 'download-1m',
-  title: '1 MiB downloads (wrk -t1 -c4)',
-  systems: ['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx'],
-  columns: [
-    { key: 'mibps', label: 'MiB/s', digits: 0 },
-    { key: 'cpuUsPerReq', label: 'CPU µs/MiB', digits: 0 },
-    { key: 'peakRssMiB', label: 'peak RSS MiB', digits: 1 },
-  ],
-  ratios: [
-    { key: 'mibps', label: 'MiB/s', refs: ['direct', 'baseline-ka', 'nginx'] },
-    { key: 'cpuUsPerReq', label: 'CPU/MiB', refs: ['baseline-ka', 'nginx'] },
-  ],
-  async run(ctx, system) {
-    const hwmReset = pid(system) ? resetHwm(pid(system)) : null;
-    const r = await wrk(system, { backendPort: ctx.backends.upstream.port, path: '/1m', connections: 4, seconds: ctx.cfg.seconds.download });
-    const complete = r.bytes >= r.requests * LARGE_BYTES * 0.99;
-    return {
-      mibps: round((r.requests * LARGE_BYTES) / MiB / r.seconds, 1),
-      requests: r.requests,
-      errors: r.non2xx + r.socketErrors + (complete ? 0 : 1),
-      cpuUsPerReq: cpuPer(r.cpu, r.requests),
-      peakRssMiB: pid(system) ? round(hwmKiB(pid(system)) / 1024, 1) : null,
-      hwmReset,
-    };
-  },
-};
+/**
+ * 1 MiB downloads of a file nginx serves with sendfile, over `connections` keep-alive connections.
+ * The proxy is held to ≥ DOWNLOAD_FLOOR × direct in the same run (see checkFloors).
+ */
+function download(connections) {
+  return {
+    name: `download-1m-c${connections}`,
+    title: `1 MiB downloads (wrk -t1 -c${connections})`,
+    systems: ['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx'],
+    columns: [
+      { key: 'mibps', label: 'MiB/s', digits: 0 },
+      { key: 'cpuUsPerReq', label: 'CPU µs/MiB', digits: 0 },
+      { key: 'peakRssMiB', label: 'peak RSS MiB', digits: 1 },
+    ],
+    ratios: [
+      { key: 'mibps', label: 'MiB/s', refs: ['direct', 'baseline-ka', 'nginx'] },
+      { key: 'cpuUsPerReq', label: 'CPU/MiB', refs: ['baseline-ka', 'nginx'] },
+    ],
+    async run(ctx, system) {
+      const hwmReset = pid(system) ? resetHwm(pid(system)) : null;
+      const r = await wrk(system, { backendPort: ctx.backends.upstream.port, path: '/1m', connections, seconds: ctx.cfg.seconds.download });
+      const complete = r.bytes >= r.requests * LARGE_BYTES * 0.99;
+      return {
+        mibps: round((r.requests * LARGE_BYTES) / MiB / r.seconds, 1),
+        requests: r.requests,
+        errors: r.non2xx + r.socketErrors + (complete ? 0 : 1),
+        cpuUsPerReq: cpuPer(r.cpu, r.requests),
+        peakRssMiB: pid(system) ? round(hwmKiB(pid(system)) / 1024, 1) : null,
+        hwmReset,
+      };
+    },
+  };
+}
+
+/** Download workloads, by connection count; each one's proxy/direct ratio is a gated floor. */
+export const DOWNLOAD_CONNECTIONS = [1, 4, 16];
+const downloads = DOWNLOAD_CONNECTIONS.map(download);
 
 const upload = {
   name: 'upload-256m',
@@ -315,4 +325,4 @@ const rps1000 = {
 };
 
 // Long-lived systems first (they share one warmed-up process each), then the ones that start their own.
-export const WORKLOADS = [h1Small, h2cSmall, download1m, rps1000, upload, websockets, idle];
+export const WORKLOADS = [h1Small, h2cSmall, ...downloads, rps1000, upload, websockets, idle];
