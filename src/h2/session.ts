@@ -8,6 +8,8 @@ import type { UpstreamConn } from '../upstream/h1-pool.js';
 import { startExtendedConnect } from './extended-connect.js';
 import { http2 as loadHttp2 } from '../builtins.js';
 import {
+  H2_CONNECTION_WINDOW,
+  H2_STREAM_WINDOW,
   HTTP2_HEADER_CONTENT_LENGTH,
   HTTP2_HEADER_CONTENT_TYPE,
   HTTP2_HEADER_STATUS,
@@ -286,12 +288,14 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       // until the client acknowledged the setting, PROTOCOL_ERROR after).
       maxConcurrentStreams: options.http2MaxConcurrentStreams,
       maxHeaderListSize: options.maxHeaderSize * 2,
+      initialWindowSize: H2_STREAM_WINDOW,
     },
     // The 10 MB default is too small for a proxy with slow readers (DESIGN.md, Node pitfalls).
     maxSessionMemory: 64,
     maxHeaderListPairs: options.maxHeadersCount + 8,
   });
   server.on('session', (session: TrackedSession) => {
+    session.setLocalWindowSize(H2_CONNECTION_WINDOW);
     const socket = session.socket as net.Socket & { encrypted?: boolean };
     const state: SessionState = {
       ping: null,

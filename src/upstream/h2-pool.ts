@@ -1,6 +1,6 @@
 import type http2 from 'node:http2';
 import { http2 as loadHttp2 } from '../builtins.js';
-import { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
+import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
 import { connectTo } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters } from '../stats.js';
@@ -177,8 +177,10 @@ class UpSession {
       createConnection: () => connectTo(target),
       // A proxy may hold many streams from slow clients (DESIGN.md pitfalls).
       maxSessionMemory: 64,
+      settings: { initialWindowSize: H2_STREAM_WINDOW },
     });
     this.session = session;
+    session.once('connect', setConnectionWindow);
     session.on('remoteSettings', (settings) => {
       this.ready = true;
       if (settings.maxConcurrentStreams !== undefined) this.maxStreams = Math.max(1, Math.min(settings.maxConcurrentStreams, 1000));
@@ -381,6 +383,10 @@ export class H2UpstreamPool {
   closeIdle(): void {
     for (const entry of this.entries.values()) for (const s of entry.sessions.slice()) if (s.active === 0) s.session.close();
   }
+}
+
+function setConnectionWindow(this: http2.ClientHttp2Session): void {
+  if (!this.destroyed) this.setLocalWindowSize(H2_CONNECTION_WINDOW);
 }
 
 /**
