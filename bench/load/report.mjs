@@ -91,6 +91,10 @@ export function checkFloors(all, cfg) {
     const dl = (s) => med(all, `download-1m-c${n}`, s, 'mibps');
     add(`1 MiB downloads, -c${n}: ≥ ${DOWNLOAD_FLOOR}× direct`, dl(c), dl('direct') && dl('direct') * DOWNLOAD_FLOOR, '>=', ' MiB/s', true);
   }
+  const h2cUp = med(all, 'h2c-upload-64m', c, 'h2cVsH1');
+  add('h2c 64 MiB upload ≥ 0.8× HTTP/1.1 (same system, same repetition)', h2cUp, all['h2c-upload-64m']?.[c] ? 0.8 : null, '>=', '×');
+  const h2cDown = med(all, 'h2c-download-1m', c, 'h2cVsH1');
+  add('h2c 1 MiB downloads ≥ 0.8× HTTP/1.1 (same system, same repetition)', h2cDown, all['h2c-download-1m']?.[c] ? 0.8 : null, '>=', '×');
   const up = (s, k) => med(all, 'upload-256m', s, k);
   add('upload ≥ 0.9× nginx', up(c, 'mibps'), up('nginx', 'mibps') && up('nginx', 'mibps') * 0.9, '>=', ' MiB/s');
   add('upload: peak RSS − idle RSS (same fresh process) ≤ 32 MiB', up(c, 'peakGrowthMiB'), all['upload-256m']?.[c] ? 32 : null, '<=', ' MiB');
