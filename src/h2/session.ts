@@ -8,8 +8,6 @@ import type { UpstreamConn } from '../upstream/h1-pool.js';
 import { startExtendedConnect } from './extended-connect.js';
 import { http2 as loadHttp2 } from '../builtins.js';
 import {
-  H2_CONNECTION_WINDOW,
-  H2_STREAM_WINDOW,
   HTTP2_HEADER_CONTENT_LENGTH,
   HTTP2_HEADER_CONTENT_TYPE,
   HTTP2_HEADER_STATUS,
@@ -17,6 +15,7 @@ import {
   NGHTTP2_FLAG_END_STREAM,
   NGHTTP2_REFUSED_STREAM,
 } from './constants.js';
+import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from './windows.js';
 
 
 const kEx = Symbol('cmux.h2.exchange');

@@ -1,6 +1,7 @@
 import type http2 from 'node:http2';
 import { http2 as loadHttp2 } from '../builtins.js';
-import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
+import { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
+import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from '../h2/windows.js';
 import { connectTo } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters } from '../stats.js';
