@@ -3,7 +3,7 @@
 // returns plain numbers (and `errors` > 0 when some requests failed); CPU figures are the proxy's
 // process tree only (null for "direct", which has no proxy).
 import { join } from 'node:path';
-import { cpuSeconds, hwmKiB, parseH2load, parseWrk, resetHwm, rssKiB, withCpu } from './measure.mjs';
+import { cpuSeconds, hwmKiB, parseH2load, parseWrk, resetHwm, rssKiB, runQueueWaitMs, withCpu } from './measure.mjs';
 import { runCommand, sleep, startProcess, stopProcess } from './processes.mjs';
 import { endpoint, LARGE_BYTES } from './servers.mjs';
 
@@ -130,6 +130,7 @@ function download(connections) {
       { key: 'mibps', label: 'MiB/s', digits: 0 },
       { key: 'cpuUsPerReq', label: 'CPU µs/MiB', digits: 0 },
       { key: 'peakRssMiB', label: 'peak RSS MiB', digits: 1 },
+      { key: 'cpuWaitMs', label: 'waited for its CPU, ms', digits: 0 },
     ],
     ratios: [
       { key: 'mibps', label: 'MiB/s', refs: ['direct', 'baseline-ka', 'nginx'] },
@@ -137,7 +138,9 @@ function download(connections) {
     ],
     async run(ctx, system) {
       const hwmReset = pid(system) ? resetHwm(pid(system)) : null;
+      const wait0 = pid(system) ? runQueueWaitMs(pid(system)) : null;
       const r = await wrk(system, { backendPort: ctx.backends.upstream.port, path: '/1m', connections, seconds: ctx.cfg.seconds.download });
+      const wait1 = pid(system) ? runQueueWaitMs(pid(system)) : null;
       const complete = r.bytes >= r.requests * LARGE_BYTES * 0.99;
       return {
         mibps: round((r.requests * LARGE_BYTES) / MiB / r.seconds, 1),
@@ -145,6 +148,8 @@ function download(connections) {
         errors: r.non2xx + r.socketErrors + (complete ? 0 : 1),
         cpuUsPerReq: cpuPer(r.cpu, r.requests),
         peakRssMiB: pid(system) ? round(hwmKiB(pid(system)) / 1024, 1) : null,
+        // the proxy's main thread runnable but not running: the machine's share of the figure
+        cpuWaitMs: wait0 === null || wait1 === null ? null : round(wait1 - wait0, 0),
         hwmReset,
       };
     },
