@@ -95,6 +95,19 @@ export function resetHwm(pid) {
   return ok;
 }
 
+/**
+ * Milliseconds the process's main thread has spent runnable but waiting for a CPU
+ * (/proc/<pid>/schedstat, second field; null where it cannot be read). On a shared machine this
+ * tells a proxy that was slow from one that was not scheduled.
+ */
+export function runQueueWaitMs(pid) {
+  try {
+    return Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[1]) / 1e6;
+  } catch {
+    return null;
+  }
+}
+
 /** CPU seconds and wall seconds around `fn`, for the tree of `pid` (null pid: no CPU figure). */
 export async function withCpu(pid, fn) {
   const cpu0 = pid ? cpuSeconds(pid) : null;

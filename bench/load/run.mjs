@@ -7,6 +7,8 @@
 //   npm run bench -- --quick         3 repetitions, short loads (under 2 minutes)
 //   options: --reps N  --only h1-small,ws,...  --systems direct,nginx,...  --ws-conns N
 //            --seconds S (every timed load)  --json FILE (default bench/results/latest.json)
+//            (--only download-1m runs download-1m-c1, -c4 and -c16)
+// Exit status 3 when a gated floor fails: 1 MiB downloads through cmux-proxy under 0.8× direct.
 //
 // Needs wrk, h2load, nginx, taskset (scripts/install-bench-deps.sh) and a built dist/cmux-proxy.js.
 // Everything listens on 127.0.0.1; every child is killed by PID at the end, on error and on SIGINT.
@@ -34,7 +36,7 @@ const { values: opts } = parseArgs({
 });
 
 if (opts.help) {
-  console.log(readFileSync(new URL(import.meta.url), 'utf8').split('\n').slice(1, 11).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+  console.log(readFileSync(new URL(import.meta.url), 'utf8').split('\n').slice(1, 13).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
   process.exit(0);
 }
 
@@ -68,7 +70,9 @@ function listOption(value, known, what) {
   return items;
 }
 
-const workloads = listOption(opts.only, WORKLOADS.map((w) => w.name), 'workload').map((n) => WORKLOADS.find((w) => w.name === n));
+// `download-1m` names every download workload (-c1, -c4, -c16)
+const onlyNames = opts.only?.replace(/(^|,)\s*download-1m\s*(?=,|$)/g, `$1${WORKLOADS.filter((w) => w.name.startsWith('download-1m-')).map((w) => w.name).join(',')}`);
+const workloads = listOption(onlyNames, WORKLOADS.map((w) => w.name), 'workload').map((n) => WORKLOADS.find((w) => w.name === n));
 const allSystems = [...new Set(WORKLOADS.flatMap((w) => w.systems))];
 let systemsWanted = listOption(opts.systems, allSystems, 'system');
 if (!cmuxAvailable() && systemsWanted.includes('cmux-proxy')) {
@@ -100,7 +104,11 @@ function estimate() {
   const perRep = {
     'h1-small': cfg.seconds.h1 + 0.1,
     'h2c-small': cfg.seconds.h2c + 0.1,
-    'download-1m': cfg.seconds.download + 0.1,
+    'download-1m-c1': cfg.seconds.download + 0.1,
+    'download-1m-c4': cfg.seconds.download + 0.1,
+    'download-1m-c16': cfg.seconds.download + 0.1,
+    'h2c-download-1m': 2 * cfg.seconds.download + 0.2,
+    'h2c-upload-64m': 1,
     'rps-1000': cfg.seconds.rps + 0.2,
     'upload-256m': 1.2,
     ws: 1.5 + cfg.wsConnections / 1500,
@@ -262,6 +270,11 @@ async function main() {
   writeFileSync(jsonFile, `${JSON.stringify({ meta, results, floors }, null, 2)}\n`);
   writeFileSync(jsonFile.replace(/\.json$/, '') + '.md', `${markdown}\n`);
   log(`\nbench: done in ${meta.durationSeconds} s; wrote ${jsonFile} and ${jsonFile.replace(/\.json$/, '')}.md`);
+  const failed = floors.filter((f) => f.gate && f.met === false);
+  if (failed.length) {
+    log(`bench: FAIL: ${failed.map((f) => `${f.floor} (${f.value} < ${Math.round(f.limit)}${f.unit})`).join('; ')}`);
+    process.exitCode = 3;
+  }
 }
 
 main().catch(async (err) => {

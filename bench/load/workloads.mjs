@@ -3,7 +3,7 @@
 // returns plain numbers (and `errors` > 0 when some requests failed); CPU figures are the proxy's
 // process tree only (null for "direct", which has no proxy).
 import { join } from 'node:path';
-import { cpuSeconds, hwmKiB, parseH2load, parseWrk, resetHwm, rssKiB, withCpu } from './measure.mjs';
+import { cpuSeconds, hwmKiB, parseH2load, parseWrk, resetHwm, rssKiB, runQueueWaitMs, withCpu } from './measure.mjs';
 import { runCommand, sleep, startProcess, stopProcess } from './processes.mjs';
 import { endpoint, LARGE_BYTES } from './servers.mjs';
 
@@ -119,33 +119,48 @@ const h2cSmall = {
   },
 };
 
-const download1m = {
-  name: 'download-1m',
-  title: '1 MiB downloads (wrk -t1 -c4)',
-  systems: ['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx'],
-  columns: [
-    { key: 'mibps', label: 'MiB/s', digits: 0 },
-    { key: 'cpuUsPerReq', label: 'CPU µs/MiB', digits: 0 },
-    { key: 'peakRssMiB', label: 'peak RSS MiB', digits: 1 },
-  ],
-  ratios: [
-    { key: 'mibps', label: 'MiB/s', refs: ['direct', 'baseline-ka', 'nginx'] },
-    { key: 'cpuUsPerReq', label: 'CPU/MiB', refs: ['baseline-ka', 'nginx'] },
-  ],
-  async run(ctx, system) {
-    const hwmReset = pid(system) ? resetHwm(pid(system)) : null;
-    const r = await wrk(system, { backendPort: ctx.backends.upstream.port, path: '/1m', connections: 4, seconds: ctx.cfg.seconds.download });
-    const complete = r.bytes >= r.requests * LARGE_BYTES * 0.99;
-    return {
-      mibps: round((r.requests * LARGE_BYTES) / MiB / r.seconds, 1),
-      requests: r.requests,
-      errors: r.non2xx + r.socketErrors + (complete ? 0 : 1),
-      cpuUsPerReq: cpuPer(r.cpu, r.requests),
-      peakRssMiB: pid(system) ? round(hwmKiB(pid(system)) / 1024, 1) : null,
-      hwmReset,
-    };
-  },
-};
+/**
+ * 1 MiB downloads of a file nginx serves with sendfile, over `connections` keep-alive connections.
+ * The proxy is held to ≥ DOWNLOAD_FLOOR × direct in the same run (see checkFloors).
+ */
+function download(connections) {
+  return {
+    name: `download-1m-c${connections}`,
+    title: `1 MiB downloads (wrk -t1 -c${connections})`,
+    systems: ['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx'],
+    columns: [
+      { key: 'mibps', label: 'MiB/s', digits: 0 },
+      { key: 'cpuUsPerReq', label: 'CPU µs/MiB', digits: 0 },
+      { key: 'peakRssMiB', label: 'peak RSS MiB', digits: 1 },
+      { key: 'cpuWaitMs', label: 'waited for its CPU, ms', digits: 0 },
+    ],
+    ratios: [
+      { key: 'mibps', label: 'MiB/s', refs: ['direct', 'baseline-ka', 'nginx'] },
+      { key: 'cpuUsPerReq', label: 'CPU/MiB', refs: ['baseline-ka', 'nginx'] },
+    ],
+    async run(ctx, system) {
+      const hwmReset = pid(system) ? resetHwm(pid(system)) : null;
+      const wait0 = pid(system) ? runQueueWaitMs(pid(system)) : null;
+      const r = await wrk(system, { backendPort: ctx.backends.upstream.port, path: '/1m', connections, seconds: ctx.cfg.seconds.download });
+      const wait1 = pid(system) ? runQueueWaitMs(pid(system)) : null;
+      const complete = r.bytes >= r.requests * LARGE_BYTES * 0.99;
+      return {
+        mibps: round((r.requests * LARGE_BYTES) / MiB / r.seconds, 1),
+        requests: r.requests,
+        errors: r.non2xx + r.socketErrors + (complete ? 0 : 1),
+        cpuUsPerReq: cpuPer(r.cpu, r.requests),
+        peakRssMiB: pid(system) ? round(hwmKiB(pid(system)) / 1024, 1) : null,
+        // the proxy's main thread runnable but not running: the machine's share of the figure
+        cpuWaitMs: wait0 === null || wait1 === null ? null : round(wait1 - wait0, 0),
+        hwmReset,
+      };
+    },
+  };
+}
+
+/** Download workloads, by connection count; each one's proxy/direct ratio is a gated floor. */
+export const DOWNLOAD_CONNECTIONS = [1, 4, 16];
+const downloads = DOWNLOAD_CONNECTIONS.map(download);
 
 const upload = {
   name: 'upload-256m',
@@ -192,6 +207,66 @@ const upload = {
       peakGrowthMiB: p ? round((peak - rssBefore) / 1024, 1) : null,
       hwmReset,
       errors: 0,
+    };
+  },
+};
+
+/**
+ * HTTP/2 bodies against HTTP/1.1 ones on the same system in the same repetition: h2c minus
+ * HTTP/1.1 is what the proxy's HTTP/2 side costs (proxies forward both to HTTP/1.1 upstreams).
+ */
+const h2cUpload = {
+  name: 'h2c-upload-64m',
+  title: '64 MiB upload, one POST over h2c (one stream) and over HTTP/1.1, in turn (Node client -> Node sink)',
+  systems: ['cmux-proxy', 'nginx'],
+  columns: [
+    { key: 'h2cMibps', label: 'h2c MiB/s', digits: 0 },
+    { key: 'h1Mibps', label: 'HTTP/1.1 MiB/s', digits: 0 },
+    { key: 'h2cVsH1', label: 'h2c ÷ HTTP/1.1', digits: 2 },
+  ],
+  ratios: [{ key: 'h2cMibps', label: 'h2c MiB/s', refs: ['nginx'] }],
+  async upload(ctx, system, h2c) {
+    const bytes = 64 * MiB;
+    const { port, targetPort } = endpoint(system, ctx.backends.sink.port, { h2c });
+    const args = [join(here, 'upload-client.mjs'), '--port', String(port), '--target-port', String(targetPort), '--bytes', String(bytes)];
+    if (h2c) args.push('--h2c');
+    const res = await runCommand('upload-client', process.execPath, args, { timeoutMs: 120000 });
+    assertOk(res, 'upload client');
+    const out = JSON.parse(res.stdout.trim().split('\n').pop());
+    if (out.status !== 200 || out.received !== bytes) throw new Error(`upload: status ${out.status}, sink received ${out.received} of ${bytes} bytes`);
+    return bytes / MiB / (out.ms / 1000);
+  },
+  async run(ctx, system) {
+    const h2cMibps = await this.upload(ctx, system, true);
+    const h1Mibps = await this.upload(ctx, system, false);
+    return { h2cMibps: round(h2cMibps, 1), h1Mibps: round(h1Mibps, 1), h2cVsH1: round(h2cMibps / h1Mibps, 3), errors: 0 };
+  },
+};
+
+const h2cDownload = {
+  name: 'h2c-download-1m',
+  title: '1 MiB downloads over h2c (h2load -c4 -m1) and over HTTP/1.1 (wrk -t1 -c4), in turn',
+  systems: ['direct', 'cmux-proxy', 'nginx'],
+  columns: [
+    { key: 'h2cMibps', label: 'h2c MiB/s', digits: 0 },
+    { key: 'h1Mibps', label: 'HTTP/1.1 MiB/s', digits: 0 },
+    { key: 'h2cVsH1', label: 'h2c ÷ HTTP/1.1', digits: 2 },
+    { key: 'cpuUsPerMiB', label: 'h2c CPU µs/MiB', digits: 0 },
+  ],
+  ratios: [{ key: 'h2cMibps', label: 'h2c MiB/s', refs: ['direct', 'nginx'] }],
+  async run(ctx, system) {
+    const up = ctx.backends.upstream;
+    const seconds = ctx.cfg.seconds.download;
+    const h2 = await h2load(system, { backendPort: up.port, directPort: up.h2cPort, args: ['-c4', '-m1'], seconds, path: '/1m' });
+    const h1 = await wrk(system, { backendPort: up.port, path: '/1m', connections: 4, seconds });
+    const h2cMibps = (h2.succeeded * LARGE_BYTES) / MiB / h2.seconds;
+    const h1Mibps = (h1.requests * LARGE_BYTES) / MiB / h1.seconds;
+    return {
+      h2cMibps: round(h2cMibps, 1),
+      h1Mibps: round(h1Mibps, 1),
+      h2cVsH1: round(h2cMibps / h1Mibps, 3),
+      cpuUsPerMiB: cpuPer(h2.cpu, h2.succeeded),
+      errors: h2.failed + h2.errored + h2.timeout + h2.statusErrors + h1.non2xx + h1.socketErrors,
     };
   },
 };
@@ -317,4 +392,4 @@ const rps1000 = {
 };
 
 // Long-lived systems first (they share one warmed-up process each), then the ones that start their own.
-export const WORKLOADS = [h1Small, h2cSmall, download1m, rps1000, upload, websockets, idle];
+export const WORKLOADS = [h1Small, h2cSmall, ...downloads, h2cDownload, rps1000, upload, h2cUpload, websockets, idle];

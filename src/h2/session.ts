@@ -22,6 +22,7 @@ import {
   NGHTTP2_FRAME_SIZE_ERROR,
   NGHTTP2_COMPRESSION_ERROR,
 } from './constants.js';
+import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from './windows.js';
 
 
 const kEx = Symbol('cmux.h2.exchange');
@@ -298,12 +299,14 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       // until the client acknowledged the setting, PROTOCOL_ERROR after).
       maxConcurrentStreams: options.http2MaxConcurrentStreams,
       maxHeaderListSize: options.maxHeaderSize * 2,
+      initialWindowSize: H2_STREAM_WINDOW,
     },
     // node:http2's 10 MB default is too small for a proxy with slow readers.
     maxSessionMemory: 64,
     maxHeaderListPairs: options.maxHeadersCount + 8,
   });
   server.on('session', (session: TrackedSession) => {
+    session.setLocalWindowSize(H2_CONNECTION_WINDOW);
     const socket = session.socket as net.Socket & { encrypted?: boolean };
     const state: SessionState = {
       ping: null,

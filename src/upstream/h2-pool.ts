@@ -2,6 +2,7 @@ import type http2 from 'node:http2';
 import { http2 as loadHttp2 } from '../builtins.js';
 import { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
 import { keepSessionOnStreamError } from '../h2/protocol-error.js';
+import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from '../h2/windows.js';
 import { trailersH2 } from '../headers.js';
 import { connectTo } from './connect.js';
 import type { DeadlineSweep, Expirable } from '../deadlines.js';
@@ -240,9 +241,13 @@ class UpSession implements Expirable {
       createConnection: () => connectTo(target),
       // A proxy may hold many streams from slow clients: node:http2's 10 MB default is too small.
       maxSessionMemory: 64,
-      settings: pool.maxHeaderListSize === undefined ? undefined : { maxHeaderListSize: pool.maxHeaderListSize },
+      settings:
+        pool.maxHeaderListSize === undefined
+          ? { initialWindowSize: H2_STREAM_WINDOW }
+          : { initialWindowSize: H2_STREAM_WINDOW, maxHeaderListSize: pool.maxHeaderListSize },
     });
     this.session = session;
+    session.once('connect', setConnectionWindow);
     // One malformed response stream must not cost the other streams on this session.
     keepSessionOnStreamError(session);
     pool.deadlines.arm(this, pool.connectTimeoutMs);
@@ -473,6 +478,10 @@ export class H2UpstreamPool {
   closeIdle(): void {
     for (const entry of this.entries.values()) for (const s of entry.sessions.slice()) if (s.active === 0) s.session.close();
   }
+}
+
+function setConnectionWindow(this: http2.ClientHttp2Session): void {
+  if (!this.destroyed) this.setLocalWindowSize(H2_CONNECTION_WINDOW);
 }
 
 /**
