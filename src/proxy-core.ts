@@ -3,6 +3,7 @@ import { ErrorCodes } from './errors.js';
 import { buildUpstreamH2Headers, buildUpstreamRequestHead, validRequestId, type ForwardContext, type RequestHeadFacts } from './headers.js';
 import type { Logger } from './log.js';
 import { routeKind, type Observer } from './observe.js';
+import { requestRoute, type DiagnosticsRequest } from './diagnostics.js';
 import type { ResolvedOptions } from './options.js';
 import { parsePort } from './route/host-patterns.js';
 import { CachedPortResolver, RESOLVER_TIMEOUT, type ResolverAnswer } from './route/port-resolver.js';
@@ -33,6 +34,8 @@ export interface Routable {
   readonly facts: RequestHeadFacts;
   readonly host: string | undefined;
   readonly finished: boolean;
+  /** What the diagnostics channels say about it (made on first call). */
+  diagRequest(): DiagnosticsRequest;
   start(target: Target): void;
   /** Answers with a proxy-made error and ends. */
   reject(status: number, code: string, message: string): void;
@@ -195,6 +198,7 @@ export class ProxyCore {
   /** A routing decision: started toward `target`. */
   private go(req: Routable, target: Target): void {
     if (this.log.debugEnabled) this.logRoute(req, `${target.key} (${routeKind(this, 'GET', req.facts, target)})`);
+    if (requestRoute.hasSubscribers) requestRoute.publish({ request: req.diagRequest(), target: target.key, route: routeKind(this, 'GET', req.facts, target) });
     req.start(target);
   }
 
