@@ -7,6 +7,7 @@ import { http } from './builtins.js';
 import type { Target } from './route/target.js';
 import { PHASE_UPGRADED, type ReadBatch, type UpstreamConn, type UpstreamUser } from './upstream/h1-pool.js';
 import type { H2UpstreamRequest, H2UpstreamUser } from './upstream/h2-pool.js';
+import type { Span } from './tracing.js';
 import { diagnosticsRequest, publishEnd, requestEnd, requestError, requestStart, responseHeaders, upstreamConnect, type DiagnosticsRequest } from './diagnostics.js';
 
 export const BODY_NONE = 0;
@@ -105,6 +106,8 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   readonly requestId: string;
   /** What the diagnostics channels say about this request (built on first publish). */
   private diag: DiagnosticsRequest | null = null;
+  /** The OpenTelemetry server span (null: no tracer provider, or `@opentelemetry/api` absent). */
+  span: Span | null = null;
 
   constructor(
     core: ProxyCore,
@@ -133,6 +136,8 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.out = client.readBatch();
     this.requestId = core.requestIdFor(facts);
     this.t0 = core.observer === null ? 0 : performance.now();
+    const tracing = core.tracing;
+    if (tracing !== null) this.span = tracing.start(this);
     if (requestStart.hasSubscribers) requestStart.publish({ request: this.diagRequest() });
   }
 
@@ -145,11 +150,21 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     const observer = this.core.observer;
     if (observer !== null) observer.exchangeEnd(this);
     if (requestEnd.hasSubscribers || requestError.hasSubscribers) publishEnd(this.diagRequest(), this.status, this.errorCode, this.bytesIn, this.bytesOut);
+    if (this.span !== null) this.endSpan();
+  }
+
+  /** Ends the OpenTelemetry span (the exchange ended, or became a WebSocket or tunnel). */
+  endSpan(): void {
+    const span = this.span;
+    if (span === null) return;
+    this.span = null;
+    this.core.tracing!.end(span, this.status, this.errorCode);
   }
 
   /** A pipelined request dropped before it started (malformed, cut short, or its client left). */
   discard(): void {
     this.flags |= EX_FINISHED;
+    if (this.span !== null) this.endSpan();
     if (requestEnd.hasSubscribers || requestError.hasSubscribers) publishEnd(this.diagRequest(), 0, 'CLIENT_ABORT', this.bytesIn, this.bytesOut);
   }
 
@@ -423,6 +438,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.upgradeHead = null;
     this.flags |= EX_FINISHED;
     this.conn = null;
+    if (this.span !== null) this.endSpan();
     this.core.pool.detach(conn);
     this.client.upgraded(this, conn, this.status, head.statusMessage, head.raw, rest);
   }

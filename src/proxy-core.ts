@@ -4,6 +4,7 @@ import { buildUpstreamH2Headers, buildUpstreamRequestHead, validRequestId, type 
 import type { Logger } from './log.js';
 import { routeKind, type Observer } from './observe.js';
 import { requestRoute, type DiagnosticsRequest } from './diagnostics.js';
+import { traceparentOf, type Tracing } from './tracing.js';
 import type { ResolvedOptions } from './options.js';
 import { parsePort } from './route/host-patterns.js';
 import { CachedPortResolver, RESOLVER_TIMEOUT, type ResolverAnswer } from './route/port-resolver.js';
@@ -103,6 +104,8 @@ export class ProxyCore {
   draining = false;
   /** Set when metrics or the access log are on; null keeps every hook to one check. */
   observer: Observer | null = null;
+  /** Set at start when `@opentelemetry/api` can be loaded; null keeps every hook to one check. */
+  tracing: Tracing | null = null;
   /** Request ids the proxy makes: a per-process random prefix and a counter. */
   private readonly requestIdPrefix: string;
   private requestCounter = 0;
@@ -317,6 +320,7 @@ export class ProxyCore {
       upgrade,
       chunked,
       requestId: ex.requestId,
+      traceparent: ex.span === null ? undefined : traceparentOf(ex.span),
     };
   }
 

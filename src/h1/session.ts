@@ -784,6 +784,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     }
     ex.flags |= EX_FINISHED;
     ex.status = 200;
+    if (ex.span !== null) ex.endSpan();
     if (upstreamConnect.hasSubscribers) upstreamConnect.publish({ request: ex.diagRequest(), target: ex.target!.key, protocol: 'tcp', reused: false });
     this.core.stats.countStatus(200);
     this.flags |= C_TUNNEL;
