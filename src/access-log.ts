@@ -46,12 +46,27 @@ function str(s: string | null): string {
   return `"${s}"`;
 }
 
+/** `.001` .. `.999` as JavaScript prints them (no trailing zeros), '' for 0: index = thousandths. */
+const THOUSANDTHS: readonly string[] = Array.from({ length: 1000 }, (_, i) => (i === 0 ? '' : (i / 1000).toString().slice(1)));
+
+/**
+ * A duration rounded to microseconds, as JSON.stringify prints it. A double's shortest form costs
+ * several hundred nanoseconds and V8's number-string cache never hits on durations; whole
+ * milliseconds (a small integer) and a table lookup for the fraction print the same text.
+ */
+function millis(ms: number): string {
+  const us = Math.round(ms * 1000);
+  if (!(us >= 0 && us < 0x4000_0000)) return `${ms}`;
+  const whole = (us / 1000) | 0;
+  return `${whole}${THOUSANDTHS[us - whole * 1000]!}`;
+}
+
 /** The entry as one JSON line (same keys and order as JSON.stringify; about 3x faster). */
 export function formatEntry(e: AccessLogEntry): string {
   return (
     `{"time":"${e.time}","kind":"${e.kind}","client":${str(e.client)},"protocol":"${e.protocol}","tls":${e.tls},` +
     `"method":${str(e.method)},"host":${str(e.host)},"path":${str(e.path)},"route":"${e.route}","target":${str(e.target)},` +
-    `"status":${e.status},"bytesIn":${e.bytesIn},"bytesOut":${e.bytesOut},"durationMs":${e.durationMs},"reused":${e.reused},` +
+    `"status":${e.status},"bytesIn":${e.bytesIn},"bytesOut":${e.bytesOut},"durationMs":${millis(e.durationMs)},"reused":${e.reused},` +
     `"error":${str(e.error)},"requestId":${str(e.requestId)}}`
   );
 }
