@@ -7,6 +7,8 @@ import { http } from './builtins.js';
 import type { Target } from './route/target.js';
 import { PHASE_UPGRADED, type ReadBatch, type UpstreamConn, type UpstreamUser } from './upstream/h1-pool.js';
 import type { H2UpstreamRequest, H2UpstreamUser } from './upstream/h2-pool.js';
+import type { Span } from './tracing.js';
+import { diagnosticsRequest, publishEnd, requestEnd, requestError, requestStart, responseHeaders, upstreamConnect, type DiagnosticsRequest } from './diagnostics.js';
 
 export const BODY_NONE = 0;
 export const BODY_LENGTH = 1;
@@ -102,6 +104,10 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   errorCode = '';
   /** `X-Request-Id`: the client's when valid, else made by the proxy; sent upstream. */
   readonly requestId: string;
+  /** What the diagnostics channels say about this request (built on first publish). */
+  private diag: DiagnosticsRequest | null = null;
+  /** The OpenTelemetry server span (null: no tracer provider, or `@opentelemetry/api` absent). */
+  span: Span | null = null;
 
   constructor(
     core: ProxyCore,
@@ -130,12 +136,36 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.out = client.readBatch();
     this.requestId = core.requestIdFor(facts);
     this.t0 = core.observer === null ? 0 : performance.now();
+    const tracing = core.tracing;
+    if (tracing !== null) this.span = tracing.start(this);
+    if (requestStart.hasSubscribers) requestStart.publish({ request: this.diagRequest() });
   }
 
-  /** The single end of every exchange that does not become a tunnel: feeds the observer. */
+  diagRequest(): DiagnosticsRequest {
+    return (this.diag ??= diagnosticsRequest(this.requestId, this.method, this.host, this.path, this.clientVersion, this.proto === 'https', this.clientAddress));
+  }
+
+  /** The single end of every exchange that does not become a tunnel: feeds the observer and the channels. */
   private ended(): void {
     const observer = this.core.observer;
     if (observer !== null) observer.exchangeEnd(this);
+    if (requestEnd.hasSubscribers || requestError.hasSubscribers) publishEnd(this.diagRequest(), this.status, this.errorCode, this.bytesIn, this.bytesOut);
+    if (this.span !== null) this.endSpan();
+  }
+
+  /** Ends the OpenTelemetry span (the exchange ended, or became a WebSocket or tunnel). */
+  endSpan(): void {
+    const span = this.span;
+    if (span === null) return;
+    this.span = null;
+    this.core.tracing!.end(span, this.status, this.errorCode);
+  }
+
+  /** A pipelined request dropped before it started (malformed, cut short, or its client left). */
+  discard(): void {
+    this.flags |= EX_FINISHED;
+    if (this.span !== null) this.endSpan();
+    if (requestEnd.hasSubscribers || requestError.hasSubscribers) publishEnd(this.diagRequest(), 0, 'CLIENT_ABORT', this.bytesIn, this.bytesOut);
   }
 
   get finished(): boolean {
@@ -193,6 +223,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     }
     this.h2 = req;
     this.flags |= EX_HEAD_SENT;
+    if (upstreamConnect.hasSubscribers) upstreamConnect.publish({ request: this.diagRequest(), target: this.target!.key, protocol: 'h2c', reused: false });
     const queued = this.queued;
     this.queued = null;
     if (queued !== null) {
@@ -216,7 +247,9 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     }
     this.status = status;
     this.flags |= endStream ? EX_RESPONSE_STARTED | EX_RESPONSE_EMPTY : EX_RESPONSE_STARTED;
-    this.client.respond(this, status, http().STATUS_CODES[status] ?? 'Unknown', withoutPseudo(raw));
+    const headers = withoutPseudo(raw);
+    if (responseHeaders.hasSubscribers) responseHeaders.publish({ request: this.diagRequest(), status, headers });
+    this.client.respond(this, status, http().STATUS_CODES[status] ?? 'Unknown', headers);
   }
 
   h2Body(chunk: Buffer): void {
@@ -281,6 +314,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.reused = conn.responses > 0;
     const observer = this.core.observer;
     if (observer !== null && conn.responses === 0 && this.tUpstream !== 0) observer.upstreamConnected(this.tUpstream);
+    if (upstreamConnect.hasSubscribers) upstreamConnect.publish({ request: this.diagRequest(), target: this.target!.key, protocol: 'http1', reused: this.reused });
     this.core.pool.awaitHead(conn, this.core.options.upstreamResponseTimeoutMs);
     const socket = conn.socket;
     const queued = this.queued;
@@ -373,6 +407,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       if ((this.flags & EX_UPGRADE) === 0 || !upgrade) return this.badResponse(conn);
       this.status = status;
       this.flags |= EX_RESPONSE_STARTED;
+      if (responseHeaders.hasSubscribers) responseHeaders.publish({ request: this.diagRequest(), status, headers: raw });
       conn.phase = PHASE_UPGRADED;
       this.upgradeHead = { statusMessage, raw };
       return 0;
@@ -380,6 +415,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     void keepAlive;
     this.status = status;
     this.flags |= EX_RESPONSE_STARTED;
+    if (responseHeaders.hasSubscribers) responseHeaders.publish({ request: this.diagRequest(), status, headers: raw });
     this.client.respond(this, status, statusMessage, raw);
     if (this.responseFacts.keepAliveTimeoutSec > 0) conn.keepAliveMs = this.responseFacts.keepAliveTimeoutSec * 1000;
     return this.method === 'HEAD' ? 1 : 0;
@@ -402,6 +438,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.upgradeHead = null;
     this.flags |= EX_FINISHED;
     this.conn = null;
+    if (this.span !== null) this.endSpan();
     this.core.pool.detach(conn);
     this.client.upgraded(this, conn, this.status, head.statusMessage, head.raw, rest);
   }

@@ -53,6 +53,7 @@ const N_VIA = 4;
 const N_FORWARDED_SET = 5;
 const N_COOKIE = 6;
 const N_REQUEST_ID = 7;
+const N_TRACEPARENT = 8;
 const N_HOP = 0x10;
 const N_KEEP_ALIVE = N_HOP | 1;
 const N_UPGRADE = N_HOP | 2;
@@ -81,6 +82,7 @@ const KIND_BY_LOWER_NAME: ReadonlyMap<string, number> = new Map([
   ['x-forwarded-host', N_FORWARDED_SET],
   ['cookie', N_COOKIE],
   ['x-request-id', N_REQUEST_ID],
+  ['traceparent', N_TRACEPARENT],
 ]);
 
 /**
@@ -234,6 +236,8 @@ export interface ForwardContext {
   chunked: boolean;
   /** `X-Request-Id` to send (the client's when valid, else one the proxy made). */
   requestId: string;
+  /** The proxy's span context, sent instead of the client's `traceparent` (undefined: the client's passes unchanged). */
+  traceparent?: string | undefined;
 }
 
 /** Longest `X-Request-Id` kept from a client. */
@@ -289,6 +293,9 @@ export function buildUpstreamRequestHead(
       case N_REQUEST_ID:
         // Sent once below: the client's when valid, else the proxy's own.
         continue;
+      case N_TRACEPARENT:
+        if (ctx.traceparent !== undefined) continue;
+        break;
     }
     head += `${name}: ${value}\r\n`;
   }
@@ -296,6 +303,7 @@ export function buildUpstreamRequestHead(
   head += `x-forwarded-for: ${xff === undefined ? ctx.clientAddress : `${xff}, ${ctx.clientAddress}`}\r\n`;
   head += `x-forwarded-proto: ${ctx.proto}\r\nx-forwarded-host: ${ctx.forwardedHost}\r\n`;
   head += `via: ${via === undefined ? ctx.viaEntry : `${via}, ${ctx.viaEntry}`}\r\nx-request-id: ${ctx.requestId}\r\n`;
+  if (ctx.traceparent !== undefined) head += `traceparent: ${ctx.traceparent}\r\n`;
   if (ctx.upgrade) head += 'connection: upgrade\r\n';
   if (ctx.chunked) head += 'transfer-encoding: chunked\r\n';
   return `${head}\r\n`;
@@ -327,6 +335,7 @@ export function buildUpstreamH2Headers(
       continue;
     }
     if ((kind & N_HOP) !== 0 || kind === N_HOST || kind === N_FORWARDED_SET || kind === N_REQUEST_ID) continue;
+    if (kind === N_TRACEPARENT && ctx.traceparent !== undefined) continue;
     const lower = name.toLowerCase();
     if (tokens !== null && tokens.includes(lower)) continue;
     if (kind === N_FORWARDED_FOR) {
@@ -348,6 +357,7 @@ export function buildUpstreamH2Headers(
   headers['x-forwarded-host'] = ctx.forwardedHost;
   headers['via'] = via === undefined ? ctx.viaEntry : `${via}, ${ctx.viaEntry}`;
   headers['x-request-id'] = ctx.requestId;
+  if (ctx.traceparent !== undefined) headers['traceparent'] = ctx.traceparent;
   return headers;
 }
 

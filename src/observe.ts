@@ -120,8 +120,9 @@ export class Observer {
   private readonly lifetime = new Histogram(LIFETIME_BUCKETS, TUNNEL_KINDS.length);
   readonly accessLog: AccessLog | null;
   private readonly logQuery: boolean;
-  /** ISO time of the current event-loop turn's lines (one Date per batch, not per line). */
+  /** ISO time of the current millisecond's lines (one Date string per millisecond, not per line). */
   private now = '';
+  private nowMs = 0;
   private readonly scratch: AccessLogEntry = newEntry();
 
   constructor(accessLog: AccessLog | null, logQuery: boolean) {
@@ -130,16 +131,12 @@ export class Observer {
   }
 
   private time(): string {
-    let now = this.now;
-    if (now === '') {
-      now = this.now = new Date().toISOString();
-      setImmediate(clearTime, this);
+    const ms = Date.now();
+    if (ms !== this.nowMs) {
+      this.nowMs = ms;
+      this.now = new Date(ms).toISOString();
     }
-    return now;
-  }
-
-  clearTime(): void {
-    this.now = '';
+    return this.now;
   }
 
   private logPath(path: string): string {
@@ -296,9 +293,6 @@ function newEntry(): AccessLogEntry {
   };
 }
 
-function clearTime(observer: Observer): void {
-  observer.clearTime();
-}
 
 function labelValue(value: string): string {
   return value.replace(/[\\"\n]/g, (c) => (c === '\n' ? '\\n' : `\\${c}`));

@@ -3,6 +3,8 @@ import { ErrorCodes } from './errors.js';
 import { buildUpstreamH2Headers, buildUpstreamRequestHead, validRequestId, type ForwardContext, type RequestHeadFacts } from './headers.js';
 import type { Logger } from './log.js';
 import { routeKind, type Observer } from './observe.js';
+import { requestRoute, type DiagnosticsRequest } from './diagnostics.js';
+import { traceparentOf, type Tracing } from './tracing.js';
 import type { ResolvedOptions } from './options.js';
 import { parsePort } from './route/host-patterns.js';
 import { CachedPortResolver, RESOLVER_TIMEOUT, type ResolverAnswer } from './route/port-resolver.js';
@@ -33,6 +35,8 @@ export interface Routable {
   readonly facts: RequestHeadFacts;
   readonly host: string | undefined;
   readonly finished: boolean;
+  /** What the diagnostics channels say about it (made on first call). */
+  diagRequest(): DiagnosticsRequest;
   start(target: Target): void;
   /** Answers with a proxy-made error and ends. */
   reject(status: number, code: string, message: string): void;
@@ -100,6 +104,8 @@ export class ProxyCore {
   draining = false;
   /** Set when metrics or the access log are on; null keeps every hook to one check. */
   observer: Observer | null = null;
+  /** Set at start when `@opentelemetry/api` can be loaded; null keeps every hook to one check. */
+  tracing: Tracing | null = null;
   /** Request ids the proxy makes: a per-process random prefix and a counter. */
   private readonly requestIdPrefix: string;
   private requestCounter = 0;
@@ -195,6 +201,7 @@ export class ProxyCore {
   /** A routing decision: started toward `target`. */
   private go(req: Routable, target: Target): void {
     if (this.log.debugEnabled) this.logRoute(req, `${target.key} (${routeKind(this, 'GET', req.facts, target)})`);
+    if (requestRoute.hasSubscribers) requestRoute.publish({ request: req.diagRequest(), target: target.key, route: routeKind(this, 'GET', req.facts, target) });
     req.start(target);
   }
 
@@ -313,6 +320,7 @@ export class ProxyCore {
       upgrade,
       chunked,
       requestId: ex.requestId,
+      traceparent: ex.span === null ? undefined : traceparentOf(ex.span),
     };
   }
 

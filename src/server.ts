@@ -18,6 +18,7 @@ import { StatsCounters, snapshot, type ProxyStats } from './stats.js';
 import { TlsContexts } from './tls.js';
 import { AdminServer } from './admin.js';
 import { Observer } from './observe.js';
+import { loadTracing } from './tracing.js';
 import { AccessLog } from './access-log.js';
 
 const kSniff = Symbol('cmux.sniff');
@@ -85,6 +86,7 @@ export class ProxyServer implements SessionHost, H2Host {
   private acceptFailures = 0;
   private acceptLoggedAt = 0;
   private readonly admin: AdminServer | null = null;
+  private tracingLoaded = false;
 
   constructor(input: ProxyOptions) {
     this.options = resolveOptions(input);
@@ -199,8 +201,12 @@ export class ProxyServer implements SessionHost, H2Host {
     return run;
   }
 
-  /** The admin listener and the access log file: up before the proxy listens. */
+  /** The admin listener and the access log file: up before the proxy listens; `@opentelemetry/api` looked for once. */
   private async startObservability(): Promise<void> {
+    if (!this.tracingLoaded) {
+      this.tracingLoaded = true;
+      this.core.tracing = await loadTracing();
+    }
     this.core.observer?.accessLog?.open();
     await this.admin?.start();
   }

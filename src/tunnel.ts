@@ -2,6 +2,7 @@ import type { Duplex } from 'node:stream';
 import type net from 'node:net';
 import type { StatsCounters } from './stats.js';
 import type { TunnelRecord } from './observe.js';
+import { publishTunnelEnd, type DiagnosticsRequest } from './diagnostics.js';
 
 export const TUNNEL_WEBSOCKET = 1;
 export const TUNNEL_CONNECT = 2;
@@ -30,6 +31,10 @@ export class Tunnel {
   private readonly onClosed: ((tunnel: Tunnel) => void) | undefined;
   /** Set by the opener when an observer watches (see observe.ts). */
   record: TunnelRecord | null = null;
+  /** Set by the opener when the diagnostics channels are subscribed: its `request:end` comes at the close. */
+  diag: DiagnosticsRequest | null = null;
+  /** The status that opened it (101 or 200), for `request:end`. */
+  diagStatus = 0;
 
   constructor(a: Duplex, b: Duplex, kind: number, stats: StatsCounters, onClosed?: (tunnel: Tunnel) => void) {
     this.a = a as TunnelEnd;
@@ -81,6 +86,12 @@ export class Tunnel {
     else this.stats.tunnelsOpen--;
     const record = this.record;
     if (record !== null) record.observer.tunnelEnd(record, this);
+    const diag = this.diag;
+    if (diag !== null) {
+      // The second end is always the upstream socket.
+      const upstream = this.b as unknown as { bytesRead?: number; bytesWritten?: number };
+      publishTunnelEnd(diag, this.kind === TUNNEL_WEBSOCKET, this.diagStatus, upstream.bytesWritten ?? 0, upstream.bytesRead ?? 0);
+    }
     this.onClosed?.(this);
   }
 }

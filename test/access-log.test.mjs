@@ -266,6 +266,33 @@ describe('access log: files', () => {
 });
 
 describe('access log: line format', () => {
+  it('batches encoded into reused Buffers: lines added during a write, non-ASCII and a 300 KB line arrive byte-exact', async () => {
+    const { AccessLog } = await import('../dist/access-log.js');
+    const { dir, file } = tmpFile('batches.log');
+    const errors = [];
+    const log = new AccessLog(file, { error: (m) => errors.push(m), warn: (m) => errors.push(m), info() {}, debug() {} });
+    const expected = [];
+    const add = (line) => {
+      expected.push(line);
+      log.addLine(line);
+    };
+    try {
+      for (let round = 0; round < 6; round++) {
+        for (let i = 0; i < 500; i++) add(JSON.stringify({ round, i, path: `/caf\u00e9/\u2603/${'x'.repeat(i % 97)}` }));
+        if (round === 2) add(JSON.stringify({ big: 'y'.repeat(300_000) }));
+        // Starts a write, then more lines come while it is in flight.
+        log.flush();
+        for (let i = 0; i < 50; i++) add(JSON.stringify({ round, during: i }));
+        if (round % 2 === 1) await log.drain();
+      }
+      await log.close();
+      assert.equal(fs.readFileSync(file, 'utf8'), `${expected.join('\n')}\n`);
+      assert.deepEqual(errors, []);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('formatEntry writes exactly what JSON.stringify writes, escapes included', async () => {
     const { formatEntry } = await import('../dist/access-log.js');
     const base = { time: '2026-01-01T00:00:00.000Z', kind: 'http', client: '::1', protocol: 'HTTP/2', tls: true, method: 'GET', host: null, path: '/', route: 'none', target: null, status: 0, bytesIn: 0, bytesOut: 0, durationMs: 0.125, reused: false, error: null, requestId: null };

@@ -6,6 +6,8 @@ import { Bench } from 'tinybench';
 import { sniff, SNIFF_H1, SNIFF_H2, SNIFF_MORE } from '../../dist/sniff.js';
 import { route } from '../../dist/route/router.js';
 import { workspaceIp, workspaceNumber } from '../../dist/route/workspace-ip.js';
+import dc from 'node:diagnostics_channel';
+import * as diag from '../../dist/diagnostics.js';
 import { buildUpstreamRequestHead, connectionTokens, emptyFacts, filterResponseHeadersH1, responseHeadersH2, scanRequestHeaders } from '../../dist/headers.js';
 
 const filter = process.argv[2];
@@ -46,11 +48,44 @@ const cases = {
   'responseHeadersH2': [() => responseHeadersH2(responseHeaders, 200, { contentLength: false, keepAliveTimeoutSec: 0 })['set-cookie'].length, 2],
 };
 
+// The diagnostics_channel publish sites one exchange passes (start, route, upstream:connect,
+// response:headers, end), written as in src/: with nobody subscribed each is one
+// `hasSubscribers` read and no object is built. Compared with the same call doing nothing.
+const exchange = {
+  diag: null,
+  diagRequest() {
+    return (this.diag ??= diag.diagnosticsRequest('id-1', 'GET', 'app.3000.localhost', '/', '1.1', false, '127.0.0.1'));
+  },
+};
+const rawResponse = ['content-type', 'text/plain'];
+function exchangeSites(ex) {
+  ex.diag = null;
+  if (diag.requestStart.hasSubscribers) diag.requestStart.publish({ request: ex.diagRequest() });
+  if (diag.requestRoute.hasSubscribers) diag.requestRoute.publish({ request: ex.diagRequest(), target: '127.0.0.1:3000', route: 'header' });
+  if (diag.upstreamConnect.hasSubscribers) diag.upstreamConnect.publish({ request: ex.diagRequest(), target: '127.0.0.1:3000', protocol: 'http1', reused: true });
+  if (diag.responseHeaders.hasSubscribers) diag.responseHeaders.publish({ request: ex.diagRequest(), status: 200, headers: rawResponse });
+  if (diag.requestEnd.hasSubscribers || diag.requestError.hasSubscribers) diag.publishEnd(ex.diagRequest(), 200, '', 0, 100);
+  return ex.diag;
+}
+function noSites(ex) {
+  ex.diag = null;
+  return ex.diag;
+}
+let seen = 0;
+const subscriber = () => seen++;
+const subscribeAll = () => diag.CHANNEL_NAMES.forEach((name) => dc.subscribe(name, subscriber));
+const unsubscribeAll = () => diag.CHANNEL_NAMES.forEach((name) => dc.unsubscribe(name, subscriber));
+cases['diagnostics: exchange without publish sites'] = [() => noSites(exchange), null];
+cases['diagnostics: 5 publish sites, no subscriber'] = [() => exchangeSites(exchange), null];
+cases['diagnostics: 5 publish sites, all subscribed'] = [() => exchangeSites(exchange) !== null, true, { beforeAll: subscribeAll, afterAll: unsubscribeAll }];
+
 const bench = new Bench({ time: 300, warmupTime: 100 });
-for (const [name, [fn, expected]] of Object.entries(cases)) {
+for (const [name, [fn, expected, hooks]] of Object.entries(cases)) {
   if (filter && !name.includes(filter)) continue;
+  hooks?.beforeAll();
   assert.deepEqual(fn(), expected, `${name} returns the right answer`);
-  bench.add(name, fn);
+  hooks?.afterAll();
+  bench.add(name, fn, hooks);
 }
 await bench.run();
 console.log(`Node ${process.version}`);

@@ -23,6 +23,7 @@ import type { DeadlineSweep, Expirable } from '../deadlines.js';
 import type { ProxyCore } from '../proxy-core.js';
 import { isRouteError } from '../route/router.js';
 import { TUNNEL_KIND_CONNECT, TUNNEL_KIND_WEBSOCKET } from '../observe.js';
+import { requestEnd, requestRoute, upstreamConnect, websocketClose, websocketOpen } from '../diagnostics.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import type { ReadBatch, TunnelUser, UpstreamConn } from '../upstream/h1-pool.js';
 import {
@@ -301,7 +302,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
 
   /** A pipelined request that never started (bad or cut short): out of the queue, unanswered. */
   private dropPipelined(ex: Exchange): void {
-    ex.flags |= EX_FINISHED;
+    ex.discard();
     const at = this.pending?.indexOf(ex) ?? -1;
     if (at !== -1) this.pending!.splice(at, 1);
   }
@@ -709,6 +710,11 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     if (observer !== null) {
       tunnel.record = observer.tunnelOpened(kind === TUNNEL_WEBSOCKET ? TUNNEL_KIND_WEBSOCKET : TUNNEL_KIND_CONNECT, ex.t0, observer.tunnelInfo(ex));
     }
+    if (kind === TUNNEL_WEBSOCKET && websocketOpen.hasSubscribers) websocketOpen.publish({ request: ex.diagRequest(), target: ex.target!.key });
+    if (requestEnd.hasSubscribers || websocketClose.hasSubscribers) {
+      tunnel.diag = ex.diagRequest();
+      tunnel.diagStatus = ex.status;
+    }
     this.host.tunnelOpened(this.socket);
     this.socket.resume();
     upstream.resume();
@@ -742,6 +748,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       return;
     }
     ex.target = target;
+    if (requestRoute.hasSubscribers) requestRoute.publish({ request: ex.diagRequest(), target: target.key, route: 'connect' });
     // The tunnel's socket counts against maxSocketsPerUpstream like any upstream socket.
     core.pool.openTunnel(target, this);
   }
@@ -776,6 +783,9 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       return;
     }
     ex.flags |= EX_FINISHED;
+    ex.status = 200;
+    if (ex.span !== null) ex.endSpan();
+    if (upstreamConnect.hasSubscribers) upstreamConnect.publish({ request: ex.diagRequest(), target: ex.target!.key, protocol: 'tcp', reused: false });
     this.core.stats.countStatus(200);
     this.flags |= C_TUNNEL;
     this.current = null;
@@ -856,7 +866,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     }
     const pending = this.pending;
     this.pending = null;
-    if (pending !== null) for (const p of pending) p.flags |= EX_FINISHED;
+    if (pending !== null) for (const p of pending) p.discard();
     if (this.handle !== null) {
       releaseHandle(this.parser, this.handle);
       this.handle = null;

@@ -11,6 +11,18 @@ import type { TunnelUser } from '../upstream/h1-pool.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import { TUNNEL_KIND_CONNECT, TUNNEL_KIND_WEBSOCKET, routeKind, type TunnelInfo } from '../observe.js';
 import {
+  diagnosticsRequest,
+  publishEnd,
+  requestEnd,
+  requestError,
+  requestStart,
+  responseHeaders,
+  upstreamConnect,
+  websocketClose,
+  websocketOpen,
+  type DiagnosticsRequest,
+} from '../diagnostics.js';
+import {
   parserResource,
   Parser,
   RESPONSE,
@@ -107,6 +119,11 @@ class WebSocketBridge implements Routable, TunnelUser {
   /** performance.now() at the request head (observer only, else 0). */
   readonly t0: number;
   readonly requestId: string;
+  /** The status the client got (or is getting), for the diagnostics channels. */
+  private status = 0;
+  private diag: DiagnosticsRequest | null = null;
+  /** `request:end` published (or nobody subscribed when it ended). */
+  private diagEnded = false;
 
   constructor(core: ProxyCore, stream: BridgeStream, headers: http2.IncomingHttpHeaders, raw: string[], facts: RequestHeadFacts, clientAddress: string, tls: boolean) {
     this.core = core;
@@ -121,16 +138,29 @@ class WebSocketBridge implements Routable, TunnelUser {
     this.requestId = core.requestIdFor(facts);
     stream[kBridge] = this;
     stream.on('close', bridgeStreamOnClose);
+    if (requestStart.hasSubscribers) requestStart.publish({ request: this.diagRequest() });
+  }
+
+  diagRequest(): DiagnosticsRequest {
+    return (this.diag ??= diagnosticsRequest(this.requestId, this.method, this.host, this.path, '2', this.tls, this.clientAddress));
+  }
+
+  /** Over before it became a WebSocket: `request:error` (when `code` is set) and `request:end`. */
+  private diagEnd(status: number, code: string): void {
+    if (this.diagEnded) return;
+    this.diagEnded = true;
+    if (requestEnd.hasSubscribers || requestError.hasSubscribers) publishEnd(this.diagRequest(), status, code, 0, 0);
   }
 
   get finished(): boolean {
     return this.phase >= 3;
   }
 
-  reject(status: number, _code: string, message: string): void {
+  reject(status: number, code: string, message: string): void {
     if (this.phase >= 3) return;
     this.phase = 4;
     answer(this.core, this.stream, status, message);
+    this.diagEnd(status, code);
   }
 
   start(target: Target): void {
@@ -182,6 +212,7 @@ class WebSocketBridge implements Routable, TunnelUser {
       chunked: false,
       requestId: this.requestId,
     });
+    if (upstreamConnect.hasSubscribers) upstreamConnect.publish({ request: this.diagRequest(), target: this.target!.key, protocol: 'http1', reused: false });
     const parser = new Parser() as BridgeParser;
     parser.initialize(RESPONSE, parserResource(this), options.maxHeaderSize, kLenientNone);
     parser.bridge = this;
@@ -238,6 +269,8 @@ class WebSocketBridge implements Routable, TunnelUser {
         return 0;
       }
       this.core.stats.countStatus(200);
+      this.status = 200;
+      if (responseHeaders.hasSubscribers) responseHeaders.publish({ request: this.diagRequest(), status, headers: raw });
       this.phase = 3;
       return 0;
     }
@@ -250,6 +283,8 @@ class WebSocketBridge implements Routable, TunnelUser {
     }
     // Refused (403, 404, ...): relay the answer as a normal response.
     this.phase = 2;
+    this.status = status;
+    if (responseHeaders.hasSubscribers) responseHeaders.publish({ request: this.diagRequest(), status, headers: raw });
     this.core.stats.countStatus(status);
     try {
       stream.respond(responseHeadersH2(raw, status, this.responseFacts));
@@ -268,6 +303,7 @@ class WebSocketBridge implements Routable, TunnelUser {
     this.phase = 4;
     if (!this.stream.destroyed) this.stream.end();
     this.socket?.destroy();
+    this.diagEnd(this.status, '');
   }
 
   private splice(rest: Buffer | null): void {
@@ -301,6 +337,13 @@ class WebSocketBridge implements Routable, TunnelUser {
             };
       tunnel.record = observer.tunnelOpened(TUNNEL_KIND_WEBSOCKET, this.t0, info);
     }
+    if (websocketOpen.hasSubscribers) websocketOpen.publish({ request: this.diagRequest(), target: this.target!.key });
+    if (requestEnd.hasSubscribers || websocketClose.hasSubscribers) {
+      tunnel.diag = this.diagRequest();
+      tunnel.diagStatus = 200;
+    }
+    // From here on the tunnel publishes its end.
+    this.diagEnded = true;
   }
 
   fail(code: string): void {
@@ -316,9 +359,11 @@ class WebSocketBridge implements Routable, TunnelUser {
     if (relaying) {
       this.core.stats.responsesReset++;
       resetStream(this.stream);
+      this.diagEnd(this.status, code);
       return;
     }
     upstreamFailure(this.core, this.stream, code);
+    this.diagEnd(upstreamFailureAnswer(code).status, code);
   }
 
   streamClosed(): void {
@@ -328,6 +373,7 @@ class WebSocketBridge implements Routable, TunnelUser {
     this.socket?.destroy();
     if (this.parser !== null) closeParserLater(this.parser);
     this.parser = null;
+    this.diagEnd(this.status, 'CLIENT_ABORT');
   }
 }
 
