@@ -29,6 +29,7 @@ export const ErrorCodes = {
   RESOLVER_FAILED: 'CMUX_RESOLVER_FAILED',
   RESOLVER_TIMEOUT: 'CMUX_RESOLVER_TIMEOUT',
   LOOP_DETECTED: 'CMUX_LOOP_DETECTED',
+  NO_HEALTHY_UPSTREAM: 'CMUX_NO_HEALTHY_UPSTREAM',
   HEADERS_TOO_LARGE: 'CMUX_HEADERS_TOO_LARGE',
   URI_TOO_LONG: 'CMUX_URI_TOO_LONG',
   REQUEST_TIMEOUT: 'CMUX_REQUEST_TIMEOUT',
@@ -79,9 +80,9 @@ export function statusText(status: number): string {
 }
 
 /** A complete HTTP/1.1 error response with a short text body. */
-export function errorResponse(status: number, body: string, keepAlive: boolean): string {
+export function errorResponse(status: number, body: string, keepAlive: boolean, retryAfter = 0): string {
   return (
-    `HTTP/1.1 ${status} ${statusText(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
+    `HTTP/1.1 ${status} ${statusText(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n${retryAfter > 0 ? `retry-after: ${retryAfter}\r\n` : ''}` +
     `content-length: ${Buffer.byteLength(body)}\r\nconnection: ${keepAlive ? 'keep-alive' : 'close'}\r\n\r\n${body}`
   );
 }

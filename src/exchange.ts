@@ -7,6 +7,7 @@ import { http } from './builtins.js';
 import type { Target } from './route/target.js';
 import { PHASE_UPGRADED, type ReadBatch, type UpstreamConn, type UpstreamUser } from './upstream/h1-pool.js';
 import type { H2UpstreamRequest, H2UpstreamUser } from './upstream/h2-pool.js';
+import { OUTCOME_FAILED, OUTCOME_NEUTRAL, OUTCOME_OK, holdMemberUntilClose, type GroupMember } from './upstream/group.js';
 
 export const BODY_NONE = 0;
 export const BODY_LENGTH = 1;
@@ -17,6 +18,12 @@ const LAST_CHUNK = '0\r\n\r\n';
 
 /** Methods that may be replayed on a fresh socket when a reused one dies before any byte back (RFC 9110 §9.2.2). */
 const RETRYABLE_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+/** Failures where the connection to the upstream never opened: nothing reached it, another member may serve. */
+const NOT_CONNECTED: ReadonlySet<string> = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOENT', 'CONNECT_TIMEOUT']);
+
+/** Failures that say nothing about the upstream's health (the proxy's own limits). */
+const NEUTRAL_FAILURES: ReadonlySet<string> = new Set(['SOCKET_LIMIT', 'FD_LIMIT', 'EMFILE', 'ENFILE', 'PROXY_STOPPING', 'CLIENT_ABORT']);
 
 /**
  * The client end of an exchange: an HTTP/1 connection or an HTTP/2 stream. It owns response
@@ -102,6 +109,12 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   errorCode = '';
   /** `X-Request-Id`: the client's when valid, else made by the proxy; sent upstream. */
   readonly requestId: string;
+  /** The route-group upstream serving this exchange (see ProxyCore.startGroup), else null. */
+  member: GroupMember | null = null;
+  /** Group members that refused this exchange's connection (tried before the current one). */
+  private tried: GroupMember[] | null = null;
+  /** `Retry-After` seconds on a proxy-made answer (0: none). */
+  retryAfter = 0;
 
   constructor(
     core: ProxyCore,
@@ -134,8 +147,24 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
 
   /** The single end of every exchange that does not become a tunnel: feeds the observer. */
   private ended(): void {
+    const member = this.member;
+    if (member !== null) {
+      this.member = null;
+      member.group.finish(member, this.outcome());
+    }
     const observer = this.core.observer;
     if (observer !== null) observer.exchangeEnd(this);
+  }
+
+  /**
+   * What this exchange says about its group member's health: a failure is an upstream failure
+   * answered by the proxy (502/504) before any response; a response is a success.
+   */
+  private outcome(): number {
+    const code = this.errorCode;
+    if (code === '') return this.status > 0 ? OUTCOME_OK : OUTCOME_NEUTRAL;
+    if (NEUTRAL_FAILURES.has(code) || code.startsWith('CMUX_')) return OUTCOME_NEUTRAL;
+    return (this.flags & EX_RESPONSE_STARTED) === 0 ? OUTCOME_FAILED : OUTCOME_NEUTRAL;
   }
 
   get finished(): boolean {
@@ -403,6 +432,12 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.flags |= EX_FINISHED;
     this.conn = null;
     this.core.pool.detach(conn);
+    const member = this.member;
+    if (member !== null) {
+      // A WebSocket counts in its upstream's load until it closes.
+      this.member = null;
+      holdMemberUntilClose(conn.socket, member);
+    }
     this.client.upgraded(this, conn, this.status, head.statusMessage, head.raw, rest);
   }
 
@@ -444,6 +479,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.conn = null;
     this.flags &= ~EX_WAITING_SOCKET;
     const core = this.core;
+    if (this.member !== null && this.nextMember(conn, code)) return;
     if (
       (this.flags & EX_RESPONSE_STARTED) === 0 &&
       conn !== null &&
@@ -463,6 +499,38 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       return;
     }
     this.failUpstream(code);
+  }
+
+  /**
+   * A group member refused the connection (nothing of the request reached it): an idempotent
+   * request moves to the next available member, each member tried once. False when it cannot.
+   */
+  private nextMember(conn: UpstreamConn | null, code: string): boolean {
+    const member = this.member!;
+    if (
+      conn === null ||
+      conn.responses > 0 ||
+      conn.responseBytes ||
+      !NOT_CONNECTED.has(code) ||
+      (this.flags & (EX_RESPONSE_STARTED | EX_BODY_SENT)) !== 0 ||
+      !RETRYABLE_METHODS.has(this.method)
+    ) {
+      return false;
+    }
+    const group = member.group;
+    const tried = (this.tried ??= []);
+    tried.push(member);
+    group.finish(member, OUTCOME_FAILED);
+    this.member = null;
+    const next = group.pick(this.clientAddress, this.raw, tried);
+    if (next === null) return false;
+    this.member = next;
+    const stats = this.core.stats;
+    stats.countUpstreamError(code);
+    stats.upstreamRetries++;
+    this.flags &= ~(EX_HEAD_SENT | EX_WAITING_SOCKET);
+    this.start(next.target);
+    return true;
   }
 
   /** The client went away (or the proxy is tearing the exchange down). Idempotent. */

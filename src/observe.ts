@@ -253,6 +253,20 @@ export class Observer {
     for (const code of Object.keys(stats.upstreamErrors).sort()) {
       out.push(`cmux_proxy_upstream_errors_total{code="${labelValue(code)}"} ${stats.upstreamErrors[code]}`);
     }
+    out.push(
+      '# HELP cmux_proxy_route_upstream_state Circuit of each route upstream: 0 closed, 1 open, 2 half-open.',
+      '# TYPE cmux_proxy_route_upstream_state gauge',
+    );
+    for (const u of stats.routeUpstreams) {
+      out.push(`cmux_proxy_route_upstream_state{route="${labelValue(u.route)}",upstream="${labelValue(u.upstream)}"} ${CIRCUIT_VALUE[u.state]}`);
+    }
+    out.push(
+      '# HELP cmux_proxy_route_upstream_in_flight Exchanges in flight and tunnels open to each route upstream.',
+      '# TYPE cmux_proxy_route_upstream_in_flight gauge',
+    );
+    for (const u of stats.routeUpstreams) {
+      out.push(`cmux_proxy_route_upstream_in_flight{route="${labelValue(u.route)}",upstream="${labelValue(u.upstream)}"} ${u.inFlight}`);
+    }
     let name = 'cmux_proxy_request_duration_seconds';
     out.push(
       `# HELP ${name} Time from a request head received to its response end, by client protocol and status class (none: no response).`,
@@ -273,6 +287,8 @@ export class Observer {
     return out.join('\n');
   }
 }
+
+const CIRCUIT_VALUE = { closed: 0, open: 1, 'half-open': 2 } as const;
 
 function newEntry(): AccessLogEntry {
   return {
@@ -304,7 +320,7 @@ function labelValue(value: string): string {
   return value.replace(/[\\"\n]/g, (c) => (c === '\n' ? '\\n' : `\\${c}`));
 }
 
-type ScalarField = Exclude<keyof ProxyStats, 'upstreamErrors' | 'responses1xx' | 'responses2xx' | 'responses3xx' | 'responses4xx' | 'responses5xx'>;
+type ScalarField = Exclude<keyof ProxyStats, 'upstreamErrors' | 'routeUpstreams' | 'responses1xx' | 'responses2xx' | 'responses3xx' | 'responses4xx' | 'responses5xx'>;
 
 interface Scalar {
   field: ScalarField;
@@ -354,6 +370,11 @@ const BY_FIELD: Record<ScalarField, Scalar> = {
   upstreamH2Sessions: gauge('upstreamH2Sessions', 'upstream_h2_sessions', 'HTTP/2 sessions to h2c upstreams now.'),
   upstreamH2Streams: gauge('upstreamH2Streams', 'upstream_h2_streams', 'Streams running on h2c upstream sessions now.'),
   upstreamH2Waiters: gauge('upstreamH2Waiters', 'upstream_h2_waiters', 'Requests waiting for an h2c upstream stream now.'),
+  noHealthyUpstream: counter('noHealthyUpstream', 'no_healthy_upstream', 'Requests answered 503 because no upstream of their route was available.'),
+  circuitOpenings: counter('circuitOpenings', 'circuit_openings', 'Route upstream circuits opened (passive health).'),
+  circuitCloses: counter('circuitCloses', 'circuit_closes', 'Route upstream circuits closed again after a half-open probe succeeded.'),
+  activeCheckChanges: counter('activeCheckChanges', 'active_check_changes', 'Route upstreams whose active health check changed their health.'),
+  routeUpstreamsUnavailable: gauge('routeUpstreamsUnavailable', 'route_upstreams_unavailable', 'Route upstreams not taking requests now (circuit open or active check failing).'),
 };
 
 const SCALARS: readonly Scalar[] = Object.values(BY_FIELD);
@@ -363,6 +384,8 @@ export const METRIC_NAMES: readonly string[] = [
   ...SCALARS.map((s) => s.name),
   'cmux_proxy_responses_total',
   'cmux_proxy_upstream_errors_total',
+  'cmux_proxy_route_upstream_state',
+  'cmux_proxy_route_upstream_in_flight',
   'cmux_proxy_request_duration_seconds',
   'cmux_proxy_upstream_connect_seconds',
   'cmux_proxy_tunnel_duration_seconds',

@@ -666,9 +666,9 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     const keepAlive = this.willKeepAlive(ex);
     if (!keepAlive || (ex.flags & EX_UPGRADE) !== 0 || ex.method === 'CONNECT') {
       this.flags |= C_CLOSE_AFTER;
-      this.socket.write(errorResponse(status, message, false), 'latin1');
+      this.socket.write(errorResponse(status, message, false, ex.retryAfter), 'latin1');
     } else {
-      this.socket.write(errorResponse(status, message, true), 'latin1');
+      this.socket.write(errorResponse(status, message, true, ex.retryAfter), 'latin1');
     }
   }
 

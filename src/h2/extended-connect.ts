@@ -24,6 +24,7 @@ import {
   type HTTPParser,
 } from '../h1/parser.js';
 import { resetStream, respondError } from './session.js';
+import { OUTCOME_NEUTRAL, holdMemberUntilClose, type GroupMember } from '../upstream/group.js';
 
 const WEBSOCKET_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
@@ -73,10 +74,10 @@ export function startExtendedConnect(
   core.dispatch(bridge);
 }
 
-function answer(core: ProxyCore, stream: http2.ServerHttp2Stream, status: number, message: string): void {
+function answer(core: ProxyCore, stream: http2.ServerHttp2Stream, status: number, message: string, retryAfter = 0): void {
   core.stats.proxyErrorResponses++;
   core.stats.countStatus(status);
-  respondError(stream, status, message);
+  respondError(stream, status, message, retryAfter);
 }
 
 function upstreamFailure(core: ProxyCore, stream: http2.ServerHttp2Stream, code: string): void {
@@ -91,10 +92,13 @@ class WebSocketBridge implements Routable, TunnelUser {
   readonly stream: BridgeStream;
   readonly facts: RequestHeadFacts;
   readonly host: string | undefined;
-  private readonly raw: string[];
+  readonly raw: string[];
   readonly path: string;
   readonly method = 'CONNECT';
-  private readonly clientAddress: string;
+  readonly clientAddress: string;
+  /** The route-group upstream: counted in its load until the upstream socket closes. */
+  member: GroupMember | null = null;
+  retryAfter = 0;
   private readonly tls: boolean;
   private readonly key = crypto().randomBytes(16).toString('base64');
   private socket: BridgeSocket | null = null;
@@ -130,17 +134,34 @@ class WebSocketBridge implements Routable, TunnelUser {
   reject(status: number, _code: string, message: string): void {
     if (this.phase >= 3) return;
     this.phase = 4;
-    answer(this.core, this.stream, status, message);
+    answer(this.core, this.stream, status, message, this.retryAfter);
   }
 
   start(target: Target): void {
-    if (this.phase !== 0 || this.stream.destroyed) return;
+    if (this.phase !== 0 || this.stream.destroyed) {
+      this.releaseMember();
+      return;
+    }
     this.target = target;
     // The upstream socket counts against maxSocketsPerUpstream like any other.
     this.core.pool.openTunnel(target, this);
   }
 
+  /** The member's load, given back when no upstream socket will hold it. */
+  private releaseMember(): void {
+    const member = this.member;
+    if (member === null) return;
+    this.member = null;
+    member.group.finish(member, OUTCOME_NEUTRAL);
+  }
+
   onTunnelSocket(upstream: net.Socket | null, code: string): void {
+    const member = this.member;
+    if (member !== null) {
+      this.member = null;
+      if (upstream === null) member.group.finish(member, OUTCOME_NEUTRAL);
+      else holdMemberUntilClose(upstream, member);
+    }
     if (upstream === null) {
       if (this.phase === 0) {
         this.phase = 4;
@@ -324,6 +345,7 @@ class WebSocketBridge implements Routable, TunnelUser {
   streamClosed(): void {
     if (this.phase >= 3 && this.phase !== 2) return;
     if (this.socket === null && this.target !== null) this.core.pool.cancelTunnel(this.target, this);
+    this.releaseMember();
     this.phase = 4;
     this.socket?.destroy();
     if (this.parser !== null) closeParserLater(this.parser);
