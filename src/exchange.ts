@@ -502,8 +502,9 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   }
 
   /**
-   * A group member refused the connection (nothing of the request reached it): an idempotent
-   * request moves to the next available member, each member tried once. False when it cannot.
+   * A group member refused the connection (nothing of the request reached it), or reset a fresh
+   * one before answering: an idempotent request moves to the next available member, each member
+   * tried once. False when it cannot.
    */
   private nextMember(conn: UpstreamConn | null, code: string): boolean {
     const member = this.member!;
@@ -511,7 +512,10 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       conn === null ||
       conn.responses > 0 ||
       conn.responseBytes ||
-      !NOT_CONNECTED.has(code) ||
+      // A fresh connection reset before any answer (an upstream closing its listener resets
+      // what waits in its accept queue): a bodyless idempotent request may go again
+      // (RFC 9110 §9.2.2), as nginx's `proxy_next_upstream error` does.
+      !(NOT_CONNECTED.has(code) || (code === 'ECONNRESET' && this.bodyMode === BODY_NONE)) ||
       (this.flags & (EX_RESPONSE_STARTED | EX_BODY_SENT)) !== 0 ||
       !RETRYABLE_METHODS.has(this.method)
     ) {
