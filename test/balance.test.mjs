@@ -4,6 +4,9 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
+import http2 from 'node:http2';
+import { once } from 'node:events';
+import { WebSocketServer } from 'ws';
 import { startProxy, startUpstream, request, rawRequest, sleep, waitFor } from './helpers/servers.mjs';
 
 async function named(name, handler) {
@@ -120,6 +123,51 @@ describe('least-connections', () => {
       for (const s of sockets) s.destroy();
       await proxy.stop();
       await Promise.all(ups.map((u) => u.close()));
+    }
+  });
+});
+
+describe('least-connections over HTTP/2', () => {
+  it('RFC 8441 WebSockets count in their upstream\'s load until they close, and go to the emptier upstream', async () => {
+    const servers = [];
+    for (let i = 0; i < 2; i++) {
+      const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', perMessageDeflate: false });
+      await once(wss, 'listening');
+      wss.on('connection', (ws) => ws.on('error', () => {}));
+      servers.push(wss);
+    }
+    const { proxy, port } = await startProxy({
+      routes: [{ match: { host: 'ws.localhost' }, upstreams: servers.map((w) => `127.0.0.1:${w.address().port}`), balance: 'least-connections' }],
+    });
+    const inFlight = () => proxy.getStats().routeUpstreams.map((u) => u.inFlight);
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    session.on('error', () => {});
+    await once(session, 'remoteSettings');
+    const streams = [];
+    try {
+      for (let i = 0; i < 4; i++) {
+        const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':path': '/', ':authority': 'ws.localhost', 'sec-websocket-version': '13' }, { endStream: false });
+        stream.on('error', () => {});
+        const [headers] = await once(stream, 'response');
+        assert.equal(headers[':status'], 200);
+        streams.push(stream);
+      }
+      assert.deepEqual(inFlight(), [2, 2]);
+      for (const s of streams) s.close();
+      assert.ok(await waitFor(() => inFlight().every((n) => n === 0)), `released: ${inFlight()}`);
+      // A refused one (nothing listening) gives its load back too.
+      const wsDead = servers[0].address().port;
+      await new Promise((r) => servers[0].close(r));
+      proxy.updateRoutes([{ match: { host: 'ws.localhost' }, upstreams: [`127.0.0.1:${wsDead}`], balance: 'least-connections' }]);
+      const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':path': '/', ':authority': 'ws.localhost', 'sec-websocket-version': '13' }, { endStream: false });
+      stream.on('error', () => {});
+      const [headers] = await once(stream, 'response');
+      assert.equal(headers[':status'], 502);
+      assert.ok(await waitFor(() => inFlight()[0] === 0), `released: ${inFlight()}`);
+    } finally {
+      session.close();
+      await proxy.stop();
+      for (const w of servers) w.close();
     }
   });
 });
