@@ -113,8 +113,8 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   member: GroupMember | null = null;
   /** Group members that refused this exchange's connection (tried before the current one). */
   private tried: GroupMember[] | null = null;
-  /** `Retry-After` seconds on a proxy-made answer (0: none). */
-  retryAfter = 0;
+  /** Extra fields of a proxy-made answer (name/value pairs: `Retry-After`, `RateLimit`), else null. */
+  answerHeaders: string[] | null = null;
 
   constructor(
     core: ProxyCore,

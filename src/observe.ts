@@ -374,6 +374,7 @@ const BY_FIELD: Record<ScalarField, Scalar> = {
   circuitOpenings: counter('circuitOpenings', 'circuit_openings', 'Route upstream circuits opened (passive health).'),
   circuitCloses: counter('circuitCloses', 'circuit_closes', 'Route upstream circuits closed again after a half-open probe succeeded.'),
   activeCheckChanges: counter('activeCheckChanges', 'active_check_changes', 'Route upstreams whose active health check changed their health.'),
+  rateLimited: counter('rateLimited', 'rate_limited', 'Requests answered 429 by the per-client rate limits.'),
   routeUpstreamsUnavailable: gauge('routeUpstreamsUnavailable', 'route_upstreams_unavailable', 'Route upstreams not taking requests now (circuit open or active check failing).'),
 };
 

@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger, LogLevel } from './log.js';
 import type { TlsOption } from './tls.js';
 import type { AccessLogOption } from './access-log.js';
+import type { RateLimitConfig } from './rate-limit.js';
 
 /** Looks up the host port a container publishes for `port`; `null` when the container is unknown. */
 export type ContainerPortResolver = (container: string, port: number) => Promise<number | null>;
@@ -38,6 +39,16 @@ export interface RouteOption {
   healthCheck?: { path: string; intervalMs?: number; timeoutMs?: number };
   /** Passive health per upstream: open after `failures` in a row, for `openMs` doubling up to `maxOpenMs`. */
   circuitBreaker?: { failures?: number; openMs?: number; maxOpenMs?: number; halfOpenProbes?: number };
+  /** This route's own per-client token buckets (on top of the top-level `rateLimit`). */
+  rateLimit?: RateLimitOption;
+}
+
+/** Per-client token bucket: `rate` tokens a second, at most `burst`; one request takes one. */
+export interface RateLimitOption {
+  rate: number;
+  burst: number;
+  /** Clients remembered (LRU); default 100,000. */
+  maxClients?: number;
 }
 
 /** A route upstream as validated: where to connect and its weight. */
@@ -61,6 +72,7 @@ export interface ResolvedRoute {
   hashHeader: string | null;
   healthCheck: { path: string; intervalMs: number; timeoutMs: number } | null;
   circuitBreaker: { failures: number; openMs: number; maxOpenMs: number; halfOpenProbes: number };
+  rateLimit: RateLimitConfig | undefined;
 }
 
 export interface ProxyOptions {
@@ -128,6 +140,8 @@ export interface ProxyOptions {
   accessLogQuery?: boolean;
   /** Routes with upstream groups, checked in order after the header routes and before the Host patterns. */
   routes?: RouteOption[];
+  /** Per-client token buckets for every request (WebSocket upgrades and CONNECTs included): 429 past them. */
+  rateLimit?: RateLimitOption;
 }
 
 export interface ResolvedOptions {
@@ -169,6 +183,7 @@ export interface ResolvedOptions {
   accessLog: AccessLogOption | undefined;
   accessLogQuery: boolean;
   routes: ResolvedRoute[];
+  rateLimit: RateLimitConfig | undefined;
 }
 
 export const DEFAULTS = {
@@ -210,7 +225,7 @@ const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'preserveHost', 'upstreamProtocol', 'upstreamConnectTimeoutMs', 'upstreamResponseTimeoutMs',
   'requestHeadersTimeoutMs', 'drainTimeoutMs', 'maxHeaderSize', 'maxHeadersCount',
   'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'http2MaxConcurrentStreams', 'upstreamProtocolCacheTtlMs', 'fallback', 'containerPortResolver',
-  'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls', 'adminPort', 'adminHost', 'accessLog', 'accessLogQuery', 'routes',
+  'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls', 'adminPort', 'adminHost', 'accessLog', 'accessLogQuery', 'routes', 'rateLimit',
 ]);
 
 /** A value as error messages show it: strings quoted, objects as JSON, functions as "a function". */
@@ -408,6 +423,7 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
     accessLog: accessLog as AccessLogOption | undefined,
     accessLogQuery: bool(o, 'accessLogQuery', false),
     routes: validateRoutes(o['routes']),
+    rateLimit: validateRateLimit('rateLimit', o['rateLimit']),
   };
 }
 
@@ -477,7 +493,7 @@ function validateUpstream(name: string, value: unknown): ResolvedUpstream {
 
 function validateRoute(name: string, value: unknown): ResolvedRoute {
   const r = plainObject(name, value, '{ match, upstreams, balance? }');
-  onlyKnown(name, r, ['match', 'upstreams', 'balance', 'hashOn', 'healthCheck', 'circuitBreaker']);
+  onlyKnown(name, r, ['match', 'upstreams', 'balance', 'hashOn', 'healthCheck', 'circuitBreaker', 'rateLimit']);
   const match = plainObject(`${name}.match`, r['match'], '{ host, pathPrefix? }');
   onlyKnown(`${name}.match`, match, ['host', 'pathPrefix']);
   const hostValue = match['host'];
@@ -547,7 +563,19 @@ function validateRoute(name: string, value: unknown): ResolvedRoute {
     hashHeader,
     healthCheck,
     circuitBreaker,
+    rateLimit: validateRateLimit(`${name}.rateLimit`, r['rateLimit']),
   };
+}
+
+function validateRateLimit(name: string, value: unknown): RateLimitConfig | undefined {
+  if (value === undefined) return undefined;
+  const r = plainObject(name, value, '{ rate, burst, maxClients? }');
+  onlyKnown(name, r, ['rate', 'burst', 'maxClients']);
+  const rate = r['rate'];
+  if (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0.001 || rate > 1_000_000) fail(`${name}.rate`, rate, 'tokens per second, a number from 0.001 to 1000000');
+  const burst = r['burst'];
+  if (typeof burst !== 'number' || !Number.isInteger(burst) || burst < 1 || burst > 1_000_000) fail(`${name}.burst`, burst, 'an integer from 1 to 1000000');
+  return { rate, burst, maxClients: positive(`${name}.maxClients`, r['maxClients'], 100_000, 1, 10_000_000) };
 }
 
 /** Validates the `routes` option (also used by `updateRoutes()`): throws an OptionError naming the entry. */

@@ -23,6 +23,7 @@ import { pinnedTcpTarget, socketTarget, tcpTarget, type Target } from './route/t
 import type { GroupStats, StatsCounters } from './stats.js';
 import { OUTCOME_NEUTRAL, RouteTable, type GroupMember, type UpstreamGroup } from './upstream/group.js';
 import { validateRoutes } from './options.js';
+import { RateLimiter } from './rate-limit.js';
 import { UpstreamPool } from './upstream/h1-pool.js';
 import { H2UpstreamPool, probeH2c } from './upstream/h2-pool.js';
 import { LRUCache } from 'lru-cache';
@@ -40,8 +41,8 @@ export interface Routable {
   readonly raw: string[];
   /** The route-group upstream serving it (load and passive health), else null. */
   member: GroupMember | null;
-  /** Seconds for `Retry-After` on the proxy-made answer (0: none). */
-  retryAfter: number;
+  /** Extra fields of the proxy-made answer (name/value pairs), else null. */
+  answerHeaders: string[] | null;
   start(target: Target): void;
   /** Answers with a proxy-made error and ends. */
   reject(status: number, code: string, message: string): void;
@@ -63,6 +64,8 @@ const ERR_RESOLVER_TIMEOUT = routeError(504, ErrorCodes.RESOLVER_TIMEOUT, 'conta
 const ERR_PRIVATE_PORT = routeError(400, ErrorCodes.INVALID_PORT, "invalid port: reserved for the proxy's fallback handler");
 
 const ERR_NO_HEALTHY_UPSTREAM = routeError(503, ErrorCodes.NO_HEALTHY_UPSTREAM, 'no healthy upstream');
+
+const ERR_TOO_MANY_REQUESTS = routeError(429, ErrorCodes.TOO_MANY_REQUESTS, 'too many requests');
 
 const ERR_CONNECT_BAD_AUTHORITY = routeError(400, ErrorCodes.BAD_REQUEST, 'CONNECT needs host:port with a decimal port 1-65535');
 
@@ -114,6 +117,8 @@ export class ProxyCore {
    * an exchange holds its member (and so its old group) until it ends.
    */
   routeTable: RouteTable | null = null;
+  /** The `rateLimit` option: per-client token buckets for every request, or null. */
+  readonly rateLimiter: RateLimiter | null;
   /** Set when metrics or the access log are on; null keeps every hook to one check. */
   observer: Observer | null = null;
   /** Request ids the proxy makes: a per-process random prefix and a counter. */
@@ -161,6 +166,7 @@ export class ProxyCore {
     );
     this.protocols =
       options.upstreamProtocol === 'auto' ? new LRUCache({ max: 10_000, ttl: Math.max(1, options.upstreamProtocolCacheTtlMs) }) : null;
+    this.rateLimiter = options.rateLimit === undefined ? null : new RateLimiter(options.rateLimit, 'proxy');
     if (options.routes.length > 0) this.routeTable = new RouteTable(options.routes, this);
     const fallback = options.fallback;
     this.handlerFallback = fallback !== undefined && 'handler' in fallback;
@@ -173,6 +179,15 @@ export class ProxyCore {
   /** Routes a request and starts it, or answers it with the routing error (first matching rule wins). */
   dispatch(req: Routable): void {
     if (req.facts.viaSelfCount > MAX_VIA_SELF) return this.refuse(req, ERR_LOOP);
+    const limiter = this.rateLimiter;
+    if (limiter !== null) {
+      const wait = limiter.take(req.clientAddress);
+      if (wait > 0) {
+        this.stats.rateLimited++;
+        req.answerHeaders = limiter.answerHeaders(wait);
+        return this.refuse(req, ERR_TOO_MANY_REQUESTS);
+      }
+    }
     const r = route(
       this.options,
       { portHeader: req.facts.portHeader, workspaceHeader: req.facts.workspaceHeader, host: req.host, repeated: req.facts.repeatedRouting, path: req.path },
@@ -214,10 +229,19 @@ export class ProxyCore {
   /** A route with an upstream group: the balancer's pick, or `503 no healthy upstream` at once. */
   private startGroup(req: Routable, group: UpstreamGroup): void {
     if (req.finished) return;
+    const limiter = group.rateLimiter;
+    if (limiter !== null) {
+      const wait = limiter.take(req.clientAddress);
+      if (wait > 0) {
+        this.stats.rateLimited++;
+        req.answerHeaders = limiter.answerHeaders(wait);
+        return this.refuse(req, ERR_TOO_MANY_REQUESTS);
+      }
+    }
     const member = group.pick(req.clientAddress, req.raw, null);
     if (member === null) {
       this.stats.noHealthyUpstream++;
-      req.retryAfter = group.retryAfterSeconds();
+      req.answerHeaders = ['retry-after', String(group.retryAfterSeconds())];
       return this.refuse(req, ERR_NO_HEALTHY_UPSTREAM);
     }
     const target = member.target;
@@ -250,6 +274,19 @@ export class ProxyCore {
     let unavailable = 0;
     for (const u of list) if (u.state === 'open' || !u.healthy) unavailable++;
     return { routeUpstreamsUnavailable: unavailable, routeUpstreams: list };
+  }
+
+  /**
+   * A plain CONNECT counts against the `rateLimit` buckets like any request: null when allowed,
+   * else the fields of the 429.
+   */
+  rateLimited(client: string): string[] | null {
+    const limiter = this.rateLimiter;
+    if (limiter === null) return null;
+    const wait = limiter.take(client);
+    if (wait === 0) return null;
+    this.stats.rateLimited++;
+    return limiter.answerHeaders(wait);
   }
 
   /** A routing decision: started toward `target`. */

@@ -52,6 +52,8 @@ export class StatsCounters {
   circuitCloses = 0;
   /** Active health checks that changed an upstream's health. */
   activeCheckChanges = 0;
+  /** Requests answered `429 too many requests` (the `rateLimit` buckets). */
+  rateLimited = 0;
   /** Upstream errors by code (ECONNREFUSED, ECONNRESET, CONNECT_TIMEOUT, RESPONSE_TIMEOUT, ...). */
   readonly upstreamErrors: Record<string, number> = Object.create(null) as Record<string, number>;
 
@@ -129,6 +131,7 @@ export interface ProxyStats extends PoolStats, GroupStats {
   circuitOpenings: number;
   circuitCloses: number;
   activeCheckChanges: number;
+  rateLimited: number;
   upstreamErrors: Record<string, number>;
 }
 
@@ -168,6 +171,7 @@ export function snapshot(c: StatsCounters, liveBytes: number, pool: PoolStats, g
     circuitOpenings: c.circuitOpenings,
     circuitCloses: c.circuitCloses,
     activeCheckChanges: c.activeCheckChanges,
+    rateLimited: c.rateLimited,
     upstreamErrors: { ...c.upstreamErrors },
     upstreamSocketsActive: pool.upstreamSocketsActive,
     upstreamSocketsIdle: pool.upstreamSocketsIdle,

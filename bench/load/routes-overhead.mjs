@@ -25,6 +25,7 @@ function startUpstreams() {
     const http = require('http');
     for (let i = 0; i < 2; i++) http.createServer((q, s) => s.end('hello')).listen(0, '127.0.0.1', function () { console.log(this.address().port); });`;
   const child = spawn('taskset', ['-c', '1', process.execPath, '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  children.add(child);
   return new Promise((resolve) => {
     const ports = [];
     child.stdout.on('data', (c) => {
@@ -36,6 +37,8 @@ function startUpstreams() {
 
 function startProxy(cli, extra) {
   const child = spawn('taskset', ['-c', '0', process.execPath, cli, '--port', '0', '--log-level', 'info', ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+  children.add(child);
+  child.on('exit', () => children.delete(child));
   return new Promise((resolve, reject) => {
     let err = '';
     child.stderr.on('data', (c) => {
@@ -59,6 +62,15 @@ function h2c(port, header) {
   const out = execFileSync('taskset', ['-c', '1', 'h2load', '-c10', '-m10', `-n${n}`, '-H', header, `http://127.0.0.1:${port}/`], { encoding: 'utf8' });
   const m = /status codes: (\d+) 2xx/.exec(out);
   return Number(m[1]);
+}
+
+/** Children to kill if this script is stopped. */
+const children = new Set();
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    for (const c of children) c.kill('SIGKILL');
+    process.exit(130);
+  });
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];

@@ -52,6 +52,11 @@ export function startExtendedConnect(
   const stats = core.stats;
   if (protocol === undefined) {
     const authority = headers[':authority'] ?? '';
+    const limited = core.rateLimited(clientAddress);
+    if (limited !== null) {
+      answer(core, stream, 429, 'too many requests', limited);
+      return;
+    }
     const target = core.connectTarget(facts, authority);
     if (isRouteError(target)) {
       answer(core, stream, target.status, target.message);
@@ -74,10 +79,10 @@ export function startExtendedConnect(
   core.dispatch(bridge);
 }
 
-function answer(core: ProxyCore, stream: http2.ServerHttp2Stream, status: number, message: string, retryAfter = 0): void {
+function answer(core: ProxyCore, stream: http2.ServerHttp2Stream, status: number, message: string, extra: readonly string[] | null = null): void {
   core.stats.proxyErrorResponses++;
   core.stats.countStatus(status);
-  respondError(stream, status, message, retryAfter);
+  respondError(stream, status, message, extra);
 }
 
 function upstreamFailure(core: ProxyCore, stream: http2.ServerHttp2Stream, code: string): void {
@@ -98,7 +103,7 @@ class WebSocketBridge implements Routable, TunnelUser {
   readonly clientAddress: string;
   /** The route-group upstream: counted in its load until the upstream socket closes. */
   member: GroupMember | null = null;
-  retryAfter = 0;
+  answerHeaders: string[] | null = null;
   private readonly tls: boolean;
   private readonly key = crypto().randomBytes(16).toString('base64');
   private socket: BridgeSocket | null = null;
@@ -134,7 +139,7 @@ class WebSocketBridge implements Routable, TunnelUser {
   reject(status: number, _code: string, message: string): void {
     if (this.phase >= 3) return;
     this.phase = 4;
-    answer(this.core, this.stream, status, message, this.retryAfter);
+    answer(this.core, this.stream, status, message, this.answerHeaders);
   }
 
   start(target: Target): void {

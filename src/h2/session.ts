@@ -155,7 +155,7 @@ const h2ClientSide: ClientSide = {
     stats.proxyErrorResponses++;
     stats.countStatus(status);
     if (ex.core.log.debugEnabled) ex.core.log.debug(`h2 ${ex.method} ${ex.path} -> ${status} ${code}`);
-    respondError((ex.clientState as H2StreamState).stream, status, message, ex.retryAfter);
+    respondError((ex.clientState as H2StreamState).stream, status, message, ex.answerHeaders);
   },
   reset(ex) {
     const stream = (ex.clientState as H2StreamState).stream;
@@ -182,7 +182,7 @@ const h2ClientSide: ClientSide = {
   },
 };
 
-export function respondError(stream: http2.ServerHttp2Stream, status: number, message: string, retryAfter = 0): void {
+export function respondError(stream: http2.ServerHttp2Stream, status: number, message: string, extra: readonly string[] | null = null): void {
   if (stream.destroyed || stream.closed) return;
   if (stream.headersSent) {
     resetStream(stream);
@@ -194,7 +194,7 @@ export function respondError(stream: http2.ServerHttp2Stream, status: number, me
       [HTTP2_HEADER_CONTENT_TYPE]: 'text/plain; charset=utf-8',
       [HTTP2_HEADER_CONTENT_LENGTH]: Buffer.byteLength(message),
     };
-    if (retryAfter > 0) headers['retry-after'] = String(retryAfter);
+    if (extra !== null) for (let i = 0; i < extra.length; i += 2) headers[extra[i]!] = extra[i + 1]!;
     stream.respond(headers);
     stream.end(message);
   } catch {

@@ -4,6 +4,7 @@ import type { ResolvedRoute } from '../options.js';
 import { hostName } from '../route/host-patterns.js';
 import { socketTarget, tcpTarget, type Target } from '../route/target.js';
 import type { RouteUpstreamStats, StatsCounters } from '../stats.js';
+import { RateLimiter } from '../rate-limit.js';
 
 /** Circuit states of one upstream of a group. */
 export const CIRCUIT_CLOSED = 0;
@@ -104,6 +105,8 @@ export class UpstreamGroup {
   /** Least-connections: where the scan for the least loaded starts (spreads ties). */
   private cursor = 0;
   private checkTimer: NodeJS.Timeout | null = null;
+  /** The route's own `rateLimit` buckets, or null. */
+  readonly rateLimiter: RateLimiter | null;
 
   constructor(route: ResolvedRoute, ctx: GroupContext) {
     this.label = route.host + route.pathPrefix;
@@ -116,6 +119,7 @@ export class UpstreamGroup {
     this.maxOpenMs = cb.maxOpenMs;
     this.halfOpenProbes = cb.halfOpenProbes;
     this.healthCheck = route.healthCheck;
+    this.rateLimiter = route.rateLimit === undefined ? null : new RateLimiter(route.rateLimit, 'route');
     this.members = route.upstreams.map(
       (u) => new GroupMember(this, u.address, u.socketPath !== undefined ? socketTarget(u.socketPath) : tcpTarget(u.host, u.port), u.weight),
     );
