@@ -8,7 +8,7 @@ import http from 'node:http';
 import { once } from 'node:events';
 import { createProxyServer, OptionError } from '../dist/index.js';
 import { startProxy, startUpstream, request, h2connect, h2request, sleep, waitFor } from './helpers/servers.mjs';
-import { startCli, stopCli } from './helpers/cli.mjs';
+import { runCli, startCli, stopCli } from './helpers/cli.mjs';
 
 /** An upstream that answers its own name (and the path it got). */
 async function named(name, handler) {
@@ -196,6 +196,19 @@ describe('routes: reload', () => {
       await proxy.stop();
       await oldUp.close();
       await newUp.close();
+    }
+  });
+
+  it('the CLI refuses a config file with a bad route at start: exit 2 naming the file and the entry', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cmux-routes-'));
+    const file = path.join(dir, 'bad.json');
+    fs.writeFileSync(file, JSON.stringify({ routes: [{ match: { host: 'a.localhost' }, upstreams: ['127.0.0.1:1', '10.1.2.3:80'] }] }));
+    try {
+      const { code, stderr } = await runCli(['--port', '0', '--config', file]);
+      assert.equal(code, 2);
+      assert.match(stderr, /bad\.json: routes\[0\]\.upstreams\[1\]: "10\.1\.2\.3:80" \(expected a loopback/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 
