@@ -115,6 +115,8 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   private tried: GroupMember[] | null = null;
   /** Extra fields of a proxy-made answer (name/value pairs: `Retry-After`, `RateLimit`), else null. */
   answerHeaders: string[] | null = null;
+  /** Routed by the `routes` table (the access log's `route: "routes"`). */
+  grouped = false;
 
   constructor(
     core: ProxyCore,

@@ -102,9 +102,10 @@ export interface TunnelRecord {
 }
 
 /** How a request was routed, for the access log. */
-export function routeKind(core: ProxyCore, method: string, facts: RequestHeadFacts, target: Target | null): string {
+export function routeKind(core: ProxyCore, method: string, facts: RequestHeadFacts, target: Target | null, grouped = false): string {
   if (method === 'CONNECT') return 'connect';
   if (target === null) return 'none';
+  if (grouped) return 'routes';
   if (target === core.fallbackTarget) return 'fallback';
   if (core.options.headerRoutingEnabled && (facts.portHeader !== undefined || facts.workspaceHeader !== undefined)) return 'header';
   return 'host';
@@ -165,7 +166,7 @@ export class Observer {
     entry.method = ex.method;
     entry.host = ex.host ?? null;
     entry.path = this.logPath(ex.path);
-    entry.route = routeKind(ex.core, ex.method, ex.facts, ex.target);
+    entry.route = routeKind(ex.core, ex.method, ex.facts, ex.target, ex.grouped);
     entry.target = ex.target === null ? null : ex.target.key;
     entry.status = ex.status;
     entry.bytesIn = ex.bytesIn;
@@ -188,7 +189,7 @@ export class Observer {
       method: ex.method,
       host: ex.host,
       path: ex.path,
-      route: routeKind(ex.core, ex.method, ex.facts, ex.target),
+      route: routeKind(ex.core, ex.method, ex.facts, ex.target, ex.grouped),
       target: ex.target,
       status: ex.status === 0 ? 200 : ex.status,
       requestId: ex.requestId,

@@ -43,6 +43,8 @@ export interface Routable {
   member: GroupMember | null;
   /** Extra fields of the proxy-made answer (name/value pairs), else null. */
   answerHeaders: string[] | null;
+  /** Set when the `routes` table routed it. */
+  grouped: boolean;
   start(target: Target): void;
   /** Answers with a proxy-made error and ends. */
   reject(status: number, code: string, message: string): void;
@@ -250,6 +252,7 @@ export class ProxyCore {
       return this.refuse(req, this.isSelf(target) ? ERR_LOOP : ERR_PRIVATE_PORT);
     }
     req.member = member;
+    req.grouped = true;
     if (this.log.debugEnabled) this.logRoute(req, `${target.key} (route ${group.label})`);
     req.start(target);
   }

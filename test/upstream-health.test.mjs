@@ -293,6 +293,28 @@ describe('active health checks', () => {
   });
 });
 
+describe('access log', () => {
+  it('an exchange moved to the next upstream is logged once, as route "routes" with the upstream that answered', async () => {
+    const dead = await deadPort();
+    const live = await named('live');
+    const entries = [];
+    const { proxy, port } = await startProxy({
+      accessLog: (e) => entries.push(e),
+      routes: [{ match: { host: 'g.localhost' }, upstreams: [`127.0.0.1:${dead}`, `127.0.0.1:${live.port}`] }],
+    });
+    try {
+      assert.equal((await get(port)).body, 'live');
+      assert.ok(await waitFor(() => entries.length === 1));
+      assert.equal(entries[0].route, 'routes');
+      assert.equal(entries[0].target, `127.0.0.1:${live.port}`);
+      assert.equal(entries[0].status, 200);
+    } finally {
+      await proxy.stop();
+      await live.close();
+    }
+  });
+});
+
 describe('metrics', () => {
   it('/metrics has each route upstream\'s circuit state and load, and the circuit counters', async () => {
     const dead = await deadPort();

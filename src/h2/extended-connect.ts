@@ -104,6 +104,7 @@ class WebSocketBridge implements Routable, TunnelUser {
   /** The route-group upstream: counted in its load until the upstream socket closes. */
   member: GroupMember | null = null;
   answerHeaders: string[] | null = null;
+  grouped = false;
   private readonly tls: boolean;
   private readonly key = crypto().randomBytes(16).toString('base64');
   private socket: BridgeSocket | null = null;
@@ -320,7 +321,7 @@ class WebSocketBridge implements Routable, TunnelUser {
               method: 'CONNECT',
               host: this.host,
               path: this.path,
-              route: routeKind(this.core, 'GET', this.facts, this.target),
+              route: routeKind(this.core, 'GET', this.facts, this.target, this.grouped),
               target: this.target,
               status: 200,
               requestId: this.requestId,
