@@ -263,8 +263,8 @@ export class ProxyCore {
    */
   updateRoutes(routes: unknown, running: boolean): void {
     const resolved = validateRoutes(routes);
-    const table = resolved.length > 0 ? new RouteTable(resolved, this) : null;
     const old = this.routeTable;
+    const table = resolved.length > 0 ? new RouteTable(resolved, this, old) : null;
     this.routeTable = table;
     old?.stopChecks();
     if (running) table?.startChecks();

@@ -127,7 +127,8 @@ export class ProxyServer implements SessionHost, H2Host {
   /**
    * Replaces the `routes` table (validated like the option: throws an OptionError and keeps the
    * old table on a bad one). Exchanges already routed finish on their upstreams; new requests
-   * use the new table. Circuit state starts afresh; active checks of the old table stop.
+   * use the new table. Upstreams kept under the same match keep their circuit state; active
+   * checks of the old table stop.
    */
   updateRoutes(routes: unknown): void {
     this.core.updateRoutes(routes, this.running);

@@ -232,6 +232,37 @@ describe('circuit breaker: open, half-open, closed', () => {
   });
 });
 
+describe('reload', () => {
+  it('an upstream kept under the same match keeps its open circuit across updateRoutes(); a changed match starts healthy', async () => {
+    const dead = await deadPort();
+    const live = await named('live');
+    const other = await named('other');
+    const route = (host, extra = []) => ({
+      match: { host },
+      upstreams: [`127.0.0.1:${dead}`, `127.0.0.1:${live.port}`, ...extra],
+      circuitBreaker: { failures: 1, openMs: 60_000 },
+    });
+    const { proxy, port } = await startProxy({ routes: [route('g.localhost')] });
+    try {
+      assert.equal((await get(port)).body, 'live');
+      assert.equal(member(proxy, dead).state, 'open');
+      proxy.updateRoutes([route('g.localhost', [`127.0.0.1:${other.port}`]), route('h.localhost')]);
+      const [g, , , h] = proxy.getStats().routeUpstreams;
+      assert.equal(g.state, 'open', 'same match, same upstream: still open');
+      assert.equal(g.openings, 1);
+      assert.equal(h.state, 'closed', 'another route starts healthy');
+      // Only the live upstreams of g are asked now: no connect to the dead one.
+      const errors = proxy.getStats().upstreamErrors.ECONNREFUSED;
+      for (let i = 0; i < 6; i++) assert.match((await get(port)).body, /^(live|other)$/);
+      assert.equal(proxy.getStats().upstreamErrors.ECONNREFUSED, errors);
+    } finally {
+      await proxy.stop();
+      await live.close();
+      await other.close();
+    }
+  });
+});
+
 describe('active health checks', () => {
   it('an upstream failing its check gets no requests until it passes again; garbage, silence and 5xx all fail', async () => {
     let aHealthy = false;

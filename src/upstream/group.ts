@@ -269,6 +269,28 @@ export class UpstreamGroup {
     this.ctx.log.warn(`route ${this.label}: upstream ${m.address} open for ${ms} ms after failing`);
   }
 
+  /**
+   * Takes over the health of the same upstreams in `old` (the same route before a reload): an
+   * open circuit stays open for the rest of its time, a failing active check stays failing until
+   * the next check. Load is not carried: exchanges running on `old` finish there.
+   */
+  inherit(old: UpstreamGroup): void {
+    for (const m of this.members) {
+      const prev = old.members.find((p) => p.address === m.address);
+      if (prev === undefined) continue;
+      m.failures = prev.failures;
+      m.opens = prev.opens;
+      m.openings = prev.openings;
+      m.activeDown = prev.activeDown;
+      if (prev.state !== CIRCUIT_CLOSED) {
+        // A half-open circuit starts its probes again.
+        m.state = CIRCUIT_OPEN;
+        m.openUntil = prev.state === CIRCUIT_OPEN ? prev.openUntil : 0;
+        this.notClosed++;
+      }
+    }
+  }
+
   /** Starts the active checks (when configured). */
   startChecks(): void {
     const hc = this.healthCheck;
@@ -366,10 +388,13 @@ export class RouteTable {
   private readonly suffix = new Map<string, { index: number; prefix: string; group: UpstreamGroup }[]>();
   readonly groups: UpstreamGroup[] = [];
 
-  constructor(routes: readonly ResolvedRoute[], ctx: GroupContext) {
+  constructor(routes: readonly ResolvedRoute[], ctx: GroupContext, previous: RouteTable | null = null) {
+    const before = previous === null ? null : new Map(previous.groups.map((g) => [g.label, g]));
     for (let index = 0; index < routes.length; index++) {
       const route = routes[index]!;
       const group = new UpstreamGroup(route, ctx);
+      const old = before?.get(group.label);
+      if (old !== undefined) group.inherit(old);
       this.groups.push(group);
       const wildcard = route.host.startsWith('*.');
       const map = wildcard ? this.suffix : this.exact;
