@@ -274,6 +274,16 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.h2 = null;
     this.flags &= ~EX_WAITING_SOCKET;
     const core = this.core;
+    if (
+      this.member !== null &&
+      (this.flags & (EX_HEAD_SENT | EX_BODY_SENT | EX_RESPONSE_STARTED)) === 0 &&
+      NOT_CONNECTED.has(code) &&
+      RETRYABLE_METHODS.has(this.method) &&
+      this.moveToNext(code)
+    ) {
+      // The h2c session to this group member never opened: nothing was sent.
+      return;
+    }
     if (replayable && (this.flags & (EX_RETRIED | EX_BODY_SENT | EX_RESPONSE_STARTED)) === 0) {
       // RFC 9113 §8.7: the upstream did not process this stream (GOAWAY / REFUSED_STREAM): replay once.
       this.flags = (this.flags | EX_RETRIED | EX_WAITING_SOCKET) & ~EX_HEAD_SENT;
@@ -509,7 +519,6 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
    * tried once. False when it cannot.
    */
   private nextMember(conn: UpstreamConn | null, code: string): boolean {
-    const member = this.member!;
     if (
       conn === null ||
       conn.responses > 0 ||
@@ -523,6 +532,12 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     ) {
       return false;
     }
+    return this.moveToNext(code);
+  }
+
+  /** Gives up on the current member (a failure) and starts on the next untried available one. */
+  private moveToNext(code: string): boolean {
+    const member = this.member!;
     const group = member.group;
     const tried = (this.tried ??= []);
     tried.push(member);

@@ -4,6 +4,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
+import http2 from 'node:http2';
 import { once } from 'node:events';
 import { startProxy, startUpstream, startRawServer, request, h2connect, h2request, sleep, waitFor } from './helpers/servers.mjs';
 
@@ -50,6 +51,25 @@ describe('passive health and retries across the group', () => {
     } finally {
       await proxy.stop();
       await live.close();
+    }
+  });
+
+  it('h2c upstreams: a GET whose session to one upstream is refused moves to the next', async () => {
+    const dead = await deadPort();
+    const h2 = http2.createServer((req, res) => res.end('h2 live'));
+    h2.listen(0, '127.0.0.1');
+    await once(h2, 'listening');
+    const { proxy, port } = await startProxy({
+      upstreamProtocol: 'h2c',
+      routes: [{ match: { host: 'g.localhost' }, upstreams: [`127.0.0.1:${dead}`, `127.0.0.1:${h2.address().port}`] }],
+    });
+    try {
+      const results = await Promise.all(Array.from({ length: 20 }, () => get(port)));
+      assert.deepEqual(new Set(results.map((r) => `${r.status} ${r.body}`)), new Set(['200 h2 live']));
+      assert.ok(proxy.getStats().upstreamRetries >= 1);
+    } finally {
+      await proxy.stop();
+      await new Promise((r) => h2.close(r));
     }
   });
 
