@@ -68,7 +68,7 @@ const FLAGS: Flag[] = [
 ];
 
 /** Flags that are not options. */
-const CONFIG_FLAG = { name: 'config', arg: '<file.json>', help: 'options by their API names (tls.sni, fallback.host, ...); flags and env win' };
+const CONFIG_FLAG = { name: 'config', arg: '<file.json>', help: 'options by their API names (tls.sni, fallback.host, routes, ...); flags and env win; SIGHUP reloads its routes' };
 const BY_NAME = new Map(FLAGS.map((f) => [f.name, f]));
 
 function envName(flag: string): string {
@@ -111,7 +111,7 @@ class UsageError extends Error {
   }
 }
 
-type Parsed = { kind: 'help' } | { kind: 'version' } | { kind: 'run'; options: ProxyOptions };
+type Parsed = { kind: 'help' } | { kind: 'version' } | { kind: 'run'; options: ProxyOptions; configFile?: string };
 
 /** Reads argv by hand: one-line errors, and `--port -1` is a value, not a missing one. */
 function parseArgv(argv: string[]): Parsed | Map<string, string | true> {
@@ -252,7 +252,7 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Parsed
     }
     throw new UsageError(err.message);
   }
-  return { kind: 'run', options: options as unknown as ProxyOptions };
+  return configFile === undefined ? { kind: 'run', options: options as unknown as ProxyOptions } : { kind: 'run', options: options as unknown as ProxyOptions, configFile };
 }
 
 function version(): string {
@@ -318,6 +318,20 @@ async function main(): Promise<void> {
         proxy.reopenAccessLog();
       } catch (err) {
         process.stderr.write(`cmux-proxy: cannot reopen the access log: ${(err as Error).message}\n`);
+      }
+    });
+  }
+  const configFile = parsed.configFile;
+  if (configFile !== undefined) {
+    // Route reload: the config file's `routes` replace the table; a bad file keeps the old one.
+    process.on('SIGHUP', () => {
+      try {
+        const routes = readConfig(configFile)['routes'] ?? [];
+        proxy.updateRoutes(routes);
+        process.stderr.write(`cmux-proxy: routes reloaded from ${configFile} (${Array.isArray(routes) ? routes.length : 0})\n`);
+      } catch (err) {
+        const reason = err instanceof OptionError ? `${err.option}: ${err.expected === undefined ? 'unknown option' : `${describeValue(err.value)} (expected ${err.expected})`}` : (err as Error).message;
+        process.stderr.write(`cmux-proxy: routes not reloaded, keeping the old ones: ${reason}\n`);
       }
     });
   }

@@ -29,6 +29,8 @@ export const ErrorCodes = {
   RESOLVER_FAILED: 'CMUX_RESOLVER_FAILED',
   RESOLVER_TIMEOUT: 'CMUX_RESOLVER_TIMEOUT',
   LOOP_DETECTED: 'CMUX_LOOP_DETECTED',
+  NO_HEALTHY_UPSTREAM: 'CMUX_NO_HEALTHY_UPSTREAM',
+  TOO_MANY_REQUESTS: 'CMUX_TOO_MANY_REQUESTS',
   HEADERS_TOO_LARGE: 'CMUX_HEADERS_TOO_LARGE',
   URI_TOO_LONG: 'CMUX_URI_TOO_LONG',
   REQUEST_TIMEOUT: 'CMUX_REQUEST_TIMEOUT',
@@ -72,6 +74,7 @@ const STATUS_TEXT: Record<number, string> = {
   504: 'Gateway Timeout',
   505: 'HTTP Version Not Supported',
   508: 'Loop Detected',
+  429: 'Too Many Requests',
 };
 
 export function statusText(status: number): string {
@@ -79,11 +82,18 @@ export function statusText(status: number): string {
 }
 
 /** A complete HTTP/1.1 error response with a short text body. */
-export function errorResponse(status: number, body: string, keepAlive: boolean): string {
+export function errorResponse(status: number, body: string, keepAlive: boolean, headers: readonly string[] | null = null): string {
   return (
-    `HTTP/1.1 ${status} ${statusText(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
+    `HTTP/1.1 ${status} ${statusText(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n${headers === null ? '' : headerLines(headers)}` +
     `content-length: ${Buffer.byteLength(body)}\r\nconnection: ${keepAlive ? 'keep-alive' : 'close'}\r\n\r\n${body}`
   );
+}
+
+/** `name: value` lines of proxy-made fields (name/value pairs). */
+function headerLines(headers: readonly string[]): string {
+  let out = '';
+  for (let i = 0; i < headers.length; i += 2) out += `${headers[i]}: ${headers[i + 1]}\r\n`;
+  return out;
 }
 
 /**

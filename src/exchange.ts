@@ -9,6 +9,7 @@ import { PHASE_UPGRADED, type ReadBatch, type UpstreamConn, type UpstreamUser } 
 import type { H2UpstreamRequest, H2UpstreamUser } from './upstream/h2-pool.js';
 import type { Span } from './tracing.js';
 import { diagnosticsRequest, publishEnd, requestEnd, requestError, requestStart, responseHeaders, upstreamConnect, type DiagnosticsRequest } from './diagnostics.js';
+import { OUTCOME_FAILED, OUTCOME_NEUTRAL, OUTCOME_OK, holdMemberUntilClose, type GroupMember } from './upstream/group.js';
 
 export const BODY_NONE = 0;
 export const BODY_LENGTH = 1;
@@ -19,6 +20,12 @@ const LAST_CHUNK = '0\r\n\r\n';
 
 /** Methods that may be replayed on a fresh socket when a reused one dies before any byte back (RFC 9110 §9.2.2). */
 const RETRYABLE_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+/** Failures where the connection to the upstream never opened: nothing reached it, another member may serve. */
+const NOT_CONNECTED: ReadonlySet<string> = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOENT', 'CONNECT_TIMEOUT']);
+
+/** Failures that say nothing about the upstream's health (the proxy's own limits). */
+const NEUTRAL_FAILURES: ReadonlySet<string> = new Set(['SOCKET_LIMIT', 'FD_LIMIT', 'EMFILE', 'ENFILE', 'PROXY_STOPPING', 'CLIENT_ABORT']);
 
 /**
  * The client end of an exchange: an HTTP/1 connection or an HTTP/2 stream. It owns response
@@ -108,6 +115,14 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   private diag: DiagnosticsRequest | null = null;
   /** The OpenTelemetry server span (null: no tracer provider, or `@opentelemetry/api` absent). */
   span: Span | null = null;
+  /** The route-group upstream serving this exchange (see ProxyCore.startGroup), else null. */
+  member: GroupMember | null = null;
+  /** Group members that refused this exchange's connection (tried before the current one). */
+  private tried: GroupMember[] | null = null;
+  /** Extra fields of a proxy-made answer (name/value pairs: `Retry-After`, `RateLimit`), else null. */
+  answerHeaders: string[] | null = null;
+  /** Routed by the `routes` table (the access log's `route: "routes"`). */
+  grouped = false;
 
   constructor(
     core: ProxyCore,
@@ -147,6 +162,11 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
 
   /** The single end of every exchange that does not become a tunnel: feeds the observer and the channels. */
   private ended(): void {
+    const member = this.member;
+    if (member !== null) {
+      this.member = null;
+      member.group.finish(member, this.outcome());
+    }
     const observer = this.core.observer;
     if (observer !== null) observer.exchangeEnd(this);
     if (requestEnd.hasSubscribers || requestError.hasSubscribers) publishEnd(this.diagRequest(), this.status, this.errorCode, this.bytesIn, this.bytesOut);
@@ -166,6 +186,17 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.flags |= EX_FINISHED;
     if (this.span !== null) this.endSpan();
     if (requestEnd.hasSubscribers || requestError.hasSubscribers) publishEnd(this.diagRequest(), 0, 'CLIENT_ABORT', this.bytesIn, this.bytesOut);
+  }
+
+  /**
+   * What this exchange says about its group member's health: a failure is an upstream failure
+   * answered by the proxy (502/504) before any response; a response is a success.
+   */
+  private outcome(): number {
+    const code = this.errorCode;
+    if (code === '') return this.status > 0 ? OUTCOME_OK : OUTCOME_NEUTRAL;
+    if (NEUTRAL_FAILURES.has(code) || code.startsWith('CMUX_')) return OUTCOME_NEUTRAL;
+    return (this.flags & EX_RESPONSE_STARTED) === 0 ? OUTCOME_FAILED : OUTCOME_NEUTRAL;
   }
 
   get finished(): boolean {
@@ -276,6 +307,16 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.h2 = null;
     this.flags &= ~EX_WAITING_SOCKET;
     const core = this.core;
+    if (
+      this.member !== null &&
+      (this.flags & (EX_HEAD_SENT | EX_BODY_SENT | EX_RESPONSE_STARTED)) === 0 &&
+      NOT_CONNECTED.has(code) &&
+      RETRYABLE_METHODS.has(this.method) &&
+      this.moveToNext(code)
+    ) {
+      // The h2c session to this group member never opened: nothing was sent.
+      return;
+    }
     if (replayable && (this.flags & (EX_RETRIED | EX_BODY_SENT | EX_RESPONSE_STARTED)) === 0) {
       // RFC 9113 §8.7: the upstream did not process this stream (GOAWAY / REFUSED_STREAM): replay once.
       this.flags = (this.flags | EX_RETRIED | EX_WAITING_SOCKET) & ~EX_HEAD_SENT;
@@ -440,6 +481,12 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.conn = null;
     if (this.span !== null) this.endSpan();
     this.core.pool.detach(conn);
+    const member = this.member;
+    if (member !== null) {
+      // A WebSocket counts in its upstream's load until it closes.
+      this.member = null;
+      holdMemberUntilClose(conn.socket, member);
+    }
     this.client.upgraded(this, conn, this.status, head.statusMessage, head.raw, rest);
   }
 
@@ -481,6 +528,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.conn = null;
     this.flags &= ~EX_WAITING_SOCKET;
     const core = this.core;
+    if (this.member !== null && this.nextMember(conn, code)) return;
     if (
       (this.flags & EX_RESPONSE_STARTED) === 0 &&
       conn !== null &&
@@ -500,6 +548,47 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       return;
     }
     this.failUpstream(code);
+  }
+
+  /**
+   * A group member refused the connection (nothing of the request reached it), or reset a fresh
+   * one before answering: an idempotent request moves to the next available member, each member
+   * tried once. False when it cannot.
+   */
+  private nextMember(conn: UpstreamConn | null, code: string): boolean {
+    if (
+      conn === null ||
+      conn.responses > 0 ||
+      conn.responseBytes ||
+      // A fresh connection reset before any answer (an upstream closing its listener resets
+      // what waits in its accept queue): a bodyless idempotent request may go again
+      // (RFC 9110 §9.2.2), as nginx's `proxy_next_upstream error` does.
+      !(NOT_CONNECTED.has(code) || (code === 'ECONNRESET' && this.bodyMode === BODY_NONE)) ||
+      (this.flags & (EX_RESPONSE_STARTED | EX_BODY_SENT)) !== 0 ||
+      !RETRYABLE_METHODS.has(this.method)
+    ) {
+      return false;
+    }
+    return this.moveToNext(code);
+  }
+
+  /** Gives up on the current member (a failure) and starts on the next untried available one. */
+  private moveToNext(code: string): boolean {
+    const member = this.member!;
+    const group = member.group;
+    const tried = (this.tried ??= []);
+    tried.push(member);
+    group.finish(member, OUTCOME_FAILED);
+    this.member = null;
+    const next = group.pick(this.clientAddress, this.raw, tried);
+    if (next === null) return false;
+    this.member = next;
+    const stats = this.core.stats;
+    stats.countUpstreamError(code);
+    stats.upstreamRetries++;
+    this.flags &= ~(EX_HEAD_SENT | EX_WAITING_SOCKET);
+    this.start(next.target);
+    return true;
   }
 
   /** The client went away (or the proxy is tearing the exchange down). Idempotent. */

@@ -102,9 +102,10 @@ export interface TunnelRecord {
 }
 
 /** How a request was routed, for the access log. */
-export function routeKind(core: ProxyCore, method: string, facts: RequestHeadFacts, target: Target | null): string {
+export function routeKind(core: ProxyCore, method: string, facts: RequestHeadFacts, target: Target | null, grouped = false): string {
   if (method === 'CONNECT') return 'connect';
   if (target === null) return 'none';
+  if (grouped) return 'routes';
   if (target === core.fallbackTarget) return 'fallback';
   if (core.options.headerRoutingEnabled && (facts.portHeader !== undefined || facts.workspaceHeader !== undefined)) return 'header';
   return 'host';
@@ -162,7 +163,7 @@ export class Observer {
     entry.method = ex.method;
     entry.host = ex.host ?? null;
     entry.path = this.logPath(ex.path);
-    entry.route = routeKind(ex.core, ex.method, ex.facts, ex.target);
+    entry.route = routeKind(ex.core, ex.method, ex.facts, ex.target, ex.grouped);
     entry.target = ex.target === null ? null : ex.target.key;
     entry.status = ex.status;
     entry.bytesIn = ex.bytesIn;
@@ -185,7 +186,7 @@ export class Observer {
       method: ex.method,
       host: ex.host,
       path: ex.path,
-      route: routeKind(ex.core, ex.method, ex.facts, ex.target),
+      route: routeKind(ex.core, ex.method, ex.facts, ex.target, ex.grouped),
       target: ex.target,
       status: ex.status === 0 ? 200 : ex.status,
       requestId: ex.requestId,
@@ -250,6 +251,20 @@ export class Observer {
     for (const code of Object.keys(stats.upstreamErrors).sort()) {
       out.push(`cmux_proxy_upstream_errors_total{code="${labelValue(code)}"} ${stats.upstreamErrors[code]}`);
     }
+    out.push(
+      '# HELP cmux_proxy_route_upstream_state Circuit of each route upstream: 0 closed, 1 open, 2 half-open.',
+      '# TYPE cmux_proxy_route_upstream_state gauge',
+    );
+    for (const u of stats.routeUpstreams) {
+      out.push(`cmux_proxy_route_upstream_state{route="${labelValue(u.route)}",upstream="${labelValue(u.upstream)}"} ${CIRCUIT_VALUE[u.state]}`);
+    }
+    out.push(
+      '# HELP cmux_proxy_route_upstream_in_flight Exchanges in flight and tunnels open to each route upstream.',
+      '# TYPE cmux_proxy_route_upstream_in_flight gauge',
+    );
+    for (const u of stats.routeUpstreams) {
+      out.push(`cmux_proxy_route_upstream_in_flight{route="${labelValue(u.route)}",upstream="${labelValue(u.upstream)}"} ${u.inFlight}`);
+    }
     let name = 'cmux_proxy_request_duration_seconds';
     out.push(
       `# HELP ${name} Time from a request head received to its response end, by client protocol and status class (none: no response).`,
@@ -270,6 +285,8 @@ export class Observer {
     return out.join('\n');
   }
 }
+
+const CIRCUIT_VALUE = { closed: 0, open: 1, 'half-open': 2 } as const;
 
 function newEntry(): AccessLogEntry {
   return {
@@ -298,7 +315,7 @@ function labelValue(value: string): string {
   return value.replace(/[\\"\n]/g, (c) => (c === '\n' ? '\\n' : `\\${c}`));
 }
 
-type ScalarField = Exclude<keyof ProxyStats, 'upstreamErrors' | 'responses1xx' | 'responses2xx' | 'responses3xx' | 'responses4xx' | 'responses5xx'>;
+type ScalarField = Exclude<keyof ProxyStats, 'upstreamErrors' | 'routeUpstreams' | 'responses1xx' | 'responses2xx' | 'responses3xx' | 'responses4xx' | 'responses5xx'>;
 
 interface Scalar {
   field: ScalarField;
@@ -348,6 +365,12 @@ const BY_FIELD: Record<ScalarField, Scalar> = {
   upstreamH2Sessions: gauge('upstreamH2Sessions', 'upstream_h2_sessions', 'HTTP/2 sessions to h2c upstreams now.'),
   upstreamH2Streams: gauge('upstreamH2Streams', 'upstream_h2_streams', 'Streams running on h2c upstream sessions now.'),
   upstreamH2Waiters: gauge('upstreamH2Waiters', 'upstream_h2_waiters', 'Requests waiting for an h2c upstream stream now.'),
+  noHealthyUpstream: counter('noHealthyUpstream', 'no_healthy_upstream', 'Requests answered 503 because no upstream of their route was available.'),
+  circuitOpenings: counter('circuitOpenings', 'circuit_openings', 'Route upstream circuits opened (passive health).'),
+  circuitCloses: counter('circuitCloses', 'circuit_closes', 'Route upstream circuits closed again after a half-open probe succeeded.'),
+  activeCheckChanges: counter('activeCheckChanges', 'active_check_changes', 'Route upstreams whose active health check changed their health.'),
+  rateLimited: counter('rateLimited', 'rate_limited', 'Requests answered 429 by the per-client rate limits.'),
+  routeUpstreamsUnavailable: gauge('routeUpstreamsUnavailable', 'route_upstreams_unavailable', 'Route upstreams not taking requests now (circuit open or active check failing).'),
 };
 
 const SCALARS: readonly Scalar[] = Object.values(BY_FIELD);
@@ -357,6 +380,8 @@ export const METRIC_NAMES: readonly string[] = [
   ...SCALARS.map((s) => s.name),
   'cmux_proxy_responses_total',
   'cmux_proxy_upstream_errors_total',
+  'cmux_proxy_route_upstream_state',
+  'cmux_proxy_route_upstream_in_flight',
   'cmux_proxy_request_duration_seconds',
   'cmux_proxy_upstream_connect_seconds',
   'cmux_proxy_tunnel_duration_seconds',

@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger, LogLevel } from './log.js';
 import type { TlsOption } from './tls.js';
 import type { AccessLogOption } from './access-log.js';
+import type { RateLimitConfig } from './rate-limit.js';
 
 /** Looks up the host port a container publishes for `port`; `null` when the container is unknown. */
 export type ContainerPortResolver = (container: string, port: number) => Promise<number | null>;
@@ -22,6 +23,57 @@ export type FallbackOption =
     };
 
 export type UpstreamProtocol = 'http1' | 'h2c' | 'auto';
+
+/** One upstream of a route: `host:port` on loopback or an absolute unix socket path, with an optional weight. */
+export type RouteUpstreamOption = string | { address: string; weight?: number };
+
+/** A route with an upstream group (see README "Routes with upstream groups"). */
+export interface RouteOption {
+  /** `host`: an exact name (`api.localhost`) or `*.suffix`; `pathPrefix`: the path must start with it. */
+  match: { host: string; pathPrefix?: string };
+  upstreams: RouteUpstreamOption[];
+  balance?: 'round-robin' | 'least-connections' | 'hash';
+  /** What `hash` hashes: the client address (default) or one request header. */
+  hashOn?: 'client-address' | { header: string };
+  /** Active checks: HTTP/1.1 GET `path` every `intervalMs`; 2xx/3xx within `timeoutMs` is healthy. */
+  healthCheck?: { path: string; intervalMs?: number; timeoutMs?: number };
+  /** Passive health per upstream: open after `failures` in a row, for `openMs` doubling up to `maxOpenMs`. */
+  circuitBreaker?: { failures?: number; openMs?: number; maxOpenMs?: number; halfOpenProbes?: number };
+  /** This route's own per-client token buckets (on top of the top-level `rateLimit`). */
+  rateLimit?: RateLimitOption;
+}
+
+/** Per-client token bucket: `rate` tokens a second, at most `burst`; one request takes one. */
+export interface RateLimitOption {
+  rate: number;
+  burst: number;
+  /** Clients remembered (LRU); default 100,000. */
+  maxClients?: number;
+}
+
+/** A route upstream as validated: where to connect and its weight. */
+export interface ResolvedUpstream {
+  /** As written in the options (stats and log label). */
+  address: string;
+  host: string;
+  port: number;
+  socketPath: string | undefined;
+  weight: number;
+}
+
+export interface ResolvedRoute {
+  /** Lower-case exact host, or `*.suffix`. */
+  host: string;
+  /** '' matches every path. */
+  pathPrefix: string;
+  upstreams: ResolvedUpstream[];
+  balance: 'round-robin' | 'least-connections' | 'hash';
+  /** Lower-case header name `hash` reads, or null for the client address. */
+  hashHeader: string | null;
+  healthCheck: { path: string; intervalMs: number; timeoutMs: number } | null;
+  circuitBreaker: { failures: number; openMs: number; maxOpenMs: number; halfOpenProbes: number };
+  rateLimit: RateLimitConfig | undefined;
+}
 
 export interface ProxyOptions {
   /** Port to listen on; 0 picks a free one. */
@@ -86,6 +138,10 @@ export interface ProxyOptions {
   accessLog?: AccessLogOption;
   /** Log the path with its query string (off: the query is cut). */
   accessLogQuery?: boolean;
+  /** Routes with upstream groups, checked in order after the header routes and before the Host patterns. */
+  routes?: RouteOption[];
+  /** Per-client token buckets for every request (WebSocket upgrades and CONNECTs included): 429 past them. */
+  rateLimit?: RateLimitOption;
 }
 
 export interface ResolvedOptions {
@@ -126,6 +182,8 @@ export interface ResolvedOptions {
   adminHost: string;
   accessLog: AccessLogOption | undefined;
   accessLogQuery: boolean;
+  routes: ResolvedRoute[];
+  rateLimit: RateLimitConfig | undefined;
 }
 
 export const DEFAULTS = {
@@ -167,7 +225,7 @@ const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'preserveHost', 'upstreamProtocol', 'upstreamConnectTimeoutMs', 'upstreamResponseTimeoutMs',
   'requestHeadersTimeoutMs', 'drainTimeoutMs', 'maxHeaderSize', 'maxHeadersCount',
   'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'http2MaxConcurrentStreams', 'upstreamProtocolCacheTtlMs', 'fallback', 'containerPortResolver',
-  'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls', 'adminPort', 'adminHost', 'accessLog', 'accessLogQuery',
+  'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls', 'adminPort', 'adminHost', 'accessLog', 'accessLogQuery', 'routes', 'rateLimit',
 ]);
 
 /** A value as error messages show it: strings quoted, objects as JSON, functions as "a function". */
@@ -176,7 +234,9 @@ export function describeValue(value: unknown): string {
   if (typeof value === 'function') return 'a function';
   if (typeof value === 'object' && value !== null) {
     try {
-      return JSON.stringify(value);
+      // A long value (a whole route table) is cut: the message names the path to the bad entry.
+      const text = JSON.stringify(value);
+      return text.length > 300 ? `${text.slice(0, 300)}…` : text;
     } catch {
       return 'an object';
     }
@@ -362,5 +422,175 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
     adminHost,
     accessLog: accessLog as AccessLogOption | undefined,
     accessLogQuery: bool(o, 'accessLogQuery', false),
+    routes: validateRoutes(o['routes']),
+    rateLimit: validateRateLimit('rateLimit', o['rateLimit']),
   };
+}
+
+// ---- routes -------------------------------------------------------------------------------
+
+export const ROUTE_LIMITS = { routes: 100_000, upstreams: 1024, weight: 1000, text: 1024 } as const;
+const BALANCES: readonly string[] = ['round-robin', 'least-connections', 'hash'];
+/** A DNS name as a Host carries it: letters, digits, '-', '_', dots between labels. */
+const HOST_NAME = /^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*$/;
+/** A field name (RFC 9110 §5.1 token). */
+const TOKEN = /^[!#$%&'*+.^_`|~0-9a-z-]+$/;
+/** A path prefix or health-check path: '/' then visible ASCII, no '?' or '#'. */
+const PATH = /^\/[\x21-\x22\x24-\x3e\x40-\x7e]*$/;
+const UPSTREAM_EXPECTED = 'a loopback "host:port" (127.0.0.0/8, [::1] or localhost) or an absolute unix socket path';
+
+function isLoopbackIpv4(host: string): boolean {
+  const parts = host.split('.');
+  if (parts.length !== 4 || parts[0] !== '127') return false;
+  return parts.every((p) => /^(?:0|[1-9][0-9]{0,2})$/.test(p) && Number(p) <= 255);
+}
+
+/** `host:port` on loopback or `/unix/socket`, else null. */
+export function parseUpstreamAddress(text: string): { host: string; port: number; socketPath: string | undefined } | null {
+  if (text.length === 0 || text.length > ROUTE_LIMITS.text) return null;
+  if (text.charCodeAt(0) === 47 /* / */) {
+    // Any byte but NUL is allowed in a path; control characters would only hide a mistake.
+    return /[\x00-\x1f\x7f]/.test(text) ? null : { host: 'localhost', port: 0, socketPath: text };
+  }
+  const colon = text.lastIndexOf(':');
+  if (colon <= 0) return null;
+  const portText = text.slice(colon + 1);
+  if (!/^[0-9]{1,5}$/.test(portText)) return null;
+  const port = Number(portText);
+  if (port < 1 || port > 65535) return null;
+  const host = text.slice(0, colon).toLowerCase();
+  if (host === '[::1]') return { host: '::1', port, socketPath: undefined };
+  if (host === 'localhost' || isLoopbackIpv4(host)) return { host, port, socketPath: undefined };
+  return null;
+}
+
+function positive(name: string, value: unknown, fallback: number, min: number, max: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) fail(name, value, `an integer from ${min} to ${max}`);
+  return value;
+}
+
+function plainObject(name: string, value: unknown, expected: string): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) fail(name, value, expected);
+  return value as Record<string, unknown>;
+}
+
+function validateUpstream(name: string, value: unknown): ResolvedUpstream {
+  let address: unknown = value;
+  let weight = 1;
+  if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
+    onlyKnown(name, value, ['address', 'weight']);
+    const u = value as Record<string, unknown>;
+    address = u['address'];
+    weight = positive(`${name}.weight`, u['weight'], 1, 1, ROUTE_LIMITS.weight);
+    name = `${name}.address`;
+  }
+  if (typeof address !== 'string') fail(name, address, UPSTREAM_EXPECTED);
+  const parsed = parseUpstreamAddress(address);
+  if (parsed === null) fail(name, address, UPSTREAM_EXPECTED);
+  return { address, host: parsed.host, port: parsed.port, socketPath: parsed.socketPath, weight };
+}
+
+function validateRoute(name: string, value: unknown): ResolvedRoute {
+  const r = plainObject(name, value, '{ match, upstreams, balance? }');
+  onlyKnown(name, r, ['match', 'upstreams', 'balance', 'hashOn', 'healthCheck', 'circuitBreaker', 'rateLimit']);
+  const match = plainObject(`${name}.match`, r['match'], '{ host, pathPrefix? }');
+  onlyKnown(`${name}.match`, match, ['host', 'pathPrefix']);
+  const hostValue = match['host'];
+  const hostExpected = 'a host name ("api.localhost") or "*.suffix", without a port';
+  if (typeof hostValue !== 'string' || hostValue.length > 253) fail(`${name}.match.host`, hostValue, hostExpected);
+  let host = hostValue.toLowerCase();
+  if (host.endsWith('.')) host = host.slice(0, -1);
+  const bare = host.startsWith('*.') ? host.slice(2) : host;
+  if (!HOST_NAME.test(bare)) fail(`${name}.match.host`, hostValue, hostExpected);
+  const prefix = match['pathPrefix'];
+  if (prefix !== undefined && (typeof prefix !== 'string' || prefix.length > ROUTE_LIMITS.text || !PATH.test(prefix))) {
+    fail(`${name}.match.pathPrefix`, prefix, "a path starting with '/' (visible ASCII, no '?' or '#')");
+  }
+  const list = r['upstreams'];
+  if (!Array.isArray(list) || list.length === 0 || list.length > ROUTE_LIMITS.upstreams) {
+    fail(`${name}.upstreams`, list, `an array of 1 to ${ROUTE_LIMITS.upstreams} upstreams`);
+  }
+  const upstreams: ResolvedUpstream[] = [];
+  const seen = new Set<string>();
+  for (let i = 0; i < list.length; i++) {
+    const u = validateUpstream(`${name}.upstreams[${i}]`, list[i]);
+    const key = u.socketPath ?? `${u.host}:${u.port}`;
+    if (seen.has(key)) fail(`${name}.upstreams[${i}]`, list[i], 'each upstream once');
+    seen.add(key);
+    upstreams.push(u);
+  }
+  const balance = r['balance'] ?? 'round-robin';
+  if (typeof balance !== 'string' || !BALANCES.includes(balance)) fail(`${name}.balance`, balance, '"round-robin", "least-connections" or "hash"');
+  let hashHeader: string | null = null;
+  const hashOn = r['hashOn'];
+  if (hashOn !== undefined) {
+    if (balance !== 'hash') fail(`${name}.hashOn`, hashOn, 'no hashOn unless balance is "hash"');
+    if (hashOn !== 'client-address') {
+      const h = plainObject(`${name}.hashOn`, hashOn, '"client-address" or { header }');
+      onlyKnown(`${name}.hashOn`, h, ['header']);
+      const header = h['header'];
+      if (typeof header !== 'string' || header.length > 256 || !TOKEN.test(header.toLowerCase())) fail(`${name}.hashOn.header`, header, 'a header field name');
+      hashHeader = header.toLowerCase();
+    }
+  }
+  let healthCheck: ResolvedRoute['healthCheck'] = null;
+  if (r['healthCheck'] !== undefined) {
+    const hc = plainObject(`${name}.healthCheck`, r['healthCheck'], '{ path, intervalMs?, timeoutMs? }');
+    onlyKnown(`${name}.healthCheck`, hc, ['path', 'intervalMs', 'timeoutMs']);
+    const path = hc['path'];
+    if (typeof path !== 'string' || path.length > ROUTE_LIMITS.text || !/^\/[\x21-\x7e]*$/.test(path)) {
+      fail(`${name}.healthCheck.path`, path, "a path starting with '/' (visible ASCII)");
+    }
+    const intervalMs = positive(`${name}.healthCheck.intervalMs`, hc['intervalMs'], 5000, 100, MAX_TIMEOUT);
+    const timeoutMs = positive(`${name}.healthCheck.timeoutMs`, hc['timeoutMs'], Math.min(2000, intervalMs), 1, intervalMs);
+    healthCheck = { path, intervalMs, timeoutMs };
+  }
+  const cbValue = r['circuitBreaker'] === undefined ? {} : plainObject(`${name}.circuitBreaker`, r['circuitBreaker'], '{ failures?, openMs?, maxOpenMs?, halfOpenProbes? }');
+  onlyKnown(`${name}.circuitBreaker`, cbValue, ['failures', 'openMs', 'maxOpenMs', 'halfOpenProbes']);
+  const openMs = positive(`${name}.circuitBreaker.openMs`, cbValue['openMs'], 5000, 1, MAX_TIMEOUT);
+  const circuitBreaker = {
+    failures: positive(`${name}.circuitBreaker.failures`, cbValue['failures'], 5, 1, 1_000_000),
+    openMs,
+    maxOpenMs: positive(`${name}.circuitBreaker.maxOpenMs`, cbValue['maxOpenMs'], Math.max(openMs, 300_000), openMs, MAX_TIMEOUT),
+    halfOpenProbes: positive(`${name}.circuitBreaker.halfOpenProbes`, cbValue['halfOpenProbes'], 1, 1, 1000),
+  };
+  return {
+    host,
+    pathPrefix: (prefix as string | undefined) ?? '',
+    upstreams,
+    balance: balance as ResolvedRoute['balance'],
+    hashHeader,
+    healthCheck,
+    circuitBreaker,
+    rateLimit: validateRateLimit(`${name}.rateLimit`, r['rateLimit']),
+  };
+}
+
+function validateRateLimit(name: string, value: unknown): RateLimitConfig | undefined {
+  if (value === undefined) return undefined;
+  const r = plainObject(name, value, '{ rate, burst, maxClients? }');
+  onlyKnown(name, r, ['rate', 'burst', 'maxClients']);
+  const rate = r['rate'];
+  if (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0.001 || rate > 1_000_000) fail(`${name}.rate`, rate, 'tokens per second, a number from 0.001 to 1000000');
+  const burst = r['burst'];
+  if (typeof burst !== 'number' || !Number.isInteger(burst) || burst < 1 || burst > 1_000_000) fail(`${name}.burst`, burst, 'an integer from 1 to 1000000');
+  return { rate, burst, maxClients: positive(`${name}.maxClients`, r['maxClients'], 100_000, 1, 10_000_000) };
+}
+
+/** Validates the `routes` option (also used by `updateRoutes()`): throws an OptionError naming the entry. */
+export function validateRoutes(value: unknown): ResolvedRoute[] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value) || value.length > ROUTE_LIMITS.routes) fail('routes', value, `an array of at most ${ROUTE_LIMITS.routes} routes`);
+  const out: ResolvedRoute[] = [];
+  const seen = new Map<string, number>();
+  for (let i = 0; i < value.length; i++) {
+    const route = validateRoute(`routes[${i}]`, value[i]);
+    const key = `${route.host} ${route.pathPrefix}`;
+    const first = seen.get(key);
+    if (first !== undefined) fail(`routes[${i}].match`, value[i]['match'], `a match other than routes[${first}]'s (it would never be used)`);
+    seen.set(key, i);
+    out.push(route);
+  }
+  return out;
 }

@@ -15,13 +15,17 @@ import {
   ERR_RESOLVER_FAILED,
   LOCAL_HOST,
   isContainerRoute,
+  isGroupRoute,
   isRouteError,
   route,
   routeError,
   type RouteError,
 } from './route/router.js';
 import { pinnedTcpTarget, socketTarget, tcpTarget, type Target } from './route/target.js';
-import type { StatsCounters } from './stats.js';
+import type { GroupStats, StatsCounters } from './stats.js';
+import { OUTCOME_NEUTRAL, RouteTable, type GroupMember, type UpstreamGroup } from './upstream/group.js';
+import { validateRoutes } from './options.js';
+import { RateLimiter } from './rate-limit.js';
 import { UpstreamPool } from './upstream/h1-pool.js';
 import { H2UpstreamPool, probeH2c } from './upstream/h2-pool.js';
 import { LRUCache } from 'lru-cache';
@@ -37,6 +41,14 @@ export interface Routable {
   readonly finished: boolean;
   /** What the diagnostics channels say about it (made on first call). */
   diagRequest(): DiagnosticsRequest;
+  readonly clientAddress: string;
+  readonly raw: string[];
+  /** The route-group upstream serving it (load and passive health), else null. */
+  member: GroupMember | null;
+  /** Extra fields of the proxy-made answer (name/value pairs), else null. */
+  answerHeaders: string[] | null;
+  /** Set when the `routes` table routed it. */
+  grouped: boolean;
   start(target: Target): void;
   /** Answers with a proxy-made error and ends. */
   reject(status: number, code: string, message: string): void;
@@ -56,6 +68,10 @@ const ERR_RESOLVER_TIMEOUT = routeError(504, ErrorCodes.RESOLVER_TIMEOUT, 'conta
  * write its own, and a routed request would reach it past the fallback rule.
  */
 const ERR_PRIVATE_PORT = routeError(400, ErrorCodes.INVALID_PORT, "invalid port: reserved for the proxy's fallback handler");
+
+const ERR_NO_HEALTHY_UPSTREAM = routeError(503, ErrorCodes.NO_HEALTHY_UPSTREAM, 'no healthy upstream');
+
+const ERR_TOO_MANY_REQUESTS = routeError(429, ErrorCodes.TOO_MANY_REQUESTS, 'too many requests');
 
 const ERR_CONNECT_BAD_AUTHORITY = routeError(400, ErrorCodes.BAD_REQUEST, 'CONNECT needs host:port with a decimal port 1-65535');
 
@@ -102,6 +118,13 @@ export class ProxyCore {
   fallbackTarget: Target | null = null;
   /** True from `stop()` on: keep-alive ends after the current exchange. */
   draining = false;
+  /**
+   * The `routes` option compiled, or null without routes. Swapped whole by `updateRoutes()`:
+   * an exchange holds its member (and so its old group) until it ends.
+   */
+  routeTable: RouteTable | null = null;
+  /** The `rateLimit` option: per-client token buckets for every request, or null. */
+  readonly rateLimiter: RateLimiter | null;
   /** Set when metrics or the access log are on; null keeps every hook to one check. */
   observer: Observer | null = null;
   /** Set at start when `@opentelemetry/api` can be loaded; null keeps every hook to one check. */
@@ -151,6 +174,8 @@ export class ProxyCore {
     );
     this.protocols =
       options.upstreamProtocol === 'auto' ? new LRUCache({ max: 10_000, ttl: Math.max(1, options.upstreamProtocolCacheTtlMs) }) : null;
+    this.rateLimiter = options.rateLimit === undefined ? null : new RateLimiter(options.rateLimit, 'proxy');
+    if (options.routes.length > 0) this.routeTable = new RouteTable(options.routes, this);
     const fallback = options.fallback;
     this.handlerFallback = fallback !== undefined && 'handler' in fallback;
     if (fallback !== undefined) {
@@ -162,10 +187,20 @@ export class ProxyCore {
   /** Routes a request and starts it, or answers it with the routing error (first matching rule wins). */
   dispatch(req: Routable): void {
     if (req.facts.viaSelfCount > MAX_VIA_SELF) return this.refuse(req, ERR_LOOP);
+    const limiter = this.rateLimiter;
+    if (limiter !== null) {
+      const wait = limiter.take(req.clientAddress);
+      if (wait > 0) {
+        this.stats.rateLimited++;
+        req.answerHeaders = limiter.answerHeaders(wait);
+        return this.refuse(req, ERR_TOO_MANY_REQUESTS);
+      }
+    }
     const r = route(
       this.options,
-      { portHeader: req.facts.portHeader, workspaceHeader: req.facts.workspaceHeader, host: req.host, repeated: req.facts.repeatedRouting },
+      { portHeader: req.facts.portHeader, workspaceHeader: req.facts.workspaceHeader, host: req.host, repeated: req.facts.repeatedRouting, path: req.path },
       this.resolver !== undefined,
+      this.routeTable,
     );
     if (r === null) {
       const fallback = this.fallbackTarget;
@@ -174,6 +209,7 @@ export class ProxyCore {
       return;
     }
     if (isRouteError(r)) return this.refuse(req, r);
+    if (isGroupRoute(r)) return this.startGroup(req, r);
     if (isContainerRoute(r)) {
       const resolver = this.resolver!;
       const cached = resolver.peek(r.container, r.port);
@@ -196,6 +232,70 @@ export class ProxyCore {
     if (this.isSelf(r)) return this.refuse(req, ERR_LOOP);
     if (this.handlerFallback && this.isPrivateFallback(r)) return this.refuse(req, ERR_PRIVATE_PORT);
     this.go(req, r);
+  }
+
+  /** A route with an upstream group: the balancer's pick, or `503 no healthy upstream` at once. */
+  private startGroup(req: Routable, group: UpstreamGroup): void {
+    if (req.finished) return;
+    const limiter = group.rateLimiter;
+    if (limiter !== null) {
+      const wait = limiter.take(req.clientAddress);
+      if (wait > 0) {
+        this.stats.rateLimited++;
+        req.answerHeaders = limiter.answerHeaders(wait);
+        return this.refuse(req, ERR_TOO_MANY_REQUESTS);
+      }
+    }
+    const member = group.pick(req.clientAddress, req.raw, null);
+    if (member === null) {
+      this.stats.noHealthyUpstream++;
+      req.answerHeaders = ['retry-after', String(group.retryAfterSeconds())];
+      return this.refuse(req, ERR_NO_HEALTHY_UPSTREAM);
+    }
+    const target = member.target;
+    if (this.isSelf(target) || (this.handlerFallback && this.isPrivateFallback(target))) {
+      group.finish(member, OUTCOME_NEUTRAL);
+      return this.refuse(req, this.isSelf(target) ? ERR_LOOP : ERR_PRIVATE_PORT);
+    }
+    req.member = member;
+    req.grouped = true;
+    if (this.log.debugEnabled) this.logRoute(req, `${target.key} (route ${group.label})`);
+    req.start(target);
+  }
+
+  /**
+   * Replaces the route table (validated like the option; throws an OptionError). Exchanges
+   * already routed finish on the upstreams they have; new ones use the new table.
+   */
+  updateRoutes(routes: unknown, running: boolean): void {
+    const resolved = validateRoutes(routes);
+    const old = this.routeTable;
+    const table = resolved.length > 0 ? new RouteTable(resolved, this, old) : null;
+    this.routeTable = table;
+    old?.stopChecks();
+    if (running) table?.startChecks();
+  }
+
+  groupStats(): GroupStats {
+    const table = this.routeTable;
+    if (table === null) return { routeUpstreamsUnavailable: 0, routeUpstreams: [] };
+    const list = table.stats();
+    let unavailable = 0;
+    for (const u of list) if (u.state === 'open' || !u.healthy) unavailable++;
+    return { routeUpstreamsUnavailable: unavailable, routeUpstreams: list };
+  }
+
+  /**
+   * A plain CONNECT counts against the `rateLimit` buckets like any request: null when allowed,
+   * else the fields of the 429.
+   */
+  rateLimited(client: string): string[] | null {
+    const limiter = this.rateLimiter;
+    if (limiter === null) return null;
+    const wait = limiter.take(client);
+    if (wait === 0) return null;
+    this.stats.rateLimited++;
+    return limiter.answerHeaders(wait);
   }
 
   /** A routing decision: started toward `target`. */
@@ -247,10 +347,10 @@ export class ProxyCore {
     if (parsed === null) return ERR_CONNECT_BAD_AUTHORITY;
     const r = route(
       this.options,
-      { portHeader: facts.portHeader, workspaceHeader: facts.workspaceHeader, host: authority, repeated: facts.repeatedRouting },
+      { portHeader: facts.portHeader, workspaceHeader: facts.workspaceHeader, host: authority, repeated: facts.repeatedRouting, path: '' },
       false,
     );
-    let target: Target | RouteError | null = r !== null && !isContainerRoute(r) ? r : null;
+    let target: Target | RouteError | null = r !== null && !isContainerRoute(r) && !isGroupRoute(r) ? r : null;
     if (target === null && (parsed.host === 'localhost' || parsed.host === LOCAL_HOST)) target = tcpTarget(LOCAL_HOST, parsed.port);
     if (target === null) return ERR_CONNECT_NO_ROUTE;
     if (isRouteError(target)) return target;

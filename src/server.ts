@@ -126,6 +126,16 @@ export class ProxyServer implements SessionHost, H2Host {
     }
   }
 
+  /**
+   * Replaces the `routes` table (validated like the option: throws an OptionError and keeps the
+   * old table on a bad one). Exchanges already routed finish on their upstreams; new requests
+   * use the new table. Upstreams kept under the same match keep their circuit state; active
+   * checks of the old table stop.
+   */
+  updateRoutes(routes: unknown): void {
+    this.core.updateRoutes(routes, this.running);
+  }
+
   /** Re-reads the TLS certificate files now (they are also watched while running). */
   reloadCertificates(): boolean {
     return this.tls?.reload() ?? false;
@@ -168,6 +178,7 @@ export class ProxyServer implements SessionHost, H2Host {
       this.core.listenPort = address.port;
       this.core.draining = false;
       this.core.pool.reopen();
+      this.core.routeTable?.startChecks();
       this.tls?.watch();
       const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
       const protocols = this.options.enableHttp2 ? 'HTTP/1.1, h2c' : 'HTTP/1.1';
@@ -305,6 +316,7 @@ export class ProxyServer implements SessionHost, H2Host {
     for (const socket of this.accepted) socket.destroy();
     core.pool.close();
     core.h2pool.close();
+    core.routeTable?.stopChecks();
     this.headTimer.stop(true);
     this.tls?.unwatch();
     await closed;
@@ -348,7 +360,7 @@ export class ProxyServer implements SessionHost, H2Host {
       upstreamH2Sessions: h2.sessions,
       upstreamH2Streams: h2.streams,
       upstreamH2Waiters: h2.waiters,
-    });
+    }, this.core.groupStats());
   }
 
   // ---- connections ----------------------------------------------------------------------

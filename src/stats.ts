@@ -44,6 +44,16 @@ export class StatsCounters {
   upstreamSocketsCreated = 0;
   upstreamSocketsReused = 0;
   upstreamRetries = 0;
+  // route groups
+  /** Requests answered `503 no healthy upstream`. */
+  noHealthyUpstream = 0;
+  /** Route upstreams whose circuit opened / closed again. */
+  circuitOpenings = 0;
+  circuitCloses = 0;
+  /** Active health checks that changed an upstream's health. */
+  activeCheckChanges = 0;
+  /** Requests answered `429 too many requests` (the `rateLimit` buckets). */
+  rateLimited = 0;
   /** Upstream errors by code (ECONNREFUSED, ECONNRESET, CONNECT_TIMEOUT, RESPONSE_TIMEOUT, ...). */
   readonly upstreamErrors: Record<string, number> = Object.create(null) as Record<string, number>;
 
@@ -70,7 +80,23 @@ export interface PoolStats {
   upstreamH2Waiters: number;
 }
 
-export interface ProxyStats extends PoolStats {
+/** One upstream of a route group, as `getStats().routeUpstreams` lists it. */
+export interface RouteUpstreamStats {
+  route: string;
+  upstream: string;
+  state: 'closed' | 'open' | 'half-open';
+  healthy: boolean;
+  inFlight: number;
+  openings: number;
+}
+
+export interface GroupStats {
+  /** Route upstreams not taking requests now (circuit open, or failing active checks). */
+  routeUpstreamsUnavailable: number;
+  routeUpstreams: RouteUpstreamStats[];
+}
+
+export interface ProxyStats extends PoolStats, GroupStats {
   totalRequests: number;
   activeConnections: number;
   websocketConnections: number;
@@ -101,10 +127,15 @@ export interface ProxyStats extends PoolStats {
   upstreamSocketsCreated: number;
   upstreamSocketsReused: number;
   upstreamRetries: number;
+  noHealthyUpstream: number;
+  circuitOpenings: number;
+  circuitCloses: number;
+  activeCheckChanges: number;
+  rateLimited: number;
   upstreamErrors: Record<string, number>;
 }
 
-export function snapshot(c: StatsCounters, liveBytes: number, pool: PoolStats): ProxyStats {
+export function snapshot(c: StatsCounters, liveBytes: number, pool: PoolStats, groups: GroupStats): ProxyStats {
   return {
     totalRequests: c.totalRequests,
     activeConnections: c.activeConnections,
@@ -136,6 +167,11 @@ export function snapshot(c: StatsCounters, liveBytes: number, pool: PoolStats): 
     upstreamSocketsCreated: c.upstreamSocketsCreated,
     upstreamSocketsReused: c.upstreamSocketsReused,
     upstreamRetries: c.upstreamRetries,
+    noHealthyUpstream: c.noHealthyUpstream,
+    circuitOpenings: c.circuitOpenings,
+    circuitCloses: c.circuitCloses,
+    activeCheckChanges: c.activeCheckChanges,
+    rateLimited: c.rateLimited,
     upstreamErrors: { ...c.upstreamErrors },
     upstreamSocketsActive: pool.upstreamSocketsActive,
     upstreamSocketsIdle: pool.upstreamSocketsIdle,
@@ -143,5 +179,7 @@ export function snapshot(c: StatsCounters, liveBytes: number, pool: PoolStats): 
     upstreamH2Sessions: pool.upstreamH2Sessions,
     upstreamH2Streams: pool.upstreamH2Streams,
     upstreamH2Waiters: pool.upstreamH2Waiters,
+    routeUpstreamsUnavailable: groups.routeUpstreamsUnavailable,
+    routeUpstreams: groups.routeUpstreams,
   };
 }

@@ -446,7 +446,7 @@ describe('CLI --help', () => {
     }
     // Every option that a command line can hold has a flag (functions and objects aside).
     const { resolveOptions } = await import('../dist/options.js');
-    const notFlags = new Set(['fallback', 'containerPortResolver', 'logger', 'tls']);
+    const notFlags = new Set(['fallback', 'containerPortResolver', 'logger', 'tls', 'routes', 'rateLimit']);
     for (const option of Object.keys(resolveOptions({ listenPort: 0 }))) {
       if (notFlags.has(option)) continue;
       assert.match(stdout, new RegExp(`option ${option}\\b`), `${option} has a flag (add it to FLAGS in src/cli.ts)`);

@@ -667,9 +667,9 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     const keepAlive = this.willKeepAlive(ex);
     if (!keepAlive || (ex.flags & EX_UPGRADE) !== 0 || ex.method === 'CONNECT') {
       this.flags |= C_CLOSE_AFTER;
-      this.socket.write(errorResponse(status, message, false), 'latin1');
+      this.socket.write(errorResponse(status, message, false, ex.answerHeaders), 'latin1');
     } else {
-      this.socket.write(errorResponse(status, message, true), 'latin1');
+      this.socket.write(errorResponse(status, message, true, ex.answerHeaders), 'latin1');
     }
   }
 
@@ -742,6 +742,12 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   /** CONNECT host:port -> the routed target, 200, then splice. */
   private startConnectTunnel(ex: Exchange): void {
     const core = this.core;
+    const limited = core.rateLimited(ex.clientAddress);
+    if (limited !== null) {
+      ex.answerHeaders = limited;
+      ex.reject(429, ErrorCodes.TOO_MANY_REQUESTS, 'too many requests');
+      return;
+    }
     const target = core.connectTarget(ex.facts, ex.host ?? '');
     if (isRouteError(target)) {
       ex.reject(target.status, target.code, target.message);

@@ -36,6 +36,7 @@ import {
   type HTTPParser,
 } from '../h1/parser.js';
 import { resetStream, respondError } from './session.js';
+import { OUTCOME_NEUTRAL, holdMemberUntilClose, type GroupMember } from '../upstream/group.js';
 
 const WEBSOCKET_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
@@ -63,6 +64,11 @@ export function startExtendedConnect(
   const stats = core.stats;
   if (protocol === undefined) {
     const authority = headers[':authority'] ?? '';
+    const limited = core.rateLimited(clientAddress);
+    if (limited !== null) {
+      answer(core, stream, 429, 'too many requests', limited);
+      return;
+    }
     const target = core.connectTarget(facts, authority);
     if (isRouteError(target)) {
       answer(core, stream, target.status, target.message);
@@ -85,10 +91,10 @@ export function startExtendedConnect(
   core.dispatch(bridge);
 }
 
-function answer(core: ProxyCore, stream: http2.ServerHttp2Stream, status: number, message: string): void {
+function answer(core: ProxyCore, stream: http2.ServerHttp2Stream, status: number, message: string, extra: readonly string[] | null = null): void {
   core.stats.proxyErrorResponses++;
   core.stats.countStatus(status);
-  respondError(stream, status, message);
+  respondError(stream, status, message, extra);
 }
 
 function upstreamFailure(core: ProxyCore, stream: http2.ServerHttp2Stream, code: string): void {
@@ -103,10 +109,14 @@ class WebSocketBridge implements Routable, TunnelUser {
   readonly stream: BridgeStream;
   readonly facts: RequestHeadFacts;
   readonly host: string | undefined;
-  private readonly raw: string[];
+  readonly raw: string[];
   readonly path: string;
   readonly method = 'CONNECT';
-  private readonly clientAddress: string;
+  readonly clientAddress: string;
+  /** The route-group upstream: counted in its load until the upstream socket closes. */
+  member: GroupMember | null = null;
+  answerHeaders: string[] | null = null;
+  grouped = false;
   private readonly tls: boolean;
   private readonly key = crypto().randomBytes(16).toString('base64');
   private socket: BridgeSocket | null = null;
@@ -159,18 +169,35 @@ class WebSocketBridge implements Routable, TunnelUser {
   reject(status: number, code: string, message: string): void {
     if (this.phase >= 3) return;
     this.phase = 4;
-    answer(this.core, this.stream, status, message);
+    answer(this.core, this.stream, status, message, this.answerHeaders);
     this.diagEnd(status, code);
   }
 
   start(target: Target): void {
-    if (this.phase !== 0 || this.stream.destroyed) return;
+    if (this.phase !== 0 || this.stream.destroyed) {
+      this.releaseMember();
+      return;
+    }
     this.target = target;
     // The upstream socket counts against maxSocketsPerUpstream like any other.
     this.core.pool.openTunnel(target, this);
   }
 
+  /** The member's load, given back when no upstream socket will hold it. */
+  private releaseMember(): void {
+    const member = this.member;
+    if (member === null) return;
+    this.member = null;
+    member.group.finish(member, OUTCOME_NEUTRAL);
+  }
+
   onTunnelSocket(upstream: net.Socket | null, code: string): void {
+    const member = this.member;
+    if (member !== null) {
+      this.member = null;
+      if (upstream === null) member.group.finish(member, OUTCOME_NEUTRAL);
+      else holdMemberUntilClose(upstream, member);
+    }
     if (upstream === null) {
       if (this.phase === 0) {
         this.phase = 4;
@@ -330,7 +357,7 @@ class WebSocketBridge implements Routable, TunnelUser {
               method: 'CONNECT',
               host: this.host,
               path: this.path,
-              route: routeKind(this.core, 'GET', this.facts, this.target),
+              route: routeKind(this.core, 'GET', this.facts, this.target, this.grouped),
               target: this.target,
               status: 200,
               requestId: this.requestId,
@@ -369,6 +396,7 @@ class WebSocketBridge implements Routable, TunnelUser {
   streamClosed(): void {
     if (this.phase >= 3 && this.phase !== 2) return;
     if (this.socket === null && this.target !== null) this.core.pool.cancelTunnel(this.target, this);
+    this.releaseMember();
     this.phase = 4;
     this.socket?.destroy();
     if (this.parser !== null) closeParserLater(this.parser);

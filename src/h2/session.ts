@@ -156,7 +156,7 @@ const h2ClientSide: ClientSide = {
     stats.proxyErrorResponses++;
     stats.countStatus(status);
     if (ex.core.log.debugEnabled) ex.core.log.debug(`h2 ${ex.method} ${ex.path} -> ${status} ${code}`);
-    respondError((ex.clientState as H2StreamState).stream, status, message);
+    respondError((ex.clientState as H2StreamState).stream, status, message, ex.answerHeaders);
   },
   reset(ex) {
     const stream = (ex.clientState as H2StreamState).stream;
@@ -183,18 +183,20 @@ const h2ClientSide: ClientSide = {
   },
 };
 
-export function respondError(stream: http2.ServerHttp2Stream, status: number, message: string): void {
+export function respondError(stream: http2.ServerHttp2Stream, status: number, message: string, extra: readonly string[] | null = null): void {
   if (stream.destroyed || stream.closed) return;
   if (stream.headersSent) {
     resetStream(stream);
     return;
   }
   try {
-    stream.respond({
+    const headers: http2.OutgoingHttpHeaders = {
       [HTTP2_HEADER_STATUS]: status,
       [HTTP2_HEADER_CONTENT_TYPE]: 'text/plain; charset=utf-8',
       [HTTP2_HEADER_CONTENT_LENGTH]: Buffer.byteLength(message),
-    });
+    };
+    if (extra !== null) for (let i = 0; i < extra.length; i += 2) headers[extra[i]!] = extra[i + 1]!;
+    stream.respond(headers);
     stream.end(message);
   } catch {
     resetStream(stream);

@@ -2,6 +2,7 @@ import { ErrorCodes } from '../errors.js';
 import { REPEATED_PORT, REPEATED_WORKSPACE } from '../headers.js';
 import { hostName, matchHost, parsePort } from './host-patterns.js';
 import { tcpTarget, type Target } from './target.js';
+import type { RouteTable, UpstreamGroup } from '../upstream/group.js';
 import { WS_NOT_ASCII, WS_OVERFLOW, decodeWireUtf8, workspaceIp, workspaceIpFromWire } from './workspace-ip.js';
 
 export const LOCAL_HOST = '127.0.0.1';
@@ -20,7 +21,7 @@ export interface ContainerRoute {
   readonly port: number;
 }
 
-export type Route = Target | RouteError | ContainerRoute | null;
+export type Route = Target | RouteError | ContainerRoute | UpstreamGroup | null;
 
 export function routeError(status: number, code: string, message: string): RouteError {
   return Object.freeze({ kind: 'error', status, code, message });
@@ -54,6 +55,9 @@ export function isRouteError(route: Route): route is RouteError {
 export function isContainerRoute(route: Route): route is ContainerRoute {
   return route !== null && (route as ContainerRoute).kind === 'container';
 }
+export function isGroupRoute(route: Route): route is UpstreamGroup {
+  return route !== null && (route as UpstreamGroup).kind === 'group';
+}
 
 /** What routing reads of a request head. Absent headers are `undefined`. */
 export interface RouteInput {
@@ -63,6 +67,8 @@ export interface RouteInput {
   host: string | undefined;
   /** `RequestHeadFacts.repeatedRouting`: routing headers given more than once. */
   repeated: number;
+  /** Origin-form path (route path prefixes). */
+  path: string;
 }
 
 export interface RouterConfig {
@@ -118,10 +124,10 @@ function unicodeHostRoute(wireHost: string): Target | RouteError | null {
 }
 
 /**
- * Routing rules 1-5 as a pure function of the head. `null` means no rule matched (fallback or
+ * Routing rules 1-5 (with the `routes` table between the header rules and the Host patterns) as a pure function of the head. `null` means no rule matched (fallback or
  * 400). Container routes come back unresolved when a resolver must be asked.
  */
-export function route(config: RouterConfig, input: RouteInput, hasResolver: boolean): Route {
+export function route(config: RouterConfig, input: RouteInput, hasResolver: boolean, table: RouteTable | null = null): Route {
   if (input.repeated > 0) return repeatedError(input.repeated);
   if (config.headerRoutingEnabled && input.portHeader !== undefined) {
     const portText = trimOws(input.portHeader);
@@ -139,6 +145,11 @@ export function route(config: RouterConfig, input: RouteInput, hasResolver: bool
   }
   const host = input.host;
   if (host === undefined || host === '') return null;
+  if (table !== null) {
+    // The `routes` option: after the header routes, before the built-in Host patterns.
+    const group = table.match(host, input.path);
+    if (group !== null) return group;
+  }
   const matched = matchHost(hostName(host));
   if (matched === null) return null;
   switch (matched.kind) {
