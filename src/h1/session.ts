@@ -659,7 +659,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   end(ex: Exchange, trailers: string[] | null): void {
     this.flushHeldHead();
     if (ex.clientState === FRAME_CHUNKED && !this.socket.destroyed) {
-      this.socket.write(trailers === null ? '0\r\n\r\n' : `0\r\n${trailerLines(trailers)}\r\n`, 'latin1');
+      this.socket.write(trailers === null ? '0\r\n\r\n' : `0\r\n${trailerLines(trailers, false)}\r\n`, 'latin1');
     }
   }
 

@@ -280,7 +280,7 @@ function streamOnWantTrailers(this: ProxyStream): void {
   const ex = this[kEx];
   const trailers = ex === undefined ? null : (ex.clientState as H2StreamState).trailers;
   try {
-    this.sendTrailers(trailers === null ? {} : trailersH2(trailers));
+    this.sendTrailers(trailers === null ? {} : trailersH2(trailers, false));
   } catch {
     resetStream(this);
   }

@@ -102,7 +102,7 @@ export class H2UpstreamRequest implements Expirable {
     const trailers = this.requestTrailers;
     this.requestTrailers = null;
     try {
-      this.stream.sendTrailers(trailers === null ? {} : trailersH2(trailers));
+      this.stream.sendTrailers(trailers === null ? {} : trailersH2(trailers, true));
     } catch {
       // A value Node will not send: the upstream must not see a complete-looking request.
       if (!this.stream.destroyed) this.stream.close(NGHTTP2_CANCEL);
