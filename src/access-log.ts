@@ -130,8 +130,14 @@ export class AccessLog {
     }
     const fd = this.fd;
     if (fd === null) {
-      process.stdout.write(data);
-      this.settled();
+      if (process.stdout.write(data)) {
+        this.settled();
+        return;
+      }
+      // A reader slower than the traffic: lines wait here until the stream drains (and are
+      // dropped past MAX_PENDING_BYTES), not in the stream's own unbounded buffer.
+      this.writing = true;
+      process.stdout.once('drain', () => this.written(null));
       return;
     }
     this.writing = true;
@@ -178,6 +184,13 @@ export class AccessLog {
   /** Writes what is buffered; resolves once it is out. */
   drain(): Promise<void> {
     if (this.fn !== null) return Promise.resolve();
+    if (this.path === null) {
+      // stdout: what is buffered goes to the stream now, even past a stalled reader (the stream
+      // writes it out before the process exits); stop() never waits on that reader.
+      this.writing = false;
+      this.flush();
+      return Promise.resolve();
+    }
     return new Promise<void>((resolve) => {
       this.flushed.push(resolve);
       this.flush();

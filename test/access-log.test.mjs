@@ -3,6 +3,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -261,6 +262,43 @@ describe('access log: files', () => {
       assert.equal(entry.status, 200);
     } finally {
       assert.equal((await stopCli(cli.child)).code, 0);
+    }
+  });
+});
+
+describe('access log: a stdout reader slower than the traffic', () => {
+  it('lines past 16 MiB waiting are dropped and counted, not buffered without bound in the stdout stream', { timeout: 120_000 }, async () => {
+    const up = await startUpstream((req, res) => res.end('ok'));
+    const cli = await startCli(['--port', '0', '--access-log', 'stdout']);
+    // Nobody reads the proxy's stdout for now: the pipe fills and its writes stop completing.
+    cli.child.stdout.pause();
+    let out = '';
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
+    const longPath = `/${'p'.repeat(8000)}`;
+    const get = () =>
+      new Promise((resolve, reject) => {
+        const req = http.get({ host: '127.0.0.1', port: cli.port, path: longPath, agent, headers: { 'x-cmux-port-internal': String(up.port) } }, (res) => {
+          res.resume();
+          res.on('end', resolve);
+        });
+        req.on('error', reject);
+      });
+    try {
+      // 2,600 lines of about 8 KiB: 21 MiB, past the 16 MiB the log may hold.
+      const REQUESTS = 2600;
+      for (let i = 0; i < REQUESTS; i += 100) await Promise.all(Array.from({ length: 100 }, get));
+      await sleep(200);
+      cli.child.stdout.on('data', (c) => (out += c));
+      cli.child.stdout.resume();
+      assert.ok(await waitFor(() => /access log: \d+ line\(s\) dropped/.test(cli.stderr()), { timeoutMs: 30_000 }), cli.stderr());
+      const lines = out.split('\n').filter((l) => l !== '');
+      assert.ok(lines.length < REQUESTS, `${lines.length} lines`);
+      for (const l of lines) assert.equal(JSON.parse(l).path, longPath);
+    } finally {
+      agent.destroy();
+      cli.child.stdout.resume();
+      assert.equal((await stopCli(cli.child)).code, 0);
+      await up.close();
     }
   });
 });
