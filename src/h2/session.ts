@@ -61,6 +61,8 @@ interface SessionState {
   handle: StreamHandle | null;
   /** The TCP handle under it (the same object without TLS): its write queue is the wire's. */
   wire: StreamHandle | null;
+  /** The client socket itself (Node's `session.socket` is a proxy that refuses destroy()). */
+  socket: net.Socket | null;
 }
 
 /** The part of Node's libuv stream handle the dead-session probe uses. */
@@ -268,7 +270,7 @@ function abandoned(stream: ProxyStream): void {
   if (++state.resets > MAX_RESETS_PER_SECOND) {
     ex.core.log.warn(`HTTP/2 client ${session.socket?.remoteAddress ?? ''} reset more than ${MAX_RESETS_PER_SECOND} streams in a second: closing the session`);
     session.goaway(NGHTTP2_ENHANCE_YOUR_CALM);
-    session.destroy();
+    destroySession(session);
   }
 }
 
@@ -313,6 +315,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       closeTimer: null,
       handle: null,
       wire: null,
+      socket: handingOver,
     };
     session[kSession] = state;
     // Node answers a client's GOAWAY(NO_ERROR) by calling close() from inside nghttp2's frame
@@ -347,6 +350,19 @@ export function createH2Server(host: H2Host): http2.Http2Server {
   });
   server.on('sessionError', () => {});
   return server;
+}
+
+/** The socket serveH2() is handing the server ('session' is emitted while it does). */
+let handingOver: net.Socket | null = null;
+
+/** Hands a client connection (TCP, or TLS with ALPN h2) to the proxy's HTTP/2 server. */
+export function serveH2(server: http2.Http2Server, socket: net.Socket): void {
+  handingOver = socket;
+  try {
+    server.emit('connection', socket);
+  } finally {
+    handingOver = null;
+  }
 }
 
 /** Node's own `Http2Session#close` (the class is not exported: taken from the first session). */
@@ -509,17 +525,33 @@ export function boundGoingAway(session: TrackedSession): void {
   state.closeTimer.unref();
 }
 
-function destroySession(session: http2.ServerHttp2Session): void {
+/**
+ * Destroys a session and makes sure its socket goes too. Node's destroy() lets the socket go only
+ * once the write in flight completes (then it ends the socket and waits for that as well): a
+ * client that opened its flow-control windows and stopped reading never lets either complete,
+ * and would keep the connection, its slot and its descriptor forever. Its socket is destroyed
+ * after SOCKET_RELEASE_MS unless it closed by then.
+ */
+function destroySession(session: TrackedSession): void {
+  const socket = session[kSession]?.socket ?? null;
   if (!session.destroyed) session.destroy();
+  if (socket !== null && !socket.destroyed) setTimeout(releaseSocket, SOCKET_RELEASE_MS, socket).unref();
 }
 
-function pingSession(session: http2.ServerHttp2Session): void {
+/** How long a destroyed session's socket may take to close by itself (its GOAWAY is flushed meanwhile). */
+const SOCKET_RELEASE_MS = 1_000;
+
+function releaseSocket(socket: net.Socket): void {
+  if (!socket.destroyed) socket.destroy();
+}
+
+function pingSession(session: TrackedSession): void {
   if (session.closed || session.destroyed) return;
   try {
     session.ping(pingAnswered);
   } catch {
     // too many outstanding pings: the peer is not answering
-    session.destroy();
+    destroySession(session);
   }
 }
 
