@@ -75,8 +75,8 @@ export class AccessLog {
   private pendingBytes = 0;
   private scheduled = false;
   private writing = false;
-  /** A descriptor replaced by reopen() while a write to it was in flight. */
-  private retired: number | null = null;
+  /** The file descriptor a write is in flight to (null: none, or stdout). */
+  private writingFd: number | null = null;
   private dropped = 0;
   private flushed: (() => void)[] = [];
   private readonly log: Logger;
@@ -141,6 +141,7 @@ export class AccessLog {
       return;
     }
     this.writing = true;
+    this.writingFd = fd;
     writeAll(fd, Buffer.from(data), 0, this);
   }
 
@@ -148,11 +149,10 @@ export class AccessLog {
   written(err: NodeJS.ErrnoException | null): void {
     this.writing = false;
     if (err) this.log.error(`access log write failed: ${err.message}`);
-    const retired = this.retired;
-    if (retired !== null) {
-      this.retired = null;
-      fs.close(retired, ignore);
-    }
+    const fd = this.writingFd;
+    this.writingFd = null;
+    // reopen() replaced it while the write was in flight: it is closed now that the write is done.
+    if (fd !== null && fd !== this.fd) fs.close(fd, ignore);
     // Lines that came during the write wait for the timer too: one write per FLUSH_MS at most.
     if (this.pending.length > 0) this.schedule();
     else this.settled();
@@ -176,9 +176,8 @@ export class AccessLog {
     const fd = fs.openSync(this.path, 'a');
     const old = this.fd;
     this.fd = fd;
-    if (old === null) return;
-    if (this.writing) this.retired = old;
-    else fs.close(old, ignore);
+    // The descriptor a write is in flight to is closed when that write is done (see written()).
+    if (old !== null && old !== this.writingFd) fs.close(old, ignore);
   }
 
   /** Writes what is buffered; resolves once it is out. */

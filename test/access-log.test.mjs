@@ -229,6 +229,37 @@ describe('access log: files', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
+  it('rotated twice while one write is in flight: every old descriptor is closed, every line lands in a file', async () => {
+    const { AccessLog } = await import('../dist/access-log.js');
+    const { dir, file } = tmpFile('rot.log');
+    const errors = [];
+    const log = new AccessLog(file, { debug() {}, info() {}, warn() {}, error: (m) => errors.push(m) });
+    const openInDir = () =>
+      fs.readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(dir);
+        } catch {
+          return false;
+        }
+      }).length;
+    try {
+      log.addLine('{"n":1}');
+      log.flush(); // the write of line 1 is now in flight
+      fs.renameSync(file, `${file}.1`);
+      log.reopen();
+      fs.renameSync(file, `${file}.2`);
+      log.reopen();
+      log.addLine('{"n":2}');
+      await log.close();
+      assert.ok(await waitFor(() => openInDir() === 0), `${openInDir()} descriptor(s) still open in ${dir}`);
+      assert.deepEqual(readLines(`${file}.1`), [{ n: 1 }]);
+      assert.deepEqual(readLines(file), [{ n: 2 }]);
+      assert.deepEqual(errors, []);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('the CLI logs to a file with --access-log and reopens it on SIGUSR1', async () => {
     const { dir, file } = tmpFile('cli.log');
     const cli = await startCli(['--port', '0', '--access-log', file]);
