@@ -55,6 +55,10 @@ interface SessionState {
   /** Streams the client abandoned in the current one-second window (rapid-reset guard). */
   resets: number;
   resetWindowStart: number;
+  /** Protocol errors Node reported in the current one-second window (see destroyUnlessStreamError). */
+  protocolErrors: number;
+  protocolErrorWindowStart: number;
+  readonly core: ProxyCore;
   /** Bounds how long a session that is going away may linger. */
   closeTimer: NodeJS.Timeout | null;
   /** The stream handle the native session reads from (TCP, or the TLS wrap over it); null when unknown. */
@@ -312,6 +316,9 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       tls: socket.encrypted === true,
       resets: 0,
       resetWindowStart: 0,
+      protocolErrors: 0,
+      protocolErrorWindowStart: 0,
+      core,
       closeTimer: null,
       handle: null,
       wire: null,
@@ -428,9 +435,36 @@ function closeSessionNow(session: http2.ServerHttp2Session, callback: (() => voi
  * already queued GOAWAY with the RFC's code and stopped reading, and the dead-session probe
  * closes the connection once that GOAWAY is flushed.
  */
-function destroyUnlessStreamError(this: http2.ServerHttp2Session, error?: Error, code?: number): void {
-  if (isReportedProtocolError(error)) return;
+function destroyUnlessStreamError(this: TrackedSession, error?: Error, code?: number): void {
+  if (isReportedProtocolError(error)) {
+    // Each report costs an Error and a call into JavaScript, and an unsolicited PING ACK (17
+    // bytes) makes one: past a bound the client is flooding, not erring.
+    const state = this[kSession];
+    if (state === undefined || this.destroyed) return;
+    const now = Date.now();
+    if (now - state.protocolErrorWindowStart > 1000) {
+      state.protocolErrorWindowStart = now;
+      state.protocolErrors = 0;
+    }
+    // Closed once nghttp2 has returned (never from inside its read loop).
+    if (++state.protocolErrors === MAX_PROTOCOL_ERRORS_PER_SECOND + 1) setImmediate(calmDown, this);
+    return;
+  }
   destroyWithRfcCode.call(this, error, code);
+}
+
+/**
+ * Protocol errors Node may report per second on a client session (stream errors the client
+ * caused, unsolicited PING ACKs) past which it is closed with GOAWAY(ENHANCE_YOUR_CALM).
+ */
+const MAX_PROTOCOL_ERRORS_PER_SECOND = 100;
+
+function calmDown(session: TrackedSession): void {
+  const state = session[kSession];
+  if (state === undefined || session.destroyed) return;
+  state.core.log.warn(`HTTP/2 client ${session.socket?.remoteAddress ?? ''} caused more than ${MAX_PROTOCOL_ERRORS_PER_SECOND} protocol errors in a second: closing the session`);
+  session.goaway(NGHTTP2_ENHANCE_YOUR_CALM);
+  destroySession(session);
 }
 
 type HandleOwner = { _handle?: StreamHandle | null; _parent?: HandleOwner | null };
