@@ -80,12 +80,26 @@ export class AccessLog {
   private dropped = 0;
   private flushed: (() => void)[] = [];
   private readonly log: Logger;
+  /** stdout failed (its reader went away: EPIPE): lines are dropped from then on. */
+  private stdoutFailed = false;
 
   constructor(option: AccessLogOption, log: Logger) {
     this.log = log;
     this.fn = typeof option === 'function' ? option : null;
     this.path = typeof option === 'string' && option !== 'stdout' ? option : null;
     if (this.path !== null) this.fd = fs.openSync(this.path, 'a');
+    else if (this.fn === null) watchStdout(this);
+  }
+
+  /**
+   * The stdout stream failed (the reader closed its end of the pipe): logged once, and later
+   * lines are dropped. Without a listener the error would end the process.
+   */
+  stdoutError(err: NodeJS.ErrnoException): void {
+    if (this.stdoutFailed) return;
+    this.stdoutFailed = true;
+    this.log.error(`access log: stdout failed (${err.code ?? err.message}): lines are dropped from now on`);
+    if (this.writing) this.written(null);
   }
 
   add(entry: AccessLogEntry): void {
@@ -98,6 +112,7 @@ export class AccessLog {
       }
       return;
     }
+    if (this.stdoutFailed) return;
     this.addLine(formatEntry(entry));
   }
 
@@ -121,6 +136,12 @@ export class AccessLog {
   flush(): void {
     this.scheduled = false;
     if (this.writing || this.pending.length === 0) return;
+    if (this.stdoutFailed) {
+      this.pending = [];
+      this.pendingBytes = 0;
+      this.settled();
+      return;
+    }
     const data = `${this.pending.join('\n')}\n`;
     this.pending = [];
     this.pendingBytes = 0;
@@ -206,6 +227,18 @@ export class AccessLog {
       await new Promise<void>((resolve) => fs.close(fd, () => resolve()));
     }
   }
+}
+
+/** Access logs writing to stdout; one 'error' listener on the stream serves them all. */
+const stdoutLogs = new Set<AccessLog>();
+
+function watchStdout(log: AccessLog): void {
+  if (stdoutLogs.size === 0) process.stdout.on('error', stdoutOnError);
+  stdoutLogs.add(log);
+}
+
+function stdoutOnError(err: NodeJS.ErrnoException): void {
+  for (const log of stdoutLogs) log.stdoutError(err);
 }
 
 function flushLater(log: AccessLog): void {

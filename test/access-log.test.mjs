@@ -297,6 +297,31 @@ describe('access log: files', () => {
   });
 });
 
+describe('access log: a stdout reader that goes away', () => {
+  it('the proxy keeps serving (EPIPE is logged once, lines are dropped), it does not crash', { timeout: 60_000 }, async () => {
+    const up = await startUpstream((req, res) => res.end('ok'));
+    const cli = await startCli(['--port', '0', '--access-log', 'stdout']);
+    let exited = null;
+    cli.child.on('exit', (code, signal) => (exited = { code, signal }));
+    // The reader closes its end of the pipe, as `cmux-proxy --access-log stdout | head -1` does.
+    cli.child.stdout.destroy();
+    try {
+      const headers = { 'x-cmux-port-internal': String(up.port) };
+      for (let i = 0; i < 5; i++) {
+        const res = await request(`http://127.0.0.1:${cli.port}/r${i}`, { headers });
+        assert.equal(res.status, 200);
+        await sleep(120); // past a batch: each request's line is written (and fails) on its own
+      }
+      assert.equal(exited, null, cli.stderr());
+      assert.equal(cli.stderr().match(/access log/g)?.length, 1, cli.stderr());
+      assert.match(cli.stderr(), /access log: stdout failed \(EPIPE\)/);
+    } finally {
+      if (exited === null) assert.equal((await stopCli(cli.child)).code, 0);
+      await up.close();
+    }
+  });
+});
+
 describe('access log: a stdout reader slower than the traffic', () => {
   it('lines past 16 MiB waiting are dropped and counted, not buffered without bound in the stdout stream', { timeout: 120_000 }, async () => {
     const up = await startUpstream((req, res) => res.end('ok'));
