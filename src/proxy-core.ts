@@ -52,6 +52,7 @@ const ERR_RESOLVER_TIMEOUT = routeError(504, ErrorCodes.RESOLVER_TIMEOUT, 'conta
  * write its own, and a routed request would reach it past the fallback rule.
  */
 const ERR_PRIVATE_PORT = routeError(400, ErrorCodes.INVALID_PORT, "invalid port: reserved for the proxy's fallback handler");
+const ERR_ADMIN_PORT = routeError(400, ErrorCodes.INVALID_PORT, "invalid port: reserved for the proxy's admin listener");
 
 const ERR_CONNECT_BAD_AUTHORITY = routeError(400, ErrorCodes.BAD_REQUEST, 'CONNECT needs host:port with a decimal port 1-65535');
 
@@ -94,6 +95,9 @@ export class ProxyCore {
   /** Set once listening: the bound address, for loop detection. */
   listenAddress = '';
   listenPort = 0;
+  /** Set while the admin listener is up: its address, never reachable through routing (0: none). */
+  adminAddress = '';
+  adminPort = 0;
   /** Where unrouted requests go (the fallback's port, socket, or private handler server). */
   fallbackTarget: Target | null = null;
   /** True from `stop()` on: keep-alive ends after the current exchange. */
@@ -189,6 +193,7 @@ export class ProxyCore {
     }
     if (this.isSelf(r)) return this.refuse(req, ERR_LOOP);
     if (this.handlerFallback && this.isPrivateFallback(r)) return this.refuse(req, ERR_PRIVATE_PORT);
+    if (this.isAdmin(r)) return this.refuse(req, ERR_ADMIN_PORT);
     this.go(req, r);
   }
 
@@ -219,6 +224,7 @@ export class ProxyCore {
     const target = typeof answer === 'number' ? tcpTarget(LOCAL_HOST, answer) : tcpTarget(answer.host, answer.port);
     if (this.isSelf(target)) return this.refuse(req, ERR_LOOP);
     if (this.handlerFallback && this.isPrivateFallback(target)) return this.refuse(req, ERR_PRIVATE_PORT);
+    if (this.isAdmin(target)) return this.refuse(req, ERR_ADMIN_PORT);
     this.go(req, target);
   }
 
@@ -249,6 +255,7 @@ export class ProxyCore {
     if (isRouteError(target)) return target;
     if (this.isSelf(target)) return ERR_LOOP;
     if (this.handlerFallback && this.isPrivateFallback(target)) return ERR_PRIVATE_PORT;
+    if (this.isAdmin(target)) return ERR_ADMIN_PORT;
     return target;
   }
 
@@ -265,15 +272,17 @@ export class ProxyCore {
 
   /** A target that is this proxy's own listening socket would loop forever. */
   isSelf(target: Target): boolean {
-    if (target.socketPath !== undefined || target.port !== this.listenPort) return false;
-    const host = target.host;
-    const bound = this.listenAddress;
-    if (host === bound) return true;
-    if (bound === '0.0.0.0' || bound === '::') {
-      return host === 'localhost' || host === '::1' || host === '0.0.0.0' || host.startsWith('127.');
-    }
-    return bound === '127.0.0.1' && host === 'localhost';
+    return target.socketPath === undefined && target.port === this.listenPort && reachesBound(target.host, this.listenAddress);
   }
+
+  /**
+   * A target that is the admin listener: its endpoints are the operator's (they serve on their
+   * own address), never something a client of the proxied port reaches.
+   */
+  private isAdmin(target: Target): boolean {
+    return target.port === this.adminPort && target.socketPath === undefined && reachesBound(target.host, this.adminAddress);
+  }
+
 
   /** The Host the upstream gets: the override, the client's (preserveHost), or the target's. */
   forwardHost(req: Routable, target: Target): string {
@@ -351,4 +360,13 @@ export class ProxyCore {
     else if (code === 'RESPONSE_TIMEOUT') stats.upstreamResponseTimeouts++;
     if (this.log.debugEnabled) this.log.debug(`upstream failure ${code}`);
   }
+}
+
+/** True when a connection to `host` reaches a socket bound to `bound` on this machine. */
+function reachesBound(host: string, bound: string): boolean {
+  if (host === bound) return true;
+  if (bound === '0.0.0.0' || bound === '::') {
+    return host === 'localhost' || host === '::1' || host === '0.0.0.0' || host.startsWith('127.');
+  }
+  return bound === '127.0.0.1' && host === 'localhost';
 }

@@ -203,11 +203,18 @@ export class ProxyServer implements SessionHost, H2Host {
   private async startObservability(): Promise<void> {
     this.core.observer?.accessLog?.open();
     await this.admin?.start();
+    const admin = this.admin?.address();
+    if (admin != null) {
+      this.core.adminAddress = admin.address;
+      this.core.adminPort = admin.port;
+    }
   }
 
   /** After the drain: the admin listener closes, the access log is written out and closed. */
   private async stopObservability(): Promise<void> {
     await this.admin?.stop();
+    this.core.adminAddress = '';
+    this.core.adminPort = 0;
     await this.core.observer?.accessLog?.close();
   }
 
