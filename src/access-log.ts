@@ -101,8 +101,10 @@ export class AccessLog {
   private spare: Buffer | null = null;
   private scheduled = false;
   private writing = false;
-  /** A descriptor replaced by reopen() while a write to it was in flight. */
-  private retired: number | null = null;
+  /** The file descriptor a write is in flight to (null: none, or stdout). */
+  private writingFd: number | null = null;
+  /** stdout failed (its reader went away: EPIPE): lines are dropped from then on. */
+  private stdoutFailed = false;
   private dropped = 0;
   private flushed: (() => void)[] = [];
   private readonly log: Logger;
@@ -112,6 +114,19 @@ export class AccessLog {
     this.fn = typeof option === 'function' ? option : null;
     this.path = typeof option === 'string' && option !== 'stdout' ? option : null;
     if (this.path !== null) this.fd = fs.openSync(this.path, 'a');
+    else if (this.fn === null) watchStdout(this);
+  }
+
+  /**
+   * The stdout stream failed (the reader closed its end of the pipe): logged once, and later
+   * lines are dropped. Without a listener the error would end the process.
+   */
+  stdoutError(err: NodeJS.ErrnoException): void {
+    if (this.stdoutFailed) return;
+    this.stdoutFailed = true;
+    this.len = 0;
+    this.log.error(`access log: stdout failed (${err.code ?? err.message}): lines are dropped from now on`);
+    if (this.writing) this.written(null);
   }
 
   add(entry: AccessLogEntry): void {
@@ -124,6 +139,7 @@ export class AccessLog {
       }
       return;
     }
+    if (this.stdoutFailed) return;
     this.addLine(formatEntry(entry));
   }
 
@@ -180,8 +196,14 @@ export class AccessLog {
     }
     this.writing = true;
     const fd = this.fd;
+    // stdout: the batch counts as in flight until the stream wrote it, so a reader slower than
+    // the traffic makes lines wait here (dropped past MAX_PENDING_BYTES), not in the stream's own
+    // unbounded buffer.
     if (fd === null) process.stdout.write(data, this.stdoutWritten);
-    else writeAll(fd, data, 0, this);
+    else {
+      this.writingFd = fd;
+      writeAll(fd, data, 0, this);
+    }
   }
 
   /** The Buffer of the write in flight. */
@@ -190,6 +212,8 @@ export class AccessLog {
 
   /** The write in flight is done (or failed). */
   written(err: NodeJS.ErrnoException | null | undefined): void {
+    // stdoutError() may have ended the write before the stream's callback came.
+    if (!this.writing) return;
     this.writing = false;
     const done = this.inflight;
     this.inflight = null;
@@ -197,12 +221,19 @@ export class AccessLog {
       if (this.buf === null) this.buf = done;
       else this.spare = done;
     }
-    if (err) this.log.error(`access log write failed: ${err.message}`);
-    const retired = this.retired;
-    if (retired !== null) {
-      this.retired = null;
-      fs.close(retired, ignore);
+    const fd = this.writingFd;
+    if (err) {
+      if (this.path === null && !this.stdoutFailed) {
+        // The stdout stream reports its reader gone here first, then as an 'error' event.
+        this.writing = true;
+        this.stdoutError(err);
+        return;
+      }
+      if (!this.stdoutFailed) this.log.error(`access log write failed: ${err.message}`);
     }
+    this.writingFd = null;
+    // reopen() replaced it while the write was in flight: it is closed now that the write is done.
+    if (fd !== null && fd !== this.fd) fs.close(fd, ignore);
     // Lines that came during the write wait for the timer too: one write per FLUSH_MS at most.
     // A drain() waiting writes the rest now.
     if (this.len > 0) {
@@ -229,14 +260,20 @@ export class AccessLog {
     const fd = fs.openSync(this.path, 'a');
     const old = this.fd;
     this.fd = fd;
-    if (old === null) return;
-    if (this.writing) this.retired = old;
-    else fs.close(old, ignore);
+    // The descriptor a write is in flight to is closed when that write is done (see written()).
+    if (old !== null && old !== this.writingFd) fs.close(old, ignore);
   }
 
   /** Writes what is buffered; resolves once it is out. */
   drain(): Promise<void> {
     if (this.fn !== null) return Promise.resolve();
+    if (this.path === null) {
+      // stdout: what is buffered goes to the stream now, even past a stalled reader (the stream
+      // writes it out before the process exits); stop() never waits on that reader.
+      if (this.len > 0 && !this.stdoutFailed) process.stdout.write(Buffer.from(this.buf!.subarray(0, this.len)));
+      this.len = 0;
+      return Promise.resolve();
+    }
     return new Promise<void>((resolve) => {
       this.flushed.push(resolve);
       this.flush();
@@ -253,6 +290,18 @@ export class AccessLog {
       await new Promise<void>((resolve) => fs.close(fd, () => resolve()));
     }
   }
+}
+
+/** Access logs writing to stdout; one 'error' listener on the stream serves them all. */
+const stdoutLogs = new Set<AccessLog>();
+
+function watchStdout(log: AccessLog): void {
+  if (stdoutLogs.size === 0) process.stdout.on('error', stdoutOnError);
+  stdoutLogs.add(log);
+}
+
+function stdoutOnError(err: NodeJS.ErrnoException): void {
+  for (const log of stdoutLogs) log.stdoutError(err);
 }
 
 function flushLater(log: AccessLog): void {

@@ -393,7 +393,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   private writeRequestEnd(): void {
     if (this.bodyMode !== BODY_CHUNKED) return;
     const trailers = this.requestTrailers;
-    this.conn!.socket.write(trailers === null ? LAST_CHUNK : `0\r\n${trailerLines(trailers)}\r\n`, 'latin1');
+    this.conn!.socket.write(trailers === null ? LAST_CHUNK : `0\r\n${trailerLines(trailers, true)}\r\n`, 'latin1');
   }
 
   /** A piece of the request body from the client. Returns false when the client should pause. */

@@ -439,30 +439,34 @@ export function responseHeadersH2(raw: readonly string[], status: number, facts:
 /**
  * True for a field that never travels in a trailer section: hop-by-hop and routing fields,
  * framing (`content-length`, `transfer-encoding`), `host` and pseudo-headers (RFC 9110 §6.5.1,
- * RFC 9113 §8.1). Such a field is dropped, the rest of the section is relayed.
+ * RFC 9113 §8.1). Such a field is dropped, the rest of the section is relayed. A request's
+ * trailers also lose the fields the proxy itself sets in the head it sends (X-Forwarded-For,
+ * -Host, -Proto, Via, X-Request-Id): a client must not supply them behind the proxy's back to
+ * an upstream that merges trailers into the header section.
  */
-function notATrailer(name: string): boolean {
+function notATrailer(name: string, request: boolean): boolean {
   if (name.charCodeAt(0) === 58 /* : */) return true;
   const kind = nameKind(name);
-  return (kind & N_HOP) !== 0 || kind === N_CONTENT_LENGTH || kind === N_HOST;
+  if ((kind & N_HOP) !== 0 || kind === N_CONTENT_LENGTH || kind === N_HOST) return true;
+  return request && (kind === N_FORWARDED_FOR || kind === N_FORWARDED_SET || kind === N_VIA || kind === N_REQUEST_ID);
 }
 
-/** Trailers from a flat raw list, as HTTP/1.1 trailer lines. */
-export function trailerLines(raw: readonly string[]): string {
+/** Trailers from a flat raw list, as HTTP/1.1 trailer lines (`request`: a request's, see notATrailer). */
+export function trailerLines(raw: readonly string[], request: boolean): string {
   let lines = '';
   for (let i = 0; i < raw.length; i += 2) {
-    if (notATrailer(raw[i]!)) continue;
+    if (notATrailer(raw[i]!, request)) continue;
     lines += `${raw[i]}: ${raw[i + 1]}\r\n`;
   }
   return lines;
 }
 
-/** Trailers for an HTTP/2 stream (lower-case names, no connection-specific, framing or pseudo fields). */
-export function trailersH2(raw: readonly string[]): Record<string, string> {
+/** Trailers for an HTTP/2 stream (lower-case names, no connection-specific, framing or pseudo fields; `request`: see notATrailer). */
+export function trailersH2(raw: readonly string[], request: boolean): Record<string, string> {
   const out: Record<string, string> = {};
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    if (notATrailer(name)) continue;
+    if (notATrailer(name, request)) continue;
     const lower = name.toLowerCase();
     out[lower] = out[lower] === undefined ? raw[i + 1]! : `${out[lower]}, ${raw[i + 1]!}`;
   }

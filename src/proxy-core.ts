@@ -68,6 +68,7 @@ const ERR_RESOLVER_TIMEOUT = routeError(504, ErrorCodes.RESOLVER_TIMEOUT, 'conta
  * write its own, and a routed request would reach it past the fallback rule.
  */
 const ERR_PRIVATE_PORT = routeError(400, ErrorCodes.INVALID_PORT, "invalid port: reserved for the proxy's fallback handler");
+const ERR_ADMIN_PORT = routeError(400, ErrorCodes.INVALID_PORT, "invalid port: reserved for the proxy's admin listener");
 
 const ERR_NO_HEALTHY_UPSTREAM = routeError(503, ErrorCodes.NO_HEALTHY_UPSTREAM, 'no healthy upstream');
 
@@ -114,6 +115,9 @@ export class ProxyCore {
   /** Set once listening: the bound address, for loop detection. */
   listenAddress = '';
   listenPort = 0;
+  /** Set while the admin listener is up: its address, never reachable through routing (0: none). */
+  adminAddress = '';
+  adminPort = 0;
   /** Where unrouted requests go (the fallback's port, socket, or private handler server). */
   fallbackTarget: Target | null = null;
   /** True from `stop()` on: keep-alive ends after the current exchange. */
@@ -231,6 +235,7 @@ export class ProxyCore {
     }
     if (this.isSelf(r)) return this.refuse(req, ERR_LOOP);
     if (this.handlerFallback && this.isPrivateFallback(r)) return this.refuse(req, ERR_PRIVATE_PORT);
+    if (this.isAdmin(r)) return this.refuse(req, ERR_ADMIN_PORT);
     this.go(req, r);
   }
 
@@ -326,6 +331,7 @@ export class ProxyCore {
     const target = typeof answer === 'number' ? tcpTarget(LOCAL_HOST, answer) : tcpTarget(answer.host, answer.port);
     if (this.isSelf(target)) return this.refuse(req, ERR_LOOP);
     if (this.handlerFallback && this.isPrivateFallback(target)) return this.refuse(req, ERR_PRIVATE_PORT);
+    if (this.isAdmin(target)) return this.refuse(req, ERR_ADMIN_PORT);
     this.go(req, target);
   }
 
@@ -356,6 +362,7 @@ export class ProxyCore {
     if (isRouteError(target)) return target;
     if (this.isSelf(target)) return ERR_LOOP;
     if (this.handlerFallback && this.isPrivateFallback(target)) return ERR_PRIVATE_PORT;
+    if (this.isAdmin(target)) return ERR_ADMIN_PORT;
     return target;
   }
 
@@ -372,15 +379,17 @@ export class ProxyCore {
 
   /** A target that is this proxy's own listening socket would loop forever. */
   isSelf(target: Target): boolean {
-    if (target.socketPath !== undefined || target.port !== this.listenPort) return false;
-    const host = target.host;
-    const bound = this.listenAddress;
-    if (host === bound) return true;
-    if (bound === '0.0.0.0' || bound === '::') {
-      return host === 'localhost' || host === '::1' || host === '0.0.0.0' || host.startsWith('127.');
-    }
-    return bound === '127.0.0.1' && host === 'localhost';
+    return target.socketPath === undefined && target.port === this.listenPort && reachesBound(target.host, this.listenAddress);
   }
+
+  /**
+   * A target that is the admin listener: its endpoints are the operator's (they serve on their
+   * own address), never something a client of the proxied port reaches.
+   */
+  private isAdmin(target: Target): boolean {
+    return target.port === this.adminPort && target.socketPath === undefined && reachesBound(target.host, this.adminAddress);
+  }
+
 
   /** The Host the upstream gets: the override, the client's (preserveHost), or the target's. */
   forwardHost(req: Routable, target: Target): string {
@@ -459,4 +468,13 @@ export class ProxyCore {
     else if (code === 'RESPONSE_TIMEOUT') stats.upstreamResponseTimeouts++;
     if (this.log.debugEnabled) this.log.debug(`upstream failure ${code}`);
   }
+}
+
+/** True when a connection to `host` reaches a socket bound to `bound` on this machine. */
+function reachesBound(host: string, bound: string): boolean {
+  if (host === bound) return true;
+  if (bound === '0.0.0.0' || bound === '::') {
+    return host === 'localhost' || host === '::1' || host === '0.0.0.0' || host.startsWith('127.');
+  }
+  return bound === '127.0.0.1' && host === 'localhost';
 }

@@ -6,7 +6,7 @@ import { http as loadHttp, tls as loadTls } from './builtins.js';
 import { GOAWAY_HTTP_1_1_REQUIRED, RESPONSE_503_AT_CAPACITY } from './errors.js';
 import { DeadlineSweep } from './deadlines.js';
 import { H1Connection, type SessionHost } from './h1/session.js';
-import { createH2Server, type H2Host } from './h2/session.js';
+import { createH2Server, serveH2, type H2Host } from './h2/session.js';
 import { createLogger } from './log.js';
 import { resolveOptions, type ProxyOptions, type ResolvedOptions } from './options.js';
 import { ProxyCore } from './proxy-core.js';
@@ -220,11 +220,18 @@ export class ProxyServer implements SessionHost, H2Host {
     }
     this.core.observer?.accessLog?.open();
     await this.admin?.start();
+    const admin = this.admin?.address();
+    if (admin != null) {
+      this.core.adminAddress = admin.address;
+      this.core.adminPort = admin.port;
+    }
   }
 
   /** After the drain: the admin listener closes, the access log is written out and closed. */
   private async stopObservability(): Promise<void> {
     await this.admin?.stop();
+    this.core.adminAddress = '';
+    this.core.adminPort = 0;
     await this.core.observer?.accessLog?.close();
   }
 
@@ -522,7 +529,7 @@ export class ProxyServer implements SessionHost, H2Host {
         }
         socket.pause();
         socket.unshift(data);
-        this.http2Server().emit('connection', socket);
+        serveH2(this.http2Server(), socket);
         return;
       case SNIFF_TLS:
         if (this.tls === undefined) {
@@ -560,7 +567,7 @@ export class ProxyServer implements SessionHost, H2Host {
     secure.disableRenegotiation();
     secure.on('error', destroyOnError);
     if (secure.alpnProtocol === 'h2') {
-      this.http2Server().emit('connection', secure);
+      serveH2(this.http2Server(), secure);
       return;
     }
     const conn = new H1Connection(this, secure, true);

@@ -3,6 +3,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -228,6 +229,37 @@ describe('access log: files', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
+  it('rotated twice while one write is in flight: every old descriptor is closed, every line lands in a file', async () => {
+    const { AccessLog } = await import('../dist/access-log.js');
+    const { dir, file } = tmpFile('rot.log');
+    const errors = [];
+    const log = new AccessLog(file, { debug() {}, info() {}, warn() {}, error: (m) => errors.push(m) });
+    const openInDir = () =>
+      fs.readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(dir);
+        } catch {
+          return false;
+        }
+      }).length;
+    try {
+      log.addLine('{"n":1}');
+      log.flush(); // the write of line 1 is now in flight
+      fs.renameSync(file, `${file}.1`);
+      log.reopen();
+      fs.renameSync(file, `${file}.2`);
+      log.reopen();
+      log.addLine('{"n":2}');
+      await log.close();
+      assert.ok(await waitFor(() => openInDir() === 0), `${openInDir()} descriptor(s) still open in ${dir}`);
+      assert.deepEqual(readLines(`${file}.1`), [{ n: 1 }]);
+      assert.deepEqual(readLines(file), [{ n: 2 }]);
+      assert.deepEqual(errors, []);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('the CLI logs to a file with --access-log and reopens it on SIGUSR1', async () => {
     const { dir, file } = tmpFile('cli.log');
     const cli = await startCli(['--port', '0', '--access-log', file]);
@@ -261,6 +293,74 @@ describe('access log: files', () => {
       assert.equal(entry.status, 200);
     } finally {
       assert.equal((await stopCli(cli.child)).code, 0);
+    }
+  });
+});
+
+describe('access log: a stdout reader that goes away', () => {
+  it('the proxy keeps serving (EPIPE is logged once, lines are dropped), it does not crash', { timeout: 60_000 }, async () => {
+    const up = await startUpstream((req, res) => res.end('ok'));
+    const cli = await startCli(['--port', '0', '--access-log', 'stdout']);
+    let exited = null;
+    cli.child.on('exit', (code, signal) => (exited = { code, signal }));
+    // The reader closes its end of the pipe, as `cmux-proxy --access-log stdout | head -1` does.
+    cli.child.stdout.destroy();
+    try {
+      const headers = { 'x-cmux-port-internal': String(up.port) };
+      for (let i = 0; i < 5; i++) {
+        const res = await request(`http://127.0.0.1:${cli.port}/r${i}`, { headers });
+        assert.equal(res.status, 200);
+        await sleep(120); // past a batch: each request's line is written (and fails) on its own
+      }
+      assert.equal(exited, null, cli.stderr());
+      assert.equal(cli.stderr().match(/access log/g)?.length, 1, cli.stderr());
+      assert.match(cli.stderr(), /access log: stdout failed \(EPIPE\)/);
+    } finally {
+      if (exited === null) assert.equal((await stopCli(cli.child)).code, 0);
+      await up.close();
+    }
+  });
+});
+
+describe('access log: a stdout reader slower than the traffic', () => {
+  it('lines past 16 MiB waiting are dropped and counted, not buffered without bound in the stdout stream', { timeout: 120_000 }, async () => {
+    const up = await startUpstream((req, res) => res.end('ok'));
+    const cli = await startCli(['--port', '0', '--access-log', 'stdout']);
+    // Nobody reads the proxy's stdout for now: the pipe fills and its writes stop completing.
+    cli.child.stdout.pause();
+    let out = '';
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
+    const longPath = `/${'p'.repeat(8000)}`;
+    const get = () =>
+      new Promise((resolve, reject) => {
+        const req = http.get({ host: '127.0.0.1', port: cli.port, path: longPath, agent, headers: { 'x-cmux-port-internal': String(up.port) } }, (res) => {
+          res.resume();
+          res.on('end', resolve);
+        });
+        req.on('error', reject);
+      });
+    try {
+      // 2,600 lines of about 8 KiB: 21 MiB, past the 16 MiB the log may hold.
+      const REQUESTS = 2600;
+      for (let i = 0; i < REQUESTS; i += 100) await Promise.all(Array.from({ length: 100 }, get));
+      await sleep(200);
+      cli.child.stdout.on('data', (c) => (out += c));
+      cli.child.stdout.resume();
+      assert.ok(await waitFor(() => /access log: \d+ line\(s\) dropped/.test(cli.stderr()), { timeoutMs: 30_000 }), cli.stderr());
+      // The stream may still be delivering the last batch: wait until it is quiet, then read
+      // whole lines only.
+      for (let seen = -1; seen !== out.length; ) {
+        seen = out.length;
+        await sleep(300);
+      }
+      const lines = out.slice(0, out.lastIndexOf('\n') + 1).split('\n').filter((l) => l !== '');
+      assert.ok(lines.length < REQUESTS, `${lines.length} lines`);
+      for (const l of lines) assert.equal(JSON.parse(l).path, longPath);
+    } finally {
+      agent.destroy();
+      cli.child.stdout.resume();
+      assert.equal((await stopCli(cli.child)).code, 0);
+      await up.close();
     }
   });
 });

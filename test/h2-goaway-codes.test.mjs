@@ -117,6 +117,15 @@ describe('GOAWAY error codes of HTTP/2 connection errors', () => {
     c.close();
   });
 
+  it('a flood of unsolicited PING ACKs (10,000 in one write) -> GOAWAY(ENHANCE_YOUR_CALM) and close', async () => {
+    // Each one costs the proxy a protocol-error report from Node (about 2 us of CPU): ignored
+    // without a bound, 17 bytes a frame would keep a core busy at a few MB/s.
+    const c = await H2RawClient.connect(px.port);
+    const ack = pingFrame(Buffer.from('unasked!'), { ack: true });
+    c.send(Buffer.concat(Array.from({ length: 10_000 }, () => ack)));
+    await assertGoaway(c, ERROR.ENHANCE_YOUR_CALM, 'PING ACK flood');
+  });
+
   // On a fully closed stream nghttp2 keeps no state (Node sets its no_closed_streams option) and
   // ignores the frame; it reports STREAM_CLOSED while the stream is half-closed (remote).
   it('HEADERS again on a stream the client already ended -> GOAWAY(STREAM_CLOSED)', async () => {

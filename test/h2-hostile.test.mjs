@@ -18,6 +18,7 @@ import {
   dataFrame,
   encodeHeaders,
   errorName,
+  frame,
   headersFrame,
   pingFrame,
   requestHeaders,
@@ -525,6 +526,30 @@ describe('HTTP/2 hostile input', () => {
   // buffers) of 10 MiB; heap+buffers grow ~0.3 MiB; stats sane (1 connection, 1 session, 1
   // upstream socket active). Opening the window resumes DATA; closing the connection aborts the
   // upstream response and upstreamSocketsActive returns to 0.
+  it('a client that opens its windows wide and stops reading: the idle timeout still closes its connection', { timeout: 60_000 }, async () => {
+    // Node's session.destroy() waits for the write in flight to finish before it lets the socket
+    // go, and a peer that reads nothing never lets it finish: the socket itself must be closed.
+    await fresh(
+      async (ctx) => {
+        Object.assign(bigState, { written: 0, finished: false, closed: false });
+        const c = await H2RawClient.connect(ctx.port, { settings: { [SETTING.INITIAL_WINDOW_SIZE]: 0x7fffffff }, keepData: false });
+        try {
+          c.send(frame(FRAME.WINDOW_UPDATE, 0, 0, Buffer.from([0x7f, 0xff, 0x00, 0x00])));
+          c.send(headersFrame(1, requestHeaders(big.port, { path: '/big' }), { endStream: true }));
+          await c.waitForFrame((f) => f.type === FRAME.HEADERS && f.streamId === 1, { timeoutMs: 5000 });
+          // Stop reading: the proxy's writes fill the socket buffers and stop completing.
+          c.socket.pause();
+          assert.ok(await waitFor(() => c.socket.destroyed || c.closed || ctx.proxy.getStats().activeConnections === 0, { timeoutMs: 30_000 }), 'the connection is closed');
+          await assertReleased('stalled reader after the idle timeout', ctx);
+        } finally {
+          c.close();
+        }
+        assert.ok(await waitFor(() => bigState.closed, { timeoutMs: 10_000 }), 'the upstream response was aborted, not left hanging');
+      },
+      { clientIdleTimeoutMs: 1500 },
+    );
+  });
+
   it('zero-window stall on a 10 MiB download: bounded buffering, released on close', async (t) => {
     await fresh(async (ctx) => {
       const { proxy } = ctx;

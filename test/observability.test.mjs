@@ -82,6 +82,47 @@ describe('admin listener', () => {
     assert.throws(() => createProxyServer({ listenPort: 0, adminPort: 0, adminHost: '' }), /adminHost/);
   });
 
+  it('is not reachable through the proxied port: a port header, Host route or CONNECT to it is refused', async () => {
+    const REFUSED = "invalid port: reserved for the proxy's admin listener";
+    // A proxy of its own: the shared one's counters are asserted elsewhere.
+    const px = await startProxy({ adminPort: 0 });
+    const admin = px.proxy.adminAddress().port;
+    try {
+      await refusedEverywhere(px, admin, REFUSED);
+    } finally {
+      await px.proxy.stop();
+    }
+  });
+
+  async function refusedEverywhere(px, admin, REFUSED) {
+    const viaHeader = await request(`${px.url}/stats`, { headers: { 'x-cmux-port-internal': String(admin) } });
+    assert.equal(viaHeader.status, 400);
+    assert.equal(viaHeader.body, REFUSED);
+    const viaHost = await request(`${px.url}/metrics`, { headers: { host: `127.0.0.1:${admin}` } });
+    assert.notEqual(viaHost.status, 200);
+    assert.doesNotMatch(viaHost.body, /cmux_proxy_/);
+    const session = h2connect(px.port);
+    try {
+      const h2 = await h2request(session, { ':method': 'GET', ':path': '/stats', 'x-cmux-port-internal': String(admin) });
+      assert.equal(h2.status, 400);
+      assert.equal(h2.body, REFUSED);
+    } finally {
+      session.close();
+    }
+    const tunnel = await new Promise((resolve) => {
+      const s = net.connect(px.port, '127.0.0.1');
+      let out = '';
+      s.on('data', (c) => (out += c));
+      s.on('error', () => {});
+      s.on('close', () => resolve(out));
+      s.write(`CONNECT 127.0.0.1:${admin} HTTP/1.1\r\nHost: 127.0.0.1:${admin}\r\n\r\nGET /stats HTTP/1.1\r\nHost: x\r\n\r\n`);
+      setTimeout(() => s.destroy(), 3000);
+    });
+    assert.match(tunnel, /^HTTP\/1\.1 400 /, tunnel);
+    assert.ok(tunnel.includes(REFUSED), tunnel);
+    assert.doesNotMatch(tunnel, /totalRequests/);
+  }
+
   it('answers /healthz, /readyz, /stats, 404 for anything else and 405 for other methods', async () => {
     assert.equal((await get(admin, '/healthz')).status, 200);
     const ready = await get(admin, '/readyz');

@@ -182,6 +182,23 @@ describe('pipelining', () => {
     assert.deepEqual(upstream.requests.map((r) => r.url), ['/one', '/two']);
   });
 
+  it('a WebSocket upgrade pipelined behind other requests: every request read before it is answered, then the connection closes', async () => {
+    const one = (method, path, extra = '') => `${method} ${path} HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${upstream.port}\r\n${extra}`;
+    const attack =
+      one('GET', '/first', '\r\n') +
+      one('PATCH', '/second', 'Content-Length: 5\r\n\r\nhello') +
+      one('POST', '/third', 'Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n') +
+      one('GET', '/ws', 'Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n') +
+      'early frame bytes';
+    upstream.requests.length = 0;
+    const text = await rawRequest(pport, attack, { timeoutMs: 5000 });
+    const urls = [...text.matchAll(/"url":"(\/[a-z]+)"/g)].map((m) => m[1]);
+    assert.deepEqual(urls, ['/first', '/second', '/third'], text);
+    assert.deepEqual(upstream.requests.map((r) => r.url), ['/first', '/second', '/third']);
+    assert.match(text.slice(text.lastIndexOf('HTTP/1.1 200')), /\r\nconnection: close\r\n/i);
+    assert.doesNotMatch(text, /HTTP\/1\.1 101/);
+  });
+
   it('a close-delimited answer (HTTP/1.0, no length) is never followed by the 400 for bad input read behind it', async () => {
     const noLength = await startUpstream((req, res) => {
       res.write('the whole');

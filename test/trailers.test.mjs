@@ -297,6 +297,39 @@ describe('trailers', () => {
     assert.ok(recorded(recUp, before, '/up').bytes.endsWith('\r\n5\r\nhello\r\n0\r\nX-Req: 1\r\n\r\n'), JSON.stringify(recorded(recUp, before, '/up').bytes));
   });
 
+  it('forwarding fields the proxy sets (X-Forwarded-For/-Host/-Proto, Via, X-Request-Id) in request trailers are dropped, HTTP/1.1 and HTTP/2 clients, HTTP/1.1 and h2c upstreams', async () => {
+    const spoofed = 'X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\nVia: 1.1 evil\r\nX-Request-Id: spoofed\r\nX-Req: 1\r\n';
+    const spoofedH2 = { 'x-forwarded-for': '6.6.6.6', 'x-forwarded-host': 'evil.example', 'x-forwarded-proto': 'https', via: '1.1 evil', 'x-request-id': 'spoofed', 'x-req': '1' };
+    const h1Post = (port, upstreamPort, path) =>
+      rawRequest(port, `POST ${path} HTTP/1.1\r\nHost: app.test\r\nX-Cmux-Port-Internal: ${upstreamPort}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n${spoofed}\r\n`, { timeoutMs: 10000 });
+    // HTTP/1.1 client -> HTTP/1.1 upstream
+    let before = recUp.requests.length;
+    assert.match(await h1Post(px.port, recUp.port, '/up'), /^HTTP\/1\.1 200 /);
+    let got = recorded(recUp, before, '/up').bytes;
+    assert.ok(got.endsWith('\r\n5\r\nhello\r\n0\r\nX-Req: 1\r\n\r\n'), JSON.stringify(got));
+    // HTTP/2 client -> HTTP/1.1 upstream
+    const session = h2connect(px.port);
+    try {
+      before = recUp.requests.length;
+      await h2fetch(session, { ':method': 'POST', ':path': '/up', 'x-cmux-port-internal': String(recUp.port) }, { body: 'hello', trailers: spoofedH2 });
+      got = recorded(recUp, before, '/up').bytes;
+      assert.ok(got.endsWith('\r\n5\r\nhello\r\n0\r\nx-req: 1\r\n\r\n'), JSON.stringify(got));
+    } finally {
+      session.close();
+    }
+    // HTTP/1.1 and HTTP/2 clients -> h2c upstream
+    before = h2Up.seen.length;
+    assert.match(await h1Post(pxH2c.port, h2Up.port, '/echo'), /^HTTP\/1\.1 200 /);
+    assert.deepEqual(Object.keys(h2Up.seen[before].trailers).filter((n) => !n.startsWith(':')), ['x-req']);
+    const s2 = h2connect(pxH2c.port);
+    try {
+      const res = await h2fetch(s2, { ':method': 'POST', ':path': '/echo', 'x-cmux-port-internal': String(h2Up.port) }, { body: 'hello', trailers: spoofedH2 });
+      assert.deepEqual(Object.keys(JSON.parse(res.body).trailers).filter((n) => !n.startsWith(':')), ['x-req']);
+    } finally {
+      s2.close();
+    }
+  });
+
   it('HTTP/1.1 request trailers with Content-Length or Transfer-Encoding: 400, and the upstream never sees a complete body', async () => {
     for (const bad of ['Content-Length: 3', 'Transfer-Encoding: chunked']) {
       const before = recUp.requests.length;

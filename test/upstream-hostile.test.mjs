@@ -4,10 +4,11 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';
+import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { startProxy, startRawServer, rawRequest, request, sleep, waitFor } from './helpers/servers.mjs';
-import { ERROR, FRAME, headersFrame, settingsFrame } from './helpers/h2-raw.mjs';
+import { ERROR, FRAME, SETTING, headersFrame, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
 
 const TEXT_PLAIN = 'text/plain; charset=utf-8';
 
@@ -326,5 +327,50 @@ describe('connect timeout', () => {
     assert.equal(stats.upstreamConnectTimeouts, 1);
     assert.equal(stats.upstreamErrors.CONNECT_TIMEOUT, 1);
     assert.equal(stats.upstreamSocketsActive, 0);
+  });
+});
+
+describe('an h2c upstream that opens its windows wide and stops reading', () => {
+  it('stop() still closes its socket (Node\'s session destroy waits for the stuck write forever)', { timeout: 60_000 }, async (t) => {
+    const { proxy, port } = await startProxy({ upstreamProtocol: 'h2c' });
+    let upSocket = null;
+    let upClosed = false;
+    const up = await startRawServer((socket) => {
+      upSocket = socket;
+      socket.on('close', () => (upClosed = true));
+      let seenPreface = false;
+      let buf = Buffer.alloc(0);
+      socket.on('data', (c) => {
+        if (seenPreface) return;
+        buf = Buffer.concat([buf, c]);
+        if (buf.length < 24) return;
+        seenPreface = true;
+        // Windows of 2^31-1 for every stream and the connection, then nothing more is read.
+        socket.write(Buffer.concat([settingsFrame({ [SETTING.INITIAL_WINDOW_SIZE]: 0x7fffffff }), settingsFrame({}, { ack: true }), windowUpdateFrame(0, 0x7fff0000)]));
+        setTimeout(() => socket.pause(), 100);
+      });
+    });
+    t.after(() => up.close());
+    // A 64 MiB upload: the proxy writes it upstream until the socket buffers are full.
+    const client = net.connect(port, '127.0.0.1');
+    client.on('error', () => {});
+    t.after(() => client.destroy());
+    client.write(`POST /upload HTTP/1.1\r\nHost: app\r\nX-Cmux-Port-Internal: ${up.port}\r\nContent-Length: ${64 * 1024 * 1024}\r\n\r\n`);
+    const chunk = Buffer.alloc(1024 * 1024, 0x61);
+    for (let i = 0; i < 64 && !client.destroyed; i++) {
+      if (client.write(chunk)) continue;
+      // Stalled: the upstream reads nothing and the proxy's buffers toward it are full.
+      if ((await Promise.race([once(client, 'drain').then(() => 'drain'), sleep(1000)])) !== 'drain') break;
+    }
+    assert.ok(await waitFor(() => upSocket !== null && proxy.getStats().upstreamH2Streams === 1), 'the upload runs on an h2c stream');
+    await sleep(500);
+    // This process's socket to the upstream (the proxy runs in it): open until the proxy lets it go.
+    const toUpstream = () => process._getActiveHandles().filter((h) => h instanceof net.Socket && h.remotePort === up.port && !h.destroyed).length;
+    assert.equal(toUpstream(), 1);
+    await proxy.stop();
+    assert.ok(await waitFor(() => toUpstream() === 0, { timeoutMs: 10_000 }), 'the proxy closed its upstream socket in stop()');
+    // Reading again, the upstream gets everything queued, then the close.
+    upSocket.resume();
+    assert.ok(await waitFor(() => upClosed, { timeoutMs: 10_000 }), 'the upstream sees the close');
   });
 });

@@ -452,6 +452,14 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       this.broken(400, null);
       return 0;
     }
+    if (upgrade && this.current !== null) {
+      // A WebSocket upgrade or CONNECT read behind other requests: what follows its head is not
+      // HTTP. It goes unanswered like a head past the pipelining bound; the requests read before
+      // it are still answered, the last of them closing the connection.
+      this.parsing = null;
+      this.flags |= C_NO_MORE;
+      return 0;
+    }
     if (upgrade) {
       this.flags |= C_UPGRADING;
       if (method !== 'CONNECT') ex.flags |= EX_UPGRADE;
@@ -580,9 +588,8 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       (ex.flags & EX_CLIENT_CLOSE) === 0 &&
       !this.core.draining &&
       (this.flags & (C_CLOSE_AFTER | C_UPGRADING)) === 0 &&
-      // After bad input or the pipelining bound, the requests queued before it are still
-      // answered; the last of them closes the connection. (An upgrade head read behind other
-      // requests closes the connection after the current one: RFC 9112 §9.3 allows it.)
+      // After bad input, the pipelining bound or an upgrade head read behind other requests, the
+      // requests queued before it are still answered; the last of them closes the connection.
       ((this.flags & (C_BROKEN | C_NO_MORE)) === 0 || (this.pending !== null && this.pending.length > 0)) &&
       ((ex.flags & EX_REQUEST_ENDED) !== 0 || ex.bodyMode === BODY_NONE)
     );
@@ -653,7 +660,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   end(ex: Exchange, trailers: string[] | null): void {
     this.flushHeldHead();
     if (ex.clientState === FRAME_CHUNKED && !this.socket.destroyed) {
-      this.socket.write(trailers === null ? '0\r\n\r\n' : `0\r\n${trailerLines(trailers)}\r\n`, 'latin1');
+      this.socket.write(trailers === null ? '0\r\n\r\n' : `0\r\n${trailerLines(trailers, false)}\r\n`, 'latin1');
     }
   }
 
@@ -824,7 +831,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       return;
     }
     if ((this.flags & C_UPGRADING) !== 0) {
-      // After an upgrade head (refused, or read behind other requests) nothing more is HTTP.
+      // After a refused upgrade head nothing more is HTTP.
       this.closeWith('');
       return;
     }

@@ -56,12 +56,18 @@ interface SessionState {
   /** Streams the client abandoned in the current one-second window (rapid-reset guard). */
   resets: number;
   resetWindowStart: number;
+  /** Protocol errors Node reported in the current one-second window (see destroyUnlessStreamError). */
+  protocolErrors: number;
+  protocolErrorWindowStart: number;
+  readonly core: ProxyCore;
   /** Bounds how long a session that is going away may linger. */
   closeTimer: NodeJS.Timeout | null;
   /** The stream handle the native session reads from (TCP, or the TLS wrap over it); null when unknown. */
   handle: StreamHandle | null;
   /** The TCP handle under it (the same object without TLS): its write queue is the wire's. */
   wire: StreamHandle | null;
+  /** The client socket itself (Node's `session.socket` is a proxy that refuses destroy()). */
+  socket: net.Socket | null;
 }
 
 /** The part of Node's libuv stream handle the dead-session probe uses. */
@@ -271,7 +277,7 @@ function abandoned(stream: ProxyStream): void {
   if (++state.resets > MAX_RESETS_PER_SECOND) {
     ex.core.log.warn(`HTTP/2 client ${session.socket?.remoteAddress ?? ''} reset more than ${MAX_RESETS_PER_SECOND} streams in a second: closing the session`);
     session.goaway(NGHTTP2_ENHANCE_YOUR_CALM);
-    session.destroy();
+    destroySession(session);
   }
 }
 
@@ -283,7 +289,7 @@ function streamOnWantTrailers(this: ProxyStream): void {
   const ex = this[kEx];
   const trailers = ex === undefined ? null : (ex.clientState as H2StreamState).trailers;
   try {
-    this.sendTrailers(trailers === null ? {} : trailersH2(trailers));
+    this.sendTrailers(trailers === null ? {} : trailersH2(trailers, false));
   } catch {
     resetStream(this);
   }
@@ -315,9 +321,13 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       tls: socket.encrypted === true,
       resets: 0,
       resetWindowStart: 0,
+      protocolErrors: 0,
+      protocolErrorWindowStart: 0,
+      core,
       closeTimer: null,
       handle: null,
       wire: null,
+      socket: handingOver,
     };
     session[kSession] = state;
     // Node answers a client's GOAWAY(NO_ERROR) by calling close() from inside nghttp2's frame
@@ -352,6 +362,19 @@ export function createH2Server(host: H2Host): http2.Http2Server {
   });
   server.on('sessionError', () => {});
   return server;
+}
+
+/** The socket serveH2() is handing the server ('session' is emitted while it does). */
+let handingOver: net.Socket | null = null;
+
+/** Hands a client connection (TCP, or TLS with ALPN h2) to the proxy's HTTP/2 server. */
+export function serveH2(server: http2.Http2Server, socket: net.Socket): void {
+  handingOver = socket;
+  try {
+    server.emit('connection', socket);
+  } finally {
+    handingOver = null;
+  }
 }
 
 /** Node's own `Http2Session#close` (the class is not exported: taken from the first session). */
@@ -417,9 +440,36 @@ function closeSessionNow(session: http2.ServerHttp2Session, callback: (() => voi
  * already queued GOAWAY with the RFC's code and stopped reading, and the dead-session probe
  * closes the connection once that GOAWAY is flushed.
  */
-function destroyUnlessStreamError(this: http2.ServerHttp2Session, error?: Error, code?: number): void {
-  if (isReportedProtocolError(error)) return;
+function destroyUnlessStreamError(this: TrackedSession, error?: Error, code?: number): void {
+  if (isReportedProtocolError(error)) {
+    // Each report costs an Error and a call into JavaScript, and an unsolicited PING ACK (17
+    // bytes) makes one: past a bound the client is flooding, not erring.
+    const state = this[kSession];
+    if (state === undefined || this.destroyed) return;
+    const now = Date.now();
+    if (now - state.protocolErrorWindowStart > 1000) {
+      state.protocolErrorWindowStart = now;
+      state.protocolErrors = 0;
+    }
+    // Closed once nghttp2 has returned (never from inside its read loop).
+    if (++state.protocolErrors === MAX_PROTOCOL_ERRORS_PER_SECOND + 1) setImmediate(calmDown, this);
+    return;
+  }
   destroyWithRfcCode.call(this, error, code);
+}
+
+/**
+ * Protocol errors Node may report per second on a client session (stream errors the client
+ * caused, unsolicited PING ACKs) past which it is closed with GOAWAY(ENHANCE_YOUR_CALM).
+ */
+const MAX_PROTOCOL_ERRORS_PER_SECOND = 100;
+
+function calmDown(session: TrackedSession): void {
+  const state = session[kSession];
+  if (state === undefined || session.destroyed) return;
+  state.core.log.warn(`HTTP/2 client ${session.socket?.remoteAddress ?? ''} caused more than ${MAX_PROTOCOL_ERRORS_PER_SECOND} protocol errors in a second: closing the session`);
+  session.goaway(NGHTTP2_ENHANCE_YOUR_CALM);
+  destroySession(session);
 }
 
 type HandleOwner = { _handle?: StreamHandle | null; _parent?: HandleOwner | null };
@@ -514,17 +564,33 @@ export function boundGoingAway(session: TrackedSession): void {
   state.closeTimer.unref();
 }
 
-function destroySession(session: http2.ServerHttp2Session): void {
+/**
+ * Destroys a session and makes sure its socket goes too. Node's destroy() lets the socket go only
+ * once the write in flight completes (then it ends the socket and waits for that as well): a
+ * client that opened its flow-control windows and stopped reading never lets either complete,
+ * and would keep the connection, its slot and its descriptor forever. Its socket is destroyed
+ * after SOCKET_RELEASE_MS unless it closed by then.
+ */
+function destroySession(session: TrackedSession): void {
+  const socket = session[kSession]?.socket ?? null;
   if (!session.destroyed) session.destroy();
+  if (socket !== null && !socket.destroyed) setTimeout(releaseSocket, SOCKET_RELEASE_MS, socket).unref();
 }
 
-function pingSession(session: http2.ServerHttp2Session): void {
+/** How long a destroyed session's socket may take to close by itself (its GOAWAY is flushed meanwhile). */
+const SOCKET_RELEASE_MS = 1_000;
+
+function releaseSocket(socket: net.Socket): void {
+  if (!socket.destroyed) socket.destroy();
+}
+
+function pingSession(session: TrackedSession): void {
   if (session.closed || session.destroyed) return;
   try {
     session.ping(pingAnswered);
   } catch {
     // too many outstanding pings: the peer is not answering
-    session.destroy();
+    destroySession(session);
   }
 }
 

@@ -1,3 +1,4 @@
+import type net from 'node:net';
 import type http2 from 'node:http2';
 import { http2 as loadHttp2 } from '../builtins.js';
 import { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
@@ -103,7 +104,7 @@ export class H2UpstreamRequest implements Expirable {
     const trailers = this.requestTrailers;
     this.requestTrailers = null;
     try {
-      this.stream.sendTrailers(trailers === null ? {} : trailersH2(trailers));
+      this.stream.sendTrailers(trailers === null ? {} : trailersH2(trailers, true));
     } catch {
       // A value Node will not send: the upstream must not see a complete-looking request.
       if (!this.stream.destroyed) this.stream.close(NGHTTP2_CANCEL);
@@ -223,6 +224,8 @@ class UpSession implements Expirable {
   readonly pool: H2UpstreamPool;
   readonly entry: H2Entry;
   readonly session: http2.ClientHttp2Session;
+  /** The connection under the session (Node's `session.socket` is a proxy that refuses destroy()). */
+  private socket: net.Socket | null = null;
   active = 0;
   /** Peer's SETTINGS_MAX_CONCURRENT_STREAMS once known (RFC 9113 §6.5.2: unlimited until then; we assume 100). */
   maxStreams = 100;
@@ -238,7 +241,7 @@ class UpSession implements Expirable {
     this.entry = entry;
     const target = entry.target;
     const session = loadHttp2().connect(`http://${target.key}`, {
-      createConnection: () => connectTo(target),
+      createConnection: () => (this.socket = connectTo(target)),
       // A proxy may hold many streams from slow clients: node:http2's 10 MB default is too small.
       maxSessionMemory: 64,
       settings:
@@ -322,16 +325,36 @@ class UpSession implements Expirable {
     if (this.session.destroyed || this.closed) return;
     try {
       this.session.ping((err) => {
-        if (err && !this.session.destroyed) this.session.destroy();
+        if (err && !this.session.destroyed) this.destroy(SOCKET_RELEASE_MS);
       });
     } catch {
-      this.session.destroy();
+      this.destroy(SOCKET_RELEASE_MS);
     }
+  }
+
+  /**
+   * Destroys the session and makes sure its socket goes too, after `releaseMs` at most. Node's
+   * destroy() lets the socket go only once the write in flight completes: an upstream that opened
+   * its windows and stopped reading would keep it (and its descriptor) forever.
+   */
+  destroy(releaseMs: number): void {
+    if (!this.session.destroyed) this.session.destroy();
+    const socket = this.socket;
+    if (socket === null || socket.destroyed) return;
+    if (releaseMs === 0) socket.destroy();
+    else setTimeout(releaseSocket, releaseMs, socket).unref();
   }
 }
 
 function pingUpstream(s: UpSession): void {
   s.pingNow();
+}
+
+/** How long a destroyed session's socket may take to close by itself. */
+const SOCKET_RELEASE_MS = 1_000;
+
+function releaseSocket(socket: net.Socket): void {
+  if (!socket.destroyed) socket.destroy();
 }
 
 interface H2Entry {
@@ -471,7 +494,7 @@ export class H2UpstreamPool {
   close(): void {
     for (const entry of this.entries.values()) {
       for (const user of entry.waiters.splice(0)) user.h2Failure('PROXY_STOPPING', false);
-      for (const s of entry.sessions.slice()) s.session.destroy();
+      for (const s of entry.sessions.slice()) s.destroy(0);
     }
   }
 
