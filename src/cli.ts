@@ -64,6 +64,7 @@ const FLAGS: Flag[] = [
   { name: 'admin-host', kind: 'string', option: 'adminHost', arg: '<address>', help: 'address the admin listener binds [127.0.0.1]' },
   { name: 'access-log', kind: 'string', option: 'accessLog', arg: '<stdout|file>', help: "one JSON line per exchange to 'stdout' or this file (appended; SIGUSR1 reopens it) [off]" },
   { name: 'access-log-query', kind: 'flag', option: 'accessLogQuery', enables: true, help: 'log paths with their query string' },
+  { name: 'accept-proxy-protocol', kind: 'string', option: 'acceptProxyProtocol', arg: '<v1|v2|any>', help: 'every connection starts with a PROXY protocol header (from a load balancer) [off]' },
   { name: 'log-level', kind: 'string', option: 'logLevel', arg: '<level>', moreEnv: ['CMUX_PROXY_LOG'], help: 'silent, error, warn, info or debug [info]' },
 ];
 
@@ -214,6 +215,8 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Parsed
     } else {
       const trimmed = (text as string).trim();
       value = f.kind === 'int' && /^[+-]?\d+$/.test(trimmed) ? Number(trimmed) : f.kind === 'int' ? text : trimmed;
+      // `any` (either version) is the API's `true`; `off` its `false`.
+      if (f.option === 'acceptProxyProtocol') value = trimmed === 'any' ? true : trimmed === 'off' ? false : trimmed;
     }
     sources.set(f.option, label);
     const dot = f.option.indexOf('.');

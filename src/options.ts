@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger, LogLevel } from './log.js';
 import type { TlsOption } from './tls.js';
 import type { AccessLogOption } from './access-log.js';
+import type { ProxyProtocolOption } from './proxy-protocol.js';
 
 /** Looks up the host port a container publishes for `port`; `null` when the container is unknown. */
 export type ContainerPortResolver = (container: string, port: number) => Promise<number | null>;
@@ -86,6 +87,12 @@ export interface ProxyOptions {
   accessLog?: AccessLogOption;
   /** Log the path with its query string (off: the query is cut). */
   accessLogQuery?: boolean;
+  /**
+   * Every connection starts with a PROXY protocol header (from a load balancer): `'v1'`, `'v2'`
+   * or `true` for either. The client address it names is the one forwarded and logged; a
+   * connection without a valid header is closed. Off when unset.
+   */
+  acceptProxyProtocol?: ProxyProtocolOption;
 }
 
 export interface ResolvedOptions {
@@ -126,6 +133,7 @@ export interface ResolvedOptions {
   adminHost: string;
   accessLog: AccessLogOption | undefined;
   accessLogQuery: boolean;
+  acceptProxyProtocol: ProxyProtocolOption;
 }
 
 export const DEFAULTS = {
@@ -168,6 +176,7 @@ const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'requestHeadersTimeoutMs', 'drainTimeoutMs', 'maxHeaderSize', 'maxHeadersCount',
   'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'http2MaxConcurrentStreams', 'upstreamProtocolCacheTtlMs', 'fallback', 'containerPortResolver',
   'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls', 'adminPort', 'adminHost', 'accessLog', 'accessLogQuery',
+  'acceptProxyProtocol',
 ]);
 
 /** A value as error messages show it: strings quoted, objects as JSON, functions as "a function". */
@@ -323,6 +332,10 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
   if (accessLog !== undefined && typeof accessLog !== 'function' && (typeof accessLog !== 'string' || accessLog === '')) {
     fail('accessLog', accessLog, "'stdout', a file path or a function (entry) => void");
   }
+  const acceptProxyProtocol = o['acceptProxyProtocol'] === undefined ? false : o['acceptProxyProtocol'];
+  if (typeof acceptProxyProtocol !== 'boolean' && acceptProxyProtocol !== 'v1' && acceptProxyProtocol !== 'v2') {
+    fail('acceptProxyProtocol', acceptProxyProtocol, "true, false, 'v1' or 'v2'");
+  }
   const maxSocketsPerUpstream = integer(o, 'maxSocketsPerUpstream', DEFAULTS.maxSocketsPerUpstream, 1, 1_000_000);
   return {
     listenPort: integer(o, 'listenPort', undefined, 0, 65535),
@@ -362,5 +375,6 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
     adminHost,
     accessLog: accessLog as AccessLogOption | undefined,
     accessLogQuery: bool(o, 'accessLogQuery', false),
+    acceptProxyProtocol,
   };
 }

@@ -19,6 +19,7 @@ import { TlsContexts } from './tls.js';
 import { AdminServer } from './admin.js';
 import { Observer } from './observe.js';
 import { AccessLog } from './access-log.js';
+import { PP_ANY, PP_BAD, PP_MORE, PP_V1, PP_V2, parseProxyHeader, type ProxyHeader } from './proxy-protocol.js';
 
 const kSniff = Symbol('cmux.sniff');
 const kServer = Symbol('cmux.server');
@@ -85,9 +86,13 @@ export class ProxyServer implements SessionHost, H2Host {
   private acceptFailures = 0;
   private acceptLoggedAt = 0;
   private readonly admin: AdminServer | null = null;
+  /** PROXY protocol versions every connection must start with (PP_V1 | PP_V2); 0: none. */
+  private readonly proxyProtocol: number;
 
   constructor(input: ProxyOptions) {
     this.options = resolveOptions(input);
+    const pp = this.options.acceptProxyProtocol;
+    this.proxyProtocol = pp === 'v1' ? PP_V1 : pp === 'v2' ? PP_V2 : pp ? PP_ANY : 0;
     const log = createLogger(this.options.logLevel, this.options.logger);
     const resolverFn =
       this.options.containerPortResolver ??
@@ -390,10 +395,10 @@ export class ProxyServer implements SessionHost, H2Host {
     this.sockets.add(socket);
     socket.on('close', servedSocketOnClose);
     socket[kSniff] = null;
-    socket.on('data', sniffOnData);
+    socket.on('data', this.proxyProtocol === 0 ? sniffOnData : proxyHeaderOnData);
     // A connection that never says anything must not hold a slot (slowloris). A fixed deadline,
     // not socket.setTimeout: that one restarts on every byte, so a preface trickled a byte at a
-    // time would live 24 times the budget.
+    // time would live 24 times the budget. It covers a PROXY protocol header too.
     const timer = setTimeout(sniffDeadline, this.options.requestHeadersTimeoutMs, socket);
     timer.unref();
     socket[kSniffTimer] = timer;
@@ -482,6 +487,34 @@ export class ProxyServer implements SessionHost, H2Host {
     }
   }
 
+  /**
+   * The PROXY protocol header, before anything else: the client's address replaces the
+   * balancer's on the socket (what X-Forwarded-For and the access log report); the bytes after
+   * it go to the sniffer. Anything but a valid header closes the connection: there is no one to
+   * answer, the peer is the balancer.
+   */
+  proxyHeader(socket: AcceptedSocket, chunk: Buffer): void {
+    const seen = socket[kSniff];
+    const data = seen === null || seen === undefined ? chunk : Buffer.concat([seen, chunk]);
+    const header = parseProxyHeader(data, this.proxyProtocol);
+    if (header === PP_MORE) {
+      socket[kSniff] = data;
+      return;
+    }
+    if (header === PP_BAD) {
+      this.stats.parseErrors++;
+      if (this.core.log.debugEnabled) this.core.log.debug(`connection from ${socket.remoteAddress ?? ''}: no valid PROXY protocol header, closed`);
+      socket.destroy();
+      return;
+    }
+    const h = header as ProxyHeader;
+    if (h.address !== null) adoptClientAddress(socket, h.address, h.port, h.family!);
+    socket.removeListener('data', proxyHeaderOnData);
+    socket.on('data', sniffOnData);
+    socket[kSniff] = null;
+    if (data.length > h.length) this.sniffed(socket, data.subarray(h.length));
+  }
+
   sniffed(socket: AcceptedSocket, chunk: Buffer): void {
     const seen = socket[kSniff];
     const data = seen === null || seen === undefined ? chunk : Buffer.concat([seen, chunk]);
@@ -541,6 +574,14 @@ export class ProxyServer implements SessionHost, H2Host {
     // socket error destroys the socket.
     secure.disableRenegotiation();
     secure.on('error', destroyOnError);
+    if (this.proxyProtocol !== 0) {
+      // The TLS socket asks the kernel for its peer; the PROXY header's client is on the plain socket.
+      // (Node keeps the wrapped net.Socket as `_parent`.)
+      const plain = (secure as tls.TLSSocket & { _parent?: unknown })._parent;
+      if (plain instanceof net.Socket && Object.hasOwn(plain, 'remoteAddress')) {
+        adoptClientAddress(secure, plain.remoteAddress!, plain.remotePort!, plain.remoteFamily!);
+      }
+    }
     if (secure.alpnProtocol === 'h2') {
       this.http2Server().emit('connection', secure);
       return;
@@ -593,6 +634,17 @@ function serverOnError(this: net.Server & { [kServer]: ProxyServer }, err: NodeJ
 
 function serverOnConnection(this: net.Server & { [kServer]: ProxyServer }, socket: net.Socket): void {
   this[kServer].accept(socket as AcceptedSocket);
+}
+
+function proxyHeaderOnData(this: AcceptedSocket, chunk: Buffer): void {
+  this[kServer].proxyHeader(this, chunk);
+}
+
+/** The client a PROXY protocol header named, in place of the peer the kernel reports. */
+function adoptClientAddress(socket: net.Socket, address: string, port: number, family: string): void {
+  Object.defineProperty(socket, 'remoteAddress', { value: address, configurable: true });
+  Object.defineProperty(socket, 'remotePort', { value: port, configurable: true });
+  Object.defineProperty(socket, 'remoteFamily', { value: family, configurable: true });
 }
 
 function sniffOnData(this: AcceptedSocket, chunk: Buffer): void {
