@@ -285,8 +285,10 @@ export class ProxyServer implements SessionHost, H2Host {
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     for (const queued of this.queue.splice(0)) this.refuseQueued(queued);
     for (const conn of this.h1) conn.drain();
-    // Connections that have not said anything yet have nothing in flight.
-    for (const socket of this.sockets) if (socket[kSniff] !== undefined) socket.destroy();
+    // Connections that have not said anything yet have nothing in flight. Behind a balancer
+    // (PROXY protocol) they do: it connects as its client does, and the request is on its way;
+    // they keep their head deadline and are served (then closed) within the drain.
+    if (this.proxyProtocol === 0) for (const socket of this.sockets) if (socket[kSniff] !== undefined) socket.destroy();
     for (const session of this.sessions) session.close();
     core.pool.closeIdle();
     core.h2pool.closeIdle();
@@ -597,6 +599,8 @@ export class ProxyServer implements SessionHost, H2Host {
   sessionOpened(session: http2.ServerHttp2Session): void {
     this.stats.http2Connections++;
     this.sessions.add(session);
+    // Opened during the drain: GOAWAY at once (its streams are refused, so clients retry them).
+    if (this.core.draining) session.close();
   }
 
   sessionClosed(session: http2.ServerHttp2Session): void {

@@ -373,3 +373,62 @@ describe('PROXY protocol: TLS behind the header', () => {
     assert.equal(JSON.parse(body).headers['x-forwarded-for'], '2001:db8::42');
   });
 });
+
+describe('PROXY protocol: stop() while a balancer connection has not sent its request yet', () => {
+  let up;
+  before(async () => {
+    up = await startUpstream();
+  });
+  after(async () => {
+    await up.close();
+  });
+
+  it('HTTP/1.1: the request that arrives during the drain is served, then the connection closes', async () => {
+    const px = await startProxy({ acceptProxyProtocol: true, drainTimeoutMs: 10000 });
+    const socket = net.connect({ port: px.port, host: '127.0.0.1' });
+    await new Promise((resolve) => socket.once('connect', resolve));
+    const chunks = [];
+    socket.on('data', (c) => chunks.push(c));
+    socket.on('error', () => {});
+    const closed = new Promise((resolve) => socket.once('close', resolve));
+    socket.write(v2());
+    await waitFor(() => px.proxy.getStats().activeConnections === 1);
+    await sleep(50);
+    const stopped = px.proxy.stop();
+    await sleep(50);
+    socket.write(getRequest(up.port, '/late'));
+    await closed;
+    await stopped;
+    const text = Buffer.concat(chunks).toString('latin1');
+    assert.match(text, /^HTTP\/1\.1 200 /);
+    assert.match(text, /\r\nconnection: close\r\n/i);
+    assert.equal(xffOf(text), '203.0.113.7');
+  });
+
+  it('h2c: a session opened during the drain gets GOAWAY and closes without waiting for the drain deadline', async () => {
+    const px = await startProxy({ acceptProxyProtocol: true, drainTimeoutMs: 20000 });
+    const socket = net.connect({ port: px.port, host: '127.0.0.1' });
+    await new Promise((resolve) => socket.once('connect', resolve));
+    socket.write(v1('PROXY TCP4 192.0.2.1 127.0.0.1 1 2\r\n'));
+    await waitFor(() => px.proxy.getStats().activeConnections === 1);
+    await sleep(50);
+    const started = Date.now();
+    const stopped = px.proxy.stop();
+    await sleep(50);
+    const c = new H2RawClient(socket);
+    c.send(PREFACE, settingsFrame({}));
+    const goaway = await c.waitForGoaway();
+    assert.notEqual(goaway, null);
+    await stopped;
+    c.close();
+    assert.ok(Date.now() - started < 10000, 'stopped before the drain deadline');
+  });
+
+  it('without the PROXY protocol a connection that has sent nothing is closed at stop()', async () => {
+    const px = await startProxy({ drainTimeoutMs: 10000 });
+    const r = exchange(px.port, [Buffer.alloc(0)], { timeoutMs: 8000 });
+    await waitFor(() => px.proxy.getStats().activeConnections === 1);
+    await px.proxy.stop();
+    assert.equal((await r).closed, true);
+  });
+});
