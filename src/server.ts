@@ -37,6 +37,16 @@ interface QueuedConnection {
   timer: NodeJS.Timeout;
 }
 
+/** How a cluster worker runs its proxy (not part of createProxyServer's options). */
+export interface ServerInternals {
+  /** Keep request histograms though no admin listener runs here (the primary asks for them). */
+  observe?: boolean;
+  /** Bind with SO_REUSEPORT instead of through the cluster primary (the kernel spreads connections). */
+  reusePort?: boolean;
+}
+
+const NO_INTERNALS: ServerInternals = {};
+
 export interface ProxyAddress {
   address: string;
   port: number;
@@ -88,8 +98,10 @@ export class ProxyServer implements SessionHost, H2Host {
   private readonly admin: AdminServer | null = null;
   /** PROXY protocol versions every connection must start with (PP_V1 | PP_V2); 0: none. */
   private readonly proxyProtocol: number;
+  private readonly internals: ServerInternals;
 
-  constructor(input: ProxyOptions) {
+  constructor(input: ProxyOptions, internals: ServerInternals = NO_INTERNALS) {
+    this.internals = internals;
     this.options = resolveOptions(input);
     const pp = this.options.acceptProxyProtocol;
     this.proxyProtocol = pp === 'v1' ? PP_V1 : pp === 'v2' ? PP_V2 : pp ? PP_ANY : 0;
@@ -100,7 +112,7 @@ export class ProxyServer implements SessionHost, H2Host {
     const resolver = resolverFn === undefined ? undefined : new CachedPortResolver(resolverFn, this.options.portResolverCacheTtlMs);
     this.core = new ProxyCore(this.options, this.stats, log, resolver);
     const { adminPort, accessLog } = this.options;
-    if (adminPort !== undefined || accessLog !== undefined) {
+    if (adminPort !== undefined || accessLog !== undefined || internals.observe === true) {
       // A file that cannot be opened fails createProxyServer, not the first request.
       const observer = new Observer(accessLog === undefined ? null : new AccessLog(accessLog, log), this.options.accessLogQuery);
       this.core.observer = observer;
@@ -157,7 +169,12 @@ export class ProxyServer implements SessionHost, H2Host {
       (server as net.Server & { [kServer]: ProxyServer })[kServer] = this;
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
-        server.listen({ port: this.options.listenPort, host: this.options.listenHost }, () => {
+        const at: net.ListenOptions & { reusePort?: boolean } = { port: this.options.listenPort, host: this.options.listenHost };
+        if (this.internals.reusePort === true) {
+          at.exclusive = true;
+          at.reusePort = true;
+        }
+        server.listen(at, () => {
           server.removeListener('error', reject);
           resolve();
         });
@@ -350,6 +367,11 @@ export class ProxyServer implements SessionHost, H2Host {
       upstreamH2Streams: h2.streams,
       upstreamH2Waiters: h2.waiters,
     });
+  }
+
+  /** This process's Prometheus text, or null when nothing observes it (see ServerInternals.observe). */
+  metricsText(): string | null {
+    return this.core.observer?.metrics(this.getStats()) ?? null;
   }
 
   // ---- connections ----------------------------------------------------------------------
