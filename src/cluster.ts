@@ -1,6 +1,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import type http from 'node:http';
 import type net from 'node:net';
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { http as loadHttp } from './builtins.js';
 import { createLogger, type Logger } from './log.js';
@@ -30,6 +31,10 @@ export interface ClusterStats extends ProxyStats {
 
 /** Set in a worker's environment by the primary, with reusePort: the port every worker binds. */
 const ENV_PORT = 'CMUX_CLUSTER_PORT';
+/** Set in a worker's environment by the primary: '1' when the workers bind with reusePort. */
+const ENV_REUSEPORT = 'CMUX_CLUSTER_REUSEPORT';
+/** Overrides the choice of scheduling: 'reuseport' or 'round-robin'. */
+export const ENV_SCHEDULING = 'CMUX_PROXY_CLUSTER_SCHEDULING';
 /** A worker that lived this long before dying starts its back-off again from the shortest delay. */
 const STABLE_MS = 10_000;
 const BACKOFF_MIN_MS = 100;
@@ -48,6 +53,25 @@ const PROMETHEUS = 'text/plain; version=0.0.4; charset=utf-8';
 export function hasReusePort(version: string = process.versions.node): boolean {
   const [major = 0, minor = 0] = version.split('.').map(Number);
   return major > 23 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
+}
+
+/**
+ * Whether the workers bind with reusePort. When a reusePort socket closes (a worker stopping,
+ * replaced or dead), Linux resets the connections still waiting in its accept queue unless
+ * `net.ipv4.tcp_migrate_req` is 1 (Linux 5.14+), which hands them to the group's other sockets.
+ * So: reusePort where Node has it and the kernel migrates; round-robin by the primary otherwise.
+ * CMUX_PROXY_CLUSTER_SCHEDULING=reuseport|round-robin overrides the choice.
+ */
+export function useReusePort(env: NodeJS.ProcessEnv = process.env): boolean {
+  const forced = env[ENV_SCHEDULING];
+  if (forced === 'round-robin') return false;
+  if (!hasReusePort()) return false;
+  if (forced === 'reuseport') return true;
+  try {
+    return readFileSync('/proc/sys/net/ipv4/tcp_migrate_req', 'latin1').trim() === '1';
+  } catch {
+    return false;
+  }
 }
 
 interface Slot {
@@ -98,7 +122,7 @@ export async function startCluster(options: ClusterOptions): Promise<ProxyCluste
 async function runWorker(options: ProxyOptions, handleSignals: boolean): Promise<void> {
   const { adminPort, ...rest } = options;
   const fixedPort = process.env[ENV_PORT];
-  const reusePort = hasReusePort();
+  const reusePort = process.env[ENV_REUSEPORT] === '1';
   const proxy = new ProxyServer(
     { ...rest, listenPort: fixedPort === undefined ? rest.listenPort : Number(fixedPort) },
     // The primary serves the admin listener; the worker keeps the histograms it asks for.
@@ -153,6 +177,7 @@ export class ProxyCluster {
   private readonly log: Logger;
   private readonly slots: Slot[] = [];
   private stopping: Promise<void> | null = null;
+  private restarting: Promise<void> | null = null;
   private port: number;
   private boundAddress: ProxyAddress | null = null;
   private restarts = 0;
@@ -161,7 +186,7 @@ export class ProxyCluster {
   private readonly pendingStats = new Map<number, (m: Extract<Message, { cmux: 'stats' }> | null) => void>();
   /** Settles the first start of every slot: resolve when all listen, reject on the first failure. */
   private startWaiter: { resolve: () => void; reject: (err: Error) => void } | null = null;
-  private readonly reusePort = hasReusePort();
+  private readonly reusePort = useReusePort();
 
   constructor(options: ProxyOptions, size: number) {
     const resolved = resolveOptions(options);
@@ -173,7 +198,7 @@ export class ProxyCluster {
   }
 
   async start(): Promise<void> {
-    // Round-robin by the primary where reusePort is missing: Node's default on Linux, set here
+    // Round-robin by the primary without reusePort: Node's default on Linux, set here
     // so that NODE_CLUSTER_SCHED_POLICY cannot change it.
     if (!this.reusePort) cluster.schedulingPolicy = cluster.SCHED_RR;
     try {
@@ -205,7 +230,7 @@ export class ProxyCluster {
 
   private fork(s: Slot): void {
     s.timer = null;
-    const env: Record<string, string> = {};
+    const env: Record<string, string> = { [ENV_REUSEPORT]: this.reusePort ? '1' : '0' };
     if (this.reusePort && this.port !== 0) env[ENV_PORT] = String(this.port);
     const worker = cluster.fork(env);
     s.worker = worker;
@@ -242,10 +267,13 @@ export class ProxyCluster {
 
   private onExit(s: Slot, worker: Worker, code: number | null, signal: string | null): void {
     if (s.worker !== worker) return;
+    const wasListening = s.listening;
     s.worker = null;
     s.listening = false;
     if (this.stopping !== null) return;
-    if (this.startWaiter !== null) {
+    // A worker being started (first start or restart()) that dies fails that start; one that was
+    // serving is started again below.
+    if (this.startWaiter !== null && !wasListening) {
       this.startWaiter.reject(new Error(`worker ${s.slot} exited before listening (${signal ?? `code ${code}`})`));
       return;
     }
@@ -307,6 +335,65 @@ export class ProxyCluster {
     ).then((all) => all.filter((r) => r !== null));
   }
 
+  /**
+   * Replaces the workers one at a time: a new worker starts (reading the script's configuration,
+   * the config file and the certificates afresh) and listens, then the old one drains as
+   * ProxyServer.stop() does. Resolves when every old worker has exited; rejects, keeping the old
+   * worker of that slot and the ones not yet replaced, when a new one cannot start. A call while
+   * one runs returns it.
+   */
+  restart(): Promise<void> {
+    return (this.restarting ??= this.rollAll().finally(() => {
+      this.restarting = null;
+    }));
+  }
+
+  private async rollAll(): Promise<void> {
+    const exits: Promise<void>[] = [];
+    try {
+      for (const s of this.slots) {
+        if (this.stopping !== null) break;
+        const old = s.worker;
+        if (s.timer !== null) {
+          // Waiting for a restart after a crash: start it now.
+          clearTimeout(s.timer);
+          s.timer = null;
+        }
+        try {
+          await this.startSlots([s]);
+        } catch (err) {
+          const failed = s.worker;
+          s.worker = old;
+          s.listening = old !== null;
+          s.pid = old?.process.pid ?? 0;
+          failed?.process.kill('SIGKILL');
+          throw err;
+        }
+        if (old !== null) exits.push(this.stopWorker(old, resolveOptions(this.options).drainTimeoutMs + 5_000));
+      }
+    } finally {
+      await Promise.all(exits);
+    }
+    this.log.info(`cluster: ${this.size} worker(s) replaced`);
+  }
+
+  /** Asks a worker to drain and exit; resolves once it has (killed after `graceMs`). */
+  private stopWorker(worker: Worker, graceMs: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (worker.process.exitCode !== null || worker.process.signalCode !== null) return resolve();
+      const kill = setTimeout(() => worker.process.kill('SIGKILL'), graceMs);
+      worker.process.once('exit', () => {
+        clearTimeout(kill);
+        resolve();
+      });
+      try {
+        worker.send({ cmux: 'stop' });
+      } catch {
+        worker.process.kill('SIGTERM');
+      }
+    });
+  }
+
   /** Asks every worker to reopen its access log file (after rotation). */
   reopenAccessLogs(): void {
     for (const s of this.slots) if (s.worker !== null) s.worker.send({ cmux: 'reopen' });
@@ -327,25 +414,11 @@ export class ProxyCluster {
     for (const s of this.slots) {
       if (s.timer !== null) clearTimeout(s.timer);
       s.timer = null;
-      const worker = s.worker;
-      if (worker === null) continue;
-      exits.push(
-        new Promise<void>((resolve) => {
-          if (worker.process.exitCode !== null || worker.process.signalCode !== null) return resolve();
-          const kill = setTimeout(() => worker.process.kill('SIGKILL'), grace);
-          worker.process.once('exit', () => {
-            clearTimeout(kill);
-            resolve();
-          });
-          try {
-            worker.send({ cmux: 'stop' });
-          } catch {
-            worker.process.kill('SIGTERM');
-          }
-        }),
-      );
+      if (s.worker !== null) exits.push(this.stopWorker(s.worker, grace));
     }
     await Promise.all(exits);
+    // A rolling restart in progress has its old workers draining: wait for them too.
+    await this.restarting?.catch(ignore);
     const admin = this.admin;
     this.admin = null;
     if (admin !== null) {
@@ -355,7 +428,10 @@ export class ProxyCluster {
     this.log.info('cluster: stopped');
   }
 
-  /** SIGTERM/SIGINT: stop, then exit 0 (a second signal exits at once with 1); SIGUSR1: reopen the access logs. */
+  /**
+   * SIGTERM/SIGINT: stop, then exit 0 (a second signal exits at once with 1); SIGHUP: restart()
+   * (replace the workers one at a time); SIGUSR1: reopen the access logs.
+   */
   handleSignals(): void {
     let signalled = false;
     const onStop = (signal: string): void => {
@@ -372,6 +448,9 @@ export class ProxyCluster {
     process.on('SIGTERM', onStop);
     process.on('SIGINT', onStop);
     process.on('SIGUSR1', () => this.reopenAccessLogs());
+    process.on('SIGHUP', () => {
+      this.restart().catch((err: unknown) => this.log.error(`restart failed, the remaining workers are kept: ${(err as Error).message}`));
+    });
   }
 
   private async startAdmin(): Promise<void> {

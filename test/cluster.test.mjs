@@ -4,10 +4,12 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import http2 from 'node:http2';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { startCluster } from '../dist/index.js';
+import { hasReusePort } from '../dist/cluster.js';
 import { request, startUpstream, sleep, waitFor } from './helpers/servers.mjs';
 import { runCli, startCli, stopCli } from './helpers/cli.mjs';
 
@@ -28,8 +30,8 @@ async function adminJson(port, path = '/stats') {
 }
 
 /** startCli, then also waits for the admin line and the cluster line: { child, port, admin, stderr }. */
-async function startClusterCli(args) {
-  const started = await startCli(args);
+async function startClusterCli(args, options) {
+  const started = await startCli(args, options);
   let m;
   const ok = await waitFor(() => (m = /admin on [^:\s]+:(\d+)/.exec(started.stderr())) !== null && /cluster: \d+ worker/.test(started.stderr()), { timeoutMs: 15000 });
   assert.ok(ok, started.stderr());
@@ -160,5 +162,162 @@ describe('workers: startCluster() from the API', () => {
     } finally {
       blocker.close();
     }
+  });
+});
+
+describe('workers: SIGHUP replaces them one at a time under load', () => {
+  let up;
+  let c;
+  before(async () => {
+    up = await startUpstream((req, res) => setTimeout(() => res.end(`ok ${req.url}`), 5));
+    c = await startClusterCli(['--port', '0', '--workers', '2', '--admin-port', '0', '--drain-timeout-ms', '5000']);
+  });
+  after(async () => {
+    if (c.child.exitCode === null) await stopCli(c.child, 'SIGKILL');
+    await up.close();
+  });
+
+  it('HTTP/1.1 keep-alive and HTTP/2 requests all succeed across the restart; every worker is new', async () => {
+    const route = { 'x-cmux-port-internal': String(up.port) };
+    const failures = [];
+    const counts = { h1: 0, h2: 0, h1Retried: 0, h2Retried: 0 };
+    let running = true;
+    // HTTP/1.1 keep-alive: a request on a reused connection that the server closed while it was
+    // idle gets no answer; RFC 9112 §9.3.1 lets the client send it again on a new connection.
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+    const h1once = () =>
+      new Promise((resolve, reject) => {
+        const req = http.get(`http://127.0.0.1:${c.port}/h1`, { agent, headers: route }, (res) => {
+          let body = '';
+          res.on('data', (d) => (body += d));
+          res.on('end', () => resolve({ status: res.statusCode, body }));
+          res.on('error', reject);
+        });
+        req.on('error', (err) => reject(Object.assign(err, { reused: req.reusedSocket })));
+      });
+    const h1loop = async () => {
+      while (running) {
+        try {
+          let r;
+          try {
+            r = await h1once();
+          } catch (err) {
+            if (!err.reused) throw err;
+            counts.h1Retried++;
+            r = await h1once();
+          }
+          if (r.status !== 200) failures.push(`h1 ${r.status} ${r.body}`);
+          else counts.h1++;
+        } catch (err) {
+          failures.push(`h1 ${err.message}`);
+          await sleep(5);
+        }
+        if (failures.length > 100) running = false;
+      }
+    };
+    // HTTP/2: GOAWAY from a draining worker; a stream it refused (REFUSED_STREAM, or made after
+    // the GOAWAY) was not processed and is sent again on a new connection.
+    let session = null;
+    const h2session = () => {
+      if (session === null || session.closed || session.destroyed) {
+        const s = http2.connect(`http://127.0.0.1:${c.port}`);
+        s.on('error', () => {});
+        s.on('goaway', () => {
+          if (session === s) session = null;
+        });
+        s.on('close', () => {
+          if (session === s) session = null;
+        });
+        session = s;
+      }
+      return session;
+    };
+    const h2once = () =>
+      new Promise((resolve, reject) => {
+        let stream;
+        try {
+          stream = h2session().request({ ':path': '/h2', ...route });
+        } catch (err) {
+          // The session is going away: the next attempt opens a new one.
+          session = null;
+          return reject(Object.assign(err, { retry: true }));
+        }
+        let status = 0;
+        let body = '';
+        stream.on('response', (h) => (status = h[':status']));
+        stream.on('data', (d) => (body += d));
+        stream.on('end', () => resolve({ status, body }));
+        stream.on('error', (err) => reject(Object.assign(err, { retry: stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM || err.code === 'ERR_HTTP2_GOAWAY_SESSION' })));
+        stream.on('close', () => {
+          if (status === 0 && stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM) reject(Object.assign(new Error('refused'), { retry: true }));
+        });
+      });
+    const h2loop = async () => {
+      while (running) {
+        try {
+          let r;
+          for (let attempt = 0; ; attempt++) {
+            try {
+              r = await h2once();
+              break;
+            } catch (err) {
+              if (!err.retry || attempt > 3) throw err;
+              counts.h2Retried++;
+              await sleep(5);
+            }
+          }
+          if (r.status !== 200) failures.push(`h2 ${r.status} ${r.body}`);
+          else counts.h2++;
+        } catch (err) {
+          failures.push(`h2 ${err.code ?? ''} ${err.message}`);
+          await sleep(5);
+        }
+        if (failures.length > 100) running = false;
+      }
+    };
+    const loops = [h1loop(), h1loop(), h1loop(), h1loop(), h2loop(), h2loop()];
+    await waitFor(() => counts.h1 > 200 && counts.h2 > 100, { timeoutMs: 20000 });
+    const before = (await adminJson(c.admin)).workers.map((w) => w.pid);
+    const mark = { h1: counts.h1, h2: counts.h2 };
+    process.kill(c.child.pid, 'SIGHUP');
+    assert.ok(await waitFor(() => /cluster: 2 worker\(s\) replaced/.test(c.stderr()), { timeoutMs: 30000 }), c.stderr());
+    await waitFor(() => counts.h1 > mark.h1 + 200 && counts.h2 > mark.h2 + 100, { timeoutMs: 20000 });
+    running = false;
+    await Promise.all(loops);
+    agent.destroy();
+    session?.close();
+    const now = await adminJson(c.admin);
+    assert.deepEqual(failures, [], `${failures.length} failed; ${JSON.stringify(counts)}`);
+    assert.equal(now.workers.length, 2);
+    for (const w of now.workers) assert.ok(!before.includes(w.pid), `worker ${w.worker} is a new process`);
+    for (const pid of before) assert.equal(pidAlive(pid), false);
+    assert.equal(now.workerRestarts, 0, 'a restart is not counted as a crash');
+    assert.ok(counts.h1 > mark.h1 + 200 && counts.h2 > mark.h2 + 100, JSON.stringify(counts));
+    console.log(`rolling restart under load: ${JSON.stringify(counts)}`);
+  });
+});
+
+// Forced, since the default also needs net.ipv4.tcp_migrate_req = 1; on Node 20 (no reusePort)
+// the override falls back to round-robin.
+describe('workers: reusePort scheduling', () => {
+  let up;
+  let c;
+  before(async () => {
+    up = await startUpstream();
+    c = await startClusterCli(['--port', '0', '--workers', '2', '--admin-port', '0'], { env: { CMUX_PROXY_CLUSTER_SCHEDULING: 'reuseport' } });
+  });
+  after(async () => {
+    if (c.child.exitCode === null) await stopCli(c.child, 'SIGKILL');
+    await up.close();
+  });
+
+  it('both workers bind the one port themselves, the kernel spreads connections, a killed one comes back', async () => {
+    assert.match(c.stderr(), hasReusePort() ? /reusePort: the kernel spreads connections/ : /round-robin by the primary/);
+    for (let i = 0; i < 40; i++) assert.equal((await request(`http://127.0.0.1:${c.port}/`, { headers: { 'x-cmux-port-internal': String(up.port) } })).status, 200);
+    const stats = await adminJson(c.admin);
+    for (const w of stats.workers) assert.ok(w.totalRequests > 0, JSON.stringify(stats.workers.map((x) => x.totalRequests)));
+    process.kill(stats.workers[0].pid, 'SIGKILL');
+    assert.ok(await waitFor(async () => (await adminJson(c.admin)).workers.length === 2 && (await adminJson(c.admin)).workerRestarts === 1, { timeoutMs: 15000, stepMs: 100 }));
+    for (let i = 0; i < 10; i++) assert.equal((await request(`http://127.0.0.1:${c.port}/`, { headers: { 'x-cmux-port-internal': String(up.port) } })).status, 200);
   });
 });
