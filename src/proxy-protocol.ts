@@ -30,7 +30,7 @@ export const V2_MAX_LENGTH = 1024;
 const V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 const V1_PREFIX = Buffer.from('PROXY ', 'latin1');
 
-/** What a complete header said. `address` null: use the connection's own (LOCAL, UNKNOWN, AF_UNSPEC, unix). */
+/** What a complete header said. `address` null: use the connection's own (LOCAL, UNKNOWN, unspecified or unix family). */
 export interface ProxyHeader {
   /** Bytes the header took; what follows is the client's. */
   length: number;
@@ -194,7 +194,7 @@ function parseV2(data: Buffer): ProxyHeader | number {
   if (verCmd >> 4 !== 2 || (verCmd & 0x0f) > 1) return PP_BAD;
   if (data.length < 14) return PP_MORE;
   const fam = data[13]!;
-  // AF_UNSPEC, INET, INET6, UNIX over UNSPEC, STREAM or DGRAM.
+  // Family 0-3 (unspecified, IPv4, IPv6, unix) over transport 0-2 (unspecified, stream, datagram).
   if (fam >> 4 > 3 || (fam & 0x0f) > 2) return PP_BAD;
   if (data.length < V2_FIXED) return PP_MORE;
   const len = data.readUInt16BE(14);

@@ -138,7 +138,7 @@ describe('PROXY protocol: the client address comes from the header', () => {
     assert.equal(xffOf(r.text), '2001:db8::42');
   });
 
-  it('v2 LOCAL (a balancer health check), AF_UNSPEC, AF_UNIX and v1 UNKNOWN keep the connection address', async () => {
+  it('v2 LOCAL (a balancer health check), unspecified and unix families, and v1 UNKNOWN keep the connection address', async () => {
     for (const header of [v2({ cmd: 0, tlvs: tlv(0x04, 'abc') }), v2({ fam: 0x00 }), v2({ fam: 0x31 }), v1('PROXY UNKNOWN ffff::1 ::1 1 2\r\n'), v1('PROXY UNKNOWN\r\n')]) {
       const r = await exchange(px.port, [Buffer.concat([header, getRequest(up.port)])]);
       assert.equal(xffOf(r.text), '127.0.0.1', header.toString('latin1'));
