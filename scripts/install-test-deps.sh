@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the test suite uses: real clients (curl; nghttp2's h2load/nghttp; headless
 # Chromium at /usr/bin/chromium for test/browser.test.mjs) and ss (iproute2) to read socket
-# options from the kernel; prometheus (promtool and the server) for the /metrics tests.
+# options from the kernel; prometheus (promtool and the server) for the /metrics tests; haproxy
+# (a load balancer sending the PROXY protocol, test/haproxy.test.mjs).
 # Idempotent: installs only what is missing. Runs as root (CI) or through sudo.
 set -euo pipefail
 need=()
@@ -10,6 +11,7 @@ command -v nghttp >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

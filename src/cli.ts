@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { createProxyServer } from './server.js';
+import { resolveWorkers, startCluster } from './cluster.js';
 import { capYoungGeneration } from './gc-tuning.js';
 import { OptionError, describeValue, resolveOptions, type ProxyOptions } from './options.js';
 
@@ -64,6 +65,8 @@ const FLAGS: Flag[] = [
   { name: 'admin-host', kind: 'string', option: 'adminHost', arg: '<address>', help: 'address the admin listener binds [127.0.0.1]' },
   { name: 'access-log', kind: 'string', option: 'accessLog', arg: '<stdout|file>', help: "one JSON line per exchange to 'stdout' or this file (appended; SIGUSR1 reopens it) [off]" },
   { name: 'access-log-query', kind: 'flag', option: 'accessLogQuery', enables: true, help: 'log paths with their query string' },
+  { name: 'accept-proxy-protocol', kind: 'string', option: 'acceptProxyProtocol', arg: '<v1|v2|any>', help: 'every connection starts with a PROXY protocol header (from a load balancer) [off]' },
+  { name: 'workers', kind: 'string', option: 'workers', arg: '<n|auto>', help: 'worker processes on the one port (auto: one per CPU), supervised by this one [off: one process]' },
   { name: 'log-level', kind: 'string', option: 'logLevel', arg: '<level>', moreEnv: ['CMUX_PROXY_LOG'], help: 'silent, error, warn, info or debug [info]' },
 ];
 
@@ -111,7 +114,7 @@ class UsageError extends Error {
   }
 }
 
-type Parsed = { kind: 'help' } | { kind: 'version' } | { kind: 'run'; options: ProxyOptions; configFile?: string };
+type Parsed = { kind: 'help' } | { kind: 'version' } | { kind: 'run'; options: ProxyOptions; configFile?: string; workers?: number | 'auto' };
 
 /** Reads argv by hand: one-line errors, and `--port -1` is a value, not a missing one. */
 function parseArgv(argv: string[]): Parsed | Map<string, string | true> {
@@ -214,6 +217,9 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Parsed
     } else {
       const trimmed = (text as string).trim();
       value = f.kind === 'int' && /^[+-]?\d+$/.test(trimmed) ? Number(trimmed) : f.kind === 'int' ? text : trimmed;
+      // `any` (either version) is the API's `true`; `off` its `false`.
+      if (f.option === 'acceptProxyProtocol') value = trimmed === 'any' ? true : trimmed === 'off' ? false : trimmed;
+      if (f.option === 'workers' && /^\d+$/.test(trimmed)) value = Number(trimmed);
     }
     sources.set(f.option, label);
     const dot = f.option.indexOf('.');
@@ -240,6 +246,19 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Parsed
     if (tls['certFile'] === undefined) throw new UsageError(`${tlsFrom} needs --tls-cert too`);
     if (tls['keyFile'] === undefined) throw new UsageError(`${tlsFrom} needs --tls-key too`);
   }
+  // Not a createProxyServer option: it chooses between one process and a cluster.
+  const workers = options['workers'] as number | 'auto' | undefined;
+  delete options['workers'];
+  if (workers !== undefined) {
+    try {
+      resolveWorkers(workers);
+    } catch (err) {
+      const label = sources.get('workers');
+      const expected = (err as OptionError).expected ?? '';
+      if (label !== undefined) throw new UsageError(`${label}: expected ${expected}`);
+      throw new UsageError(`${configFile}: workers: ${describeValue(workers)} (expected ${expected})`, false);
+    }
+  }
   try {
     resolveOptions(options as unknown as ProxyOptions);
   } catch (err) {
@@ -252,7 +271,10 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Parsed
     }
     throw new UsageError(err.message);
   }
-  return configFile === undefined ? { kind: 'run', options: options as unknown as ProxyOptions } : { kind: 'run', options: options as unknown as ProxyOptions, configFile };
+  const run: Parsed = { kind: 'run', options: options as unknown as ProxyOptions };
+  if (configFile !== undefined) run.configFile = configFile;
+  if (workers !== undefined) run.workers = workers;
+  return run;
 }
 
 function version(): string {
@@ -280,6 +302,20 @@ async function main(): Promise<void> {
     return;
   }
   const options = parsed.options;
+  if (parsed.workers !== undefined) {
+    // The primary and each worker run this same script: startCluster() tells them apart. The
+    // workers read the log level from their environment as this process did; CMUX_PROXY_LOG must
+    // not override a --log-level in their loggers (see below), so the level goes in as the flag's variable.
+    if (options.logLevel !== undefined) process.env['CMUX_PROXY_LOG_LEVEL'] = options.logLevel;
+    delete process.env['CMUX_PROXY_LOG'];
+    try {
+      await startCluster({ ...options, workers: parsed.workers });
+    } catch (err) {
+      process.stderr.write(`cmux-proxy: ${(err as Error).message}\n`);
+      process.exit(1);
+    }
+    return;
+  }
   // The log level above already weighed CMUX_PROXY_LOG against the flags; the logger must not
   // apply it again over a flag.
   delete process.env['CMUX_PROXY_LOG'];

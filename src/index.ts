@@ -1,4 +1,5 @@
 export { createProxyServer, ProxyServer, type ProxyAddress } from './server.js';
+export { startCluster, ProxyCluster, type ClusterOptions, type ClusterStats } from './cluster.js';
 export type { ProxyOptions, FallbackOption, ContainerPortResolver, UpstreamProtocol, RouteOption, RouteUpstreamOption } from './options.js';
 export { DEFAULTS, OptionError } from './options.js';
 export type { ProxyStats, RouteUpstreamStats } from './stats.js';

@@ -4,6 +4,7 @@ import type { Logger, LogLevel } from './log.js';
 import type { TlsOption } from './tls.js';
 import type { AccessLogOption } from './access-log.js';
 import type { RateLimitConfig } from './rate-limit.js';
+import type { ProxyProtocolOption } from './proxy-protocol.js';
 
 /** Looks up the host port a container publishes for `port`; `null` when the container is unknown. */
 export type ContainerPortResolver = (container: string, port: number) => Promise<number | null>;
@@ -142,6 +143,12 @@ export interface ProxyOptions {
   routes?: RouteOption[];
   /** Per-client token buckets for every request (WebSocket upgrades and CONNECTs included): 429 past them. */
   rateLimit?: RateLimitOption;
+  /**
+   * Every connection starts with a PROXY protocol header (from a load balancer): `'v1'`, `'v2'`
+   * or `true` for either. The client address it names is the one forwarded and logged; a
+   * connection without a valid header is closed. Off when unset.
+   */
+  acceptProxyProtocol?: ProxyProtocolOption;
 }
 
 export interface ResolvedOptions {
@@ -184,6 +191,7 @@ export interface ResolvedOptions {
   accessLogQuery: boolean;
   routes: ResolvedRoute[];
   rateLimit: RateLimitConfig | undefined;
+  acceptProxyProtocol: ProxyProtocolOption;
 }
 
 export const DEFAULTS = {
@@ -226,6 +234,7 @@ const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'requestHeadersTimeoutMs', 'drainTimeoutMs', 'maxHeaderSize', 'maxHeadersCount',
   'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'http2MaxConcurrentStreams', 'upstreamProtocolCacheTtlMs', 'fallback', 'containerPortResolver',
   'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls', 'adminPort', 'adminHost', 'accessLog', 'accessLogQuery', 'routes', 'rateLimit',
+  'acceptProxyProtocol',
 ]);
 
 /** A value as error messages show it: strings quoted, objects as JSON, functions as "a function". */
@@ -383,6 +392,10 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
   if (accessLog !== undefined && typeof accessLog !== 'function' && (typeof accessLog !== 'string' || accessLog === '')) {
     fail('accessLog', accessLog, "'stdout', a file path or a function (entry) => void");
   }
+  const acceptProxyProtocol = o['acceptProxyProtocol'] === undefined ? false : o['acceptProxyProtocol'];
+  if (typeof acceptProxyProtocol !== 'boolean' && acceptProxyProtocol !== 'v1' && acceptProxyProtocol !== 'v2') {
+    fail('acceptProxyProtocol', acceptProxyProtocol, "true, false, 'v1' or 'v2'");
+  }
   const maxSocketsPerUpstream = integer(o, 'maxSocketsPerUpstream', DEFAULTS.maxSocketsPerUpstream, 1, 1_000_000);
   return {
     listenPort: integer(o, 'listenPort', undefined, 0, 65535),
@@ -424,6 +437,7 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
     accessLogQuery: bool(o, 'accessLogQuery', false),
     routes: validateRoutes(o['routes']),
     rateLimit: validateRateLimit('rateLimit', o['rateLimit']),
+    acceptProxyProtocol,
   };
 }
 

@@ -20,6 +20,7 @@ import { AdminServer } from './admin.js';
 import { Observer } from './observe.js';
 import { loadTracing } from './tracing.js';
 import { AccessLog } from './access-log.js';
+import { PP_ANY, PP_BAD, PP_MORE, PP_V1, PP_V2, parseProxyHeader, type ProxyHeader } from './proxy-protocol.js';
 
 const kSniff = Symbol('cmux.sniff');
 const kServer = Symbol('cmux.server');
@@ -36,6 +37,16 @@ interface QueuedConnection {
   socket: AcceptedSocket;
   timer: NodeJS.Timeout;
 }
+
+/** How a cluster worker runs its proxy (not part of createProxyServer's options). */
+export interface ServerInternals {
+  /** Keep request histograms though no admin listener runs here (the primary asks for them). */
+  observe?: boolean;
+  /** Bind with SO_REUSEPORT instead of through the cluster primary (the kernel spreads connections). */
+  reusePort?: boolean;
+}
+
+const NO_INTERNALS: ServerInternals = {};
 
 export interface ProxyAddress {
   address: string;
@@ -87,9 +98,15 @@ export class ProxyServer implements SessionHost, H2Host {
   private acceptLoggedAt = 0;
   private readonly admin: AdminServer | null = null;
   private tracingLoaded = false;
+  /** PROXY protocol versions every connection must start with (PP_V1 | PP_V2); 0: none. */
+  private readonly proxyProtocol: number;
+  private readonly internals: ServerInternals;
 
-  constructor(input: ProxyOptions) {
+  constructor(input: ProxyOptions, internals: ServerInternals = NO_INTERNALS) {
+    this.internals = internals;
     this.options = resolveOptions(input);
+    const pp = this.options.acceptProxyProtocol;
+    this.proxyProtocol = pp === 'v1' ? PP_V1 : pp === 'v2' ? PP_V2 : pp ? PP_ANY : 0;
     const log = createLogger(this.options.logLevel, this.options.logger);
     const resolverFn =
       this.options.containerPortResolver ??
@@ -97,7 +114,7 @@ export class ProxyServer implements SessionHost, H2Host {
     const resolver = resolverFn === undefined ? undefined : new CachedPortResolver(resolverFn, this.options.portResolverCacheTtlMs);
     this.core = new ProxyCore(this.options, this.stats, log, resolver);
     const { adminPort, accessLog } = this.options;
-    if (adminPort !== undefined || accessLog !== undefined) {
+    if (adminPort !== undefined || accessLog !== undefined || internals.observe === true) {
       // A file that cannot be opened fails createProxyServer, not the first request.
       const observer = new Observer(accessLog === undefined ? null : new AccessLog(accessLog, log), this.options.accessLogQuery);
       this.core.observer = observer;
@@ -164,7 +181,12 @@ export class ProxyServer implements SessionHost, H2Host {
       (server as net.Server & { [kServer]: ProxyServer })[kServer] = this;
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
-        server.listen({ port: this.options.listenPort, host: this.options.listenHost }, () => {
+        const at: net.ListenOptions & { reusePort?: boolean } = { port: this.options.listenPort, host: this.options.listenHost };
+        if (this.internals.reusePort === true) {
+          at.exclusive = true;
+          at.reusePort = true;
+        }
+        server.listen(at, () => {
           server.removeListener('error', reject);
           resolve();
         });
@@ -304,8 +326,10 @@ export class ProxyServer implements SessionHost, H2Host {
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     for (const queued of this.queue.splice(0)) this.refuseQueued(queued);
     for (const conn of this.h1) conn.drain();
-    // Connections that have not said anything yet have nothing in flight.
-    for (const socket of this.sockets) if (socket[kSniff] !== undefined) socket.destroy();
+    // Connections that have not said anything yet have nothing in flight. Behind a balancer
+    // (PROXY protocol) they do: it connects as its client does, and the request is on its way;
+    // they keep their head deadline and are served (then closed) within the drain.
+    if (this.proxyProtocol === 0) for (const socket of this.sockets) if (socket[kSniff] !== undefined) socket.destroy();
     for (const session of this.sessions) session.close();
     core.pool.closeIdle();
     core.h2pool.closeIdle();
@@ -370,6 +394,11 @@ export class ProxyServer implements SessionHost, H2Host {
     }, this.core.groupStats());
   }
 
+  /** This process's Prometheus text, or null when nothing observes it (see ServerInternals.observe). */
+  metricsText(): string | null {
+    return this.core.observer?.metrics(this.getStats()) ?? null;
+  }
+
   // ---- connections ----------------------------------------------------------------------
 
   accept(socket: AcceptedSocket): void {
@@ -415,10 +444,10 @@ export class ProxyServer implements SessionHost, H2Host {
     this.sockets.add(socket);
     socket.on('close', servedSocketOnClose);
     socket[kSniff] = null;
-    socket.on('data', sniffOnData);
+    socket.on('data', this.proxyProtocol === 0 ? sniffOnData : proxyHeaderOnData);
     // A connection that never says anything must not hold a slot (slowloris). A fixed deadline,
     // not socket.setTimeout: that one restarts on every byte, so a preface trickled a byte at a
-    // time would live 24 times the budget.
+    // time would live 24 times the budget. It covers a PROXY protocol header too.
     const timer = setTimeout(sniffDeadline, this.options.requestHeadersTimeoutMs, socket);
     timer.unref();
     socket[kSniffTimer] = timer;
@@ -507,6 +536,34 @@ export class ProxyServer implements SessionHost, H2Host {
     }
   }
 
+  /**
+   * The PROXY protocol header, before anything else: the client's address replaces the
+   * balancer's on the socket (what X-Forwarded-For and the access log report); the bytes after
+   * it go to the sniffer. Anything but a valid header closes the connection: there is no one to
+   * answer, the peer is the balancer.
+   */
+  proxyHeader(socket: AcceptedSocket, chunk: Buffer): void {
+    const seen = socket[kSniff];
+    const data = seen === null || seen === undefined ? chunk : Buffer.concat([seen, chunk]);
+    const header = parseProxyHeader(data, this.proxyProtocol);
+    if (header === PP_MORE) {
+      socket[kSniff] = data;
+      return;
+    }
+    if (header === PP_BAD) {
+      this.stats.parseErrors++;
+      if (this.core.log.debugEnabled) this.core.log.debug(`connection from ${socket.remoteAddress ?? ''}: no valid PROXY protocol header, closed`);
+      socket.destroy();
+      return;
+    }
+    const h = header as ProxyHeader;
+    if (h.address !== null) adoptClientAddress(socket, h.address, h.port, h.family!);
+    socket.removeListener('data', proxyHeaderOnData);
+    socket.on('data', sniffOnData);
+    socket[kSniff] = null;
+    if (data.length > h.length) this.sniffed(socket, data.subarray(h.length));
+  }
+
   sniffed(socket: AcceptedSocket, chunk: Buffer): void {
     const seen = socket[kSniff];
     const data = seen === null || seen === undefined ? chunk : Buffer.concat([seen, chunk]);
@@ -566,6 +623,14 @@ export class ProxyServer implements SessionHost, H2Host {
     // socket error destroys the socket.
     secure.disableRenegotiation();
     secure.on('error', destroyOnError);
+    if (this.proxyProtocol !== 0) {
+      // The TLS socket asks the kernel for its peer; the PROXY header's client is on the plain socket.
+      // (Node keeps the wrapped net.Socket as `_parent`.)
+      const plain = (secure as tls.TLSSocket & { _parent?: unknown })._parent;
+      if (plain instanceof net.Socket && Object.hasOwn(plain, 'remoteAddress')) {
+        adoptClientAddress(secure, plain.remoteAddress!, plain.remotePort!, plain.remoteFamily!);
+      }
+    }
     if (secure.alpnProtocol === 'h2') {
       serveH2(this.http2Server(), secure);
       return;
@@ -581,6 +646,8 @@ export class ProxyServer implements SessionHost, H2Host {
   sessionOpened(session: http2.ServerHttp2Session): void {
     this.stats.http2Connections++;
     this.sessions.add(session);
+    // Opened during the drain: GOAWAY at once (its streams are refused, so clients retry them).
+    if (this.core.draining) session.close();
   }
 
   sessionClosed(session: http2.ServerHttp2Session): void {
@@ -618,6 +685,17 @@ function serverOnError(this: net.Server & { [kServer]: ProxyServer }, err: NodeJ
 
 function serverOnConnection(this: net.Server & { [kServer]: ProxyServer }, socket: net.Socket): void {
   this[kServer].accept(socket as AcceptedSocket);
+}
+
+function proxyHeaderOnData(this: AcceptedSocket, chunk: Buffer): void {
+  this[kServer].proxyHeader(this, chunk);
+}
+
+/** The client a PROXY protocol header named, in place of the peer the kernel reports. */
+function adoptClientAddress(socket: net.Socket, address: string, port: number, family: string): void {
+  Object.defineProperty(socket, 'remoteAddress', { value: address, configurable: true });
+  Object.defineProperty(socket, 'remotePort', { value: port, configurable: true });
+  Object.defineProperty(socket, 'remoteFamily', { value: family, configurable: true });
 }
 
 function sniffOnData(this: AcceptedSocket, chunk: Buffer): void {
