@@ -281,7 +281,7 @@ function validateFallback(value: unknown): FallbackOption | undefined {
     if (host !== undefined && (typeof host !== 'string' || host === '')) fail('fallback.host', host, 'a host name or address');
     const tls = f['tls'];
     if (tls !== undefined && typeof tls !== 'boolean') fail('fallback.tls', tls, 'a boolean');
-    return { port, host: host ?? '127.0.0.1', tls: tls === true };
+    return tls === true ? { port, host: host ?? '127.0.0.1', tls } : { port, host: host ?? '127.0.0.1' };
   }
   return fail('fallback', value, '{ port }, { socketPath } or { handler }');
 }
