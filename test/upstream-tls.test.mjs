@@ -247,6 +247,13 @@ describe('TLS to upstreams', () => {
       assert.equal(hung.status, 504);
       assert.ok(Date.now() - t0 < 4000, 'answered within the connect timeout (plus slack)');
       assert.equal(px.proxy.getStats().upstreamConnectTimeouts, 1);
+      // Nothing listening: the connect's own code, not a TLS one.
+      const down = net.createServer();
+      const downPort = await listen(down);
+      await new Promise((r) => down.close(r));
+      const refused = await request(`${px.url}/`, { headers: route(downPort) });
+      assert.equal(refused.status, 502);
+      assert.match(refused.body, /ECONNREFUSED/);
       const cleartext = await request(`${px.url}/`, { headers: route(plainPort) });
       assert.equal(cleartext.status, 502);
       assert.match(cleartext.body, /UPSTREAM_TLS_HANDSHAKE/);

@@ -48,7 +48,15 @@ const CERT_ERRORS: ReadonlySet<string> = new Set([
 ]);
 
 const kTlsUpstream = Symbol('cmux.upstream.tls');
-type UpstreamTlsSocket = tls.TLSSocket & { [kTlsUpstream]?: { connector: UpstreamConnector; cacheKey: string } };
+
+/** What a TLS upstream socket went through: TCP connected, handshake done. */
+interface TlsUpstreamState {
+  readonly connector: UpstreamConnector;
+  readonly cacheKey: string;
+  tcp: boolean;
+  secure: boolean;
+}
+type UpstreamTlsSocket = tls.TLSSocket & { [kTlsUpstream]?: TlsUpstreamState };
 
 /**
  * The code for an error on an upstream socket: a failed TLS handshake becomes
@@ -59,9 +67,11 @@ type UpstreamTlsSocket = tls.TLSSocket & { [kTlsUpstream]?: { connector: Upstrea
 export function upstreamErrorCode(socket: net.Socket | null, err: NodeJS.ErrnoException, fallback: string): string {
   const code = err.code;
   if (code !== undefined && CERT_ERRORS.has(code)) return UPSTREAM_TLS_CERT;
-  if (socket !== null && socket instanceof tls.TLSSocket && !socket.connecting && !(socket as { _secureEstablished?: boolean })._secureEstablished) {
+  const state = socket === null ? undefined : (socket as UpstreamTlsSocket)[kTlsUpstream];
+  if (state !== undefined && state.tcp && !state.secure) {
     // Connected at TCP level, not through the handshake (ERR_SSL_WRONG_VERSION_NUMBER from a
-    // cleartext server, ECONNRESET from one that hung up on the ClientHello, ...).
+    // cleartext server, ECONNRESET from one that hung up on the ClientHello, ...). A refused
+    // connect keeps its own code (ECONNREFUSED: nothing listens there).
     return UPSTREAM_TLS_HANDSHAKE;
   }
   if (code !== undefined && code.startsWith('ERR_SSL_')) return UPSTREAM_TLS_HANDSHAKE;
@@ -131,7 +141,9 @@ export class UpstreamConnector {
       session: this.sessions.get(cacheKey),
       checkServerIdentity: (name, cert) => checkUpstreamIdentity(target, name, cert),
     }) as UpstreamTlsSocket;
-    socket[kTlsUpstream] = { connector: this, cacheKey };
+    socket[kTlsUpstream] = { connector: this, cacheKey, tcp: false, secure: false };
+    socket.on('connect', upstreamOnTcpConnect);
+    socket.on('secureConnect', upstreamOnSecureConnect);
     socket.on('session', upstreamOnSession);
     return socket;
   }
@@ -176,6 +188,16 @@ export class UpstreamConnector {
 }
 
 function ignore(): void {}
+
+function upstreamOnTcpConnect(this: UpstreamTlsSocket): void {
+  const state = this[kTlsUpstream];
+  if (state !== undefined) state.tcp = true;
+}
+
+function upstreamOnSecureConnect(this: UpstreamTlsSocket): void {
+  const state = this[kTlsUpstream];
+  if (state !== undefined) state.secure = true;
+}
 
 function upstreamOnSession(this: UpstreamTlsSocket, session: Buffer): void {
   const state = this[kTlsUpstream];
