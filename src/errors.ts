@@ -54,6 +54,9 @@ export const UPSTREAM_NOT_DELIVERED: ReadonlySet<string> = new Set([
   'EADDRNOTAVAIL',
   'ENOENT', // unix socket path missing
   'CONNECT_TIMEOUT',
+  // A TLS handshake that failed: the request was never written.
+  'UPSTREAM_TLS_CERT',
+  'UPSTREAM_TLS_HANDSHAKE',
   // The proxy's own limits: no upstream socket was opened.
   'SOCKET_LIMIT',
   'FD_LIMIT',
@@ -110,6 +113,12 @@ export function upstreamFailureAnswer(code: string): { status: number; message: 
   // The proxy's own limits, not the upstream's fault: 503, try again later.
   if (code === 'FD_LIMIT' || code === 'EMFILE' || code === 'ENFILE') return { status: 503, message: 'proxy out of file descriptors' };
   if (code === 'SOCKET_LIMIT') return { status: 503, message: 'upstream socket limit reached' };
+  if (code === 'UPSTREAM_TLS_CERT') {
+    return { status: 502, message: 'upstream request error: UPSTREAM_TLS_CERT (the upstream TLS certificate did not verify)' };
+  }
+  if (code === 'UPSTREAM_TLS_HANDSHAKE') {
+    return { status: 502, message: 'upstream request error: UPSTREAM_TLS_HANDSHAKE (the TLS handshake with the upstream failed)' };
+  }
   return { status: 502, message: `upstream request error: ${code}` };
 }
 

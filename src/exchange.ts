@@ -226,7 +226,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       }
       if (protocol === undefined) {
         // `auto` and not known yet: ask the upstream once, then go on.
-        this.core.probeProtocol(target).then(() => this.start(target), () => this.start(target));
+        this.core.probeProtocol(target, this.host).then(() => this.start(target), () => this.start(target));
         return;
       }
     }

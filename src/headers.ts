@@ -18,6 +18,7 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'x-cmux-port-internal',
   'x-cmux-workspace-internal',
   'x-cmux-host-override',
+  'x-cmux-upstream-scheme',
 ]);
 
 /**
@@ -63,6 +64,7 @@ const N_PORT_HEADER = N_HOP | 5;
 const N_WORKSPACE_HEADER = N_HOP | 6;
 const N_HOST_OVERRIDE = N_HOP | 7;
 const N_TE = N_HOP | 8;
+const N_SCHEME_HEADER = N_HOP | 9;
 
 const KIND_BY_LOWER_NAME: ReadonlyMap<string, number> = new Map([
   ...[...HOP_BY_HOP].map((name) => [name, N_HOP] as const),
@@ -73,6 +75,7 @@ const KIND_BY_LOWER_NAME: ReadonlyMap<string, number> = new Map([
   ['x-cmux-port-internal', N_PORT_HEADER],
   ['x-cmux-workspace-internal', N_WORKSPACE_HEADER],
   ['x-cmux-host-override', N_HOST_OVERRIDE],
+  ['x-cmux-upstream-scheme', N_SCHEME_HEADER],
   ['te', N_TE],
   ['host', N_HOST],
   ['content-length', N_CONTENT_LENGTH],
@@ -124,6 +127,8 @@ export interface RequestHeadFacts {
   portHeader: string | undefined;
   workspaceHeader: string | undefined;
   hostOverride: string | undefined;
+  /** `X-Cmux-Upstream-Scheme`: `https` asks for TLS to the upstream, `http` for cleartext. */
+  schemeHeader: string | undefined;
   contentLength: string | undefined;
   chunked: boolean;
   /** How many `Via` entries name this proxy instance. */
@@ -140,6 +145,7 @@ export interface RequestHeadFacts {
 export const REPEATED_PORT = 1;
 export const REPEATED_WORKSPACE = 2;
 export const REPEATED_HOST_OVERRIDE = 4;
+export const REPEATED_SCHEME = 8;
 
 export function emptyFacts(): RequestHeadFacts {
   return {
@@ -148,6 +154,7 @@ export function emptyFacts(): RequestHeadFacts {
     portHeader: undefined,
     workspaceHeader: undefined,
     hostOverride: undefined,
+    schemeHeader: undefined,
     contentLength: undefined,
     chunked: false,
     viaSelfCount: 0,
@@ -208,6 +215,10 @@ export function scanRequestHeaders(raw: readonly string[], viaToken: string, fac
       case N_HOST_OVERRIDE:
         if (facts.hostOverride !== undefined) facts.repeatedRouting |= REPEATED_HOST_OVERRIDE;
         facts.hostOverride = raw[i + 1]!;
+        break;
+      case N_SCHEME_HEADER:
+        if (facts.schemeHeader !== undefined) facts.repeatedRouting |= REPEATED_SCHEME;
+        facts.schemeHeader = raw[i + 1]!;
         break;
       case N_WORKSPACE_HEADER:
         if (facts.workspaceHeader !== undefined) facts.repeatedRouting |= REPEATED_WORKSPACE;

@@ -16,7 +16,7 @@ export type ContainerPortResolver = (container: string, port: number) => Promise
  * `IncomingMessage` / `ServerResponse` objects (and `upgrade` sees the raw socket).
  */
 export type FallbackOption =
-  | { port: number; host?: string }
+  | { port: number; host?: string; tls?: boolean }
   | { socketPath: string }
   | {
       handler: (req: IncomingMessage, res: ServerResponse) => void;
@@ -122,6 +122,14 @@ export interface ProxyOptions {
   http2MaxConcurrentStreams?: number;
   /** How long `auto` remembers what an upstream speaks. */
   upstreamProtocolCacheTtlMs?: number;
+  /** Speak TLS to routed upstreams (a request's `X-Cmux-Upstream-Scheme` decides for itself). */
+  upstreamTls?: boolean;
+  /** Refuse upstream certificates that do not verify. */
+  upstreamTlsRejectUnauthorized?: boolean;
+  /** Accept certificates that do not verify (self-signed) from loopback upstreams only. */
+  upstreamTlsInsecureLoopback?: boolean;
+  /** A PEM file of CA certificates trusted for upstreams, besides Node's roots. */
+  upstreamCa?: string;
   fallback?: FallbackOption;
   containerPortResolver?: ContainerPortResolver;
   /** Docker Engine API unix socket; builds a container port resolver when no resolver is given. */
@@ -178,6 +186,10 @@ export interface ResolvedOptions {
   maxSessionsPerUpstream: number;
   http2MaxConcurrentStreams: number;
   upstreamProtocolCacheTtlMs: number;
+  upstreamTls: boolean;
+  upstreamTlsRejectUnauthorized: boolean;
+  upstreamTlsInsecureLoopback: boolean;
+  upstreamCa: string | undefined;
   fallback: FallbackOption | undefined;
   containerPortResolver: ContainerPortResolver | undefined;
   dockerSocketPath: string | undefined;
@@ -220,6 +232,9 @@ export const DEFAULTS = {
   // take a large share of the process's file descriptors (each stream may hold an upstream socket).
   http2MaxConcurrentStreams: 100,
   upstreamProtocolCacheTtlMs: 300_000,
+  upstreamTls: false,
+  upstreamTlsRejectUnauthorized: true,
+  upstreamTlsInsecureLoopback: false,
   portResolverCacheTtlMs: 2_000,
   logLevel: 'info' as LogLevel,
   adminHost: '127.0.0.1',
@@ -232,7 +247,8 @@ const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'upstreamIdleTimeoutMs', 'keepaliveMs', 'headerRoutingEnabled', 'workspaceIsolation',
   'preserveHost', 'upstreamProtocol', 'upstreamConnectTimeoutMs', 'upstreamResponseTimeoutMs',
   'requestHeadersTimeoutMs', 'drainTimeoutMs', 'maxHeaderSize', 'maxHeadersCount',
-  'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'http2MaxConcurrentStreams', 'upstreamProtocolCacheTtlMs', 'fallback', 'containerPortResolver',
+  'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'http2MaxConcurrentStreams', 'upstreamProtocolCacheTtlMs',
+  'upstreamTls', 'upstreamTlsRejectUnauthorized', 'upstreamTlsInsecureLoopback', 'upstreamCa', 'fallback', 'containerPortResolver',
   'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls', 'adminPort', 'adminHost', 'accessLog', 'accessLogQuery', 'routes', 'rateLimit',
   'acceptProxyProtocol',
 ]);
@@ -325,14 +341,16 @@ function validateFallback(value: unknown): FallbackOption | undefined {
     return { socketPath: f['socketPath'] };
   }
   if ('port' in f) {
-    onlyKnown('fallback', f, ['port', 'host']);
+    onlyKnown('fallback', f, ['port', 'host', 'tls']);
     const port = f['port'];
     if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) {
       fail('fallback.port', port, 'an integer from 1 to 65535');
     }
     const host = f['host'];
     if (host !== undefined && (typeof host !== 'string' || host === '')) fail('fallback.host', host, 'a host name or address');
-    return { port, host: host ?? '127.0.0.1' };
+    const tls = f['tls'];
+    if (tls !== undefined && typeof tls !== 'boolean') fail('fallback.tls', tls, 'a boolean');
+    return tls === true ? { port, host: host ?? '127.0.0.1', tls } : { port, host: host ?? '127.0.0.1' };
   }
   return fail('fallback', value, '{ port }, { socketPath } or { handler }');
 }
@@ -396,6 +414,8 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
   if (typeof acceptProxyProtocol !== 'boolean' && acceptProxyProtocol !== 'v1' && acceptProxyProtocol !== 'v2') {
     fail('acceptProxyProtocol', acceptProxyProtocol, "true, false, 'v1' or 'v2'");
   }
+  const upstreamCa = o['upstreamCa'];
+  if (upstreamCa !== undefined && (typeof upstreamCa !== 'string' || upstreamCa === '')) fail('upstreamCa', upstreamCa, 'a PEM file path');
   const maxSocketsPerUpstream = integer(o, 'maxSocketsPerUpstream', DEFAULTS.maxSocketsPerUpstream, 1, 1_000_000);
   return {
     listenPort: integer(o, 'listenPort', undefined, 0, 65535),
@@ -424,6 +444,10 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
     maxSessionsPerUpstream: integer(o, 'maxSessionsPerUpstream', DEFAULTS.maxSessionsPerUpstream, 1, 10_000),
     http2MaxConcurrentStreams: integer(o, 'http2MaxConcurrentStreams', DEFAULTS.http2MaxConcurrentStreams, 1, 10_000),
     upstreamProtocolCacheTtlMs: integer(o, 'upstreamProtocolCacheTtlMs', DEFAULTS.upstreamProtocolCacheTtlMs, 0, MAX_TIMEOUT),
+    upstreamTls: bool(o, 'upstreamTls', DEFAULTS.upstreamTls),
+    upstreamTlsRejectUnauthorized: bool(o, 'upstreamTlsRejectUnauthorized', DEFAULTS.upstreamTlsRejectUnauthorized),
+    upstreamTlsInsecureLoopback: bool(o, 'upstreamTlsInsecureLoopback', DEFAULTS.upstreamTlsInsecureLoopback),
+    upstreamCa: upstreamCa as string | undefined,
     fallback: validateFallback(o['fallback']),
     containerPortResolver: resolver as ContainerPortResolver | undefined,
     dockerSocketPath: dockerSocketPath as string | undefined,

@@ -21,11 +21,13 @@ import {
   routeError,
   type RouteError,
 } from './route/router.js';
-import { pinnedTcpTarget, socketTarget, tcpTarget, type Target } from './route/target.js';
+import { pinnedTcpTarget, socketTarget, tcpTarget, tlsTarget, type Target } from './route/target.js';
 import type { GroupStats, StatsCounters } from './stats.js';
 import { OUTCOME_NEUTRAL, RouteTable, type GroupMember, type UpstreamGroup } from './upstream/group.js';
-import { validateRoutes } from './options.js';
+import { UpstreamConnector } from './upstream/connect.js';
+import { OptionError, validateRoutes, type FallbackOption } from './options.js';
 import { RateLimiter } from './rate-limit.js';
+import { readFileSync } from 'node:fs';
 import { UpstreamPool } from './upstream/h1-pool.js';
 import { H2UpstreamPool, probeH2c } from './upstream/h2-pool.js';
 import { LRUCache } from 'lru-cache';
@@ -76,6 +78,21 @@ const ERR_TOO_MANY_REQUESTS = routeError(429, ErrorCodes.TOO_MANY_REQUESTS, 'too
 
 const ERR_CONNECT_BAD_AUTHORITY = routeError(400, ErrorCodes.BAD_REQUEST, 'CONNECT needs host:port with a decimal port 1-65535');
 
+const ERR_INVALID_SCHEME = routeError(400, ErrorCodes.BAD_REQUEST, 'invalid X-Cmux-Upstream-Scheme: expected http or https');
+
+/** The PEM text of `upstreamCa`, read once when the proxy is made (a bad file is a bad option). */
+function readCa(path: string | undefined): string | undefined {
+  if (path === undefined) return undefined;
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    throw new OptionError('upstreamCa', path, 'a readable PEM file of CA certificates');
+  }
+  if (!text.includes('-----BEGIN CERTIFICATE-----')) throw new OptionError('upstreamCa', path, 'a PEM file of CA certificates');
+  return text;
+}
+
 /**
  * `host:port` of a CONNECT target (RFC 9110 §9.3.6, authority-form: the port is required), or
  * null. The port is decimal digits only (RFC 3986 §3.2.3): `Number()` would read `0x50`, `+80`,
@@ -104,6 +121,8 @@ export class ProxyCore {
   readonly log: Logger & { readonly debugEnabled: boolean };
   readonly pool: UpstreamPool;
   readonly h2pool: H2UpstreamPool;
+  /** Opens upstream connections (TLS with the certificate rules of the options). */
+  readonly connector: UpstreamConnector;
   /** `auto`: what each upstream speaks, learned once per TTL. */
   private readonly protocols: LRUCache<string, 'h2c' | 'http1'> | null;
   private readonly probes = new Map<string, Promise<void>>();
@@ -151,8 +170,14 @@ export class ProxyCore {
     this.viaEntryH2 = `2 ${this.viaToken}`;
     // Unique enough to tell processes apart in one log; not a secret (no node:crypto).
     this.requestIdPrefix = `${((Math.random() * 0x1_0000_0000) >>> 0).toString(16).padStart(8, '0')}${((Math.random() * 0x1_0000) >>> 0).toString(16).padStart(4, '0')}-`;
+    this.connector = new UpstreamConnector({
+      rejectUnauthorized: options.upstreamTlsRejectUnauthorized,
+      insecureLoopback: options.upstreamTlsInsecureLoopback,
+      ca: readCa(options.upstreamCa),
+    });
     this.pool = new UpstreamPool(
       {
+        connector: this.connector,
         connectTimeoutMs: options.upstreamConnectTimeoutMs,
         idleTimeoutMs: options.upstreamIdleTimeoutMs,
         keepaliveMs: options.keepaliveMs,
@@ -164,6 +189,7 @@ export class ProxyCore {
     );
     this.h2pool = new H2UpstreamPool(
       {
+        connector: this.connector,
         connectTimeoutMs: options.upstreamConnectTimeoutMs,
         responseTimeoutMs: options.upstreamResponseTimeoutMs,
         idleTimeoutMs: options.upstreamIdleTimeoutMs,
@@ -184,7 +210,10 @@ export class ProxyCore {
     this.handlerFallback = fallback !== undefined && 'handler' in fallback;
     if (fallback !== undefined) {
       if ('socketPath' in fallback) this.fallbackTarget = socketTarget(fallback.socketPath);
-      else if ('port' in fallback) this.fallbackTarget = pinnedTcpTarget(fallback.host ?? LOCAL_HOST, fallback.port);
+      else if ('port' in fallback) {
+        const target = pinnedTcpTarget(fallback.host ?? LOCAL_HOST, fallback.port);
+        this.fallbackTarget = (fallback as Extract<FallbackOption, { port: number }>).tls === true ? tlsTarget(target) : target;
+      }
     }
   }
 
@@ -236,7 +265,23 @@ export class ProxyCore {
     if (this.isSelf(r)) return this.refuse(req, ERR_LOOP);
     if (this.handlerFallback && this.isPrivateFallback(r)) return this.refuse(req, ERR_PRIVATE_PORT);
     if (this.isAdmin(r)) return this.refuse(req, ERR_ADMIN_PORT);
-    this.go(req, r);
+    this.goSchemed(req, r);
+  }
+
+  /**
+   * Starts a routed request over TLS or cleartext: `X-Cmux-Upstream-Scheme` (with header routing
+   * on) decides for the request, else `upstreamTls`. Only how the proxy speaks to the address
+   * routing chose changes, never the address.
+   */
+  private goSchemed(req: Routable, target: Target): void {
+    const scheme = req.facts.schemeHeader;
+    if (scheme !== undefined && this.options.headerRoutingEnabled) {
+      const value = scheme.trim().toLowerCase();
+      if (value === 'https') return this.go(req, tlsTarget(target));
+      if (value !== 'http') return this.refuse(req, ERR_INVALID_SCHEME);
+      return this.go(req, target);
+    }
+    this.go(req, this.options.upstreamTls ? tlsTarget(target) : target);
   }
 
   /** A route with an upstream group: the balancer's pick, or `503 no healthy upstream` at once. */
@@ -332,7 +377,7 @@ export class ProxyCore {
     if (this.isSelf(target)) return this.refuse(req, ERR_LOOP);
     if (this.handlerFallback && this.isPrivateFallback(target)) return this.refuse(req, ERR_PRIVATE_PORT);
     if (this.isAdmin(target)) return this.refuse(req, ERR_ADMIN_PORT);
-    this.go(req, target);
+    this.goSchemed(req, target);
   }
 
   /**
@@ -443,13 +488,16 @@ export class ProxyCore {
   }
 
   /** Tries h2c prior knowledge once per target (concurrent callers share the probe). */
-  probeProtocol(target: Target): Promise<void> {
+  probeProtocol(target: Target, host: string | undefined): Promise<void> {
     let probe = this.probes.get(target.key);
     if (probe === undefined) {
-      probe = probeH2c(target, this.options.upstreamConnectTimeoutMs).then((h2) => {
+      // Over TLS, ALPN answers the question in the handshake: `h2` or `http/1.1`.
+      const timeout = this.options.upstreamConnectTimeoutMs;
+      const asked = target.tls ? this.connector.probeAlpn(target, host, timeout) : probeH2c(this.connector, target, timeout);
+      probe = asked.then((h2) => {
         this.protocols!.set(target.key, h2 ? 'h2c' : 'http1');
         this.probes.delete(target.key);
-        if (this.log.debugEnabled) this.log.debug(`upstream ${target.key} speaks ${h2 ? 'h2c' : 'http1'}`);
+        if (this.log.debugEnabled) this.log.debug(`upstream ${target.key} speaks ${h2 ? (target.tls ? 'h2' : 'h2c') : 'http1'}`);
       });
       this.probes.set(target.key, probe);
     }
@@ -458,7 +506,9 @@ export class ProxyCore {
 
   /** Request headers for an h2c upstream (RFC 9113 §8.2.2: no connection-specific fields). */
   buildH2Headers(ex: Exchange, target: Target): http2.OutgoingHttpHeaders {
-    return buildUpstreamH2Headers(ex.method, ex.path, ex.raw, ex.facts.connectionTokens, this.forwardContext(ex, target, false, false));
+    const headers = buildUpstreamH2Headers(ex.method, ex.path, ex.raw, ex.facts.connectionTokens, this.forwardContext(ex, target, false, false));
+    if (target.tls) headers[':scheme'] = 'https';
+    return headers;
   }
 
   countUpstreamFailure(code: string): void {

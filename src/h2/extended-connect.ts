@@ -8,6 +8,7 @@ import { upstreamFailureAnswer } from '../errors.js';
 import { crypto } from '../builtins.js';
 import { HTTP2_HEADER_STATUS } from './constants.js';
 import type { TunnelUser } from '../upstream/h1-pool.js';
+import { readyEvent, upstreamErrorCode } from '../upstream/connect.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import { TUNNEL_KIND_CONNECT, TUNNEL_KIND_WEBSOCKET, routeKind, type TunnelInfo } from '../observe.js';
 import {
@@ -180,7 +181,7 @@ class WebSocketBridge implements Routable, TunnelUser {
     }
     this.target = target;
     // The upstream socket counts against maxSocketsPerUpstream like any other.
-    this.core.pool.openTunnel(target, this);
+    this.core.pool.openTunnel(target, this, this.host);
   }
 
   /** The member's load, given back when no upstream socket will hold it. */
@@ -212,8 +213,9 @@ class WebSocketBridge implements Routable, TunnelUser {
     const socket = upstream as BridgeSocket;
     socket[kBridge] = this;
     this.socket = socket;
+    // Over TLS the upgrade request goes once the handshake is through: the connect timeout covers both.
     socket.setTimeout(this.core.options.upstreamConnectTimeoutMs);
-    socket.on('connect', bridgeSocketOnConnect);
+    socket.on(readyEvent(this.target!), bridgeSocketOnConnect);
     socket.on('error', bridgeSocketOnError);
     socket.on('timeout', bridgeSocketOnTimeout);
     socket.on('data', bridgeSocketOnData);
@@ -446,7 +448,7 @@ function bridgeSocketOnData(this: BridgeSocket, chunk: Buffer): void {
 }
 
 function bridgeSocketOnError(this: BridgeSocket, err: NodeJS.ErrnoException): void {
-  this[kBridge].fail(err.code ?? 'UPSTREAM_ERROR');
+  this[kBridge].fail(upstreamErrorCode(this, err, 'UPSTREAM_ERROR'));
 }
 
 function bridgeSocketOnTimeout(this: BridgeSocket): void {

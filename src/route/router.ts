@@ -1,5 +1,5 @@
 import { ErrorCodes } from '../errors.js';
-import { REPEATED_PORT, REPEATED_WORKSPACE } from '../headers.js';
+import { REPEATED_PORT, REPEATED_SCHEME, REPEATED_WORKSPACE } from '../headers.js';
 import { hostName, matchHost, parsePort } from './host-patterns.js';
 import { tcpTarget, type Target } from './target.js';
 import type { RouteTable, UpstreamGroup } from '../upstream/group.js';
@@ -39,6 +39,7 @@ export const ERR_WORKSPACE_NOT_UTF8 = routeError(400, ErrorCodes.INVALID_WORKSPA
 export const ERR_REPEATED_PORT = routeError(400, ErrorCodes.BAD_REQUEST, 'X-Cmux-Port-Internal given more than once');
 export const ERR_REPEATED_WORKSPACE = routeError(400, ErrorCodes.BAD_REQUEST, 'X-Cmux-Workspace-Internal given more than once');
 export const ERR_REPEATED_HOST_OVERRIDE = routeError(400, ErrorCodes.BAD_REQUEST, 'X-Cmux-Host-Override given more than once');
+export const ERR_REPEATED_SCHEME = routeError(400, ErrorCodes.BAD_REQUEST, 'X-Cmux-Upstream-Scheme given more than once');
 export const ERR_CONTAINER_NOT_FOUND = routeError(404, ErrorCodes.CONTAINER_NOT_FOUND, 'container not found');
 export const ERR_RESOLVER_FAILED = routeError(502, ErrorCodes.RESOLVER_FAILED, 'container port resolver failed');
 export const ERR_LOOP = routeError(508, ErrorCodes.LOOP_DETECTED, 'Loop detected in proxy');
@@ -92,7 +93,9 @@ function trimOws(value: string): string {
 }
 
 function repeatedError(repeated: number): RouteError {
-  return (repeated & REPEATED_PORT) !== 0 ? ERR_REPEATED_PORT : (repeated & REPEATED_WORKSPACE) !== 0 ? ERR_REPEATED_WORKSPACE : ERR_REPEATED_HOST_OVERRIDE;
+  if ((repeated & REPEATED_PORT) !== 0) return ERR_REPEATED_PORT;
+  if ((repeated & REPEATED_WORKSPACE) !== 0) return ERR_REPEATED_WORKSPACE;
+  return (repeated & REPEATED_SCHEME) !== 0 ? ERR_REPEATED_SCHEME : ERR_REPEATED_HOST_OVERRIDE;
 }
 
 /** The target for a workspace IP lookup's answer, or `WS_NOT_ASCII` for the caller to decode. */

@@ -4,8 +4,12 @@ export interface Target {
   readonly port: number;
   /** Unix socket path; when set, host/port are only descriptive. */
   readonly socketPath: string | undefined;
-  /** Pool key and log label. */
+  /** Pool key and log label (`tls:` in front for a TLS target: TLS and cleartext never share a pool entry). */
   readonly key: string;
+  /** Spoken to over TLS. */
+  readonly tls: boolean;
+  /** The TLS target for the same address (made on first use; see `tlsTarget`). */
+  twin: Target | undefined;
 }
 
 type TargetTable = Map<string, Map<number, Target>>;
@@ -39,7 +43,21 @@ function insert(table: TargetTable, target: Target): void {
 }
 
 function makeTcpTarget(host: string, port: number): Target {
-  return { host, port, socketPath: undefined, key: host.includes(':') ? `[${host}]:${port}` : `${host}:${port}` };
+  return { host, port, socketPath: undefined, key: host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`, tls: false, twin: undefined };
+}
+
+/**
+ * The TLS target for the address of a cleartext TCP target: one object per cleartext target
+ * (kept on it, so it lives and is evicted with it), with its own pool key.
+ */
+export function tlsTarget(target: Target): Target {
+  if (target.tls || target.socketPath !== undefined) return target;
+  let twin = target.twin;
+  if (twin === undefined) {
+    twin = { host: target.host, port: target.port, socketPath: undefined, key: `tls:${target.key}`, tls: true, twin: target };
+    target.twin = twin;
+  }
+  return twin;
 }
 
 export function tcpTarget(host: string, port: number): Target {
@@ -84,7 +102,7 @@ const bySocket = new Map<string, Target>();
 export function socketTarget(path: string): Target {
   let target = bySocket.get(path);
   if (target === undefined) {
-    target = { host: 'localhost', port: 0, socketPath: path, key: `unix:${path}` };
+    target = { host: 'localhost', port: 0, socketPath: path, key: `unix:${path}`, tls: false, twin: undefined };
     bySocket.set(path, target);
   }
   return target;

@@ -1,7 +1,7 @@
 import type net from 'node:net';
 import { DeadlineSweep, type Expirable } from '../deadlines.js';
 import { FdBudget } from '../fd-budget.js';
-import { connectTo } from './connect.js';
+import { ALPN_HTTP1, readyEvent, upstreamErrorCode, type UpstreamConnector } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters, PoolStats } from '../stats.js';
 import {
@@ -41,6 +41,8 @@ export interface UpstreamUser {
   readonly out: ReadBatch | null;
   /** A socket being connected for this user (set and cleared by the pool). */
   connecting: UpstreamConn | null;
+  /** The client's Host: the server name (SNI) of a new TLS connection. */
+  readonly host: string | undefined;
 }
 
 /**
@@ -77,6 +79,8 @@ export interface TunnelUser {
 /** A tunnel waiting for a slot, with the timer that bounds the wait. */
 interface TunnelWaiter {
   user: TunnelUser;
+  /** The client's Host (SNI for a TLS target). */
+  host: string | undefined;
   timer: NodeJS.Timeout;
 }
 
@@ -353,7 +357,7 @@ function socketOnEnd(this: UpstreamSocket): void {
 function socketOnError(this: UpstreamSocket, err: NodeJS.ErrnoException): void {
   const conn = this[kUpstream];
   if (err.code === 'EMFILE' || err.code === 'ENFILE') conn.entry.pool.fds.exhausted();
-  conn.errorCode ??= err.code ?? 'UPSTREAM_ERROR';
+  conn.errorCode ??= upstreamErrorCode(this, err, 'UPSTREAM_ERROR');
 }
 
 function socketOnTimeout(this: UpstreamSocket): void {
@@ -422,6 +426,9 @@ class PoolEntry {
 export type { PoolEntry };
 
 export interface PoolConfig {
+  /** Opens the sockets (TCP, unix, TLS). */
+  connector: UpstreamConnector;
+  /** TCP connect, plus the TLS handshake for a TLS target -> CONNECT_TIMEOUT. */
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   keepaliveMs: number;
@@ -518,9 +525,9 @@ export class UpstreamPool {
   }
 
   /** A new socket to the entry's upstream, counted in its slots and the descriptor budget; null past the budget. */
-  private openSocket(entry: PoolEntry): net.Socket | null {
+  private openSocket(entry: PoolEntry, host: string | undefined): net.Socket | null {
     if (!this.fds.upstreamAllowed()) return null;
-    const socket = connectTo(entry.target);
+    const socket = this.config.connector.connect(entry.target, host, ALPN_HTTP1);
     this.stats.upstreamSocketsCreated++;
     entry.total++;
     this.fds.upstream++;
@@ -528,7 +535,7 @@ export class UpstreamPool {
   }
 
   private connect(entry: PoolEntry, user: UpstreamUser): void {
-    const socket = this.openSocket(entry);
+    const socket = this.openSocket(entry, user.host);
     if (socket === null) {
       user.onUpstreamFailure(null, 'FD_LIMIT');
       this.dropIfUnused(entry);
@@ -537,8 +544,9 @@ export class UpstreamPool {
     const conn = new UpstreamConn(entry, socket, this.config.maxHeaderSize);
     conn.beginExchange(user);
     user.connecting = conn;
+    // A TLS upstream is ready once its handshake is through: the connect timeout covers both.
     socket.setTimeout(this.config.connectTimeoutMs);
-    socket.on('connect', socketOnConnect);
+    socket.on(readyEvent(entry.target), socketOnConnect);
     socket.on('data', socketOnData);
     socket.on('end', socketOnEnd);
     socket.on('error', socketOnError);
@@ -612,7 +620,7 @@ export class UpstreamPool {
    */
   detach(conn: UpstreamConn): void {
     const socket = conn.socket;
-    socket.removeListener('connect', socketOnConnect);
+    socket.removeListener(readyEvent(conn.entry.target), socketOnConnect);
     socket.removeListener('data', socketOnData);
     socket.removeListener('end', socketOnEnd);
     socket.removeListener('error', socketOnError);
@@ -635,14 +643,14 @@ export class UpstreamPool {
    * free, else once one frees up (an idle pooled socket is closed to make room). A tunnel that
    * gets no slot within the connect timeout gets `onTunnelSocket(null)`.
    */
-  openTunnel(target: Target, user: TunnelUser): void {
+  openTunnel(target: Target, user: TunnelUser, host?: string): void {
     const entry = this.entryFor(target);
     if (entry.total < this.config.maxSockets) {
-      this.startTunnel(entry, user);
+      this.startTunnel(entry, user, host);
       return;
     }
     const timer = setTimeout(tunnelWaitExpired, this.config.connectTimeoutMs, this, entry, user);
-    entry.tunnelWaiters.push({ user, timer });
+    entry.tunnelWaiters.push({ user, host, timer });
     // Idle sockets hold slots too: give one up (its close frees the slot, see forget()).
     const idle = entry.idle.shift();
     if (idle !== undefined) this.destroy(idle);
@@ -667,8 +675,8 @@ export class UpstreamPool {
     user.onTunnelSocket(null, 'SOCKET_LIMIT');
   }
 
-  private startTunnel(entry: PoolEntry, user: TunnelUser): void {
-    const socket = this.openSocket(entry);
+  private startTunnel(entry: PoolEntry, user: TunnelUser, host: string | undefined): void {
+    const socket = this.openSocket(entry, host);
     if (socket === null) {
       this.dropIfUnused(entry);
       user.onTunnelSocket(null, 'FD_LIMIT');
@@ -700,7 +708,7 @@ export class UpstreamPool {
       if (tunnel !== undefined) {
         clearTimeout(tunnel.timer);
         if (this.closed) tunnel.user.onTunnelSocket(null, 'PROXY_STOPPING');
-        else this.startTunnel(entry, tunnel.user);
+        else this.startTunnel(entry, tunnel.user, tunnel.host);
       }
     }
     this.dropIfUnused(entry);

@@ -5,7 +5,7 @@ import { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_REFUSED_STREAM } from 
 import { keepSessionOnStreamError } from '../h2/protocol-error.js';
 import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from '../h2/windows.js';
 import { trailersH2 } from '../headers.js';
-import { connectTo } from './connect.js';
+import { ALPN_H2, upstreamErrorCode, type UpstreamConnector } from './connect.js';
 import type { DeadlineSweep, Expirable } from '../deadlines.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters } from '../stats.js';
@@ -18,6 +18,8 @@ export interface H2UpstreamUser {
   h2Headers(): http2.OutgoingHttpHeaders;
   /** True when the request has no body (END_STREAM on HEADERS). */
   readonly h2EndStream: boolean;
+  /** The client's Host: the server name (SNI) of a new TLS session. */
+  readonly host: string | undefined;
   h2Started(req: H2UpstreamRequest): void;
   /** `endStream`: the response HEADERS ended the stream (no body; a trailers-only answer). */
   h2Response(status: number, raw: string[], endStream: boolean): void;
@@ -224,7 +226,10 @@ class UpSession implements Expirable {
   readonly pool: H2UpstreamPool;
   readonly entry: H2Entry;
   readonly session: http2.ClientHttp2Session;
-  /** The connection under the session (Node's `session.socket` is a proxy that refuses destroy()). */
+  /**
+   * The connection under the session (Node's `session.socket` is a proxy that refuses destroy());
+   * also tells a failed TLS handshake from other errors.
+   */
   private socket: net.Socket | null = null;
   active = 0;
   /** Peer's SETTINGS_MAX_CONCURRENT_STREAMS once known (RFC 9113 §6.5.2: unlimited until then; we assume 100). */
@@ -236,12 +241,14 @@ class UpSession implements Expirable {
   inSweep = false;
   private ping: NodeJS.Timeout | null = null;
 
-  constructor(pool: H2UpstreamPool, entry: H2Entry) {
+  constructor(pool: H2UpstreamPool, entry: H2Entry, host: string | undefined) {
     this.pool = pool;
     this.entry = entry;
     const target = entry.target;
-    const session = loadHttp2().connect(`http://${target.key}`, {
-      createConnection: () => (this.socket = connectTo(target)),
+    // Over TLS the session starts once the handshake is through (node:http2 waits for
+    // 'secureConnect'); the connect deadline below covers it.
+    const session = loadHttp2().connect(target.tls ? `https://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}` : `http://${target.key}`, {
+      createConnection: () => (this.socket = pool.connector.connect(target, host, ALPN_H2)),
       // A proxy may hold many streams from slow clients: node:http2's 10 MB default is too small.
       maxSessionMemory: 64,
       settings:
@@ -267,8 +274,10 @@ class UpSession implements Expirable {
       if (this.active === 0) session.close();
     });
     session.on('error', (err: NodeJS.ErrnoException) => {
-      // Not an h2c server, or a protocol error on its side: BAD_RESPONSE.
-      this.failWaiters(h2UpstreamCode(err, 'BAD_RESPONSE'));
+      // Not an h2c server, or a protocol error on its side: BAD_RESPONSE. A failed TLS
+      // handshake: UPSTREAM_TLS_CERT or UPSTREAM_TLS_HANDSHAKE.
+      const tlsCode = this.entry.target.tls ? upstreamErrorCode(this.ready ? null : this.socket, err, '') : '';
+      this.failWaiters(tlsCode.startsWith('UPSTREAM_TLS_') ? tlsCode : h2UpstreamCode(err, 'BAD_RESPONSE'));
     });
     session.on('close', () => this.onClose());
     session.setTimeout(pool.idleTimeoutMs, this.closeIfIdle);
@@ -364,6 +373,8 @@ interface H2Entry {
 }
 
 export interface H2PoolConfig {
+  /** Opens the connections (TCP, unix, TLS with ALPN h2). */
+  connector: UpstreamConnector;
   /** TCP connect plus the peer's SETTINGS -> CONNECT_TIMEOUT. */
   connectTimeoutMs: number;
   /** Stream opened -> final response head -> RESPONSE_TIMEOUT. */
@@ -395,10 +406,12 @@ export class H2UpstreamPool {
   readonly fds: FdBudget | null;
   /** Session connect and stream deadlines: the sweep of the HTTP/1.1 pool's phase deadlines. */
   readonly deadlines: DeadlineSweep;
+  readonly connector: UpstreamConnector;
 
   constructor(config: H2PoolConfig, stats: StatsCounters, deadlines: DeadlineSweep, fds: FdBudget | null = null) {
     this.stats = stats;
     this.fds = fds;
+    this.connector = config.connector;
     this.deadlines = deadlines;
     this.connectTimeoutMs = config.connectTimeoutMs;
     this.responseTimeoutMs = config.responseTimeoutMs;
@@ -436,7 +449,7 @@ export class H2UpstreamPool {
         const connecting = entry.sessions.some((s) => !s.ready && !s.closed);
         const live = entry.sessions.filter((s) => !s.closed && !s.goneAway).length;
         if (!connecting && live < this.maxSessions) {
-          if (this.fds === null || this.fds.upstreamAllowed()) entry.sessions.push(new UpSession(this, entry));
+          if (this.fds === null || this.fds.upstreamAllowed()) entry.sessions.push(new UpSession(this, entry, entry.waiters[0]!.host));
           else if (live === 0) {
             // No descriptor to spare for a session and none open: the waiters get the proxy's 503
             // (the last descriptors are kept for clients), nothing was sent.
@@ -512,11 +525,11 @@ function setConnectionWindow(this: http2.ClientHttp2Session): void {
  * the preface with SETTINGS, false when it closes or errors first (an HTTP/1.1 server answers
  * 400 and closes). Bounded by `timeoutMs`.
  */
-export function probeH2c(target: Target, timeoutMs: number): Promise<boolean> {
+export function probeH2c(connector: UpstreamConnector, target: Target, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
     let done = false;
     const session = loadHttp2().connect(`http://${target.key}`, {
-      createConnection: () => connectTo(target),
+      createConnection: () => connector.connect(target, undefined, ALPN_H2),
     });
     const finish = (answer: boolean): void => {
       if (done) return;
