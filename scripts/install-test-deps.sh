@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the test suite uses: real clients (curl; nghttp2's h2load/nghttp; headless
 # Chromium at /usr/bin/chromium for test/browser.test.mjs) and ss (iproute2) to read socket
-# options from the kernel; prometheus (promtool and the server) for the /metrics tests.
+# options from the kernel; prometheus (promtool and the server) for the /metrics tests;
+# jupyter-server and python3-ipykernel (a Python kernel) for test/apps-jupyter.test.mjs, without
+# their recommended packages (scipy, matplotlib, pandoc: ~500 MB nothing uses).
 # Idempotent: installs only what is missing. Runs as root (CI) or through sudo.
 set -euo pipefail
 need=()
@@ -10,9 +12,13 @@ command -v nghttp >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+lean=()
+[ -x /usr/bin/jupyter-server ] || lean+=(jupyter-server)
+/usr/bin/python3 -c 'import ipykernel' >/dev/null 2>&1 || lean+=(python3-ipykernel)
+if [ ${#need[@]} -eq 0 ] && [ ${#lean[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+if [ ${#need[@]} -gt 0 ]; then $SUDO apt-get install -y -qq "${need[@]}" >/dev/null; fi
+if [ ${#lean[@]} -gt 0 ]; then $SUDO apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null; fi
