@@ -59,9 +59,13 @@ async function useKernel({ token, wsOrigin }) {
     const waiter = pending.get(msg.parent_header?.msg_id);
     if (waiter && msg.msg_type === 'execute_result') waiter.result = msg.content;
     if (waiter && msg.msg_type === 'error') waiter.error = `${msg.content.ename}: ${msg.content.evalue}`;
-    if (waiter && msg.msg_type === 'execute_reply') {
+    if (waiter && msg.msg_type === 'execute_reply') waiter.status = msg.content.status;
+    if (waiter && msg.msg_type === 'status' && msg.content.execution_state === 'idle') waiter.idle = true;
+    // The shell reply and the iopub messages travel on different channels, in no set order: the
+    // request is done when both its reply and its iopub `idle` have come (as Jupyter's clients do).
+    if (waiter && waiter.status !== undefined && waiter.idle) {
       pending.delete(msg.parent_header.msg_id);
-      waiter.done({ result: waiter.result, error: waiter.error, status: msg.content.status });
+      waiter.done({ result: waiter.result, error: waiter.error, status: waiter.status });
     }
   };
   const send = (msgType, content) => {
