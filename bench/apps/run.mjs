@@ -45,7 +45,7 @@ const apps = {
       );
     },
     path: '/',
-    rendered: (page) => page.waitForFunction(() => document.querySelector('#app')?.textContent.startsWith('hello') || document.querySelector('#app')?.textContent.startsWith('v '), null, { polling: 'raf' }),
+    rendered: (page) => page.waitForFunction(() => document.querySelector('#app')?.textContent.startsWith('hello') || document.querySelector('#app')?.textContent.startsWith('v '), null, { polling: 10 }),
     async before(page) {
       await page.waitForEvent('console', { predicate: (m) => m.text().includes('[vite] connected'), timeout: 30_000 }).catch(() => {});
     },
@@ -53,7 +53,7 @@ const apps = {
       const text = `v ${n}`;
       const t0 = performance.now();
       writeFileSync(join(dir, 'app/message.ts'), `export const message = '${text}';\n`);
-      await page.waitForFunction((x) => document.querySelector('#app')?.textContent === x, text, { polling: 'raf', timeout: 30_000 });
+      await page.waitForFunction((x) => document.querySelector('#app')?.textContent === x, text, { polling: 10, timeout: 30_000 });
       return performance.now() - t0;
     },
   },
@@ -69,7 +69,7 @@ const apps = {
       return server;
     },
     path: '/',
-    rendered: (page) => page.waitForFunction(() => document.querySelector('#title') !== null, null, { polling: 'raf', timeout: 150_000 }),
+    rendered: (page) => page.waitForFunction(() => document.querySelector('#title') !== null, null, { polling: 10, timeout: 150_000 }),
     async before(page) {
       await page.waitForFunction(() => {
         const a = document.querySelector('#to-about');
@@ -81,7 +81,7 @@ const apps = {
       const text = `n ${n}`;
       const t0 = performance.now();
       writeFileSync(join(dir, 'app/message.js'), `export const message = '${text}';\n`);
-      await page.waitForFunction((x) => document.querySelector('#title')?.textContent === x, text, { polling: 'raf', timeout: 30_000 });
+      await page.waitForFunction((x) => document.querySelector('#title')?.textContent === x, text, { polling: 10, timeout: 30_000 });
       return performance.now() - t0;
     },
   },
@@ -107,7 +107,7 @@ const apps = {
       );
     },
     path: `/?token=${TOKEN}`,
-    rendered: (page) => page.waitForFunction(() => document.title === 'Jupyter Server', null, { polling: 'raf' }),
+    rendered: (page) => page.waitForFunction(() => document.title === 'Jupyter Server', null, { polling: 10 }),
     async hmr(page, dir, n, wsOrigin) {
       // One kernel per page: started, made ready, then one timed 1+1.
       return page.evaluate(
@@ -224,9 +224,8 @@ async function measure(browser, app, way, dir, n) {
   });
   try {
     const t0 = performance.now();
-    const rendered = app.rendered(page);
     await page.goto(`${way.origin}${app.path}`, { waitUntil: 'commit', timeout: 150_000 });
-    await rendered;
+    await app.rendered(page);
     const render = performance.now() - t0;
     await sleep(1000);
     counting = false;
