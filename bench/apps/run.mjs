@@ -46,8 +46,8 @@ const apps = {
     },
     path: '/',
     rendered: (page) => page.waitForFunction(() => document.querySelector('#app')?.textContent.startsWith('hello') || document.querySelector('#app')?.textContent.startsWith('v '), null, { polling: 10 }),
-    async before(page) {
-      await page.waitForEvent('console', { predicate: (m) => m.text().includes('[vite] connected'), timeout: 30_000 }).catch(() => {});
+    async before(page, consoleLog) {
+      for (let i = 0; i < 300 && !consoleLog.some((t) => t.includes('[vite] connected')); i++) await sleep(100);
     },
     async hmr(page, dir, n) {
       const text = `v ${n}`;
@@ -213,6 +213,8 @@ async function measure(browser, app, way, dir, n) {
   const context = await browser.newContext({ ignoreHTTPSErrors: true });
   const page = await context.newPage();
   page.setDefaultTimeout(60_000);
+  const consoleLog = [];
+  page.on('console', (m) => consoleLog.push(m.text()));
   let requests = 0;
   let bytes = 0;
   let counting = true;
@@ -230,7 +232,7 @@ async function measure(browser, app, way, dir, n) {
     await sleep(1000);
     counting = false;
     const result = { render, requests, bytes };
-    if (app.before) await app.before(page);
+    if (app.before) await app.before(page, consoleLog);
     if (app.hmr) result.hmr = await app.hmr(page, dir, `${way.key}-${n}`, way.origin.replace(/^http/, 'ws'));
     return result;
   } finally {
