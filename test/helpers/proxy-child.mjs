@@ -5,9 +5,16 @@
 //   parent -> child  { type: 'stats', id }  -> reply { type: 'stats', id, stats: getStats() }
 //   parent -> child  { type: 'stop' }       -> stops the proxy and exits 0
 // The child also stops and exits when the IPC channel closes (the parent died).
+// Option `fallbackModule` (a file path, not a proxy option): that module's createFallback()
+// becomes the proxy's `fallback` (a handler cannot travel as JSON).
 import { startProxy } from './servers.mjs';
 
 const options = JSON.parse(process.argv[2] ?? '{}');
+if (options.fallbackModule) {
+  const { createFallback } = await import(options.fallbackModule);
+  delete options.fallbackModule;
+  options.fallback = createFallback();
+}
 const { proxy, port } = await startProxy(options);
 
 let stopping = false;
