@@ -25,8 +25,11 @@ export type FallbackOption =
 
 export type UpstreamProtocol = 'http1' | 'h2c' | 'auto';
 
-/** One upstream of a route: `host:port` on loopback or an absolute unix socket path, with an optional weight. */
-export type RouteUpstreamOption = string | { address: string; weight?: number };
+/**
+ * One upstream of a route: `host:port` on loopback or an absolute unix socket path, with an
+ * optional weight, and `tls` to speak TLS to it (default: the `upstreamTls` option).
+ */
+export type RouteUpstreamOption = string | { address: string; weight?: number; tls?: boolean };
 
 /** A route with an upstream group (see README "Routes with upstream groups"). */
 export interface RouteOption {
@@ -60,6 +63,8 @@ export interface ResolvedUpstream {
   port: number;
   socketPath: string | undefined;
   weight: number;
+  /** TLS to this upstream; undefined: as the `upstreamTls` option says. */
+  tls: boolean | undefined;
 }
 
 export interface ResolvedRoute {
@@ -516,17 +521,23 @@ function plainObject(name: string, value: unknown, expected: string): Record<str
 function validateUpstream(name: string, value: unknown): ResolvedUpstream {
   let address: unknown = value;
   let weight = 1;
+  let tls: boolean | undefined;
+  const outer = name;
   if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
-    onlyKnown(name, value, ['address', 'weight']);
+    onlyKnown(name, value, ['address', 'weight', 'tls']);
     const u = value as Record<string, unknown>;
     address = u['address'];
     weight = positive(`${name}.weight`, u['weight'], 1, 1, ROUTE_LIMITS.weight);
+    const t = u['tls'];
+    if (t !== undefined && typeof t !== 'boolean') fail(`${name}.tls`, t, 'true or false');
+    tls = t;
     name = `${name}.address`;
   }
   if (typeof address !== 'string') fail(name, address, UPSTREAM_EXPECTED);
   const parsed = parseUpstreamAddress(address);
   if (parsed === null) fail(name, address, UPSTREAM_EXPECTED);
-  return { address, host: parsed.host, port: parsed.port, socketPath: parsed.socketPath, weight };
+  if (tls === true && parsed.socketPath !== undefined) fail(`${outer}.tls`, tls, 'no tls for a unix socket upstream');
+  return { address, host: parsed.host, port: parsed.port, socketPath: parsed.socketPath, weight, tls };
 }
 
 function validateRoute(name: string, value: unknown): ResolvedRoute {

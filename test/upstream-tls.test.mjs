@@ -217,6 +217,44 @@ describe('TLS to upstreams', () => {
     }
   });
 
+  it('routes: an upstream with tls: true is spoken to over TLS (certificate checks as for any target), active checks too; tls: false stays cleartext under upstreamTls', async () => {
+    const plain = http.createServer(answer);
+    const plainPort = await listen(plain);
+    const px = await startProxy({
+      upstreamCa: certs.ca,
+      upstreamTls: true,
+      routes: [
+        { match: { host: 'secure.test' }, upstreams: [{ address: `127.0.0.1:${ports.goodH1}`, tls: true }], healthCheck: { path: '/health', intervalMs: 100 } },
+        { match: { host: 'default.test' }, upstreams: [`127.0.0.1:${ports.goodH1}`] },
+        { match: { host: 'plain.test' }, upstreams: [{ address: `127.0.0.1:${plainPort}`, tls: false }], healthCheck: { path: '/health', intervalMs: 100 } },
+        { match: { host: 'bad-cert.test' }, upstreams: [{ address: `127.0.0.1:${ports.selfSigned}`, tls: true }] },
+      ],
+    });
+    try {
+      // The TLS active check passes: a failing one would take the only upstream out (503).
+      await new Promise((r) => setTimeout(r, 350));
+      for (const host of ['secure.test', 'default.test']) {
+        const res = await request(`${px.url}/r`, { headers: { host } });
+        assert.equal(res.status, 200, `${host}: ${res.body}`);
+        assert.equal(JSON.parse(res.body).tls, true, host);
+      }
+      const plainRes = await request(`${px.url}/r`, { headers: { host: 'plain.test' } });
+      assert.equal(plainRes.status, 200, plainRes.body);
+      assert.equal(JSON.parse(plainRes.body).tls, false);
+      const bad = await request(`${px.url}/r`, { headers: { host: 'bad-cert.test' } });
+      assert.equal(bad.status, 502);
+      assert.match(bad.body, /UPSTREAM_TLS_CERT/);
+      const states = Object.fromEntries(px.proxy.getStats().routeUpstreams.map((u) => [u.route, u.healthy]));
+      assert.equal(states['secure.test'], true);
+      assert.equal(states['plain.test'], true);
+      assert.throws(() => px.proxy.updateRoutes([{ match: { host: 'x.test' }, upstreams: [{ address: '/tmp/x.sock', tls: true }] }]), /routes\[0\]\.upstreams\[0\]\.tls/);
+      assert.throws(() => px.proxy.updateRoutes([{ match: { host: 'x.test' }, upstreams: [{ address: '127.0.0.1:1', tls: 'yes' }] }]), /tls: "yes"/);
+    } finally {
+      await px.proxy.stop();
+      await close(plain);
+    }
+  });
+
   it('hostile: an expired certificate and one for another name get 502 UPSTREAM_TLS_CERT; the other name passes when it is the Host asked for', async () => {
     const px = await startProxy({ upstreamCa: certs.ca });
     try {

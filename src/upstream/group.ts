@@ -1,8 +1,9 @@
-import net from 'node:net';
+import type net from 'node:net';
 import type { Logger } from '../log.js';
-import type { ResolvedRoute } from '../options.js';
+import type { ResolvedRoute, ResolvedUpstream } from '../options.js';
 import { hostName } from '../route/host-patterns.js';
-import { socketTarget, tcpTarget, type Target } from '../route/target.js';
+import { socketTarget, tcpTarget, tlsTarget, type Target } from '../route/target.js';
+import { ALPN_HTTP1, readyEvent, type UpstreamConnector } from './connect.js';
 import type { RouteUpstreamStats, StatsCounters } from '../stats.js';
 import { RateLimiter } from '../rate-limit.js';
 
@@ -82,6 +83,10 @@ export class GroupMember {
 export interface GroupContext {
   readonly stats: StatsCounters;
   readonly log: Logger;
+  /** Opens the active checks' connections (TLS ones with the proxy's certificate rules). */
+  readonly connector: UpstreamConnector;
+  /** The `upstreamTls` option: the default for upstreams that do not say. */
+  readonly options: { readonly upstreamTls: boolean };
 }
 
 /**
@@ -100,6 +105,8 @@ export class UpstreamGroup {
   private readonly halfOpenProbes: number;
   readonly healthCheck: ResolvedRoute['healthCheck'];
   private readonly ctx: GroupContext;
+  /** Opens the active checks' connections. */
+  readonly connector: UpstreamConnector;
   /** Members whose circuit is not closed: the clock is read only when some are. */
   private notClosed = 0;
   /** Least-connections: where the scan for the least loaded starts (spreads ties). */
@@ -111,6 +118,7 @@ export class UpstreamGroup {
   constructor(route: ResolvedRoute, ctx: GroupContext) {
     this.label = route.host + route.pathPrefix;
     this.ctx = ctx;
+    this.connector = ctx.connector;
     this.balance = route.balance === 'hash' ? BALANCE_HASH : route.balance === 'least-connections' ? BALANCE_LEAST : BALANCE_RR;
     this.hashHeader = route.hashHeader;
     const cb = route.circuitBreaker;
@@ -121,7 +129,7 @@ export class UpstreamGroup {
     this.healthCheck = route.healthCheck;
     this.rateLimiter = route.rateLimit === undefined ? null : new RateLimiter(route.rateLimit, 'route');
     this.members = route.upstreams.map(
-      (u) => new GroupMember(this, u.address, u.socketPath !== undefined ? socketTarget(u.socketPath) : tcpTarget(u.host, u.port), u.weight),
+      (u) => new GroupMember(this, u.address, memberTarget(u, ctx.options.upstreamTls), u.weight),
     );
   }
 
@@ -322,6 +330,12 @@ export class UpstreamGroup {
   }
 }
 
+function memberTarget(u: ResolvedUpstream, upstreamTls: boolean): Target {
+  if (u.socketPath !== undefined) return socketTarget(u.socketPath);
+  const target = tcpTarget(u.host, u.port);
+  return u.tls ?? upstreamTls ? tlsTarget(target) : target;
+}
+
 function runChecks(group: UpstreamGroup): void {
   for (const m of group.members) checkOnce(group, m);
 }
@@ -330,7 +344,7 @@ function runChecks(group: UpstreamGroup): void {
 function checkOnce(group: UpstreamGroup, m: GroupMember): void {
   const hc = group.healthCheck!;
   const target = m.target;
-  const socket = target.socketPath !== undefined ? net.connect({ path: target.socketPath }) : net.connect({ host: target.host, port: target.port });
+  const socket = group.connector.connect(target, undefined, ALPN_HTTP1);
   let head = '';
   let done = false;
   const finish = (healthy: boolean, why: string): void => {
@@ -342,7 +356,7 @@ function checkOnce(group: UpstreamGroup, m: GroupMember): void {
   socket.setTimeout(hc.timeoutMs, () => finish(false, 'timeout'));
   socket.on('error', (err: NodeJS.ErrnoException) => finish(false, err.code ?? 'error'));
   socket.on('close', () => finish(false, 'closed before a status line'));
-  socket.on('connect', () => {
+  socket.on(readyEvent(target), () => {
     const host = target.socketPath !== undefined ? 'localhost' : target.key;
     socket.write(`GET ${hc.path} HTTP/1.1\r\nHost: ${host}\r\nUser-Agent: cmux-proxy-health-check\r\nConnection: close\r\n\r\n`, 'latin1');
   });
