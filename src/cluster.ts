@@ -3,7 +3,7 @@ import type http from 'node:http';
 import type net from 'node:net';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import { http as loadHttp } from './builtins.js';
+import { adminHttpServer } from './admin.js';
 import { createLogger, type Logger } from './log.js';
 import { resolveOptions, OptionError, type ProxyOptions } from './options.js';
 import { ProxyServer, type ProxyAddress } from './server.js';
@@ -456,11 +456,9 @@ export class ProxyCluster {
   private async startAdmin(): Promise<void> {
     const resolved = resolveOptions(this.options);
     if (resolved.adminPort === undefined) return;
-    const server = loadHttp().createServer((req, res) => {
+    const server = adminHttpServer((req, res) => {
       this.handleAdmin(req, res).catch(() => res.destroy());
     });
-    server.keepAliveTimeout = 5_000;
-    server.requestTimeout = 10_000;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ port: resolved.adminPort, host: resolved.adminHost }, () => {
