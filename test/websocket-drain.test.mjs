@@ -13,6 +13,7 @@ import WebSocket from 'ws';
 import { startProxy, startRawServer, waitFor } from './helpers/servers.mjs';
 import { startWsEcho, openWs, closed, nextMessage } from './helpers/ws.mjs';
 import { clientFrame, parseServerFrames } from './helpers/ws-frames.mjs';
+import { startCli, stopCli } from './helpers/cli.mjs';
 
 const MiB = 1024 * 1024;
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
@@ -287,6 +288,35 @@ describe('stop(): WebSockets get a close frame 1001 (HTTP/2 extended CONNECT)', 
       session.destroy();
     } finally {
       if (proxy.isRunning()) await proxy.stop();
+      await echo.close();
+    }
+  });
+});
+
+describe('rolling restart (--workers 2, SIGHUP): WebSockets on the old workers get 1001', () => {
+  it('each old worker closes its WebSockets with 1001; a new WebSocket opens on the new workers', { timeout: 60_000 }, async () => {
+    const echo = await startWsEcho();
+    const c = await startCli(['--port', '0', '--workers', '2', '--drain-timeout-ms', '2000'], { timeoutMs: 20_000 });
+    try {
+      assert.ok(await waitFor(() => /cluster: \d+ worker/.test(c.stderr()), { timeoutMs: 15_000 }), c.stderr());
+      // Round-robin or kernel-spread: four connections land on both workers either way (or on one, which is fine too).
+      const sockets = [];
+      for (let i = 0; i < 4; i++) sockets.push(await openWs(`ws://127.0.0.1:${c.port}/rr${i}`, undefined, routeTo(echo.port)));
+      for (const ws of sockets) {
+        ws.send('before');
+        assert.equal(String((await nextMessage(ws)).data), 'before');
+      }
+      const closes = sockets.map((ws) => closed(ws, 30_000));
+      process.kill(c.child.pid, 'SIGHUP');
+      for (const result of await Promise.all(closes)) assert.deepEqual(result, { code: 1001, reason: REASON });
+      assert.ok(await waitFor(() => /cluster: 2 worker\(s\) replaced/.test(c.stderr()), { timeoutMs: 30_000 }), c.stderr());
+      const fresh = await openWs(`ws://127.0.0.1:${c.port}/fresh`, undefined, routeTo(echo.port));
+      fresh.send('after');
+      assert.equal(String((await nextMessage(fresh)).data), 'after');
+      fresh.close();
+      await closed(fresh);
+    } finally {
+      if (c.child.exitCode === null) await stopCli(c.child, 'SIGKILL');
       await echo.close();
     }
   });
