@@ -48,6 +48,48 @@ function errorsOf(ws) {
   return errors;
 }
 
+/** An upstream that accepts any WebSocket handshake with a 101, then hands the socket to `upgraded`. */
+function startRaw101(upgraded) {
+  return startRawServer((socket) => {
+    let head = '';
+    const onData = (c) => {
+      head += c.toString('latin1');
+      if (!head.includes('\r\n\r\n')) return;
+      socket.removeListener('data', onData);
+      const key = /sec-websocket-key: *(\S+)/i.exec(head)[1];
+      const accept = crypto.createHash('sha1').update(key + WS_GUID).digest('base64');
+      socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${accept}\r\n\r\n`);
+      upgraded(socket);
+    };
+    socket.on('data', onData);
+  });
+}
+
+/** Unmasks the client frames in `buf` (complete ones only): [{ opcode, payload }]. */
+function clientFrames(buf) {
+  const frames = [];
+  let at = 0;
+  while (buf.length - at >= 6) {
+    let len = buf[at + 1] & 0x7f;
+    let off = at + 2;
+    if (len === 126) {
+      len = buf.readUInt16BE(off);
+      off += 2;
+    } else if (len === 127) {
+      len = Number(buf.readBigUInt64BE(off));
+      off += 8;
+    }
+    const key = buf.subarray(off, off + 4);
+    off += 4;
+    if (buf.length < off + len) break;
+    const payload = Buffer.alloc(len);
+    for (let i = 0; i < len; i++) payload[i] = buf[off + i] ^ key[i & 3];
+    frames.push({ opcode: buf[at] & 0x0f, masked: (buf[at + 1] & 0x80) !== 0, payload });
+    at = off + len;
+  }
+  return frames;
+}
+
 describe('stop(): WebSockets get a close frame 1001 (HTTP/1.1 Upgrade)', () => {
   it('an idle WebSocket: the client and the upstream both see close 1001 "proxy shutting down"', { timeout: 30_000 }, async () => {
     const echo = await startWsEcho();
@@ -139,20 +181,9 @@ describe('stop(): WebSockets get a close frame 1001 (HTTP/1.1 Upgrade)', () => {
     const garbageDown = Buffer.from([0xff, 0x13, 0x37, 0x00, 0x42, 0xfe, 0xed]);
     const garbageUp = Buffer.from([0x8f, 0x80, 1, 2, 3, 4, 0xaa, 0xbb]);
     const upstreamGot = [];
-    const raw = await startRawServer((socket) => {
-      let head = '';
-      const onData = (c) => {
-        head += c.toString('latin1');
-        const end = head.indexOf('\r\n\r\n');
-        if (end === -1) return;
-        socket.removeListener('data', onData);
-        const key = /sec-websocket-key: *(\S+)/i.exec(head)[1];
-        const accept = crypto.createHash('sha1').update(key + WS_GUID).digest('base64');
-        socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${accept}\r\n\r\n`);
-        socket.write(garbageDown);
-        socket.on('data', (d) => upstreamGot.push(d));
-      };
-      socket.on('data', onData);
+    const raw = await startRaw101((socket) => {
+      socket.write(garbageDown);
+      socket.on('data', (d) => upstreamGot.push(d));
     });
     const echo = await startWsEcho();
     const { proxy, port } = await startProxy();
@@ -184,6 +215,70 @@ describe('stop(): WebSockets get a close frame 1001 (HTTP/1.1 Upgrade)', () => {
       assert.deepEqual(Buffer.concat(upstreamGot), garbageUp);
       assert.equal((await clientClosed).code, 1001);
       assert.equal((await upstreamClosed).code, 1001);
+    } finally {
+      if (proxy.isRunning()) await proxy.stop();
+      await echo.close();
+      await raw.close();
+    }
+  });
+
+  it('a frame that stalls mid-way toward the client: the upstream still gets a masked 1001, the client is cut after the grace', { timeout: 30_000 }, async () => {
+    const upstreamGot = [];
+    const raw = await startRaw101((socket) => {
+      // A binary frame announcing 1 MiB, of which 10 bytes ever come.
+      const head = Buffer.from([0x82, 127, 0, 0, 0, 0, 0, 0x10, 0, 0]);
+      socket.write(Buffer.concat([head, Buffer.alloc(10, 7)]));
+      socket.on('data', (d) => upstreamGot.push(d));
+    });
+    const echo = await startWsEcho();
+    const { proxy, port } = await startProxy();
+    try {
+      const beside = await openWs(`ws://127.0.0.1:${port}/beside2`, undefined, routeTo(echo.port));
+      const stalled = await openWs(`ws://127.0.0.1:${port}/stalled`, undefined, routeTo(raw.port));
+      const stalledErrors = errorsOf(stalled);
+      assert.ok(await waitFor(() => stalled._socket.bytesRead > 0 && raw.sockets.size === 1));
+      const besideClosed = closed(beside);
+      const stalledClosed = closed(stalled);
+      await proxy.stop();
+      assert.equal((await besideClosed).code, 1001);
+      // No close frame could go after the unfinished frame: the TCP connection was closed.
+      assert.equal((await stalledClosed).code, 1006);
+      assert.deepEqual(stalledErrors, []);
+      const frames = clientFrames(Buffer.concat(upstreamGot));
+      assert.equal(frames.length, 1, `frames toward the upstream: ${JSON.stringify(frames)}`);
+      assert.equal(frames[0].opcode, 8);
+      assert.equal(frames[0].masked, true);
+      assert.equal(frames[0].payload.readUInt16BE(0), 1001);
+      assert.equal(frames[0].payload.subarray(2).toString(), REASON);
+      assert.ok(await waitFor(() => raw.sockets.size === 0));
+    } finally {
+      if (proxy.isRunning()) await proxy.stop();
+      await echo.close();
+      await raw.close();
+    }
+  });
+
+  it('a WebSocket already closing (the client sent its close, the upstream has not answered) gets no 1001 of its own', { timeout: 30_000 }, async () => {
+    const upstreamGot = [];
+    const raw = await startRaw101((socket) => socket.on('data', (d) => upstreamGot.push(d)));
+    const echo = await startWsEcho();
+    const { proxy, port } = await startProxy();
+    try {
+      const beside = await openWs(`ws://127.0.0.1:${port}/beside3`, undefined, routeTo(echo.port));
+      const closing = await openWs(`ws://127.0.0.1:${port}/closing`, undefined, routeTo(raw.port));
+      const closingClosed = closed(closing);
+      closing.close(1000, 'bye');
+      assert.ok(await waitFor(() => clientFrames(Buffer.concat(upstreamGot)).length === 1));
+      const besideClosed = closed(beside);
+      await proxy.stop();
+      assert.equal((await besideClosed).code, 1001);
+      // Its only close frame is its own: the proxy added none either way.
+      assert.equal((await closingClosed).code, 1006);
+      const frames = clientFrames(Buffer.concat(upstreamGot));
+      assert.deepEqual(
+        frames.map((f) => [f.opcode, f.payload.readUInt16BE(0), f.payload.subarray(2).toString()]),
+        [[8, 1000, 'bye']],
+      );
     } finally {
       if (proxy.isRunning()) await proxy.stop();
       await echo.close();
