@@ -91,14 +91,16 @@ function clientFrames(buf) {
 }
 
 describe('stop(): WebSockets get a close frame 1001 (HTTP/1.1 Upgrade)', () => {
-  it('an idle WebSocket: the client and the upstream both see close 1001 "proxy shutting down"', { timeout: 30_000 }, async () => {
-    const echo = await startWsEcho();
+  it('an idle WebSocket (permessage-deflate): the client and the upstream both see close 1001 "proxy shutting down"', { timeout: 30_000 }, async () => {
+    const echo = await startWsEcho({ perMessageDeflate: { threshold: 0 } });
     const { proxy, port } = await startProxy();
     try {
-      const ws = await openWs(`ws://127.0.0.1:${port}/idle`, undefined, routeTo(echo.port));
+      const ws = await openWs(`ws://127.0.0.1:${port}/idle`, undefined, { ...routeTo(echo.port), perMessageDeflate: { threshold: 0 } });
       const srv = await echo.connectionFor('/idle');
-      ws.send('hello');
-      assert.equal(String((await nextMessage(ws)).data), 'hello');
+      assert.match(ws.extensions, /permessage-deflate/);
+      // Compressed frames (RSV1 set) both ways before the stop.
+      ws.send('hello hello hello hello');
+      assert.equal(String((await nextMessage(ws)).data), 'hello hello hello hello');
       const clientClosed = closed(ws);
       const upstreamClosed = closed(srv);
       await proxy.stop();
