@@ -370,9 +370,8 @@ export class ProxyServer implements SessionHost, H2Host {
   private async closeWebSockets(): Promise<void> {
     const websockets = this.core.websockets;
     for (const tunnel of [...websockets]) tunnel.goingAway();
-    for (let waited = 0; websockets.size > 0 && waited < WEBSOCKET_CLOSE_GRACE_MS; waited += 10) {
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
+    const deadline = performance.now() + WEBSOCKET_CLOSE_GRACE_MS;
+    while (websockets.size > 0 && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
   }
 
   /** True while listening with no stop() pending; false while a start() is still pending. */
