@@ -81,7 +81,7 @@ export class WsFrames {
         const opcode = byte & 0x0f;
         const fin = (byte & 0x80) !== 0;
         if (opcode >= 8) {
-          // Close, ping, pong; control frames are never fragmented (§5.5).
+          // Close, ping, pong; control frames are never fragmented (RFC 6455 §5.5).
           if (opcode > 10 || !fin) {
             state = S_INVALID;
             continue;
@@ -113,7 +113,7 @@ export class WsFrames {
           this.count = 4;
         }
       } else if (state === S_EXTENDED) {
-        // A 64-bit length has its top bit clear (§5.2); beyond 2^53 it is not a real length either.
+        // A 64-bit length has its top bit clear (RFC 6455 §5.2); beyond 2^53 it is not a real length either.
         if ((this.count === 8 && byte !== 0) || (this.count === 7 && byte > 0x1f)) {
           state = S_INVALID;
           continue;
