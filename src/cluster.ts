@@ -29,7 +29,7 @@ export interface ClusterStats extends ProxyStats {
   workerRestarts: number;
 }
 
-/** Set in a worker's environment by the primary, with reusePort: the port every worker binds. */
+/** Set in a worker's environment by the primary once the port is known: the port every worker binds. */
 const ENV_PORT = 'CMUX_CLUSTER_PORT';
 /** Set in a worker's environment by the primary: '1' when the workers bind with reusePort. */
 const ENV_REUSEPORT = 'CMUX_CLUSTER_REUSEPORT';
@@ -184,8 +184,8 @@ export class ProxyCluster {
   private admin: http.Server | null = null;
   private seq = 0;
   private readonly pendingStats = new Map<number, (m: Extract<Message, { cmux: 'stats' }> | null) => void>();
-  /** Settles the first start of every slot: resolve when all listen, reject on the first failure. */
-  private startWaiter: { resolve: () => void; reject: (err: Error) => void } | null = null;
+  /** Settles a start of `slots` (all at first, one per step of a restart): resolve when they all listen, reject on the first failure. */
+  private startWaiter: { slots: ReadonlySet<Slot>; resolve: () => void; reject: (err: Error) => void } | null = null;
   private readonly reusePort = useReusePort();
 
   constructor(options: ProxyOptions, size: number) {
@@ -208,6 +208,9 @@ export class ProxyCluster {
         this.port = this.boundAddress!.port;
         await this.startSlots(this.slots.slice(1));
       } else await this.startSlots(this.slots);
+      // Workers started later (after a crash, in a restart) bind this port, not a new one for 0:
+      // with round-robin the primary's socket for the port closes when its last worker is gone.
+      this.port = this.boundAddress!.port;
       await this.startAdmin();
     } catch (err) {
       await this.stop();
@@ -221,7 +224,7 @@ export class ProxyCluster {
   private startSlots(slots: Slot[]): Promise<void> {
     if (slots.length === 0) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
-      this.startWaiter = { resolve, reject };
+      this.startWaiter = { slots: new Set(slots), resolve, reject };
       for (const s of slots) this.fork(s);
     }).finally(() => {
       this.startWaiter = null;
@@ -231,7 +234,7 @@ export class ProxyCluster {
   private fork(s: Slot): void {
     s.timer = null;
     const env: Record<string, string> = { [ENV_REUSEPORT]: this.reusePort ? '1' : '0' };
-    if (this.reusePort && this.port !== 0) env[ENV_PORT] = String(this.port);
+    if (this.port !== 0) env[ENV_PORT] = String(this.port);
     const worker = cluster.fork(env);
     s.worker = worker;
     s.pid = worker.process.pid ?? 0;
@@ -249,10 +252,14 @@ export class ProxyCluster {
       case 'listening':
         s.listening = true;
         this.boundAddress ??= m.address;
-        if (this.startWaiter !== null && this.slots.every((x) => x.worker === null || x.listening)) this.startWaiter.resolve();
+        // Only the slots being started count: another slot's worker coming back from a crash neither holds nor settles it.
+        if (this.startWaiter !== null && this.startWaiter.slots.has(s)) {
+          for (const x of this.startWaiter.slots) if (!x.listening) return;
+          this.startWaiter.resolve();
+        }
         return;
       case 'failed':
-        if (this.startWaiter !== null) {
+        if (this.startWaiter !== null && this.startWaiter.slots.has(s)) {
           const err = new Error(m.message) as NodeJS.ErrnoException;
           if (m.code !== undefined) err.code = m.code;
           this.startWaiter.reject(err);
@@ -270,17 +277,23 @@ export class ProxyCluster {
     const wasListening = s.listening;
     s.worker = null;
     s.listening = false;
-    if (this.stopping !== null) return;
-    // A worker being started (first start or restart()) that dies fails that start; one that was
-    // serving is started again below.
-    if (this.startWaiter !== null && !wasListening) {
+    // A worker being started (first start or a step of restart()) that dies fails that start,
+    // also while stopping (the start must settle for stop() to end); any other worker is
+    // started again below, unless the cluster is stopping.
+    if (this.startWaiter !== null && this.startWaiter.slots.has(s) && !wasListening) {
       this.startWaiter.reject(new Error(`worker ${s.slot} exited before listening (${signal ?? `code ${code}`})`));
       return;
     }
+    if (this.stopping !== null) return;
+    this.scheduleRestart(s, `exited (${signal ?? `code ${code}`})`);
+  }
+
+  /** Starts the slot's worker again after its back-off delay. */
+  private scheduleRestart(s: Slot, why: string): void {
     s.failures = Date.now() - s.startedAt >= STABLE_MS ? 1 : s.failures + 1;
     const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** (s.failures - 1));
     this.restarts++;
-    this.log.warn(`worker ${s.slot} (pid ${s.pid}) exited (${signal ?? `code ${code}`}); starting it again in ${delay} ms`);
+    this.log.warn(`worker ${s.slot} (pid ${s.pid}) ${why}; starting it again in ${delay} ms`);
     s.timer = setTimeout(() => this.fork(s), delay);
   }
 
@@ -367,6 +380,13 @@ export class ProxyCluster {
           s.listening = old !== null;
           s.pid = old?.process.pid ?? 0;
           failed?.process.kill('SIGKILL');
+          if (this.stopping !== null) {
+            // stop() came during this step and stopped the new worker, not the old one.
+            if (old !== null) exits.push(this.stopWorker(old, resolveOptions(this.options).drainTimeoutMs + 5_000));
+          } else if (old === null) {
+            // The slot was waiting to come back from a crash: it keeps doing so.
+            this.scheduleRestart(s, 'did not start in the restart');
+          }
           throw err;
         }
         if (old !== null) exits.push(this.stopWorker(old, resolveOptions(this.options).drainTimeoutMs + 5_000));
