@@ -129,8 +129,8 @@ describe('TLS to upstreams', () => {
         { tls: seen.tls, alpn: seen.alpn, servername: seen.servername, body: seen.body, schemeHeader: seen.schemeHeader, host: seen.host },
         { tls: true, alpn: 'http/1.1', servername: 'app.localhost', body: 'hello', schemeHeader: null, host: 'app.localhost' },
       );
-      // Keep-alive: a second request reuses the TLS socket.
-      const again = await request(`${px.url}/y`, { headers: route(ports.goodH1) });
+      // Keep-alive: a second request for the same Host (server name) reuses the TLS socket.
+      const again = await request(`${px.url}/y`, { headers: { ...route(ports.goodH1), host: 'app.localhost' } });
       assert.equal(again.status, 200);
       const stats = px.proxy.getStats();
       assert.equal(stats.upstreamSocketsCreated, 1);
@@ -271,6 +271,32 @@ describe('TLS to upstreams', () => {
       assert.equal(JSON.parse(named.body).servername, 'other.test');
     } finally {
       await px.proxy.stop();
+    }
+  });
+
+  it('hostile: a pooled connection whose certificate named one client\'s Host never serves another Host (HTTP/1.1 and h2 pools)', async () => {
+    const otherH2 = http2.createSecureServer({ ...certs.other }, answer);
+    const otherH2Port = await listen(otherH2);
+    const px = await startProxy({ upstreamCa: certs.ca });
+    const h2px = await startProxy({ upstreamCa: certs.ca, upstreamProtocol: 'h2c' });
+    try {
+      for (const [p, port] of [[px, ports.otherName], [h2px, otherH2Port]]) {
+        // The certificate names other.test only: a client asking for other.test is served (the
+        // connection is pooled), one asking for victim.test must get what a new connection gets.
+        const named = await request(`${p.url}/`, { headers: { ...route(port), host: 'other.test' } });
+        assert.equal(named.status, 200, named.body);
+        const victim = await request(`${p.url}/`, { headers: { ...route(port), host: 'victim.test' } });
+        assert.equal(victim.status, 502, victim.body);
+        assert.match(victim.body, /UPSTREAM_TLS_CERT/);
+        // And other.test still has its pooled connection.
+        const again = await request(`${p.url}/`, { headers: { ...route(port), host: 'other.test' } });
+        assert.equal(again.status, 200, again.body);
+        assert.equal(JSON.parse(again.body).servername, 'other.test');
+      }
+    } finally {
+      await px.proxy.stop();
+      await h2px.proxy.stop();
+      await close(otherH2);
     }
   });
 
