@@ -350,10 +350,14 @@ function checkOnce(group: UpstreamGroup, m: GroupMember): void {
   const finish = (healthy: boolean, why: string): void => {
     if (done) return;
     done = true;
+    clearTimeout(deadline);
     socket.destroy();
     group.checked(m, healthy, why);
   };
-  socket.setTimeout(hc.timeoutMs, () => finish(false, 'timeout'));
+  // A fixed deadline for the whole check (connect, handshake, status line), not an idle timeout
+  // that each byte restarts: a status line dripped a byte at a time must not keep a check open
+  // (and the checks of the next intervals piling up behind it).
+  const deadline = setTimeout(() => finish(false, 'timeout'), hc.timeoutMs);
   socket.on('error', (err: NodeJS.ErrnoException) => finish(false, err.code ?? 'error'));
   socket.on('close', () => finish(false, 'closed before a status line'));
   socket.on(readyEvent(target), () => {
