@@ -392,6 +392,33 @@ describe('workers: restarts meeting crashes and stop()', () => {
     }
   });
 
+  it('a restart asked for while one runs (its old worker still draining) runs after it: the last config wins', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cmux-flaky-'));
+    const versionFile = path.join(dir, 'version');
+    fs.writeFileSync(versionFile, 'v1');
+    const c = await startFlaky({ WORKERS: '1', CRASH_FILE: path.join(dir, 'crash'), VERSION_FILE: versionFile });
+    const version = async () => (await request(`http://127.0.0.1:${c.port}/`, { timeoutMs: 5000 })).body.split(' ')[2];
+    try {
+      // A slow request keeps the old worker draining after the first restart's new worker listens.
+      const slow = request(`http://127.0.0.1:${c.port}/?delay=4000`, { timeoutMs: 20000 });
+      await sleep(300);
+      fs.writeFileSync(versionFile, 'v2');
+      c.send('restart');
+      assert.ok(await waitFor(() => c.err().split('listening on').length === 3, { timeoutMs: 20000 }), c.err());
+      // Once the new worker listens every new request is its own (its handler's): the old worker
+      // drains only what it had.
+      for (let i = 0; i < 6; i++) assert.equal(await version(), 'v2');
+      // The config changes again while the first restart waits for its old worker.
+      fs.writeFileSync(versionFile, 'v3');
+      c.send('restart');
+      assert.equal((await slow).body.split(' ')[2], 'v1');
+      assert.ok(await waitFor(() => c.out().split('restarted').length === 3, { timeoutMs: 20000 }), c.out() + c.err());
+      assert.equal(await version(), 'v3', c.err());
+    } finally {
+      c.child.kill('SIGKILL');
+    }
+  });
+
   it('stop() during a restart whose new worker dies before listening ends, and stops the old worker', async () => {
     const flag = crashFile();
     const c = await startFlaky({ WORKERS: '1', CRASH_FILE: flag, START_DELAY_MS: '1000' });
