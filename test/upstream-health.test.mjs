@@ -301,7 +301,8 @@ describe('active health checks', () => {
         {
           match: { host: 'g.localhost' },
           upstreams: [`127.0.0.1:${a.port}`, `127.0.0.1:${b.port}`, `127.0.0.1:${garbage.port}`, `127.0.0.1:${silent.port}`],
-          healthCheck: { path: '/healthz', intervalMs: 100, timeoutMs: 100 },
+          // 300 ms for a check's connect and status line: the healthy ones pass on a busy machine.
+          healthCheck: { path: '/healthz', intervalMs: 300, timeoutMs: 300 },
         },
       ],
     });

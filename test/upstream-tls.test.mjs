@@ -224,15 +224,16 @@ describe('TLS to upstreams', () => {
       upstreamCa: certs.ca,
       upstreamTls: true,
       routes: [
-        { match: { host: 'secure.test' }, upstreams: [{ address: `127.0.0.1:${ports.goodH1}`, tls: true }], healthCheck: { path: '/health', intervalMs: 100 } },
+        { match: { host: 'secure.test' }, upstreams: [{ address: `127.0.0.1:${ports.goodH1}`, tls: true }], healthCheck: { path: '/health', intervalMs: 500 } },
         { match: { host: 'default.test' }, upstreams: [`127.0.0.1:${ports.goodH1}`] },
-        { match: { host: 'plain.test' }, upstreams: [{ address: `127.0.0.1:${plainPort}`, tls: false }], healthCheck: { path: '/health', intervalMs: 100 } },
+        { match: { host: 'plain.test' }, upstreams: [{ address: `127.0.0.1:${plainPort}`, tls: false }], healthCheck: { path: '/health', intervalMs: 500 } },
         { match: { host: 'bad-cert.test' }, upstreams: [{ address: `127.0.0.1:${ports.selfSigned}`, tls: true }] },
       ],
     });
     try {
-      // The TLS active check passes: a failing one would take the only upstream out (503).
-      await new Promise((r) => setTimeout(r, 350));
+      // The TLS active check passes: a failing one would take the only upstream out (503). (Each
+      // check has 500 ms for its connect, handshake and status line, generous on a busy machine.)
+      await new Promise((r) => setTimeout(r, 1200));
       for (const host of ['secure.test', 'default.test']) {
         const res = await request(`${px.url}/r`, { headers: { host } });
         assert.equal(res.status, 200, `${host}: ${res.body}`);
