@@ -256,6 +256,26 @@ describe('TLS to upstreams', () => {
     }
   });
 
+  it('an active check to a TLS upstream names it in Host as host:port (as a cleartext one), not by its pool key', async () => {
+    const hosts = [];
+    const checked = https.createServer({ ...certs.good }, (req, res) => {
+      if (req.url === '/health') hosts.push(req.headers.host);
+      res.end('ok');
+    });
+    const port = await listen(checked);
+    const px = await startProxy({
+      upstreamCa: certs.ca,
+      routes: [{ match: { host: 'secure.test' }, upstreams: [{ address: `127.0.0.1:${port}`, tls: true }], healthCheck: { path: '/health', intervalMs: 200 } }],
+    });
+    try {
+      for (let i = 0; i < 100 && hosts.length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual([...new Set(hosts)], [`127.0.0.1:${port}`]);
+    } finally {
+      await px.proxy.stop();
+      await close(checked);
+    }
+  });
+
   it('hostile: an expired certificate and one for another name get 502 UPSTREAM_TLS_CERT; the other name passes when it is the Host asked for', async () => {
     const px = await startProxy({ upstreamCa: certs.ca });
     try {

@@ -361,7 +361,8 @@ function checkOnce(group: UpstreamGroup, m: GroupMember): void {
   socket.on('error', (err: NodeJS.ErrnoException) => finish(false, err.code ?? 'error'));
   socket.on('close', () => finish(false, 'closed before a status line'));
   socket.on(readyEvent(target), () => {
-    const host = target.socketPath !== undefined ? 'localhost' : target.key;
+    // The address as a Host: a TLS target's key is `tls:` and that address.
+    const host = target.socketPath !== undefined ? 'localhost' : target.tls ? target.key.slice(4) : target.key;
     socket.write(`GET ${hc.path} HTTP/1.1\r\nHost: ${host}\r\nUser-Agent: cmux-proxy-health-check\r\nConnection: close\r\n\r\n`, 'latin1');
   });
   socket.on('data', (chunk: Buffer) => {
