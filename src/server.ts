@@ -278,7 +278,10 @@ export class ProxyServer implements SessionHost, H2Host {
     server.requestTimeout = 0;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => {
+      // exclusive: in a cluster worker, a plain listen() would share one port among all the
+      // workers' handler servers through the primary, and a worker would hand its requests to
+      // another worker's handler (an old one draining in a restart, with the old configuration).
+      server.listen({ port: 0, host: '127.0.0.1', exclusive: true }, () => {
         server.removeListener('error', reject);
         resolve();
       });

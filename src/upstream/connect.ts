@@ -111,6 +111,15 @@ export function serverNameFor(host: string | undefined): string | undefined {
 }
 
 /**
+ * The pool key of `target` for a client's Host: a TLS connection carries the server name it was
+ * opened (and its certificate checked) for, so it serves that server name only; a cleartext one
+ * serves any Host.
+ */
+export function poolKey(target: Target, host: string | undefined): string {
+  return target.tls ? `${target.key}|${serverNameFor(host) ?? ''}` : target.key;
+}
+
+/**
  * Opens connections to routed targets: TCP, a unix socket, or TLS (a target with `tls`) with
  * ALPN, the client's Host as SNI, the proxy's certificate rules, and TLS session resumption.
  */

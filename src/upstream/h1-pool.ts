@@ -1,7 +1,7 @@
 import type net from 'node:net';
 import { DeadlineSweep, type Expirable } from '../deadlines.js';
 import { FdBudget } from '../fd-budget.js';
-import { ALPN_HTTP1, readyEvent, upstreamErrorCode, type UpstreamConnector } from './connect.js';
+import { ALPN_HTTP1, poolKey, readyEvent, upstreamErrorCode, type UpstreamConnector } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters, PoolStats } from '../stats.js';
 import {
@@ -410,6 +410,8 @@ function tunnelWaitExpired(pool: UpstreamPool, entry: PoolEntry, user: TunnelUse
 class PoolEntry {
   readonly pool: UpstreamPool;
   readonly target: Target;
+  /** Key in the pool's entries (poolKey: per server name for a TLS target). */
+  readonly key: string;
   readonly idle: UpstreamConn[] = [];
   readonly waiters: UpstreamUser[] = [];
   /** Tunnels waiting for a slot (served after exchanges: a tunnel may hold its slot for hours). */
@@ -418,9 +420,10 @@ class PoolEntry {
   total = 0;
   /** Sockets given back in the middle of a read (END_RELEASE): free once the read is consumed. */
   releasing = 0;
-  constructor(pool: UpstreamPool, target: Target) {
+  constructor(pool: UpstreamPool, target: Target, key: string) {
     this.pool = pool;
     this.target = target;
+    this.key = key;
   }
 }
 export type { PoolEntry };
@@ -470,18 +473,19 @@ export class UpstreamPool {
     this.deadlines.disarm(conn);
   }
 
-  private entryFor(target: Target): PoolEntry {
-    let entry = this.entries.get(target.key);
+  private entryFor(target: Target, host: string | undefined): PoolEntry {
+    const key = poolKey(target, host);
+    let entry = this.entries.get(key);
     if (entry === undefined) {
-      entry = new PoolEntry(this, target);
-      this.entries.set(target.key, entry);
+      entry = new PoolEntry(this, target, key);
+      this.entries.set(key, entry);
     }
     return entry;
   }
 
   /** Gives `user` a ready socket now (reused), later (new or after waiting), or a failure. */
   acquire(target: Target, user: UpstreamUser): void {
-    const entry = this.entryFor(target);
+    const entry = this.entryFor(target, user.host);
     const idle = entry.idle.pop();
     if (idle !== undefined) {
       this.stats.upstreamSocketsReused++;
@@ -502,7 +506,7 @@ export class UpstreamPool {
 
   /** A fresh socket even when idle ones exist (retries after a stale reused socket). */
   acquireFresh(target: Target, user: UpstreamUser): void {
-    const entry = this.entryFor(target);
+    const entry = this.entryFor(target, user.host);
     this.connect(entry, user);
   }
 
@@ -518,7 +522,7 @@ export class UpstreamPool {
       this.destroy(connecting);
       return;
     }
-    const entry = this.entries.get(target.key);
+    const entry = this.entries.get(poolKey(target, user.host));
     if (entry === undefined) return;
     const at = entry.waiters.indexOf(user);
     if (at !== -1) entry.waiters.splice(at, 1);
@@ -644,7 +648,7 @@ export class UpstreamPool {
    * gets no slot within the connect timeout gets `onTunnelSocket(null)`.
    */
   openTunnel(target: Target, user: TunnelUser, host?: string): void {
-    const entry = this.entryFor(target);
+    const entry = this.entryFor(target, host);
     if (entry.total < this.config.maxSockets) {
       this.startTunnel(entry, user, host);
       return;
@@ -658,13 +662,22 @@ export class UpstreamPool {
 
   /** A tunnel that no longer wants a socket (its client went away while it waited). */
   cancelTunnel(target: Target, user: TunnelUser): void {
-    const entry = this.entries.get(target.key);
-    if (entry === undefined) return;
+    if (!target.tls) {
+      const entry = this.entries.get(target.key);
+      if (entry !== undefined) this.dropTunnelWaiter(entry, user);
+      return;
+    }
+    // A TLS target has an entry per server name; the tunnel waits in one of them.
+    for (const entry of this.entries.values()) if (entry.target.key === target.key && this.dropTunnelWaiter(entry, user)) return;
+  }
+
+  private dropTunnelWaiter(entry: PoolEntry, user: TunnelUser): boolean {
     const at = entry.tunnelWaiters.findIndex((w) => w.user === user);
-    if (at === -1) return;
+    if (at === -1) return false;
     clearTimeout(entry.tunnelWaiters[at]!.timer);
     entry.tunnelWaiters.splice(at, 1);
     this.dropIfUnused(entry);
+    return true;
   }
 
   tunnelWaitExpired(entry: PoolEntry, user: TunnelUser): void {
@@ -715,8 +728,8 @@ export class UpstreamPool {
   }
 
   private dropIfUnused(entry: PoolEntry): void {
-    if (entry.total === 0 && entry.waiters.length === 0 && entry.tunnelWaiters.length === 0 && this.entries.get(entry.target.key) === entry) {
-      this.entries.delete(entry.target.key);
+    if (entry.total === 0 && entry.waiters.length === 0 && entry.tunnelWaiters.length === 0 && this.entries.get(entry.key) === entry) {
+      this.entries.delete(entry.key);
     }
   }
 
