@@ -205,6 +205,7 @@ export async function startSystem(name, { workDir, nginxRoutes }) {
         '--host', '127.0.0.1',
         '--log-level', 'warn',
         '--max-connections', String(NOFILE),
+        '--max-sockets-per-upstream', String(NOFILE),
       ]);
     case 'cmux-proxy-observed': {
       // The same CLI with the access log (a file) and the admin listener (metrics) on.
@@ -232,6 +233,8 @@ export async function startSystem(name, { workDir, nginxRoutes }) {
           '--host', '127.0.0.1',
           '--log-level', 'info',
           '--max-connections', String(NOFILE),
+          // every WebSocket holds a slot to its upstream until it closes (default 1024 per upstream)
+          '--max-sockets-per-upstream', String(NOFILE),
           '--admin-port', String(adminPort),
           ...workers,
         ],

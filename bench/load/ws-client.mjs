@@ -22,6 +22,7 @@ const { values } = parseArgs({
     concurrency: { type: 'string', default: '200' },
     hold: { type: 'boolean', default: false },
     'latency-file': { type: 'string' },
+    'echo-timeout-ms': { type: 'string', default: '60000' },
   },
 });
 const list = (s) => (s ? s.split(',').map((x) => x.trim()).filter(Boolean) : []);
@@ -42,10 +43,21 @@ let echoed = 0;
 let failed = 0;
 let firstError = null;
 const startedAt = now();
+const echoTimeoutMs = Number(values['echo-timeout-ms']);
+// Each connection that has not echoed within --echo-timeout-ms of its start counts as failed
+// (whatever stage it is stuck in), so the run always ends; stages say where they stuck.
+const stuck = { connecting: 0, awaitingEcho: 0 };
+
+// progress on stderr, for a run that stalls
+const progress = setInterval(() => {
+  process.stderr.write(`ws-client ${process.pid}: opened ${opened} echoed ${echoed} failed ${failed} in flight ${inFlight}\n`);
+}, 5000);
+progress.unref();
 
 function finish() {
+  clearInterval(progress);
   const endedAt = now();
-  const result = { count, opened, echoed, failed, ms: endedAt - startedAt, startedAt, endedAt, firstError };
+  const result = { count, opened, echoed, failed, ms: endedAt - startedAt, startedAt, endedAt, firstError, stuck };
   if (values['latency-file']) writeFileSync(values['latency-file'], JSON.stringify(latencyMs));
   console.log(JSON.stringify(result));
   if (!values.hold) closeAll(0);
@@ -65,9 +77,16 @@ function openOne(i) {
   inFlight++;
   let done = false;
   let sentAt = 0;
+  const timer = setTimeout(() => {
+    if (sentAt === 0) stuck.connecting++;
+    else stuck.awaitingEcho++;
+    firstError ??= `no echo within ${echoTimeoutMs} ms (${sentAt === 0 ? 'not open' : 'sent'})`;
+    settle(false);
+  }, echoTimeoutMs);
   const settle = (ok) => {
     if (done) return;
     done = true;
+    clearTimeout(timer);
     if (ok) {
       echoed++;
       latencyMs.push(Math.round((now() - sentAt) * 100) / 100);
