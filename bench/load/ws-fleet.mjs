@@ -67,13 +67,13 @@ async function readJsonLine(handle, index, timeoutMs) {
 
 /**
  * Opens `total` WebSockets through the proxy on `proxyPort`, spread over `targetPorts` (the echo
- * servers, in turn) from ceil(total / PER_PROCESS) client processes started together, each
+ * servers, in turn) from ceil(total / perProcess) client processes started together, each
  * binding its own 127.0.0.x source addresses; each connection echoes one message. Resolves once
  * every client has reported, with the merged figures, and `release()` (prints how many are still
  * open, then stops the clients) when `hold`. The clients are stopped on any failure.
  */
-export async function openFleet({ proxyPort, targetPorts, total, hold = true, concurrency = 200, cpu = ALL_CPUS, timeoutMs }) {
-  const processes = Math.max(1, Math.ceil(total / PER_PROCESS));
+export async function openFleet({ proxyPort, targetPorts, total, hold = true, concurrency = 200, cpu = ALL_CPUS, timeoutMs, perProcess = PER_PROCESS }) {
+  const processes = Math.max(1, Math.ceil(total / perProcess));
   const dir = mkdtempSync(join(tmpdir(), 'ws-fleet-'));
   const latencyFile = (i) => join(dir, `latency-${i}.json`);
   const clients = split(total, processes).map((count, i) => {
@@ -113,7 +113,7 @@ export async function openFleet({ proxyPort, targetPorts, total, hold = true, co
       }
     };
     if (!hold) await stopClients();
-    return { ...merged, release };
+    return { ...merged, pids: clients.map((c) => c.pid), release };
   } catch (err) {
     await stopClients();
     rmSync(dir, { recursive: true, force: true });
