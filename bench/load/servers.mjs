@@ -170,7 +170,7 @@ const nodeEnv = () => {
 };
 
 /** System names, in table order. */
-export const SYSTEM_NAMES = ['direct', 'cmux-proxy', 'cmux-proxy-observed', 'cmux-proxy-workers4', 'cmux-proxy-single', 'baseline', 'baseline-ka', 'nginx', 'http2-proxy', 'bare-node'];
+export const SYSTEM_NAMES = ['direct', 'cmux-proxy', 'cmux-proxy-observed', 'cmux-proxy-workers4', 'cmux-proxy-workers4-young2', 'cmux-proxy-single', 'baseline', 'baseline-ka', 'nginx', 'http2-proxy', 'bare-node'];
 
 /** Workers of the `cmux-proxy-workers4` system. */
 export const WS_WORKERS = 4;
@@ -221,13 +221,17 @@ export async function startSystem(name, { workDir, nginxRoutes }) {
       ]);
     }
     case 'cmux-proxy-workers4':
+    case 'cmux-proxy-workers4-young2':
     case 'cmux-proxy-single': {
       // The CLI as one process or with --workers, on every CPU (not pinned), with the admin
       // listener for the per-worker figures; its info lines say how the cluster spreads connections.
       const adminPort = await freePort();
-      const workers = name === 'cmux-proxy-workers4' ? ['--workers', String(WS_WORKERS)] : [];
+      const workers = name === 'cmux-proxy-single' ? [] : ['--workers', String(WS_WORKERS)];
+      // young2: node's --max-semi-space-size=2 (MiB), which the workers inherit with execArgv
+      const nodeFlags = name === 'cmux-proxy-workers4-young2' ? ['--max-semi-space-size=2'] : [];
       const system = await nodeSystem(
         (port) => [
+          ...nodeFlags,
           paths.cli,
           '--port', String(port),
           '--host', '127.0.0.1',

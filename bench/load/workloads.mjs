@@ -361,9 +361,9 @@ const WS20K_WARM_UP_PER_WORKER = 200;
 const ws20k = {
   name: 'ws-20k',
   title:
-    'WebSockets held open together through the CLI with --workers 4 (20,000) and as one process (9,500: its fd limit), one echo each; ' +
+    'WebSockets held open together through the CLI with --workers 4 (20,000; young2: node --max-semi-space-size=2) and as one process (9,500: its fd limit), one echo each; ' +
     'echo upstreams and load generators over several processes, sources over 127.0.0.x, nothing pinned (proxy started fresh for every repetition)',
-  systems: ['cmux-proxy-workers4', 'cmux-proxy-single'],
+  systems: ['cmux-proxy-workers4', 'cmux-proxy-workers4-young2', 'cmux-proxy-single'],
   freshPerRep: true,
   columns: [
     { key: 'ok', label: 'echoed & open', digits: 0 },
