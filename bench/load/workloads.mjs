@@ -358,6 +358,15 @@ function ownRssKiB(p) {
 
 const WS20K_WARM_UP_PER_WORKER = 200;
 
+/** The kernel's slab memory (socket, file and epoll structures among it), KiB, machine-wide. */
+function slabKiB() {
+  try {
+    return Number(/^Slab:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
 const ws20k = {
   name: 'ws-20k',
   title:
@@ -391,6 +400,7 @@ const ws20k = {
       await sleep(1000);
       const before = await adminStats(system.adminPort);
       const idleKiB = rssKiB(p);
+      const slab0 = slabKiB();
       const cpu0 = cpuSeconds(p);
       const fleet = await openFleet({ proxyPort: system.port, targetPorts, total });
       let held;
@@ -399,6 +409,7 @@ const ws20k = {
         const stats = await adminStats(system.adminPort);
         held = {
           openKiB: rssKiB(p),
+          slab: slabKiB() - slab0,
           primaryKiB: system.workers > 1 ? ownRssKiB(p) : null,
           cpu: cpuSeconds(p) - cpu0,
           spread: perWorker(stats),
@@ -430,6 +441,9 @@ const ws20k = {
         primaryMiB: held.primaryKiB === null ? null : round(held.primaryKiB / 1024, 1),
         kibPerWs: round((held.openKiB - idleKiB) / ok, 2),
         kibPerWsFromCold: round((held.openKiB - coldKiB) / ok, 2),
+        // every process's sockets (client, proxy both sides, echo: 4 per WebSocket) and whatever
+        // else the machine did meanwhile
+        kernelSlabKibPerWs: round(held.slab / ok, 2),
         openSeconds: round(fleet.openSeconds, 2),
         openPerSecond: round(fleet.openPerSecond, 0),
         p50Ms: fleet.p50Ms,
