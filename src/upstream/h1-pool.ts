@@ -406,6 +406,10 @@ function tunnelWaitExpired(pool: UpstreamPool, entry: PoolEntry, user: TunnelUse
   pool.tunnelWaitExpired(entry, user);
 }
 
+function slotWaitExpired(pool: UpstreamPool, entry: PoolEntry, user: UpstreamUser): void {
+  pool.slotWaitExpired(entry, user);
+}
+
 /** Sockets and waiters for one upstream address. */
 class PoolEntry {
   readonly pool: UpstreamPool;
@@ -414,6 +418,8 @@ class PoolEntry {
   readonly key: string;
   readonly idle: UpstreamConn[] = [];
   readonly waiters: UpstreamUser[] = [];
+  /** The timers of waiters whose wait is bounded (WebSocket upgrades: a tunnel once open). */
+  readonly waitTimers = new Map<UpstreamUser, NodeJS.Timeout>();
   /** Tunnels waiting for a slot (served after exchanges: a tunnel may hold its slot for hours). */
   readonly tunnelWaiters: TunnelWaiter[] = [];
   /** Sockets open to this upstream: pooled ones (busy or idle) and tunnels. */
@@ -483,8 +489,13 @@ export class UpstreamPool {
     return entry;
   }
 
-  /** Gives `user` a ready socket now (reused), later (new or after waiting), or a failure. */
-  acquire(target: Target, user: UpstreamUser): void {
+  /**
+   * Gives `user` a ready socket now (reused), later (new or after waiting), or a failure. With
+   * `boundedWait` (a WebSocket upgrade, which holds its socket as a tunnel for as long as it stays
+   * open, so slots may not free up for hours) a user that waits for a slot gets SOCKET_LIMIT
+   * after the connect timeout, as a CONNECT tunnel does.
+   */
+  acquire(target: Target, user: UpstreamUser, boundedWait = false): void {
     const entry = this.entryFor(target, user.host);
     const idle = entry.idle.pop();
     if (idle !== undefined) {
@@ -499,6 +510,7 @@ export class UpstreamPool {
     // pipelined request dispatched from inside that read) rather than a new connection.
     if (entry.total >= this.config.maxSockets || entry.releasing > 0) {
       entry.waiters.push(user);
+      if (boundedWait) entry.waitTimers.set(user, setTimeout(slotWaitExpired, this.config.connectTimeoutMs, this, entry, user));
       return;
     }
     this.connect(entry, user);
@@ -526,6 +538,31 @@ export class UpstreamPool {
     if (entry === undefined) return;
     const at = entry.waiters.indexOf(user);
     if (at !== -1) entry.waiters.splice(at, 1);
+    this.stopWaitTimer(entry, user);
+  }
+
+  /** A waiter with a bounded wait got no slot in time. */
+  slotWaitExpired(entry: PoolEntry, user: UpstreamUser): void {
+    entry.waitTimers.delete(user);
+    const at = entry.waiters.indexOf(user);
+    if (at === -1) return;
+    entry.waiters.splice(at, 1);
+    this.dropIfUnused(entry);
+    user.onUpstreamFailure(null, 'SOCKET_LIMIT');
+  }
+
+  /** Next waiter in line for a socket, its wait timer (if any) stopped. */
+  private nextWaiter(entry: PoolEntry): UpstreamUser | undefined {
+    const waiter = entry.waiters.shift();
+    if (waiter !== undefined && entry.waitTimers.size !== 0) this.stopWaitTimer(entry, waiter);
+    return waiter;
+  }
+
+  private stopWaitTimer(entry: PoolEntry, user: UpstreamUser): void {
+    const timer = entry.waitTimers.get(user);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    entry.waitTimers.delete(user);
   }
 
   /** A new socket to the entry's upstream, counted in its slots and the descriptor budget; null past the budget. */
@@ -575,7 +612,7 @@ export class UpstreamPool {
       return;
     }
     conn.responses++;
-    const waiter = entry.waiters.shift();
+    const waiter = this.nextWaiter(entry);
     if (waiter !== undefined) {
       this.stats.upstreamSocketsReused++;
       conn.phase = PHASE_WAITING_HEAD;
@@ -712,7 +749,7 @@ export class UpstreamPool {
   }
 
   private slotFreed(entry: PoolEntry): void {
-    const waiter = entry.waiters.shift();
+    const waiter = this.nextWaiter(entry);
     if (waiter !== undefined) {
       if (this.closed) waiter.onUpstreamFailure(null, 'PROXY_STOPPING');
       else this.connect(entry, waiter);
@@ -771,6 +808,8 @@ export class UpstreamPool {
     this.deadlines.stop();
     for (const entry of this.entries.values()) {
       for (const conn of entry.idle.splice(0)) conn.socket.destroy();
+      for (const timer of entry.waitTimers.values()) clearTimeout(timer);
+      entry.waitTimers.clear();
       for (const waiter of entry.waiters.splice(0)) waiter.onUpstreamFailure(null, 'PROXY_STOPPING');
       for (const tunnel of entry.tunnelWaiters.splice(0)) {
         clearTimeout(tunnel.timer);
