@@ -20,6 +20,11 @@ export interface ClusterOptions extends ProxyOptions {
   workers: number | 'auto';
   /** SIGTERM/SIGINT stop every worker then exit, SIGUSR1 reopens the access logs. Default true. */
   handleSignals?: boolean;
+  /**
+   * A listening worker that has not answered the primary's ping for this long (its event loop
+   * stuck) is killed and started again. Default 10,000 ms; 0 turns the watchdog off.
+   */
+  workerWatchdogMs?: number;
 }
 
 /** getStats() of a cluster: the workers' figures summed, and each worker's own. */
@@ -41,6 +46,7 @@ const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 10_000;
 /** How long the primary waits for a worker's figures before leaving it out. */
 const STATS_TIMEOUT_MS = 2_000;
+const WATCHDOG_DEFAULT_MS = 10_000;
 
 const TEXT = 'text/plain; charset=utf-8';
 const PROMETHEUS = 'text/plain; version=0.0.4; charset=utf-8';
@@ -82,13 +88,16 @@ interface Slot {
   startedAt: number;
   /** Deaths in a row, each within STABLE_MS of its start. */
   failures: number;
+  /** When the worker last answered a watchdog ping (or started listening). */
+  lastPong: number;
   timer: NodeJS.Timeout | null;
 }
 
 type Message =
   | { cmux: 'listening'; address: ProxyAddress }
   | { cmux: 'failed'; message: string; code?: string }
-  | { cmux: 'stats'; seq: number; stats: ProxyStats; metrics: string | null; ready: boolean };
+  | { cmux: 'stats'; seq: number; stats: ProxyStats; metrics: string | null; ready: boolean }
+  | { cmux: 'pong' };
 
 /** Validates `workers`; the other options are validated as createProxyServer's. */
 export function resolveWorkers(value: unknown): number {
@@ -105,15 +114,19 @@ export function resolveWorkers(value: unknown): number {
  * resolves null.
  */
 export async function startCluster(options: ClusterOptions): Promise<ProxyCluster | null> {
-  const { workers, handleSignals, ...proxyOptions } = options;
+  const { workers, handleSignals, workerWatchdogMs, ...proxyOptions } = options;
   const count = resolveWorkers(workers);
+  const watchdogMs = workerWatchdogMs ?? WATCHDOG_DEFAULT_MS;
+  if (typeof watchdogMs !== 'number' || !Number.isInteger(watchdogMs) || watchdogMs < 0 || (watchdogMs > 0 && watchdogMs < 200) || watchdogMs > 3_600_000) {
+    throw new OptionError('workerWatchdogMs', watchdogMs, 'an integer from 200 to 3600000, or 0 (off)');
+  }
   // Bad options fail here, in the primary, before anything is forked.
   resolveOptions(proxyOptions);
   if (cluster.isWorker) {
     await runWorker(proxyOptions, handleSignals !== false);
     return null;
   }
-  const c = new ProxyCluster(proxyOptions, count);
+  const c = new ProxyCluster(proxyOptions, count, watchdogMs);
   await c.start();
   if (handleSignals !== false) c.handleSignals();
   return c;
@@ -141,6 +154,9 @@ async function runWorker(options: ProxyOptions, handleSignals: boolean): Promise
     switch (m?.cmux) {
       case 'stop':
         stop();
+        return;
+      case 'ping':
+        process.send?.({ cmux: 'pong' });
         return;
       case 'stats':
         process.send?.({ cmux: 'stats', seq: m.seq, stats: proxy.getStats(), metrics: proxy.metricsText(), ready: proxy.isReady() });
@@ -194,15 +210,18 @@ export class ProxyCluster {
   /** Settles a start of `slots` (all at first, one per step of a restart): resolve when they all listen, reject on the first failure. */
   private startWaiter: { slots: ReadonlySet<Slot>; resolve: () => void; reject: (err: Error) => void } | null = null;
   private readonly reusePort = useReusePort();
+  private readonly watchdogMs: number;
+  private watchdog: NodeJS.Timeout | null = null;
 
-  constructor(options: ProxyOptions, size: number) {
+  constructor(options: ProxyOptions, size: number, watchdogMs = WATCHDOG_DEFAULT_MS) {
+    this.watchdogMs = watchdogMs;
     const resolved = resolveOptions(options);
     this.options = options;
     this.size = size;
     this.port = resolved.listenPort;
     this.rrPort = resolved.listenPort;
     this.log = createLogger(resolved.logLevel, resolved.logger);
-    for (let i = 1; i <= size; i++) this.slots.push({ slot: i, worker: null, pid: 0, listening: false, startedAt: 0, failures: 0, timer: null });
+    for (let i = 1; i <= size; i++) this.slots.push({ slot: i, worker: null, pid: 0, listening: false, startedAt: 0, failures: 0, lastPong: 0, timer: null });
   }
 
   async start(): Promise<void> {
@@ -217,6 +236,10 @@ export class ProxyCluster {
         await this.startSlots(this.slots.slice(1));
       } else await this.startSlots(this.slots);
       await this.startAdmin();
+      if (this.watchdogMs > 0) {
+        this.watchdog = setInterval(() => this.checkWorkers(), Math.max(50, Math.floor(this.watchdogMs / 4)));
+        this.watchdog.unref();
+      }
     } catch (err) {
       await this.stop();
       throw err;
@@ -264,6 +287,7 @@ export class ProxyCluster {
     switch (m?.cmux) {
       case 'listening':
         s.listening = true;
+        s.lastPong = Date.now();
         this.boundAddress ??= m.address;
         // Only the slots being started count: another slot's worker coming back from a crash neither holds nor settles it.
         if (this.startWaiter !== null && this.startWaiter.slots.has(s)) {
@@ -280,6 +304,9 @@ export class ProxyCluster {
         return;
       case 'stats':
         this.pendingStats.get(m.seq)?.(m);
+        return;
+      case 'pong':
+        s.lastPong = Date.now();
         return;
       default:
     }
@@ -299,6 +326,31 @@ export class ProxyCluster {
     }
     if (this.stopping !== null) return;
     this.scheduleRestart(s, `exited (${signal ?? `code ${code}`})`);
+  }
+
+  /**
+   * Watchdog: pings every listening worker; one silent for `watchdogMs` (a stuck event loop: it
+   * still holds connections the primary hands it, and answers none) is killed, and its exit
+   * starts it again as any death does.
+   */
+  private checkWorkers(): void {
+    if (this.stopping !== null) return;
+    const now = Date.now();
+    for (const s of this.slots) {
+      const worker = s.worker;
+      if (worker === null || !s.listening) continue;
+      if (now - s.lastPong > this.watchdogMs) {
+        this.log.error(`worker ${s.slot} (pid ${s.pid}) has not answered for ${now - s.lastPong} ms; killing it`);
+        s.lastPong = now;
+        worker.process.kill('SIGKILL');
+        continue;
+      }
+      try {
+        worker.send({ cmux: 'ping' });
+      } catch {
+        // Exiting: its 'exit' follows.
+      }
+    }
   }
 
   /** Starts the slot's worker again after its back-off delay. */
@@ -461,6 +513,8 @@ export class ProxyCluster {
   }
 
   private async stopAll(): Promise<void> {
+    if (this.watchdog !== null) clearInterval(this.watchdog);
+    this.watchdog = null;
     const exits: Promise<void>[] = [];
     const grace = resolveOptions(this.options).drainTimeoutMs + 5_000;
     for (const s of this.slots) {

@@ -145,6 +145,37 @@ describe('workers: startCluster() from the API', () => {
     for (const pid of pids) assert.ok(await waitFor(() => !pidAlive(pid)));
   });
 
+  it('watchdog: a worker whose event loop is stuck (SIGSTOP) is killed and started again; requests go on', async () => {
+    const child = spawn(process.execPath, [CHILD], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, WATCHDOG_MS: '1000' } });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    try {
+      assert.ok(await waitFor(() => out.includes('\n'), { timeoutMs: 15000 }));
+      const { port, pids } = JSON.parse(out);
+      process.kill(pids[0], 'SIGSTOP');
+      assert.ok(await waitFor(() => !pidAlive(pids[0]), { timeoutMs: 8000 }), 'the stuck worker is killed');
+      const seen = new Set();
+      assert.ok(
+        await waitFor(async () => {
+          const r = await request(`http://127.0.0.1:${port}/`, { timeoutMs: 3000 }).catch(() => null);
+          if (r !== null) seen.add(Number(r.body.split(' ')[1]));
+          return seen.size === 2 && !seen.has(pids[0]);
+        }, { timeoutMs: 15000, stepMs: 50 }),
+        `answered by ${[...seen]}`,
+      );
+      assert.ok(seen.has(pids[1]));
+    } finally {
+      const exit = await stopCli(child, 'SIGTERM');
+      assert.equal(exit.code, 0);
+    }
+  });
+
+  it('workerWatchdogMs is validated', async () => {
+    for (const bad of [-1, 100, 1.5, '1000']) {
+      await assert.rejects(startCluster({ listenPort: 0, workers: 1, workerWatchdogMs: bad }), /Invalid option workerWatchdogMs/);
+    }
+  });
+
   it('bad workers values are refused before anything is forked', async () => {
     for (const bad of [0, -1, 1.5, '2', 'all', 2000]) {
       await assert.rejects(startCluster({ listenPort: 0, workers: bad }), /Invalid option workers/);

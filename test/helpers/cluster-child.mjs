@@ -7,6 +7,7 @@ const c = await startCluster({
   listenPort: 0,
   workers: Number(process.env.WORKERS ?? 2),
   logLevel: 'silent',
+  ...(process.env.WATCHDOG_MS === undefined ? {} : { workerWatchdogMs: Number(process.env.WATCHDOG_MS) }),
   fallback: { handler: (req, res) => res.end(`worker ${process.pid} ${req.headers['x-forwarded-for']}`) },
 });
 if (c !== null) process.stdout.write(`${JSON.stringify({ port: c.address().port, pids: c.workerPids() })}\n`);
