@@ -11,8 +11,8 @@ export interface AdminHost {
   isReady(): boolean;
 }
 
-const TEXT = 'text/plain; charset=utf-8';
-const PROMETHEUS = 'text/plain; version=0.0.4; charset=utf-8';
+export const TEXT = 'text/plain; charset=utf-8';
+export const PROMETHEUS = 'text/plain; version=0.0.4; charset=utf-8';
 
 /** Connections the admin listener holds at once; more are closed as they arrive. */
 export const ADMIN_MAX_CONNECTIONS = 64;
@@ -109,7 +109,8 @@ export class AdminServer {
   }
 }
 
-function send(res: http.ServerResponse, status: number, type: string, body: string, extra?: Record<string, string>): void {
+/** An admin answer: no caching, a body unless the request was HEAD. */
+export function send(res: http.ServerResponse, status: number, type: string, body: string, extra?: Record<string, string>): void {
   res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store', ...extra });
   res.end(res.req.method === 'HEAD' ? undefined : body);
 }

@@ -3,7 +3,7 @@ import type http from 'node:http';
 import type net from 'node:net';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import { adminHttpServer } from './admin.js';
+import { adminHttpServer, PROMETHEUS, send, TEXT } from './admin.js';
 import { createLogger, type Logger } from './log.js';
 import { resolveOptions, OptionError, type ProxyOptions } from './options.js';
 import { ProxyServer, type ProxyAddress } from './server.js';
@@ -48,8 +48,6 @@ const BACKOFF_MAX_MS = 10_000;
 const STATS_TIMEOUT_MS = 2_000;
 const WATCHDOG_DEFAULT_MS = 10_000;
 
-const TEXT = 'text/plain; charset=utf-8';
-const PROMETHEUS = 'text/plain; version=0.0.4; charset=utf-8';
 
 /**
  * `reusePort` in net.Server.listen() exists from Node 22.12 and 23.1: each worker binds the port
@@ -612,11 +610,6 @@ export class ProxyCluster {
         send(res, 404, TEXT, 'not found: /metrics, /healthz, /readyz, /stats\n');
     }
   }
-}
-
-function send(res: http.ServerResponse, status: number, type: string, body: string, extra?: Record<string, string>): void {
-  res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store', ...extra });
-  res.end(res.req.method === 'HEAD' ? undefined : body);
 }
 
 /** Every numeric field summed; upstreamErrors summed per code. */
