@@ -81,14 +81,8 @@ export class AdminServer {
   }
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
-    const method = req.method ?? 'GET';
-    if (method !== 'GET' && method !== 'HEAD') {
-      send(res, 405, TEXT, 'method not allowed\n', { allow: 'GET, HEAD' });
-      return;
-    }
-    const url = req.url ?? '/';
-    const q = url.indexOf('?');
-    const path = q === -1 ? url : url.slice(0, q);
+    const path = adminPath(req, res);
+    if (path === null) return;
     switch (path) {
       case '/metrics':
         send(res, 200, PROMETHEUS, this.observer.metrics(this.host.getStats()));
@@ -107,6 +101,18 @@ export class AdminServer {
         send(res, 404, TEXT, 'not found: /metrics, /healthz, /readyz, /stats\n');
     }
   }
+}
+
+/** The path an admin request asks for (query cut off); null when its method got 405 here. */
+export function adminPath(req: http.IncomingMessage, res: http.ServerResponse): string | null {
+  const method = req.method ?? 'GET';
+  if (method !== 'GET' && method !== 'HEAD') {
+    send(res, 405, TEXT, 'method not allowed\n', { allow: 'GET, HEAD' });
+    return null;
+  }
+  const url = req.url ?? '/';
+  const q = url.indexOf('?');
+  return q === -1 ? url : url.slice(0, q);
 }
 
 /** An admin answer: no caching, a body unless the request was HEAD. */

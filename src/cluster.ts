@@ -3,7 +3,7 @@ import type http from 'node:http';
 import type net from 'node:net';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import { adminHttpServer, PROMETHEUS, send, TEXT } from './admin.js';
+import { adminHttpServer, adminPath, PROMETHEUS, send, TEXT } from './admin.js';
 import { createLogger, type Logger } from './log.js';
 import { resolveOptions, OptionError, type ProxyOptions } from './options.js';
 import { ProxyServer, type ProxyAddress } from './server.js';
@@ -579,14 +579,8 @@ export class ProxyCluster {
 
   /** The admin listener of ProxyServer, over the workers: /stats sums them, /metrics labels each series with its worker. */
   private async handleAdmin(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const method = req.method ?? 'GET';
-    if (method !== 'GET' && method !== 'HEAD') {
-      send(res, 405, TEXT, 'method not allowed\n', { allow: 'GET, HEAD' });
-      return;
-    }
-    const url = req.url ?? '/';
-    const q = url.indexOf('?');
-    const path = q === -1 ? url : url.slice(0, q);
+    const path = adminPath(req, res);
+    if (path === null) return;
     switch (path) {
       case '/metrics': {
         const replies = await this.collect();
