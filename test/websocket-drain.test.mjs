@@ -340,6 +340,7 @@ describe('stop(): WebSockets get a close frame 1001 (HTTP/2 extended CONNECT)', 
       stream.write(clientFrame('ping'));
       assert.ok(await waitFor(() => seen.frames.length === 1));
       await proxy.stop();
+      await waitFor(() => seen.frames.some((f) => f.opcode === 8), { timeoutMs: 5000 });
       const close = seen.frames.find((f) => f.opcode === 8);
       assert.ok(close, `no close frame among ${JSON.stringify(seen.frames.map((f) => f.opcode))}`);
       assert.equal(close.payload.readUInt16BE(0), 1001);
@@ -373,6 +374,8 @@ describe('stop(): WebSockets get a close frame 1001 (HTTP/2 extended CONNECT)', 
       assert.deepEqual(upstreamErrors, []);
       assert.equal(srv.messages.length, 1);
       assert.equal(sha(srv.messages[0].data), sha(up));
+      // The client's last DATA frames may still be in its socket when stop() resolves.
+      await waitFor(() => seen.frames.some((f) => f.opcode === 8), { timeoutMs: 5000 });
       assert.deepEqual(
         seen.frames.map((f) => [f.opcode, f.length]),
         [
