@@ -7,19 +7,21 @@
 //   npm run bench -- --quick         3 repetitions, short loads (under 2 minutes)
 //   options: --reps N  --only h1-small,ws,...  --systems direct,nginx,...  --ws-conns N  --ws20k-conns N
 //            --seconds S (every timed load)  --json FILE (default bench/results/latest.json)
+//            --ref-cli FILE (another build's dist/cmux-proxy.js, measured as cmux-proxy-ref; node_modules
+//            must resolve from its directory)
 //            (--only download-1m runs download-1m-c1, -c4 and -c16)
 // Exit status 3 when a gated floor fails: 1 MiB downloads through cmux-proxy under 0.8× direct.
 //
 // Needs wrk, h2load, nginx, taskset (scripts/install-bench-deps.sh) and a built dist/cmux-proxy.js.
 // Everything listens on 127.0.0.1; every child is killed by PID at the end, on error and on SIGINT.
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { installCleanupHandlers, pinSelf, sleep, stopAll } from './processes.mjs';
 import { checkFloors, markdownReport, summarizeRuns } from './report.mjs';
-import { cmuxAvailable, LOAD_CPU, NGINX, paths, PROXY_CPU, repoRoot, startBackends, startSystem, SMALL_BODY, LARGE_BYTES } from './servers.mjs';
+import { cmuxAvailable, refCli, LOAD_CPU, NGINX, paths, PROXY_CPU, repoRoot, startBackends, startSystem, SMALL_BODY, LARGE_BYTES } from './servers.mjs';
 import { warmUp, WORKLOADS } from './workloads.mjs';
 
 const { values: opts } = parseArgs({
@@ -31,13 +33,14 @@ const { values: opts } = parseArgs({
     'ws-conns': { type: 'string' },
     'ws20k-conns': { type: 'string' },
     seconds: { type: 'string' },
+    'ref-cli': { type: 'string' },
     json: { type: 'string', default: 'bench/results/latest.json' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
 
 if (opts.help) {
-  console.log(readFileSync(new URL(import.meta.url), 'utf8').split('\n').slice(1, 13).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+  console.log(readFileSync(new URL(import.meta.url), 'utf8').split('\n').slice(1, 15).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
   process.exit(0);
 }
 
@@ -82,6 +85,12 @@ if (!cmuxAvailable() && systemsWanted.includes('cmux-proxy')) {
   log(`bench: ${paths.cli} not found (run \`npm run build\`); measuring without cmux-proxy`);
   systemsWanted = systemsWanted.filter((s) => s !== 'cmux-proxy');
 }
+if (opts['ref-cli']) {
+  refCli.file = resolve(opts['ref-cli']);
+  if (!existsSync(refCli.file)) fail(`--ref-cli ${refCli.file} not found`);
+} else {
+  systemsWanted = systemsWanted.filter((s) => s !== 'cmux-proxy-ref');
+}
 
 /** The part of `cmd args` output (stdout or stderr) matching re, or null when absent or not runnable. */
 function version(cmd, args, re) {
@@ -107,6 +116,8 @@ function estimate() {
   const perRep = {
     'h1-small': cfg.seconds.h1 + 0.1,
     'h2c-small': cfg.seconds.h2c + 0.1,
+    'tls-h2-small': cfg.seconds.h2c + 0.1,
+    'tls-h1-small': cfg.seconds.h1 + 0.1,
     'download-1m-c1': cfg.seconds.download + 0.1,
     'download-1m-c4': cfg.seconds.download + 0.1,
     'download-1m-c16': cfg.seconds.download + 0.1,
@@ -235,7 +246,7 @@ async function main() {
   try {
     const backends = await startBackends(workDir);
     await checkBackends(backends);
-    log(`bench: upstream nginx :${backends.upstream.port} (h2c :${backends.upstream.h2cPort}), upload sink :${backends.sink.port}, ws echo :${backends.echo.port}`);
+    log(`bench: upstream nginx :${backends.upstream.port} (h2c :${backends.upstream.h2cPort}, TLS :${backends.upstream.tlsPort}), upload sink :${backends.sink.port}, ws echo :${backends.echo.port}`);
     // nginx (as a proxy) routes X-Cmux-Port-Internal to these upstream groups; the first is its default
     const nginxRoutes = { up_main: backends.upstream.port, up_sink: backends.sink.port, up_ws: backends.echo.port };
     const ctx = { cfg, workDir, backends, nginxRoutes };
