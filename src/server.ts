@@ -654,6 +654,7 @@ export class ProxyServer implements SessionHost, H2Host {
     }
     const conn = new H1Connection(this, secure, true);
     this.h1.add(conn);
+    conn.consumeReads();
   }
 
   h1Closed(conn: H1Connection): void {
