@@ -12,7 +12,7 @@
 //            (--only download-1m runs download-1m-c1, -c4 and -c16)
 // Exit status 3 when a gated floor fails: 1 MiB downloads through cmux-proxy under 0.8× direct.
 //
-// Needs wrk, h2load, nginx, taskset (scripts/install-bench-deps.sh) and a built dist/cmux-proxy.js.
+// Needs wrk, h2load, nginx, openssl, taskset (scripts/install-bench-deps.sh) and a built dist/cmux-proxy.js.
 // Everything listens on 127.0.0.1; every child is killed by PID at the end, on error and on SIGINT.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -104,6 +104,7 @@ function checkTools() {
     h2load: version('h2load', ['--version'], /nghttp2\/\S+/),
     nginx: version(NGINX, ['-v'], /nginx\/\S+/),
     taskset: version('taskset', ['-V'], /util-linux \S+/),
+    openssl: version('openssl', ['version'], /OpenSSL \S+/),
   };
   const missing = Object.entries(found).filter(([, v]) => !v).map(([k]) => k);
   if (missing.length) fail(`missing ${missing.join(', ')}: run scripts/install-bench-deps.sh`);
