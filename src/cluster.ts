@@ -127,6 +127,8 @@ async function runWorker(options: ProxyOptions, handleSignals: boolean): Promise
   const fixedPort = process.env[ENV_PORT];
   const reusePort = process.env[ENV_REUSEPORT] === '1';
   const secret = process.env[ENV_TICKET_SECRET];
+  // not left for the processes a worker's code may start
+  delete process.env[ENV_TICKET_SECRET];
   const proxy = new ProxyServer(
     { ...rest, listenPort: fixedPort === undefined ? rest.listenPort : Number(fixedPort) },
     // The primary serves the admin listener; the worker keeps the histograms it asks for.
