@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the load benchmark (`npm run bench`) needs: wrk, h2load
-# (nghttp2-client), nginx and curl. Idempotent: does nothing when every tool is already present;
+# (nghttp2-client), nginx, curl and openssl (the TLS rows' certificate). Idempotent: does nothing when every tool is already present;
 # otherwise runs `apt-get update` once and installs only what is missing. Needs root (or sudo).
 set -euo pipefail
 
-declare -A tool_of=( [wrk]=wrk [nghttp2-client]=h2load [nginx]=nginx [curl]=curl )
+declare -A tool_of=( [wrk]=wrk [nghttp2-client]=h2load [nginx]=nginx [curl]=curl [openssl]=openssl )
 missing=()
-for pkg in wrk nghttp2-client nginx curl; do
+for pkg in wrk nghttp2-client nginx curl openssl; do
   tool="${tool_of[$pkg]}"
   if ! command -v "$tool" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$tool" ]; then
     missing+=("$pkg")
@@ -14,7 +14,7 @@ for pkg in wrk nghttp2-client nginx curl; do
 done
 
 if [ "${#missing[@]}" -eq 0 ]; then
-  echo "install-bench-deps: wrk, h2load, nginx and curl are already installed"
+  echo "install-bench-deps: wrk, h2load, nginx, curl and openssl are already installed"
   exit 0
 fi
 

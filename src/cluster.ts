@@ -4,6 +4,7 @@ import type net from 'node:net';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { adminHttpServer, adminPath, PROMETHEUS, send, TEXT } from './admin.js';
+import { crypto as loadCrypto } from './builtins.js';
 import { createLogger, type Logger } from './log.js';
 import { resolveOptions, OptionError, type ProxyOptions } from './options.js';
 import { ProxyServer, type ProxyAddress } from './server.js';
@@ -38,6 +39,8 @@ export interface ClusterStats extends ProxyStats {
 const ENV_PORT = 'CMUX_CLUSTER_PORT';
 /** Set in a worker's environment by the primary: '1' when the workers bind with reusePort. */
 const ENV_REUSEPORT = 'CMUX_CLUSTER_REUSEPORT';
+/** The secret the workers derive TLS session ticket keys from (hex), so tickets resume on any worker. */
+const ENV_TICKET_SECRET = 'CMUX_CLUSTER_TLS_TICKET_SECRET';
 /** Overrides the choice of scheduling: 'reuseport' or 'round-robin'. */
 export const ENV_SCHEDULING = 'CMUX_PROXY_CLUSTER_SCHEDULING';
 /** A worker that lived this long before dying starts its back-off again from the shortest delay. */
@@ -134,10 +137,13 @@ async function runWorker(options: ProxyOptions, handleSignals: boolean): Promise
   const { adminPort, ...rest } = options;
   const fixedPort = process.env[ENV_PORT];
   const reusePort = process.env[ENV_REUSEPORT] === '1';
+  const secret = process.env[ENV_TICKET_SECRET];
+  // not left for the processes a worker's code may start
+  delete process.env[ENV_TICKET_SECRET];
   const proxy = new ProxyServer(
     { ...rest, listenPort: fixedPort === undefined ? rest.listenPort : Number(fixedPort) },
     // The primary serves the admin listener; the worker keeps the histograms it asks for.
-    { observe: adminPort !== undefined, reusePort },
+    { observe: adminPort !== undefined, reusePort, ticketSecret: secret === undefined ? undefined : Buffer.from(secret, 'hex') },
   );
   let stopping = false;
   const stop = (): void => {
@@ -200,6 +206,8 @@ export class ProxyCluster {
   private port: number;
   /** Round-robin: the port the workers ask for (0 at first for `listenPort: 0`). */
   private rrPort: number;
+  /** Given to every worker (restarts too), so TLS sessions resume across workers. */
+  private readonly ticketSecret: string | null;
   private boundAddress: ProxyAddress | null = null;
   private restarts = 0;
   private admin: http.Server | null = null;
@@ -220,6 +228,7 @@ export class ProxyCluster {
     this.rrPort = resolved.listenPort;
     this.log = createLogger(resolved.logLevel, resolved.logger);
     for (let i = 1; i <= size; i++) this.slots.push({ slot: i, worker: null, pid: 0, listening: false, startedAt: 0, failures: 0, lastPong: 0, timer: null });
+    this.ticketSecret = resolved.tls === undefined ? null : loadCrypto().randomBytes(32).toString('hex');
   }
 
   async start(): Promise<void> {
@@ -260,6 +269,7 @@ export class ProxyCluster {
   private fork(s: Slot): void {
     s.timer = null;
     const env: Record<string, string> = { [ENV_REUSEPORT]: this.reusePort ? '1' : '0' };
+    if (this.ticketSecret !== null) env[ENV_TICKET_SECRET] = this.ticketSecret;
     if (this.reusePort) {
       if (this.port !== 0) env[ENV_PORT] = String(this.port);
     } else {

@@ -46,6 +46,8 @@ export interface ServerInternals {
   observe?: boolean;
   /** Bind with SO_REUSEPORT instead of through the cluster primary (the kernel spreads connections). */
   reusePort?: boolean;
+  /** A secret every worker shares, from which TLS session ticket keys are derived (see src/tls.ts). */
+  ticketSecret?: Buffer;
 }
 
 const NO_INTERNALS: ServerInternals = {};
@@ -125,13 +127,13 @@ export class ProxyServer implements SessionHost, H2Host {
     // Head deadlines fire up to one sweep late: 250 ms on top of requestHeadersTimeoutMs.
     this.headTimer = new DeadlineSweep(250);
     // Certificates are read now, so a bad path fails createProxyServer, not the first client.
-    this.tls = this.options.tls === undefined ? undefined : new TlsContexts(this.options.tls, log);
+    this.tls = this.options.tls === undefined ? undefined : new TlsContexts(this.options.tls, log, internals.ticketSecret);
     this.alpn = this.options.enableHttp2 ? ['h2', 'http/1.1'] : ['http/1.1'];
     if (this.tls !== undefined) {
       // Never listening: the sniffer hands it the sockets that start with a ClientHello.
       const contexts = this.tls;
       const server = loadTls().createServer({
-        ...contexts.defaultPem,
+        ...contexts.defaultOptions(),
         SNICallback: contexts.sniCallback,
         ALPNProtocols: this.alpn,
         // The handshake is part of the request head's time budget.
@@ -141,7 +143,7 @@ export class ProxyServer implements SessionHost, H2Host {
       server.on('secureConnection', tlsOnSecureConnection);
       server.on('tlsClientError', tlsOnClientError);
       this.tlsServer = server;
-      contexts.onReload = () => server.setSecureContext(contexts.defaultPem);
+      contexts.onReload = () => server.setSecureContext(contexts.defaultOptions());
     }
   }
 
@@ -654,6 +656,7 @@ export class ProxyServer implements SessionHost, H2Host {
     }
     const conn = new H1Connection(this, secure, true);
     this.h1.add(conn);
+    conn.consumeReads();
   }
 
   h1Closed(conn: H1Connection): void {

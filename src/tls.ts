@@ -38,15 +38,29 @@ export class TlsContexts {
   private polling = false;
   readonly sniCallback: (servername: string, cb: (err: Error | null, ctx?: tls.SecureContext) => void) => void;
 
-  constructor(option: TlsOption, log: Logger) {
+  /**
+   * With it (cluster workers share one), every certificate's session ticket keys are derived from
+   * it and the certificate: a ticket one worker issued resumes on any other, and never under
+   * another certificate. Without it, each context has Node's random keys.
+   */
+  private readonly ticketSecret: Buffer | undefined;
+
+  constructor(option: TlsOption, log: Logger, ticketSecret?: Buffer) {
     this.option = option;
     this.log = log;
+    this.ticketSecret = ticketSecret;
     // Fail fast at construction on unreadable or mismatched files.
-    const pair = loadPair(option);
+    const pair = loadPair(option, ticketSecret);
     this.defaultPem = pair.pem;
     this.defaultContext = pair.context;
     this.loadSni();
     this.sniCallback = (servername, cb) => cb(null, this.contextFor(servername));
+  }
+
+  /** Options for the tls.Server's own context (clients without SNI): the default certificate. */
+  defaultOptions(): tls.SecureContextOptions {
+    const { cert, key } = this.defaultPem;
+    return this.ticketSecret === undefined ? { cert, key } : { cert, key, ticketKeys: ticketKeysFor(this.ticketSecret, cert) };
   }
 
   get context(): tls.SecureContext {
@@ -73,7 +87,7 @@ export class TlsContexts {
     const exact = new Map<string, tls.SecureContext>();
     const wildcard = new Map<string, tls.SecureContext>();
     for (const [name, files] of Object.entries(this.option.sni ?? {})) {
-      const context = loadPair(files).context;
+      const context = loadPair(files, this.ticketSecret).context;
       const lower = name.toLowerCase();
       if (lower.startsWith('*.')) wildcard.set(lower.slice(2), context);
       else exact.set(lower, context);
@@ -88,7 +102,7 @@ export class TlsContexts {
    */
   reload(changed?: readonly string[]): boolean {
     try {
-      const pair = loadPair(this.option);
+      const pair = loadPair(this.option, this.ticketSecret);
       this.loadSni();
       this.defaultPem = pair.pem;
       this.defaultContext = pair.context;
@@ -180,8 +194,13 @@ interface LoadedPair {
   context: tls.SecureContext;
 }
 
+/** 48 bytes of session ticket keys (name, HMAC and AES keys) for one certificate. */
+function ticketKeysFor(secret: Buffer, cert: Buffer): Buffer {
+  return loadCrypto().createHmac('sha384', secret).update(cert).digest();
+}
+
 /** Reads and checks a certificate and its key, so every error names the file at fault. */
-function loadPair(files: CertificateFiles): LoadedPair {
+function loadPair(files: CertificateFiles, ticketSecret: Buffer | undefined): LoadedPair {
   const cert = readOne(files.certFile, 'certificate');
   const key = readOne(files.keyFile, 'key');
   const crypto = loadCrypto();
@@ -196,7 +215,8 @@ function loadPair(files: CertificateFiles): LoadedPair {
     throw new CertificateFileError(files.keyFile, 'ERR_TLS_KEY_FILE', `TLS key file ${files.keyFile} holds no valid PEM private key (${(err as Error).message})`, err);
   }
   try {
-    return { pem: { cert, key }, context: loadTls().createSecureContext({ cert, key }) };
+    const ticketKeys = ticketSecret === undefined ? undefined : ticketKeysFor(ticketSecret, cert);
+    return { pem: { cert, key }, context: loadTls().createSecureContext({ cert, key, ticketKeys }) };
   } catch (err) {
     throw new CertificateFileError(
       files.certFile,

@@ -68,6 +68,7 @@ export function workloadTable(workload, results) {
 
 /** Row names that need more words than the system's name. */
 const SYSTEM_LABELS = {
+  'cmux-proxy-ref': 'cmux-proxy, reference build (--ref-cli)',
   'cmux-proxy-observed': 'cmux-proxy, HTTP/1.1 with access log and metrics on',
   'cmux-proxy-workers4': 'cmux-proxy --workers 4',
   'cmux-proxy-workers4-young2': 'node --max-semi-space-size=2 cmux-proxy --workers 4',
@@ -95,6 +96,10 @@ export function checkFloors(all, cfg) {
   const h2 = (s, k) => med(all, 'h2c-small', s, k);
   add('h2c small: CPU µs/req ≤ 1/3 of http2-proxy', h2(c, 'cpuUsPerReq'), h2('http2-proxy', 'cpuUsPerReq') && h2('http2-proxy', 'cpuUsPerReq') / 3, '<=', ' µs');
   add('h2c small: CPU µs/req ≤ 2× nginx', h2(c, 'cpuUsPerReq'), h2('nginx', 'cpuUsPerReq') && h2('nginx', 'cpuUsPerReq') * 2, '<=', ' µs');
+  for (const [w, what] of [['tls-h2-small', 'TLS h2'], ['tls-h1-small', 'TLS HTTP/1.1']]) {
+    const t = (s) => med(all, w, s, 'cpuUsPerReq');
+    add(`${what} small: CPU µs/req ≤ 1.4× nginx`, t(c), t('nginx') && t('nginx') * 1.4, '<=', ' µs');
+  }
   for (const n of DOWNLOAD_CONNECTIONS) {
     const dl = (s) => med(all, `download-1m-c${n}`, s, 'mibps');
     add(`1 MiB downloads, -c${n}: ≥ ${DOWNLOAD_FLOOR}× direct`, dl(c), dl('direct') && dl('direct') * DOWNLOAD_FLOOR, '>=', ' MiB/s', true);

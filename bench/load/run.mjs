@@ -7,21 +7,22 @@
 //   npm run bench -- --quick         3 repetitions, short loads (under 2 minutes)
 //   options: --reps N  --only h1-small,ws,...  --systems direct,nginx,...  --ws-conns N  --ws20k-conns N
 //            --seconds S (every timed load)  --json FILE (default bench/results/latest.json)
+//            --ref-cli FILE (another build's dist/cmux-proxy.js, measured as cmux-proxy-ref; node_modules
+//            must resolve from its directory)
 //            (--only download-1m runs download-1m-c1, -c4 and -c16)
-//            --ref-cli FILE: system cmux-proxy-ref, another build's dist/cmux-proxy.js (e.g. main's)
 //            --upload-mib N: the upload-256m workload's size (default 256)
 // Exit status 3 when a gated floor fails: 1 MiB downloads through cmux-proxy under 0.8× direct.
 //
-// Needs wrk, h2load, nginx, taskset (scripts/install-bench-deps.sh) and a built dist/cmux-proxy.js.
+// Needs wrk, h2load, nginx, openssl, taskset (scripts/install-bench-deps.sh) and a built dist/cmux-proxy.js.
 // Everything listens on 127.0.0.1; every child is killed by PID at the end, on error and on SIGINT.
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { installCleanupHandlers, pinSelf, sleep, stopAll } from './processes.mjs';
 import { checkFloors, markdownReport, summarizeRuns } from './report.mjs';
-import { cmuxAvailable, LOAD_CPU, NGINX, paths, PROXY_CPU, repoRoot, startBackends, startSystem, SMALL_BODY, LARGE_BYTES } from './servers.mjs';
+import { cmuxAvailable, refCli, LOAD_CPU, NGINX, paths, PROXY_CPU, repoRoot, startBackends, startSystem, SMALL_BODY, LARGE_BYTES } from './servers.mjs';
 import { warmUp, WORKLOADS } from './workloads.mjs';
 
 const { values: opts } = parseArgs({
@@ -59,7 +60,6 @@ if (opts.seconds) {
   for (const k of Object.keys(cfg.seconds)) cfg.seconds[k] = Math.max(1, Math.round(Number(opts.seconds)));
 }
 if (!Number.isInteger(cfg.uploadBytes) || cfg.uploadBytes < 1) fail(`--upload-mib must be a positive integer, got ${opts['upload-mib']}`);
-if (opts['ref-cli'] !== undefined) paths.refCli = resolve(opts['ref-cli']);
 if (!Number.isInteger(cfg.reps) || cfg.reps < 1) fail(`--reps must be a positive integer, got ${opts.reps}`);
 if (!Number.isInteger(cfg.wsConnections) || cfg.wsConnections < 1) fail(`--ws-conns must be a positive integer, got ${opts['ws-conns']}`);
 if (!Number.isInteger(cfg.ws20kConnections) || cfg.ws20kConnections < 1) fail(`--ws20k-conns must be a positive integer, got ${opts['ws20k-conns']}`);
@@ -84,13 +84,16 @@ const onlyNames = opts.only?.replace(/(^|,)\s*download-1m\s*(?=,|$)/g, `$1${WORK
 const workloads = listOption(onlyNames, WORKLOADS.map((w) => w.name), 'workload').map((n) => WORKLOADS.find((w) => w.name === n));
 const allSystems = [...new Set(WORKLOADS.flatMap((w) => w.systems))];
 let systemsWanted = listOption(opts.systems, allSystems, 'system');
-if (paths.refCli === null) {
-  if (opts.systems && systemsWanted.includes('cmux-proxy-ref')) fail('system cmux-proxy-ref needs --ref-cli FILE');
-  systemsWanted = systemsWanted.filter((s) => s !== 'cmux-proxy-ref');
-}
 if (!cmuxAvailable() && systemsWanted.includes('cmux-proxy')) {
   log(`bench: ${paths.cli} not found (run \`npm run build\`); measuring without cmux-proxy`);
   systemsWanted = systemsWanted.filter((s) => s !== 'cmux-proxy');
+}
+if (opts['ref-cli']) {
+  refCli.file = resolve(opts['ref-cli']);
+  if (!existsSync(refCli.file)) fail(`--ref-cli ${refCli.file} not found`);
+} else {
+  if (opts.systems && systemsWanted.includes('cmux-proxy-ref')) fail('system cmux-proxy-ref needs --ref-cli FILE');
+  systemsWanted = systemsWanted.filter((s) => s !== 'cmux-proxy-ref');
 }
 
 /** The part of `cmd args` output (stdout or stderr) matching re, or null when absent or not runnable. */
@@ -105,6 +108,7 @@ function checkTools() {
     h2load: version('h2load', ['--version'], /nghttp2\/\S+/),
     nginx: version(NGINX, ['-v'], /nginx\/\S+/),
     taskset: version('taskset', ['-V'], /util-linux \S+/),
+    openssl: version('openssl', ['version'], /OpenSSL \S+/),
   };
   const missing = Object.entries(found).filter(([, v]) => !v).map(([k]) => k);
   if (missing.length) fail(`missing ${missing.join(', ')}: run scripts/install-bench-deps.sh`);
@@ -117,6 +121,8 @@ function estimate() {
   const perRep = {
     'h1-small': cfg.seconds.h1 + 0.1,
     'h2c-small': cfg.seconds.h2c + 0.1,
+    'tls-h2-small': cfg.seconds.h2c + 0.1,
+    'tls-h1-small': cfg.seconds.h1 + 0.1,
     'download-1m-c1': cfg.seconds.download + 0.1,
     'download-1m-c4': cfg.seconds.download + 0.1,
     'download-1m-c16': cfg.seconds.download + 0.1,
@@ -245,7 +251,7 @@ async function main() {
   try {
     const backends = await startBackends(workDir);
     await checkBackends(backends);
-    log(`bench: upstream nginx :${backends.upstream.port} (h2c :${backends.upstream.h2cPort}), upload sink :${backends.sink.port}, ws echo :${backends.echo.port}`);
+    log(`bench: upstream nginx :${backends.upstream.port} (h2c :${backends.upstream.h2cPort}, TLS :${backends.upstream.tlsPort}), upload sink :${backends.sink.port}, ws echo :${backends.echo.port}`);
     // nginx (as a proxy) routes X-Cmux-Port-Internal to these upstream groups; the first is its default
     const nginxRoutes = { up_main: backends.upstream.port, up_sink: backends.sink.port, up_ws: backends.echo.port };
     const ctx = { cfg, workDir, backends, nginxRoutes };

@@ -2,6 +2,7 @@
 // a Node upload sink and a `ws` echo server. Systems under test (on the proxy CPU): this proxy,
 // the baseline Node proxy with and without keep-alive, nginx as a reverse proxy, http2-proxy,
 // plus "direct" (no proxy at all) and a bare `node` process for idle memory.
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -19,13 +20,37 @@ export const NGINX = existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : 'nginx'
 
 export const paths = {
   cli: join(repoRoot, 'dist/cmux-proxy.js'),
-  /** `--ref-cli`: another build of the CLI (system cmux-proxy-ref), to compare builds in one run. */
-  refCli: null,
   baseline: resolve(here, '../baseline/old-cmux-proxy.mjs'),
   http2Proxy: join(here, 'http2-proxy-server.mjs'),
   uploadSink: join(here, 'upload-sink.mjs'),
   wsEcho: join(here, 'ws-echo-server.mjs'),
 };
+
+/**
+ * The one certificate every TLS row uses: ECDSA P-256, self-signed for localhost, made with the
+ * openssl CLI in the run's temp dir. Returns { cert, key } (paths).
+ */
+export function makeCertificate(workDir) {
+  const dir = join(workDir, 'tls');
+  mkdirSync(dir, { recursive: true });
+  const cert = join(dir, 'cert.pem');
+  const key = join(dir, 'key.pem');
+  execFileSync('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-keyout', key, '-out', cert, '-days', '7', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+  ], { stdio: 'ignore' });
+  return { cert, key };
+}
+
+/** nginx server-block lines for TLS on `port` with HTTP/2 (ALPN h2, http/1.1) and a session cache. */
+function nginxTls(port, tls) {
+  // nginx before 1.25.1 takes http2 as a listen parameter
+  return `    listen 127.0.0.1:${port} ssl http2 backlog=4096;
+    ssl_certificate ${tls.cert};
+    ssl_certificate_key ${tls.key};
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_timeout 10m;`;
+}
 
 // ---- nginx ------------------------------------------------------------------------------------
 
@@ -74,32 +99,42 @@ async function startNginx(name, prefix, conf, ports, cpu) {
   return handle;
 }
 
-/** nginx with 1 worker serving /small (100 bytes) and /1m (1 MiB file), HTTP/1.1 and h2c ports. */
-export async function startUpstream(workDir) {
+/**
+ * nginx with 1 worker serving /small (100 bytes) and /1m (1 MiB file), HTTP/1.1 and h2c ports,
+ * and a TLS port (h2 and HTTP/1.1 by ALPN) with `tls` ({ cert, key }).
+ */
+export async function startUpstream(workDir, tls) {
   const prefix = join(workDir, 'nginx-upstream');
   mkdirSync(join(prefix, 'www'), { recursive: true });
   writeFileSync(join(prefix, 'www', '1m'), Buffer.alloc(LARGE_BYTES, 0x62));
   const port = await freePort();
   const h2cPort = await freePort();
+  const tlsPort = await freePort();
+  const locations = `    location = /small { default_type text/plain; return 200 "${SMALL_BODY.slice(0, -1)}\\n"; }
+    location = /1m { root ${join(prefix, 'www')}; default_type application/octet-stream; }`;
   const conf = nginxMain(
     prefix,
     `  server {
     listen 127.0.0.1:${port} backlog=4096;
     listen 127.0.0.1:${h2cPort} http2 backlog=4096;
-    location = /small { default_type text/plain; return 200 "${SMALL_BODY.slice(0, -1)}\\n"; }
-    location = /1m { root ${join(prefix, 'www')}; default_type application/octet-stream; }
+${locations}
+  }
+  server {
+${nginxTls(tlsPort, tls)}
+${locations}
   }`,
     4096,
   );
-  const handle = await startNginx('nginx-upstream', prefix, conf, [port, h2cPort], LOAD_CPU);
-  return { handle, port, h2cPort };
+  const handle = await startNginx('nginx-upstream', prefix, conf, [port, h2cPort, tlsPort], LOAD_CPU);
+  return { handle, port, h2cPort, tlsPort };
 }
 
 /** nginx as the reverse proxy: routes X-Cmux-Port-Internal to the matching upstream group. */
-async function startNginxProxy(workDir, backends) {
+async function startNginxProxy(workDir, backends, tls) {
   const prefix = join(workDir, `nginx-proxy-${Date.now()}`);
   const port = await freePort();
   const h2cPort = await freePort();
+  const tlsPort = await freePort();
   const groups = Object.entries(backends)
     .map(([name, p]) => `  upstream ${name} { server 127.0.0.1:${p}; keepalive 64; keepalive_requests 1000000; keepalive_timeout 60s; }`)
     .join('\n');
@@ -117,6 +152,7 @@ ${routes}
   server {
     listen 127.0.0.1:${port} backlog=4096;
     listen 127.0.0.1:${h2cPort} http2 backlog=4096;
+${nginxTls(tlsPort, tls)}
     client_max_body_size 0;
     location / {
       proxy_pass http://$cmux_backend;
@@ -136,12 +172,12 @@ ${routes}
     // fresh ones waiting for their request) once fewer than 1/16 of worker_connections are free.
     24000,
   );
-  const handle = await startNginx('nginx-proxy', prefix, conf, [port, h2cPort], PROXY_CPU);
+  const handle = await startNginx('nginx-proxy', prefix, conf, [port, h2cPort, tlsPort], PROXY_CPU);
   const cleanup = () => {
     reportNginxErrors('nginx-proxy', prefix);
     rmSync(prefix, { recursive: true, force: true });
   };
-  return { handle, port, h2cPort, cleanup };
+  return { handle, port, h2cPort, tlsPort, cleanup };
 }
 
 // ---- Node backends ----------------------------------------------------------------------------
@@ -155,12 +191,13 @@ async function startNodeServer(name, script, { cpu, nofile } = {}) {
 
 /** Starts the three backends; all run on the load generator's CPU. */
 export async function startBackends(workDir) {
+  const tls = makeCertificate(workDir);
   const [upstream, sink, echo] = await Promise.all([
-    startUpstream(workDir),
+    startUpstream(workDir, tls),
     startNodeServer('upload-sink', paths.uploadSink, { cpu: LOAD_CPU }),
     startNodeServer('ws-echo', paths.wsEcho, { cpu: LOAD_CPU, nofile: NOFILE }),
   ]);
-  return { upstream, sink, echo };
+  return { upstream, sink, echo, tls };
 }
 
 // ---- systems under test -----------------------------------------------------------------------
@@ -182,10 +219,16 @@ export function cmuxAvailable() {
 }
 
 /**
+ * Another build of the CLI measured beside this one as `cmux-proxy-ref` (run.mjs --ref-cli FILE,
+ * e.g. main's dist/cmux-proxy.js), with the same flags: a before/after comparison in one run.
+ */
+export const refCli = { file: null };
+
+/**
  * Starts a system under test pinned to the proxy CPU. Returns { name, handle|null, port, h2cPort,
  * stop() }. `nginxRoutes` ({ upstreamGroupName: port }) are the backends nginx can route to.
  */
-export async function startSystem(name, { workDir, nginxRoutes }) {
+export async function startSystem(name, { workDir, nginxRoutes, backends }) {
   const nodeSystem = async (args, { cpu = PROXY_CPU } = {}) => {
     const port = await freePort();
     const handle = startProcess(name, process.execPath, args(port), {
@@ -195,21 +238,24 @@ export async function startSystem(name, { workDir, nginxRoutes }) {
       cwd: repoRoot,
     });
     await waitForPort(port, { handle });
-    return { name, handle, port, h2cPort: port, stop: () => stopProcess(handle) };
+    // TLS, when on, is sniffed on the same port
+    return { name, handle, port, h2cPort: port, tlsPort: port, stop: () => stopProcess(handle) };
   };
   switch (name) {
     case 'direct':
-      return { name, handle: null, port: null, h2cPort: null, stop: async () => {} };
+      return { name, handle: null, port: null, h2cPort: null, tlsPort: null, stop: async () => {} };
     case 'cmux-proxy':
     case 'cmux-proxy-ref':
-      if (name === 'cmux-proxy-ref' && paths.refCli === null) throw new Error('cmux-proxy-ref needs --ref-cli FILE');
+      // TLS on (the benchmark's certificate): the cleartext rows are sniffed apart from it
       return nodeSystem((port) => [
-        name === 'cmux-proxy' ? paths.cli : paths.refCli,
+        name === 'cmux-proxy' ? paths.cli : refCli.file,
         '--port', String(port),
         '--host', '127.0.0.1',
         '--log-level', 'warn',
         '--max-connections', String(NOFILE),
         '--max-sockets-per-upstream', String(NOFILE),
+        '--tls-cert', backends.tls.cert,
+        '--tls-key', backends.tls.key,
       ]);
     case 'cmux-proxy-observed': {
       // The same CLI with the access log (a file) and the admin listener (metrics) on.
@@ -269,12 +315,13 @@ export async function startSystem(name, { workDir, nginxRoutes }) {
     case 'http2-proxy':
       return nodeSystem((port) => [paths.http2Proxy, '--port', String(port)]);
     case 'nginx': {
-      const n = await startNginxProxy(workDir, nginxRoutes);
+      const n = await startNginxProxy(workDir, nginxRoutes, backends.tls);
       return {
         name,
         handle: n.handle,
         port: n.port,
         h2cPort: n.h2cPort,
+        tlsPort: n.tlsPort,
         stop: async () => {
           await stopProcess(n.handle);
           n.cleanup();
@@ -296,9 +343,10 @@ export async function startSystem(name, { workDir, nginxRoutes }) {
  * Where a client sends a request for `backendPort` through `system`: { port, targetPort }, the
  * port to connect to and the X-Cmux-Port-Internal value. Direct goes straight to the backend (the
  * header is sent anyway and ignored). For h2c, direct and nginx use their h2c listeners and the
- * proxies forward to the HTTP/1.1 backend port.
+ * proxies forward to the HTTP/1.1 backend port. With `tls`, each system's TLS port (direct: pass
+ * the backend's TLS port as directPort); the proxies still forward to the cleartext backend.
  */
-export function endpoint(system, backendPort, { h2c = false, directPort } = {}) {
+export function endpoint(system, backendPort, { h2c = false, tls = false, directPort } = {}) {
   if (system.name === 'direct') return { port: directPort ?? backendPort, targetPort: backendPort };
-  return { port: h2c ? system.h2cPort : system.port, targetPort: backendPort };
+  return { port: tls ? system.tlsPort : h2c ? system.h2cPort : system.port, targetPort: backendPort };
 }

@@ -20,9 +20,10 @@ function assertOk(res, what) {
   if (res.code !== 0) throw new Error(`${what} exited ${res.code ?? res.signal}: ${(res.stderr || res.stdout).trim().slice(-500)}`);
 }
 
-async function wrk(system, { backendPort, path, connections, seconds, directPort }) {
-  const { port, targetPort } = endpoint(system, backendPort, { directPort });
-  const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--latency', '-H', header(targetPort), `http://127.0.0.1:${port}${path}`];
+async function wrk(system, { backendPort, path, connections, seconds, directPort, tls = false }) {
+  const { port, targetPort } = endpoint(system, backendPort, { directPort, tls });
+  const url = `${tls ? 'https' : 'http'}://127.0.0.1:${port}${path}`;
+  const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--latency', '-H', header(targetPort), url];
   const { result: res, cpu } = await withCpu(pid(system), () => runCommand('wrk', 'wrk', args, { timeoutMs: (seconds + 20) * 1000 }));
   assertOk(res, 'wrk');
   const out = parseWrk(res.stdout);
@@ -30,10 +31,10 @@ async function wrk(system, { backendPort, path, connections, seconds, directPort
   return { ...out, cpu };
 }
 
-async function h2load(system, { backendPort, directPort, args, seconds, requests, path = '/small', h2c = true }) {
-  const { port, targetPort } = endpoint(system, backendPort, { h2c, directPort });
+async function h2load(system, { backendPort, directPort, args, seconds, requests, path = '/small', h2c = true, tls = false }) {
+  const { port, targetPort } = endpoint(system, backendPort, { h2c, tls, directPort });
   const amount = requests ? ['-n', String(requests)] : ['-D', String(seconds)];
-  const argv = [...args, ...amount, '-H', header(targetPort), `http://127.0.0.1:${port}${path}`];
+  const argv = [...args, ...amount, '-H', header(targetPort), `${tls ? 'https' : 'http'}://127.0.0.1:${port}${path}`];
   const { result: res, cpu, wall } = await withCpu(pid(system), () =>
     runCommand('h2load', 'h2load', argv, { timeoutMs: ((seconds ?? 10) + 20) * 1000 }),
   );
@@ -44,8 +45,10 @@ async function h2load(system, { backendPort, directPort, args, seconds, requests
 }
 
 /** Systems that accept h2c (prior knowledge) and the ones that speak HTTP/1.1. */
-const H2C = new Set(['direct', 'cmux-proxy', 'nginx', 'http2-proxy']);
-const H1 = new Set(['direct', 'cmux-proxy', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx']);
+const H2C = new Set(['direct', 'cmux-proxy', 'cmux-proxy-ref', 'nginx', 'http2-proxy']);
+const H1 = new Set(['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx']);
+/** Systems that terminate TLS (h2 and HTTP/1.1 by ALPN); direct is the upstream nginx's TLS port. */
+const TLS = new Set(['direct', 'cmux-proxy', 'cmux-proxy-ref', 'nginx']);
 
 /**
  * Warms a long-lived system once after it starts (JIT, pools), by request count so every system
@@ -60,6 +63,10 @@ export async function warmUp(ctx, system) {
   if (H2C.has(system.name)) {
     await h2load(system, { backendPort: up.port, directPort: up.h2cPort, args: ['-c10', '-m10'], requests: 3000 });
   }
+  if (TLS.has(system.name)) {
+    await h2load(system, { backendPort: up.port, directPort: up.tlsPort, args: ['-c8', '-m10'], requests: 3000, tls: true });
+    await h2load(system, { backendPort: up.port, directPort: up.tlsPort, args: ['--h1', '-c8'], requests: 3000, tls: true });
+  }
 }
 
 const cpuPer = (cpu, n) => (cpu === null || !n ? null : round((cpu * 1e6) / n, 1));
@@ -71,7 +78,7 @@ const h1Small = {
   title: 'HTTP/1.1 keep-alive, 100 B responses (wrk -t1 -c50 --latency)',
   // cmux-proxy-observed: the row "HTTP/1.1 with access log and metrics on" (access log to a file,
   // admin listener up), its CPU per request beside the plain cmux-proxy row.
-  systems: ['direct', 'cmux-proxy', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx'],
+  systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx'],
   columns: [
     { key: 'rps', label: 'req/s', digits: 0 },
     { key: 'p99Ms', label: 'p99 ms', digits: 2 },
@@ -98,7 +105,7 @@ const h1Small = {
 const h2cSmall = {
   name: 'h2c-small',
   title: 'h2c (prior knowledge), 100 B responses (h2load -c10 -m10); proxies forward over HTTP/1.1',
-  systems: ['direct', 'cmux-proxy', 'http2-proxy', 'nginx'],
+  systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'http2-proxy', 'nginx'],
   columns: [
     { key: 'rps', label: 'req/s', digits: 0 },
     { key: 'meanMs', label: 'mean ms', digits: 2 },
@@ -117,6 +124,57 @@ const h2cSmall = {
       requests: r.succeeded,
       errors: r.failed + r.errored + r.timeout + r.statusErrors,
       cpuUsPerReq: cpuPer(r.cpu, r.done),
+    };
+  },
+};
+
+/**
+ * TLS, what a browser pays (Chromium speaks HTTP/2 only over TLS): keep-alive connections, so
+ * the figure is the per-request cost of records and HTTP, not handshakes. Every system uses the
+ * same ECDSA P-256 certificate; nginx has a session cache; proxies forward over cleartext HTTP/1.1.
+ */
+const tlsH2Small = {
+  name: 'tls-h2-small',
+  title: 'TLS h2 (ALPN), 100 B responses (h2load -c8 -m10, ECDSA P-256); proxies forward over HTTP/1.1',
+  systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'nginx'],
+  columns: h2cSmall.columns,
+  ratios: [
+    { key: 'rps', label: 'req/s', refs: ['direct', 'nginx'] },
+    { key: 'cpuUsPerReq', label: 'CPU/req', refs: ['cmux-proxy-ref', 'nginx'] },
+  ],
+  async run(ctx, system) {
+    const up = ctx.backends.upstream;
+    const r = await h2load(system, { backendPort: up.port, directPort: up.tlsPort, args: ['-c8', '-m10'], seconds: ctx.cfg.seconds.h2c, tls: true });
+    return {
+      rps: round(r.rps, 0),
+      meanMs: r.meanMs,
+      requests: r.succeeded,
+      errors: r.failed + r.errored + r.timeout + r.statusErrors,
+      cpuUsPerReq: cpuPer(r.cpu, r.done),
+    };
+  },
+};
+
+const tlsH1Small = {
+  name: 'tls-h1-small',
+  title: 'TLS HTTP/1.1 keep-alive, 100 B responses (wrk -t1 -c50 --latency, https, ECDSA P-256)',
+  systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'nginx'],
+  columns: h1Small.columns,
+  ratios: [
+    { key: 'rps', label: 'req/s', refs: ['direct', 'nginx'] },
+    { key: 'cpuUsPerReq', label: 'CPU/req', refs: ['cmux-proxy-ref', 'nginx'] },
+    { key: 'p99Ms', label: 'p99', refs: ['nginx'] },
+  ],
+  async run(ctx, system) {
+    const up = ctx.backends.upstream;
+    const r = await wrk(system, { backendPort: up.port, directPort: up.tlsPort, path: '/small', connections: 50, seconds: ctx.cfg.seconds.h1, tls: true });
+    return {
+      rps: round(r.rps, 0),
+      p50Ms: r.p50Ms,
+      p99Ms: r.p99Ms,
+      requests: r.requests,
+      errors: r.non2xx + r.socketErrors,
+      cpuUsPerReq: cpuPer(r.cpu, r.requests),
     };
   },
 };
@@ -513,4 +571,4 @@ const rps1000 = {
 };
 
 // Long-lived systems first (they share one warmed-up process each), then the ones that start their own.
-export const WORKLOADS = [h1Small, h2cSmall, ...downloads, h2cDownload, rps1000, upload, h2cUpload, websockets, ws20k, idle];
+export const WORKLOADS = [h1Small, h2cSmall, tlsH2Small, tlsH1Small, ...downloads, h2cDownload, rps1000, upload, h2cUpload, websockets, ws20k, idle];

@@ -180,6 +180,15 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
    */
   feed(chunk: Buffer): void {
     this.onData(chunk);
+    this.consumeReads();
+  }
+
+  /**
+   * Lets llhttp read the socket's handle directly from now on: a net.Socket's TCP handle, or a
+   * TLSSocket's TLS handle (decrypted records, as `node:https` reads them). Whatever the stream
+   * has buffered already still arrives as 'data'.
+   */
+  consumeReads(): void {
     if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_NO_MORE | C_UPGRADING)) !== 0 || this.socket.destroyed) return;
     const handle = consumeSocket(this.parser, this.socket, parserOnExecute);
     if (handle === null) return;
