@@ -289,6 +289,60 @@ describe('upstream faults', () => {
     await assertNoActiveUpstreamSockets(proxy);
   });
 
+  // A Content-Length body longer than the read that carries its head: the proxy relays the rest
+  // of it from the socket's own reads, outside llhttp, counting bytes down itself. The upstream
+  // stops one byte short, with a FIN or a reset, after the body crossed several reads.
+  for (const how of ['FIN', 'reset']) {
+    const N = 200_000;
+    const shortUpstream = (t) =>
+      rawUpstream(t, (socket) =>
+        onRequestHeads(socket, async () => {
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ${N}\r\n\r\n`);
+          socket.write(Buffer.alloc(1000, 'a'));
+          await sleep(50);
+          socket.write(Buffer.alloc(N - 1 - 1000 - 1, 'b'));
+          await sleep(50);
+          socket.write('c');
+          await sleep(50);
+          if (how === 'FIN') socket.end();
+          else socket.resetAndDestroy();
+        }),
+      );
+
+    it(`Content-Length ${N}, N-1 bytes across reads, then ${how} -> the HTTP/1.1 client sees a cut, not a complete body`, async (t) => {
+      const { proxy, url } = await proxyFor(t);
+      const up = await shortUpstream(t);
+      const out = await h1Outcome(`${url}/short`, { headers: { 'x-cmux-port-internal': String(up.port) } });
+      assert.notEqual(out.error, 'client timeout', 'the client was left hanging instead of being cut');
+      assert.equal(out.status, 200);
+      assert.equal(out.complete, false, `the truncated body looked complete: ${out.bytes} bytes`);
+      assert.equal(out.bytes, N - 1);
+      assert.equal(out.body.slice(-2), 'bc');
+      assert.equal(proxy.getStats().responsesReset, 1);
+      await assertStillServes(url, echo.port);
+      await assertNoActiveUpstreamSockets(proxy);
+    });
+
+    it(`Content-Length ${N}, N-1 bytes across reads, then ${how} -> over HTTP/2 the stream is reset (RST_STREAM), not ended`, async (t) => {
+      const { proxy, port, url } = await proxyFor(t);
+      const up = await shortUpstream(t);
+      const tap = await tappedH2Session(port);
+      t.after(() => tap.close());
+      const out = await h2Outcome(tap.session, { ':method': 'GET', ':path': '/short', 'x-cmux-port-internal': String(up.port) });
+      assert.notEqual(out.error, 'client timeout', 'the stream was left hanging instead of being reset');
+      assert.equal(out.status, 200);
+      assert.equal(out.bytes, N - 1);
+      await sleep(50);
+      const wire = tap.streamSummary(1);
+      assert.equal(out.ended, false, 'the truncated stream ended cleanly');
+      assert.equal(wire.endStream, false, 'the proxy ended the truncated stream with END_STREAM');
+      assert.ok(wire.rst.length === 1 && wire.rst[0] !== http2.constants.NGHTTP2_NO_ERROR, `RST_STREAM codes from the proxy: ${JSON.stringify(wire.rst)}`);
+      assert.equal(proxy.getStats().responsesReset, 1);
+      await assertStillServes(url, echo.port);
+      await assertNoActiveUpstreamSockets(proxy);
+    });
+  }
+
   it('a chunked upstream response cut mid-body is incomplete at the HTTP/1.1 client', async (t) => {
     const { proxy, url } = await proxyFor(t);
     const up = await rawUpstream(t, (socket) =>

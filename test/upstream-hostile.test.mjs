@@ -124,6 +124,120 @@ describe('a pooled upstream socket with bytes left after the response is never h
   });
 });
 
+describe('a Content-Length body relayed outside llhttp is counted to its last byte', () => {
+  // The body is longer than the read that carries the head, so its rest is relayed from the
+  // socket's own reads (not parsed by llhttp); bytes past it must still discard the socket.
+  const N = 150_000;
+  const head = `HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ${N}\r\n\r\n`;
+
+  /** An upstream whose first connection answers /attacker with `write(socket)`, others answer normally. */
+  async function setup(t, write) {
+    const { proxy, port } = await proxyFor(t, { maxSocketsPerUpstream: 1 });
+    let connections = 0;
+    const seen = [];
+    const up = await rawUpstream(t, (socket) => {
+      socket.setNoDelay(true);
+      const connection = ++connections;
+      onRequestHeads(socket, async (s, reqHead) => {
+        const target = reqHead.split(' ')[1];
+        seen.push(`${connection} ${target}`);
+        if (target === '/attacker') return write(s);
+        const body = `victim answer on conn ${connection}`;
+        s.write(`HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+      });
+    });
+    const route = `X-Cmux-Port-Internal: ${up.port}\r\n`;
+    return { proxy, port, route, seen };
+  }
+
+  function attackerRequest(port, route) {
+    return rawRequest(port, `GET /attacker HTTP/1.1\r\nHost: a\r\n${route}\r\n`, {
+      timeoutMs: 5000,
+      until: (s) => s.length >= s.indexOf('\r\n\r\n') + 4 + N && s.endsWith('z'),
+    });
+  }
+
+  function assertWholeBody(a) {
+    assert.match(a, /^HTTP\/1\.1 200 OK\r\n/);
+    const body = a.slice(a.indexOf('\r\n\r\n') + 4);
+    assert.equal(body.length, N, 'the client gets exactly Content-Length body bytes');
+    assert.equal(body, 'a'.repeat(1000) + 'b'.repeat(N - 1001) + 'z');
+  }
+
+  it('extra bytes in the same read as the body\'s last byte: the waiting client gets a fresh socket and its own answer', async (t) => {
+    const { proxy, port, route, seen } = await setup(t, async (s) => {
+      s.write(head + 'a'.repeat(1000));
+      await waitFor(() => proxy.getStats().upstreamWaiters === 1, { timeoutMs: 3000 });
+      await sleep(50);
+      s.write('b'.repeat(N - 1001));
+      await sleep(50);
+      // The body's last byte and an attacker's response in one write.
+      s.write('z' + EVIL);
+    });
+    const attacker = attackerRequest(port, route);
+    await waitFor(() => seen.length === 1, { timeoutMs: 3000 });
+    const victim = rawRequest(port, `GET /victim HTTP/1.1\r\nHost: v\r\n${route}\r\n`, {
+      timeoutMs: 5000,
+      until: (s) => /victim answer on conn \d+$/.test(s) || s.includes('PWNED'),
+    });
+    const [a, v] = await Promise.all([attacker, victim]);
+    assertWholeBody(a);
+    assert.doesNotMatch(v, /attacker|PWNED/, `the victim got the attacker's response:\n${v}`);
+    assert.match(v, /^HTTP\/1\.1 200 OK\r\n[^]*victim answer on conn 2$/);
+    assert.deepEqual(seen, ['1 /attacker', '2 /victim']);
+    assert.equal(proxy.getStats().upstreamErrors.UNEXPECTED_RESPONSE, 1);
+    assert.equal(proxy.getStats().upstreamSocketsReused, 0);
+  });
+
+  it('extra bytes in a later read, on the idle socket: it is destroyed, the next client gets a fresh socket and its own answer', async (t) => {
+    let attackerSocket = null;
+    const { proxy, port, route, seen } = await setup(t, async (s) => {
+      attackerSocket = s;
+      s.write(head + 'a'.repeat(1000));
+      await sleep(50);
+      s.write('b'.repeat(N - 1001));
+      await sleep(50);
+      s.write('z');
+    });
+    const a = await attackerRequest(port, route);
+    assertWholeBody(a);
+    // The socket went back to the pool, idle; now the upstream sends bytes nobody asked for.
+    assert.ok(await waitFor(() => proxy.getStats().upstreamSocketsIdle === 1, { timeoutMs: 3000 }), 'the socket went idle');
+    attackerSocket.write(EVIL);
+    assert.ok(await waitFor(() => proxy.getStats().upstreamErrors.UNEXPECTED_RESPONSE === 1, { timeoutMs: 3000 }), 'the idle socket is discarded');
+    const v = await rawRequest(port, `GET /victim HTTP/1.1\r\nHost: v\r\n${route}\r\n`, {
+      timeoutMs: 5000,
+      until: (s) => /victim answer on conn \d+$/.test(s) || s.includes('PWNED'),
+    });
+    assert.doesNotMatch(v, /attacker|PWNED/, `the victim got the attacker's response:\n${v}`);
+    assert.match(v, /victim answer on conn 2$/);
+    assert.deepEqual(seen, ['1 /attacker', '2 /victim']);
+  });
+
+  it('a body that ends exactly at a read boundary, then a second response on the same socket: reused, both whole', async (t) => {
+    const { proxy, port, route, seen } = await setup(t, async (s) => {
+      s.write(head + 'a'.repeat(1000));
+      await sleep(50);
+      s.write('b'.repeat(N - 1001));
+      await sleep(50);
+      s.write('z');
+    });
+    const a = await attackerRequest(port, route);
+    assertWholeBody(a);
+    // The next response on the same socket is parsed by a fresh llhttp state.
+    const v = await rawRequest(port, `GET /victim HTTP/1.1\r\nHost: v\r\n${route}\r\n`, {
+      timeoutMs: 5000,
+      until: (s) => /victim answer on conn \d+$/.test(s),
+    });
+    assert.match(v, /victim answer on conn 1$/);
+    const again = await attackerRequest(port, route);
+    assertWholeBody(again);
+    assert.deepEqual(seen, ['1 /attacker', '1 /victim', '1 /attacker']);
+    assert.equal(proxy.getStats().upstreamSocketsReused, 2);
+    assert.equal(proxy.getStats().upstreamErrors.UNEXPECTED_RESPONSE, undefined);
+  });
+});
+
 /** Both client protocols: resolves { status, headers, body } or throws. */
 async function h2Get(port, path, headers) {
   const session = http2.connect(`http://127.0.0.1:${port}`);
