@@ -8,6 +8,8 @@
 //   options: --reps N  --only h1-small,ws,...  --systems direct,nginx,...  --ws-conns N
 //            --seconds S (every timed load)  --json FILE (default bench/results/latest.json)
 //            (--only download-1m runs download-1m-c1, -c4 and -c16)
+//            --ref-cli FILE: system cmux-proxy-ref, another build's dist/cmux-proxy.js (e.g. main's)
+//            --upload-mib N: the upload-256m workload's size (default 256)
 // Exit status 3 when a gated floor fails: 1 MiB downloads through cmux-proxy under 0.8× direct.
 //
 // Needs wrk, h2load, nginx, taskset (scripts/install-bench-deps.sh) and a built dist/cmux-proxy.js.
@@ -30,13 +32,15 @@ const { values: opts } = parseArgs({
     systems: { type: 'string' },
     'ws-conns': { type: 'string' },
     seconds: { type: 'string' },
+    'ref-cli': { type: 'string' },
+    'upload-mib': { type: 'string' },
     json: { type: 'string', default: 'bench/results/latest.json' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
 
 if (opts.help) {
-  console.log(readFileSync(new URL(import.meta.url), 'utf8').split('\n').slice(1, 13).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+  console.log(readFileSync(new URL(import.meta.url), 'utf8').split('\n').slice(1, 15).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
   process.exit(0);
 }
 
@@ -45,13 +49,15 @@ const cfg = {
   mode: quick ? 'quick' : 'full',
   reps: Number(opts.reps ?? (quick ? 3 : 5)),
   seconds: quick ? { h1: 1, h2c: 1, download: 1, rps: 1 } : { h1: 8, h2c: 8, download: 5, rps: 5 },
-  uploadBytes: 256 * 1024 * 1024,
+  uploadBytes: Number(opts['upload-mib'] ?? 256) * 1024 * 1024,
   wsConnections: Number(opts['ws-conns'] ?? (quick ? 1000 : 9500)),
 };
 if (opts.seconds) {
   // wrk takes whole seconds
   for (const k of Object.keys(cfg.seconds)) cfg.seconds[k] = Math.max(1, Math.round(Number(opts.seconds)));
 }
+if (!Number.isInteger(cfg.uploadBytes) || cfg.uploadBytes < 1) fail(`--upload-mib must be a positive integer, got ${opts['upload-mib']}`);
+if (opts['ref-cli'] !== undefined) paths.refCli = resolve(opts['ref-cli']);
 if (!Number.isInteger(cfg.reps) || cfg.reps < 1) fail(`--reps must be a positive integer, got ${opts.reps}`);
 if (!Number.isInteger(cfg.wsConnections) || cfg.wsConnections < 1) fail(`--ws-conns must be a positive integer, got ${opts['ws-conns']}`);
 if (Object.values(cfg.seconds).some((x) => !Number.isFinite(x))) fail(`--seconds must be a number, got ${opts.seconds}`);
@@ -75,6 +81,10 @@ const onlyNames = opts.only?.replace(/(^|,)\s*download-1m\s*(?=,|$)/g, `$1${WORK
 const workloads = listOption(onlyNames, WORKLOADS.map((w) => w.name), 'workload').map((n) => WORKLOADS.find((w) => w.name === n));
 const allSystems = [...new Set(WORKLOADS.flatMap((w) => w.systems))];
 let systemsWanted = listOption(opts.systems, allSystems, 'system');
+if (paths.refCli === null) {
+  if (opts.systems && systemsWanted.includes('cmux-proxy-ref')) fail('system cmux-proxy-ref needs --ref-cli FILE');
+  systemsWanted = systemsWanted.filter((s) => s !== 'cmux-proxy-ref');
+}
 if (!cmuxAvailable() && systemsWanted.includes('cmux-proxy')) {
   log(`bench: ${paths.cli} not found (run \`npm run build\`); measuring without cmux-proxy`);
   systemsWanted = systemsWanted.filter((s) => s !== 'cmux-proxy');

@@ -18,6 +18,8 @@ export const NGINX = existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : 'nginx'
 
 export const paths = {
   cli: join(repoRoot, 'dist/cmux-proxy.js'),
+  /** `--ref-cli`: another build of the CLI (system cmux-proxy-ref), to compare builds in one run. */
+  refCli: null,
   baseline: resolve(here, '../baseline/old-cmux-proxy.mjs'),
   http2Proxy: join(here, 'http2-proxy-server.mjs'),
   uploadSink: join(here, 'upload-sink.mjs'),
@@ -169,7 +171,7 @@ const nodeEnv = () => {
 };
 
 /** System names, in table order. */
-export const SYSTEM_NAMES = ['direct', 'cmux-proxy', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx', 'http2-proxy', 'bare-node'];
+export const SYSTEM_NAMES = ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx', 'http2-proxy', 'bare-node'];
 
 export function cmuxAvailable() {
   return existsSync(paths.cli);
@@ -195,8 +197,10 @@ export async function startSystem(name, { workDir, nginxRoutes }) {
     case 'direct':
       return { name, handle: null, port: null, h2cPort: null, stop: async () => {} };
     case 'cmux-proxy':
+    case 'cmux-proxy-ref':
+      if (name === 'cmux-proxy-ref' && paths.refCli === null) throw new Error('cmux-proxy-ref needs --ref-cli FILE');
       return nodeSystem((port) => [
-        paths.cli,
+        name === 'cmux-proxy' ? paths.cli : paths.refCli,
         '--port', String(port),
         '--host', '127.0.0.1',
         '--log-level', 'warn',

@@ -127,7 +127,7 @@ function download(connections) {
   return {
     name: `download-1m-c${connections}`,
     title: `1 MiB downloads (wrk -t1 -c${connections})`,
-    systems: ['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx'],
+    systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'baseline', 'baseline-ka', 'nginx'],
     columns: [
       { key: 'mibps', label: 'MiB/s', digits: 0 },
       { key: 'cpuUsPerReq', label: 'CPU µs/MiB', digits: 0 },
@@ -165,7 +165,7 @@ const downloads = DOWNLOAD_CONNECTIONS.map(download);
 const upload = {
   name: 'upload-256m',
   title: '256 MiB upload, one streamed POST (Node client -> Node sink); proxy started fresh for every repetition',
-  systems: ['direct', 'cmux-proxy', 'baseline', 'baseline-ka', 'nginx'],
+  systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'baseline', 'baseline-ka', 'nginx'],
   freshPerRep: true,
   columns: [
     { key: 'mibps', label: 'MiB/s', digits: 0 },
