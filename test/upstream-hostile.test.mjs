@@ -214,6 +214,28 @@ describe('a Content-Length body relayed outside llhttp is counted to its last by
     assert.deepEqual(seen, ['1 /attacker', '2 /victim']);
   });
 
+  it('body bytes that look like a response, in a later read, are relayed as body, never parsed as a response', async (t) => {
+    const fake = EVIL.repeat(50);
+    const { proxy, port, route, seen } = await setup(t, async (s) => {
+      s.write(head + 'a'.repeat(1000));
+      await sleep(50);
+      // The rest of the body: responses' bytes, padded to exactly Content-Length.
+      s.write(fake + 'b'.repeat(N - 1001 - fake.length) + 'z');
+    });
+    const a = await attackerRequest(port, route);
+    const body = a.slice(a.indexOf('\r\n\r\n') + 4);
+    assert.equal(body.length, N);
+    assert.equal(body, 'a'.repeat(1000) + fake + 'b'.repeat(N - 1001 - fake.length) + 'z');
+    const v = await rawRequest(port, `GET /victim HTTP/1.1\r\nHost: v\r\n${route}\r\n`, {
+      timeoutMs: 5000,
+      until: (s) => /victim answer on conn \d+$/.test(s) || s.includes('PWNED'),
+    });
+    assert.doesNotMatch(v, /PWNED/);
+    assert.match(v, /victim answer on conn 1$/);
+    assert.deepEqual(seen, ['1 /attacker', '1 /victim']);
+    assert.equal(proxy.getStats().upstreamErrors.UNEXPECTED_RESPONSE, undefined);
+  });
+
   it('a body that ends exactly at a read boundary, then a second response on the same socket: reused, both whole', async (t) => {
     const { proxy, port, route, seen } = await setup(t, async (s) => {
       s.write(head + 'a'.repeat(1000));
