@@ -14,6 +14,24 @@ export interface AdminHost {
 const TEXT = 'text/plain; charset=utf-8';
 const PROMETHEUS = 'text/plain; version=0.0.4; charset=utf-8';
 
+/** Connections the admin listener holds at once; more are closed as they arrive. */
+export const ADMIN_MAX_CONNECTIONS = 64;
+
+/**
+ * An `http.Server` for an admin listener, bounded so that a client holding connections open
+ * (idle, or trickling a head) cannot take the process's descriptors or memory: at most
+ * ADMIN_MAX_CONNECTIONS connections, 8 KiB heads complete within 5 s, requests within 10 s,
+ * connections silent for 5 s (keep-alive or never used) closed.
+ */
+export function adminHttpServer(handler: http.RequestListener): http.Server {
+  const server = loadHttp().createServer({ maxHeaderSize: 8192, headersTimeout: 5_000, requestTimeout: 10_000, connectionsCheckingInterval: 1_000 }, handler);
+  server.keepAliveTimeout = 5_000;
+  // A connection that has sent nothing at all is not under headersTimeout: 5 s of silence ends it.
+  server.timeout = 5_000;
+  server.maxConnections = ADMIN_MAX_CONNECTIONS;
+  return server;
+}
+
 /**
  * The admin listener: a plain `http.Server` on its own address (never the proxied port) with
  * `/metrics` (Prometheus text), `/healthz`, `/readyz` and `/stats` (the getStats() JSON).
@@ -33,9 +51,7 @@ export class AdminServer {
   }
 
   async start(): Promise<void> {
-    const server = loadHttp().createServer((req, res) => this.handle(req, res));
-    server.keepAliveTimeout = 5_000;
-    server.requestTimeout = 10_000;
+    const server = adminHttpServer((req, res) => this.handle(req, res));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ port: this.listenPort, host: this.listenHost }, () => {

@@ -3,7 +3,7 @@ import type http from 'node:http';
 import type net from 'node:net';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import { http as loadHttp } from './builtins.js';
+import { adminHttpServer } from './admin.js';
 import { createLogger, type Logger } from './log.js';
 import { resolveOptions, OptionError, type ProxyOptions } from './options.js';
 import { ProxyServer, type ProxyAddress } from './server.js';
@@ -29,7 +29,7 @@ export interface ClusterStats extends ProxyStats {
   workerRestarts: number;
 }
 
-/** Set in a worker's environment by the primary, with reusePort: the port every worker binds. */
+/** Set in a worker's environment by the primary once the port is known: the port the worker binds. */
 const ENV_PORT = 'CMUX_CLUSTER_PORT';
 /** Set in a worker's environment by the primary: '1' when the workers bind with reusePort. */
 const ENV_REUSEPORT = 'CMUX_CLUSTER_REUSEPORT';
@@ -177,15 +177,22 @@ export class ProxyCluster {
   private readonly log: Logger;
   private readonly slots: Slot[] = [];
   private stopping: Promise<void> | null = null;
-  private restarting: Promise<void> | null = null;
+  /** The restart whose new workers are being started now (its old ones may drain after it). */
+  private replacing: Promise<void> | null = null;
+  /** A restart asked for while another was starting workers: it runs once that one is through. */
+  private queuedRestart: Promise<void> | null = null;
+  /** Restarts not settled yet (old workers still draining included): stop() waits for them. */
+  private readonly rolling = new Set<Promise<void>>();
   private port: number;
+  /** Round-robin: the port the workers ask for (0 at first for `listenPort: 0`). */
+  private rrPort: number;
   private boundAddress: ProxyAddress | null = null;
   private restarts = 0;
   private admin: http.Server | null = null;
   private seq = 0;
   private readonly pendingStats = new Map<number, (m: Extract<Message, { cmux: 'stats' }> | null) => void>();
-  /** Settles the first start of every slot: resolve when all listen, reject on the first failure. */
-  private startWaiter: { resolve: () => void; reject: (err: Error) => void } | null = null;
+  /** Settles a start of `slots` (all at first, one per step of a restart): resolve when they all listen, reject on the first failure. */
+  private startWaiter: { slots: ReadonlySet<Slot>; resolve: () => void; reject: (err: Error) => void } | null = null;
   private readonly reusePort = useReusePort();
 
   constructor(options: ProxyOptions, size: number) {
@@ -193,6 +200,7 @@ export class ProxyCluster {
     this.options = options;
     this.size = size;
     this.port = resolved.listenPort;
+    this.rrPort = resolved.listenPort;
     this.log = createLogger(resolved.logLevel, resolved.logger);
     for (let i = 1; i <= size; i++) this.slots.push({ slot: i, worker: null, pid: 0, listening: false, startedAt: 0, failures: 0, timer: null });
   }
@@ -221,7 +229,7 @@ export class ProxyCluster {
   private startSlots(slots: Slot[]): Promise<void> {
     if (slots.length === 0) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
-      this.startWaiter = { resolve, reject };
+      this.startWaiter = { slots: new Set(slots), resolve, reject };
       for (const s of slots) this.fork(s);
     }).finally(() => {
       this.startWaiter = null;
@@ -231,7 +239,15 @@ export class ProxyCluster {
   private fork(s: Slot): void {
     s.timer = null;
     const env: Record<string, string> = { [ENV_REUSEPORT]: this.reusePort ? '1' : '0' };
-    if (this.reusePort && this.port !== 0) env[ENV_PORT] = String(this.port);
+    if (this.reusePort) {
+      if (this.port !== 0) env[ENV_PORT] = String(this.port);
+    } else {
+      // Round-robin: workers asking for the same port share the primary's socket for it, which
+      // closes when the last of them is gone; asking for 0 again would then get a new port. A
+      // worker started when none is left asks for the port the cluster listens on.
+      if (this.boundAddress !== null && this.slots.every((x) => x.worker === null)) this.rrPort = this.boundAddress.port;
+      if (this.rrPort !== 0) env[ENV_PORT] = String(this.rrPort);
+    }
     const worker = cluster.fork(env);
     s.worker = worker;
     s.pid = worker.process.pid ?? 0;
@@ -249,10 +265,14 @@ export class ProxyCluster {
       case 'listening':
         s.listening = true;
         this.boundAddress ??= m.address;
-        if (this.startWaiter !== null && this.slots.every((x) => x.worker === null || x.listening)) this.startWaiter.resolve();
+        // Only the slots being started count: another slot's worker coming back from a crash neither holds nor settles it.
+        if (this.startWaiter !== null && this.startWaiter.slots.has(s)) {
+          for (const x of this.startWaiter.slots) if (!x.listening) return;
+          this.startWaiter.resolve();
+        }
         return;
       case 'failed':
-        if (this.startWaiter !== null) {
+        if (this.startWaiter !== null && this.startWaiter.slots.has(s)) {
           const err = new Error(m.message) as NodeJS.ErrnoException;
           if (m.code !== undefined) err.code = m.code;
           this.startWaiter.reject(err);
@@ -270,17 +290,23 @@ export class ProxyCluster {
     const wasListening = s.listening;
     s.worker = null;
     s.listening = false;
-    if (this.stopping !== null) return;
-    // A worker being started (first start or restart()) that dies fails that start; one that was
-    // serving is started again below.
-    if (this.startWaiter !== null && !wasListening) {
+    // A worker being started (first start or a step of restart()) that dies fails that start,
+    // also while stopping (the start must settle for stop() to end); any other worker is
+    // started again below, unless the cluster is stopping.
+    if (this.startWaiter !== null && this.startWaiter.slots.has(s) && !wasListening) {
       this.startWaiter.reject(new Error(`worker ${s.slot} exited before listening (${signal ?? `code ${code}`})`));
       return;
     }
+    if (this.stopping !== null) return;
+    this.scheduleRestart(s, `exited (${signal ?? `code ${code}`})`);
+  }
+
+  /** Starts the slot's worker again after its back-off delay. */
+  private scheduleRestart(s: Slot, why: string): void {
     s.failures = Date.now() - s.startedAt >= STABLE_MS ? 1 : s.failures + 1;
     const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** (s.failures - 1));
     this.restarts++;
-    this.log.warn(`worker ${s.slot} (pid ${s.pid}) exited (${signal ?? `code ${code}`}); starting it again in ${delay} ms`);
+    this.log.warn(`worker ${s.slot} (pid ${s.pid}) ${why}; starting it again in ${delay} ms`);
     s.timer = setTimeout(() => this.fork(s), delay);
   }
 
@@ -340,41 +366,67 @@ export class ProxyCluster {
    * the config file and the certificates afresh) and listens, then the old one drains as
    * ProxyServer.stop() does. Resolves when every old worker has exited; rejects, keeping the old
    * worker of that slot and the ones not yet replaced, when a new one cannot start. A call while
-   * one runs returns it.
+   * one is starting its new workers runs another restart once that is through, so every worker
+   * ends up with what was there at the last call (calls meanwhile share that one).
    */
   restart(): Promise<void> {
-    return (this.restarting ??= this.rollAll().finally(() => {
-      this.restarting = null;
-    }));
+    if (this.queuedRestart !== null) return this.queuedRestart;
+    const current = this.replacing;
+    if (current === null) return this.roll();
+    const queued = current.catch(ignore).then(() => {
+      this.queuedRestart = null;
+      return this.roll();
+    });
+    this.queuedRestart = queued;
+    return queued;
   }
 
-  private async rollAll(): Promise<void> {
+  /** One restart: replaces every slot's worker, then waits for the old ones to exit. */
+  private roll(): Promise<void> {
+    if (this.stopping !== null) return Promise.resolve();
     const exits: Promise<void>[] = [];
-    try {
-      for (const s of this.slots) {
-        if (this.stopping !== null) break;
-        const old = s.worker;
-        if (s.timer !== null) {
-          // Waiting for a restart after a crash: start it now.
-          clearTimeout(s.timer);
-          s.timer = null;
-        }
-        try {
-          await this.startSlots([s]);
-        } catch (err) {
-          const failed = s.worker;
-          s.worker = old;
-          s.listening = old !== null;
-          s.pid = old?.process.pid ?? 0;
-          failed?.process.kill('SIGKILL');
-          throw err;
-        }
-        if (old !== null) exits.push(this.stopWorker(old, resolveOptions(this.options).drainTimeoutMs + 5_000));
+    const replacing = this.replaceAll(exits);
+    this.replacing = replacing;
+    const done = replacing
+      .finally(() => {
+        if (this.replacing === replacing) this.replacing = null;
+        return Promise.all(exits);
+      })
+      .then(() => this.log.info(`cluster: ${this.size} worker(s) replaced`));
+    this.rolling.add(done);
+    done.catch(ignore).finally(() => this.rolling.delete(done));
+    return done;
+  }
+
+  /** Starts each slot's new worker in turn; `exits` gets each old worker's drain. */
+  private async replaceAll(exits: Promise<void>[]): Promise<void> {
+    for (const s of this.slots) {
+      if (this.stopping !== null) break;
+      const old = s.worker;
+      if (s.timer !== null) {
+        // Waiting for a restart after a crash: start it now.
+        clearTimeout(s.timer);
+        s.timer = null;
       }
-    } finally {
-      await Promise.all(exits);
+      try {
+        await this.startSlots([s]);
+      } catch (err) {
+        const failed = s.worker;
+        s.worker = old;
+        s.listening = old !== null;
+        s.pid = old?.process.pid ?? 0;
+        failed?.process.kill('SIGKILL');
+        if (this.stopping !== null) {
+          // stop() came during this step and stopped the new worker, not the old one.
+          if (old !== null) exits.push(this.stopWorker(old, resolveOptions(this.options).drainTimeoutMs + 5_000));
+        } else if (old === null) {
+          // The slot was waiting to come back from a crash: it keeps doing so.
+          this.scheduleRestart(s, 'did not start in the restart');
+        }
+        throw err;
+      }
+      if (old !== null) exits.push(this.stopWorker(old, resolveOptions(this.options).drainTimeoutMs + 5_000));
     }
-    this.log.info(`cluster: ${this.size} worker(s) replaced`);
   }
 
   /** Asks a worker to drain and exit; resolves once it has (killed after `graceMs`). */
@@ -418,7 +470,8 @@ export class ProxyCluster {
     }
     await Promise.all(exits);
     // A rolling restart in progress has its old workers draining: wait for them too.
-    await this.restarting?.catch(ignore);
+    await this.queuedRestart?.catch(ignore);
+    await Promise.all([...this.rolling].map((p) => p.catch(ignore)));
     const admin = this.admin;
     this.admin = null;
     if (admin !== null) {
@@ -456,11 +509,9 @@ export class ProxyCluster {
   private async startAdmin(): Promise<void> {
     const resolved = resolveOptions(this.options);
     if (resolved.adminPort === undefined) return;
-    const server = loadHttp().createServer((req, res) => {
+    const server = adminHttpServer((req, res) => {
       this.handleAdmin(req, res).catch(() => res.destroy());
     });
-    server.keepAliveTimeout = 5_000;
-    server.requestTimeout = 10_000;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ port: resolved.adminPort, host: resolved.adminHost }, () => {

@@ -233,7 +233,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.head = this.core.buildHead(this, target);
     this.flags |= EX_WAITING_SOCKET;
     if (this.core.observer !== null) this.tUpstream = performance.now();
-    this.core.pool.acquire(target, this);
+    this.core.pool.acquire(target, this, (this.flags & EX_UPGRADE) !== 0);
   }
 
   // ---- h2c upstreams -------------------------------------------------------------------

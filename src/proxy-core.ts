@@ -32,6 +32,7 @@ import { UpstreamPool } from './upstream/h1-pool.js';
 import { H2UpstreamPool, probeH2c } from './upstream/h2-pool.js';
 import { LRUCache } from 'lru-cache';
 import type http2 from 'node:http2';
+import type { Tunnel } from './tunnel.js';
 
 /** A request being routed: an exchange, a WebSocket bridge or a tunnel. */
 export interface Routable {
@@ -141,6 +142,8 @@ export class ProxyCore {
   fallbackTarget: Target | null = null;
   /** True from `stop()` on: keep-alive ends after the current exchange. */
   draining = false;
+  /** Open WebSocket tunnels (HTTP/1.1 Upgrade and RFC 8441), for the close frames at `stop()`. */
+  readonly websockets = new Set<Tunnel>();
   /**
    * The `routes` option compiled, or null without routes. Swapped whole by `updateRoutes()`:
    * an exchange holds its member (and so its old group) until it ends.

@@ -37,7 +37,8 @@ export class RateLimiter {
   }
 
   /** Takes a token for `client`: 0 when allowed, else the seconds until a token is there (≥ 1). */
-  take(client: string): number {
+  take(address: string): number {
+    const client = address.includes(':') ? ipv6ClientKey(address) : address;
     const now = performance.now();
     const bucket = this.buckets.get(client);
     if (bucket === undefined) {
@@ -62,4 +63,36 @@ export class RateLimiter {
   get size(): number {
     return this.buckets.size;
   }
+}
+
+/**
+ * The bucket key of an IPv6 client: its /64 (one host is given a whole /64 and may use any
+ * address in it, so a bucket per address would be one per request); an IPv4-mapped address
+ * (::ffff:a.b.c.d) is its IPv4 address. The address is in the form Node reports (maybe with a
+ * zone); a form that does not parse is its own key.
+ */
+export function ipv6ClientKey(address: string): string {
+  const zone = address.indexOf('%');
+  const text = (zone === -1 ? address : address.slice(0, zone)).toLowerCase();
+  if (text.startsWith('::ffff:') && text.includes('.')) return text.slice(7);
+  const dbl = text.indexOf('::');
+  const head = dbl === -1 ? text.split(':') : dbl === 0 ? [] : text.slice(0, dbl).split(':');
+  const out: string[] = [];
+  for (let i = 0; i < 4; i++) {
+    const g = head[i];
+    if (g === undefined) {
+      // Past the groups before `::`: the zeros it stands for, then the groups after it.
+      if (dbl === -1) return text;
+      const tail = text.slice(dbl + 2) === '' ? [] : text.slice(dbl + 2).split(':');
+      const tailGroups = tail.length + (tail.length > 0 && tail[tail.length - 1]!.includes('.') ? 1 : 0);
+      const zeros = 8 - head.length - tailGroups;
+      const t = i - head.length - zeros;
+      out.push(t < 0 ? '0' : parseInt(tail[t] ?? '0', 16).toString(16));
+      continue;
+    }
+    const v = parseInt(g, 16);
+    if (Number.isNaN(v)) return text;
+    out.push(v.toString(16));
+  }
+  return `${out.join(':')}::/64`;
 }

@@ -28,6 +28,8 @@ const kServer = Symbol('cmux.server');
 const MAX_SNIFF_BYTES = 64;
 /** Accept failures (out of descriptors) are logged at most this often. */
 const ACCEPT_LOG_MS = 10_000;
+/** After the close frames at stop(), how long WebSocket peers get to answer (and a frame in flight to end). */
+const WEBSOCKET_CLOSE_GRACE_MS = 1_000;
 
 const kSniffTimer = Symbol('cmux.sniffTimer');
 
@@ -276,7 +278,10 @@ export class ProxyServer implements SessionHost, H2Host {
     server.requestTimeout = 0;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => {
+      // exclusive: in a cluster worker, a plain listen() would share one port among all the
+      // workers' handler servers through the primary, and a worker would hand its requests to
+      // another worker's handler (an old one draining in a restart, with the old configuration).
+      server.listen({ port: 0, host: '127.0.0.1', exclusive: true }, () => {
         server.removeListener('error', reject);
         resolve();
       });
@@ -343,6 +348,7 @@ export class ProxyServer implements SessionHost, H2Host {
       });
       this.allClosed = null;
     }
+    if (core.websockets.size > 0) await this.closeWebSockets();
     for (const session of this.sessions) session.destroy();
     for (const socket of this.accepted) socket.destroy();
     core.pool.close();
@@ -358,6 +364,17 @@ export class ProxyServer implements SessionHost, H2Host {
     await this.stopFallbackServer();
     await this.stopObservability();
     core.log.info('stopped');
+  }
+
+  /**
+   * The drain is over: each WebSocket gets a close frame (1001 Going Away) both ways at the next
+   * frame boundary, and the peers up to WEBSOCKET_CLOSE_GRACE_MS to answer and close.
+   */
+  private async closeWebSockets(): Promise<void> {
+    const websockets = this.core.websockets;
+    for (const tunnel of [...websockets]) tunnel.goingAway();
+    const deadline = performance.now() + WEBSOCKET_CLOSE_GRACE_MS;
+    while (websockets.size > 0 && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
   }
 
   /** True while listening with no stop() pending; false while a start() is still pending. */

@@ -3,6 +3,7 @@ import type net from 'node:net';
 import type { StatsCounters } from './stats.js';
 import type { TunnelRecord } from './observe.js';
 import { publishTunnelEnd, type DiagnosticsRequest } from './diagnostics.js';
+import { FRAMES_CLOSED, FRAMES_FORWARD, FRAMES_WAIT_BOUNDARY, WsFrames, goingAwayFrame } from './ws-frames.js';
 
 export const TUNNEL_WEBSOCKET = 1;
 export const TUNNEL_CONNECT = 2;
@@ -14,12 +15,14 @@ const kTunnel = Symbol('cmux.tunnel');
 type TunnelEnd = Duplex & { [kTunnel]?: Tunnel; setTimeout?: (ms: number) => unknown };
 
 /**
- * Two byte streams spliced raw (no frame parsing), backpressure both ways: a 'data' chunk is
+ * Two byte streams spliced raw, backpressure both ways: a 'data' chunk is
  * written to the other side, and a refused write pauses this side until the other drains.
  * Module-level listeners instead of `pipe()`, which adds nine closures and three `once`
  * wrappers per direction (~3 KiB per WebSocket, measured with heap snapshots).
  * A FIN on one side becomes a FIN on the other after what is buffered is flushed; an error on
  * either side destroys both. The tunnel counts as open until both sides have closed.
+ * A WebSocket's frame boundaries are counted in each direction (ws-frames.ts, no copying) so
+ * that `goingAway()` can close it with 1001 between two frames.
  */
 export class Tunnel {
   readonly a: TunnelEnd;
@@ -29,6 +32,11 @@ export class Tunnel {
   private open = 2;
   private settled = false;
   private readonly onClosed: ((tunnel: Tunnel) => void) | undefined;
+  /** WebSockets: the frame boundaries of what `a` (the client) sends and of what `b` (the upstream) sends. */
+  readonly fromClient: WsFrames | null;
+  readonly fromUpstream: WsFrames | null;
+  /** The open WebSockets this one is listed in until it closes. */
+  private readonly websockets: Set<Tunnel> | null;
   /** Set by the opener when an observer watches (see observe.ts). */
   record: TunnelRecord | null = null;
   /** Set by the opener when the diagnostics channels are subscribed: its `request:end` comes at the close. */
@@ -36,14 +44,25 @@ export class Tunnel {
   /** The status that opened it (101 or 200), for `request:end`. */
   diagStatus = 0;
 
-  constructor(a: Duplex, b: Duplex, kind: number, stats: StatsCounters, onClosed?: (tunnel: Tunnel) => void) {
+  /** `a` is the client side, `b` the upstream socket; WebSockets are listed in `websockets` while open. */
+  constructor(a: Duplex, b: Duplex, kind: number, stats: StatsCounters, websockets: Set<Tunnel> | null = null, onClosed?: (tunnel: Tunnel) => void) {
     this.a = a as TunnelEnd;
     this.b = b as TunnelEnd;
     this.kind = kind;
     this.stats = stats;
     this.onClosed = onClosed;
-    if (kind === TUNNEL_WEBSOCKET) stats.websocketConnections++;
-    else stats.tunnelsOpen++;
+    if (kind === TUNNEL_WEBSOCKET) {
+      stats.websocketConnections++;
+      this.fromClient = new WsFrames(true);
+      this.fromUpstream = new WsFrames(false);
+      this.websockets = websockets;
+      websockets?.add(this);
+    } else {
+      stats.tunnelsOpen++;
+      this.fromClient = null;
+      this.fromUpstream = null;
+      this.websockets = null;
+    }
     for (const end of [this.a, this.b]) {
       end[kTunnel] = this;
       end.on('error', tunnelEndOnError);
@@ -65,6 +84,68 @@ export class Tunnel {
     this.b.destroy();
   }
 
+  /** Bytes already passed on before the splice (read with the handshake): their frames count too. */
+  forwardedEarly(fromClient: boolean, chunk: Buffer | null): void {
+    const frames = fromClient ? this.fromClient : this.fromUpstream;
+    if (frames !== null && chunk !== null && chunk.length > 0) frames.scan(chunk, 0, false);
+  }
+
+  /**
+   * The proxy is stopping: each direction gets a close frame (1001 Going Away) at its next frame
+   * boundary, masked toward the upstream, and forwards nothing after it; the peers answer with
+   * theirs and close. A WebSocket already closing is left to it; a byte stream that is not
+   * WebSocket framing is torn down at once. What is still open after the grace is destroyed by
+   * the caller.
+   */
+  goingAway(): void {
+    const up = this.fromClient;
+    const down = this.fromUpstream;
+    if (up === null || down === null || up.invalid || down.invalid) {
+      this.destroy();
+      return;
+    }
+    if (up.mode !== FRAMES_FORWARD || up.closeSeen || down.closeSeen) return;
+    if (up.atBoundary) this.sendGoingAway(this.b, up);
+    else up.mode = FRAMES_WAIT_BOUNDARY;
+    if (down.atBoundary) this.sendGoingAway(this.a, down);
+    else down.mode = FRAMES_WAIT_BOUNDARY;
+  }
+
+  private sendGoingAway(to: TunnelEnd, frames: WsFrames): void {
+    frames.mode = FRAMES_CLOSED;
+    // From now on a close frame seen in the other direction is the peer's answer.
+    const answers = to === this.b ? this.fromUpstream! : this.fromClient!;
+    answers.closeSeen = false;
+    if (!to.destroyed && !to.writableEnded) to.write(goingAwayFrame(to === this.b));
+  }
+
+  /** A chunk read while stopping: forwarded up to the frame boundary, the close frame, the rest dropped. */
+  stoppingData(from: TunnelEnd, to: TunnelEnd, frames: WsFrames, chunk: Buffer): void {
+    let at = 0;
+    if (frames.mode === FRAMES_WAIT_BOUNDARY) {
+      at = frames.scan(chunk, 0, true);
+      if (frames.invalid) {
+        this.destroy();
+        return;
+      }
+      if (!frames.atBoundary) {
+        if (!to.write(chunk)) from.pause();
+        return;
+      }
+      to.write(at === chunk.length ? chunk : chunk.subarray(0, at));
+      this.sendGoingAway(to, frames);
+    }
+    // Dropped, but followed: a close frame in it answers the proxy's.
+    if (at < chunk.length) frames.scan(chunk, at, false);
+    const up = this.fromClient!;
+    const down = this.fromUpstream!;
+    if (up.mode === FRAMES_CLOSED && down.mode === FRAMES_CLOSED && up.closeSeen && down.closeSeen) {
+      // Both closing handshakes are complete: FIN both ways once the close frames are flushed.
+      this.a.end();
+      this.b.end();
+    }
+  }
+
   sideClosed(end: TunnelEnd): void {
     this.open--;
     if (this.open > 0) {
@@ -82,8 +163,10 @@ export class Tunnel {
     }
     if (this.settled) return;
     this.settled = true;
-    if (this.kind === TUNNEL_WEBSOCKET) this.stats.websocketConnections--;
-    else this.stats.tunnelsOpen--;
+    if (this.kind === TUNNEL_WEBSOCKET) {
+      this.stats.websocketConnections--;
+      this.websockets?.delete(this);
+    } else this.stats.tunnelsOpen--;
     const record = this.record;
     if (record !== null) record.observer.tunnelEnd(record, this);
     const diag = this.diag;
@@ -102,6 +185,14 @@ function tunnelEndOnData(this: TunnelEnd, chunk: Buffer): void {
   const other = tunnel.other(this);
   // Nothing can reach a side that is gone or ending; the close path tears this side down.
   if (other.destroyed || other.writableEnded) return;
+  const frames = this === tunnel.a ? tunnel.fromClient : tunnel.fromUpstream;
+  if (frames !== null) {
+    if (frames.mode !== FRAMES_FORWARD) {
+      tunnel.stoppingData(this, other, frames, chunk);
+      return;
+    }
+    frames.scan(chunk, 0, false);
+  }
   if (!other.write(chunk)) this.pause();
 }
 

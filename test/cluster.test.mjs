@@ -7,6 +7,9 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startCluster } from '../dist/index.js';
 import { hasReusePort } from '../dist/cluster.js';
@@ -319,5 +322,118 @@ describe('workers: reusePort scheduling', () => {
     process.kill(stats.workers[0].pid, 'SIGKILL');
     assert.ok(await waitFor(async () => (await adminJson(c.admin)).workers.length === 2 && (await adminJson(c.admin)).workerRestarts === 1, { timeoutMs: 15000, stepMs: 100 }));
     for (let i = 0; i < 10; i++) assert.equal((await request(`http://127.0.0.1:${c.port}/`, { headers: { 'x-cmux-port-internal': String(up.port) } })).status, 200);
+  });
+});
+
+describe('workers: restarts meeting crashes and stop()', () => {
+  const FLAKY = fileURLToPath(new URL('./helpers/cluster-flaky-child.mjs', import.meta.url));
+
+  /** The flaky cluster child: { child, port, pids, out(), err(), send(line) }. */
+  async function startFlaky(env) {
+    const child = spawn(process.execPath, [FLAKY], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    assert.ok(await waitFor(() => out.includes('\n'), { timeoutMs: 20000 }), err);
+    const { port, pids } = JSON.parse(out.slice(0, out.indexOf('\n')));
+    return { child, port, pids, out: () => out, err: () => err, send: (line) => child.stdin.write(`${line}\n`) };
+  }
+
+  function crashFile() {
+    return path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'cmux-flaky-')), 'crash');
+  }
+
+  it('with port 0, the only worker killed comes back on the same port (the one address() reports)', async () => {
+    const c = await startFlaky({ WORKERS: '1', CRASH_FILE: crashFile() });
+    try {
+      process.kill(c.pids[0], 'SIGKILL');
+      const served = await waitFor(
+        async () => {
+          try {
+            return (await request(`http://127.0.0.1:${c.port}/`, { timeoutMs: 2000 })).body.startsWith('worker ');
+          } catch {
+            return false;
+          }
+        },
+        { timeoutMs: 20000, stepMs: 200 },
+      );
+      assert.ok(served, c.err());
+    } finally {
+      c.child.kill('SIGKILL');
+    }
+  });
+
+  it('a worker crash-looping when a restart comes keeps being started again, and serves once it can', async () => {
+    const flag = crashFile();
+    const c = await startFlaky({ WORKERS: '1', CRASH_FILE: flag });
+    try {
+      fs.writeFileSync(flag, '');
+      process.kill(c.pids[0], 'SIGKILL');
+      // The worker started again after the kill exits at once (code 3): it is in its back-off.
+      assert.ok(await waitFor(() => /exited \(code 3\)/.test(c.err()), { timeoutMs: 20000 }), c.err());
+      c.send('restart');
+      assert.ok(await waitFor(() => c.out().includes('restart failed'), { timeoutMs: 20000 }), c.out() + c.err());
+      fs.rmSync(flag);
+      // The slot is still supervised: its next attempt starts a worker that serves.
+      const served = await waitFor(
+        async () => {
+          try {
+            return (await request(`http://127.0.0.1:${c.port}/`, { timeoutMs: 2000 })).body.startsWith('worker ');
+          } catch {
+            return false;
+          }
+        },
+        { timeoutMs: 30000, stepMs: 200 },
+      );
+      assert.ok(served, c.err());
+    } finally {
+      c.child.kill('SIGKILL');
+    }
+  });
+
+  it('a restart asked for while one runs (its old worker still draining) runs after it: the last config wins', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cmux-flaky-'));
+    const versionFile = path.join(dir, 'version');
+    fs.writeFileSync(versionFile, 'v1');
+    const c = await startFlaky({ WORKERS: '1', CRASH_FILE: path.join(dir, 'crash'), VERSION_FILE: versionFile });
+    const version = async () => (await request(`http://127.0.0.1:${c.port}/`, { timeoutMs: 5000 })).body.split(' ')[2];
+    try {
+      // A slow request keeps the old worker draining after the first restart's new worker listens.
+      const slow = request(`http://127.0.0.1:${c.port}/?delay=4000`, { timeoutMs: 20000 });
+      await sleep(300);
+      fs.writeFileSync(versionFile, 'v2');
+      c.send('restart');
+      assert.ok(await waitFor(() => c.err().split('listening on').length === 3, { timeoutMs: 20000 }), c.err());
+      // Once the new worker listens every new request is its own (its handler's): the old worker
+      // drains only what it had.
+      for (let i = 0; i < 6; i++) assert.equal(await version(), 'v2');
+      // The config changes again while the first restart waits for its old worker.
+      fs.writeFileSync(versionFile, 'v3');
+      c.send('restart');
+      assert.equal((await slow).body.split(' ')[2], 'v1');
+      assert.ok(await waitFor(() => c.out().split('restarted').length === 3, { timeoutMs: 20000 }), c.out() + c.err());
+      assert.equal(await version(), 'v3', c.err());
+    } finally {
+      c.child.kill('SIGKILL');
+    }
+  });
+
+  it('stop() during a restart whose new worker dies before listening ends, and stops the old worker', async () => {
+    const flag = crashFile();
+    const c = await startFlaky({ WORKERS: '1', CRASH_FILE: flag, START_DELAY_MS: '1000' });
+    const [old] = c.pids;
+    try {
+      fs.writeFileSync(flag, '');
+      c.send('restart');
+      // The new worker is in its start delay (it will exit with code 3) when stop() comes.
+      await sleep(300);
+      c.send('stop');
+      assert.ok(await waitFor(() => c.out().includes('stopped'), { timeoutMs: 20000 }), c.out() + c.err());
+      assert.ok(await waitFor(() => !pidAlive(old), { timeoutMs: 10000 }), 'the old worker still runs');
+    } finally {
+      c.child.kill('SIGKILL');
+      if (pidAlive(old)) process.kill(old, 'SIGKILL');
+    }
   });
 });

@@ -209,12 +209,28 @@ describe('tunnels count against maxSocketsPerUpstream', () => {
     assert.match(third.text, /^HTTP\/1\.1 503 /);
     assert.match(third.text, /upstream socket limit reached$/);
     assert.ok(Date.now() - started >= 350, 'waited for a slot first');
-    // An upgrade is an exchange until its 101: it waits for a slot as exchanges do.
-    const ws2 = await openRaw(port, upgradeHead(upstream.port), /\r\n\r\n/, 600);
-    assert.equal(ws2.text, '');
+    // An upgrade waits for a slot as a CONNECT does, and is answered 503 when none frees up in
+    // time (it becomes a tunnel that holds its slot: waiting without bound would leave the
+    // client unanswered for as long as the open WebSockets stay open).
+    const upgradeStarted = Date.now();
+    const ws2 = await openRaw(port, upgradeHead(upstream.port), /limit reached$/, 4000);
+    assert.match(ws2.text, /^HTTP\/1\.1 503 /);
+    assert.match(ws2.text, /upstream socket limit reached$/);
+    assert.ok(Date.now() - upgradeStarted >= 350, 'the upgrade waited for a slot first');
     ws2.socket.destroy();
     assert.equal(upstream.connections(), 2);
-    assert.equal(proxy.getStats().upstreamErrors.SOCKET_LIMIT, 1);
+    assert.equal(proxy.getStats().upstreamErrors.SOCKET_LIMIT, 2);
+    // An upgrade that gets a slot within its wait opens, and its wait's end fails nothing later.
+    const waitingUpgrade = openRaw(port, upgradeHead(upstream.port));
+    await sleep(100);
+    tunnel.socket.destroy();
+    const ws3 = await waitingUpgrade;
+    open.push(ws3.socket);
+    assert.match(ws3.text, /^HTTP\/1\.1 101 /);
+    await sleep(500);
+    assert.equal(ws3.socket.destroyed, false, 'the upgraded socket stays open past the wait bound');
+    assert.equal(proxy.getStats().upstreamErrors.SOCKET_LIMIT, 2);
+    assert.equal(upstream.connections(), 3);
     // A tunnel that closes gives its slot to a waiting one.
     const waiting = openRaw(port, connectHead(upstream.port));
     await sleep(100);
@@ -222,7 +238,7 @@ describe('tunnels count against maxSocketsPerUpstream', () => {
     const fourth = await waiting;
     open.push(fourth.socket);
     assert.match(fourth.text, /^HTTP\/1\.1 200 /);
-    assert.equal(upstream.connections(), 3);
+    assert.equal(upstream.connections(), 4);
     for (const s of open.splice(0)) s.destroy();
     assert.ok(await waitFor(() => proxy.getStats().upstreamSocketsActive === 0), 'slots freed once the tunnels closed');
   });

@@ -212,6 +212,33 @@ describe('admin listener', () => {
     await slow.close();
   });
 
+  it('bounds the connections a client can hold: at most 64 at once, idle ones closed by the head timeout', { timeout: 30_000 }, async () => {
+    const local = await startProxy({ adminPort: 0 });
+    const port = local.proxy.adminAddress().port;
+    const sockets = [];
+    try {
+      let open = 0;
+      for (let i = 0; i < 150; i++) {
+        const s = net.connect({ port, host: '127.0.0.1' });
+        s.on('error', () => {});
+        s.on('connect', () => open++);
+        s.on('close', () => open--);
+        sockets.push(s);
+      }
+      // Connections past 64 are closed by the server as they arrive.
+      assert.ok(await waitFor(() => open > 0 && open <= 64, { timeoutMs: 5000 }), `open: ${open}`);
+      await sleep(300);
+      assert.ok(open <= 64, `open: ${open}`);
+      // Sending nothing, the rest are closed within the 5 s head timeout (checked every second).
+      assert.ok(await waitFor(() => open === 0, { timeoutMs: 12_000 }), `still open: ${open}`);
+      const res = await get(port, '/healthz');
+      assert.equal(res.status, 200);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await local.proxy.stop();
+    }
+  });
+
   it('start() fails cleanly when the admin port is taken', async () => {
     const taken = await startProxy({ adminPort: 0 });
     const port = taken.proxy.adminAddress().port;

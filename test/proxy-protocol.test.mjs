@@ -219,6 +219,21 @@ describe('PROXY protocol: rate limits count the header client, not the balancer'
     assert.match(other.text, /^HTTP\/1\.1 200 /);
     assert.equal(px.proxy.getStats().rateLimited, 1);
   });
+
+  it('IPv6 clients share a bucket per /64 (one host holds a whole /64); an IPv4-mapped address is its IPv4 one', async () => {
+    const tcp6 = (ip) => v1(`PROXY TCP6 ${ip} ::1 40000 443\r\n`);
+    const status = async (header) => (await exchange(px.port, [Buffer.concat([header, getRequest(up.port)])])).text.slice(9, 12);
+    const before = px.proxy.getStats().rateLimited;
+    // Three addresses of one /64, written in different forms: the third request is past the burst.
+    const one = [await status(tcp6('2001:db8:0:7::1')), await status(tcp6('2001:0db8:0000:0007:ffff::2')), await status(tcp6('2001:DB8::7:0:0:0:3'))];
+    assert.deepEqual(one, ['200', '200', '429']);
+    // The next /64 is another client.
+    assert.equal(await status(tcp6('2001:db8:0:8::1')), '200');
+    // ::ffff:198.51.100.9 (a v2 header's IPv4-mapped address) and 198.51.100.9 are one client.
+    const mapped = [await status(tcp6('::ffff:198.51.100.9')), await status(v1('PROXY TCP4 198.51.100.9 127.0.0.1 40000 443\r\n')), await status(tcp6('::ffff:198.51.100.9'))];
+    assert.deepEqual(mapped, ['200', '200', '429']);
+    assert.equal(px.proxy.getStats().rateLimited - before, 2);
+  });
 });
 
 describe('PROXY protocol: bad headers close the connection, unanswered', () => {

@@ -301,7 +301,8 @@ describe('active health checks', () => {
         {
           match: { host: 'g.localhost' },
           upstreams: [`127.0.0.1:${a.port}`, `127.0.0.1:${b.port}`, `127.0.0.1:${garbage.port}`, `127.0.0.1:${silent.port}`],
-          healthCheck: { path: '/healthz', intervalMs: 100, timeoutMs: 100 },
+          // 300 ms for a check's connect and status line: the healthy ones pass on a busy machine.
+          healthCheck: { path: '/healthz', intervalMs: 300, timeoutMs: 300 },
         },
       ],
     });
@@ -318,6 +319,44 @@ describe('active health checks', () => {
     } finally {
       await proxy.stop();
       await Promise.all([a, b, garbage, silent].map((u) => u.close()));
+    }
+  });
+
+  it('a check answered one byte at a time fails at its timeout, not kept alive by each byte; checks do not pile up', async () => {
+    // A status line dripped a byte every 100 ms, never finished: each byte comes well within the
+    // check's timeout, the whole line never does.
+    let open = 0;
+    let maxOpen = 0;
+    const drip = await startRawServer((socket) => {
+      open++;
+      maxOpen = Math.max(maxOpen, open);
+      const timer = setInterval(() => socket.write('H'), 100);
+      socket.on('error', () => {});
+      socket.on('close', () => {
+        open--;
+        clearInterval(timer);
+      });
+    });
+    const b = await named('b');
+    const { proxy, port } = await startProxy({
+      routes: [
+        {
+          match: { host: 'g.localhost' },
+          upstreams: [`127.0.0.1:${drip.port}`, `127.0.0.1:${b.port}`],
+          healthCheck: { path: '/healthz', intervalMs: 500, timeoutMs: 400 },
+        },
+      ],
+    });
+    try {
+      const healthy = () => proxy.getStats().routeUpstreams.map((u) => u.healthy);
+      assert.ok(await waitFor(() => healthy().join() === 'false,true', { timeoutMs: 10_000 }), `${healthy()}`);
+      for (let i = 0; i < 5; i++) assert.equal((await get(port)).body, 'b');
+      await sleep(2000);
+      // One check per interval, each closed at its timeout: never more than two at once.
+      assert.ok(maxOpen <= 2, `${maxOpen} checks open at once`);
+    } finally {
+      await proxy.stop();
+      await Promise.all([drip, b].map((u) => u.close()));
     }
   });
 

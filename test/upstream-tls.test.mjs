@@ -129,8 +129,8 @@ describe('TLS to upstreams', () => {
         { tls: seen.tls, alpn: seen.alpn, servername: seen.servername, body: seen.body, schemeHeader: seen.schemeHeader, host: seen.host },
         { tls: true, alpn: 'http/1.1', servername: 'app.localhost', body: 'hello', schemeHeader: null, host: 'app.localhost' },
       );
-      // Keep-alive: a second request reuses the TLS socket.
-      const again = await request(`${px.url}/y`, { headers: route(ports.goodH1) });
+      // Keep-alive: a second request for the same Host (server name) reuses the TLS socket.
+      const again = await request(`${px.url}/y`, { headers: { ...route(ports.goodH1), host: 'app.localhost' } });
       assert.equal(again.status, 200);
       const stats = px.proxy.getStats();
       assert.equal(stats.upstreamSocketsCreated, 1);
@@ -224,15 +224,16 @@ describe('TLS to upstreams', () => {
       upstreamCa: certs.ca,
       upstreamTls: true,
       routes: [
-        { match: { host: 'secure.test' }, upstreams: [{ address: `127.0.0.1:${ports.goodH1}`, tls: true }], healthCheck: { path: '/health', intervalMs: 100 } },
+        { match: { host: 'secure.test' }, upstreams: [{ address: `127.0.0.1:${ports.goodH1}`, tls: true }], healthCheck: { path: '/health', intervalMs: 500 } },
         { match: { host: 'default.test' }, upstreams: [`127.0.0.1:${ports.goodH1}`] },
-        { match: { host: 'plain.test' }, upstreams: [{ address: `127.0.0.1:${plainPort}`, tls: false }], healthCheck: { path: '/health', intervalMs: 100 } },
+        { match: { host: 'plain.test' }, upstreams: [{ address: `127.0.0.1:${plainPort}`, tls: false }], healthCheck: { path: '/health', intervalMs: 500 } },
         { match: { host: 'bad-cert.test' }, upstreams: [{ address: `127.0.0.1:${ports.selfSigned}`, tls: true }] },
       ],
     });
     try {
-      // The TLS active check passes: a failing one would take the only upstream out (503).
-      await new Promise((r) => setTimeout(r, 350));
+      // The TLS active check passes: a failing one would take the only upstream out (503). (Each
+      // check has 500 ms for its connect, handshake and status line, generous on a busy machine.)
+      await new Promise((r) => setTimeout(r, 1200));
       for (const host of ['secure.test', 'default.test']) {
         const res = await request(`${px.url}/r`, { headers: { host } });
         assert.equal(res.status, 200, `${host}: ${res.body}`);
@@ -255,6 +256,26 @@ describe('TLS to upstreams', () => {
     }
   });
 
+  it('an active check to a TLS upstream names it in Host as host:port (as a cleartext one), not by its pool key', async () => {
+    const hosts = [];
+    const checked = https.createServer({ ...certs.good }, (req, res) => {
+      if (req.url === '/health') hosts.push(req.headers.host);
+      res.end('ok');
+    });
+    const port = await listen(checked);
+    const px = await startProxy({
+      upstreamCa: certs.ca,
+      routes: [{ match: { host: 'secure.test' }, upstreams: [{ address: `127.0.0.1:${port}`, tls: true }], healthCheck: { path: '/health', intervalMs: 200 } }],
+    });
+    try {
+      for (let i = 0; i < 100 && hosts.length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual([...new Set(hosts)], [`127.0.0.1:${port}`]);
+    } finally {
+      await px.proxy.stop();
+      await close(checked);
+    }
+  });
+
   it('hostile: an expired certificate and one for another name get 502 UPSTREAM_TLS_CERT; the other name passes when it is the Host asked for', async () => {
     const px = await startProxy({ upstreamCa: certs.ca });
     try {
@@ -271,6 +292,32 @@ describe('TLS to upstreams', () => {
       assert.equal(JSON.parse(named.body).servername, 'other.test');
     } finally {
       await px.proxy.stop();
+    }
+  });
+
+  it('hostile: a pooled connection whose certificate named one client\'s Host never serves another Host (HTTP/1.1 and h2 pools)', async () => {
+    const otherH2 = http2.createSecureServer({ ...certs.other }, answer);
+    const otherH2Port = await listen(otherH2);
+    const px = await startProxy({ upstreamCa: certs.ca });
+    const h2px = await startProxy({ upstreamCa: certs.ca, upstreamProtocol: 'h2c' });
+    try {
+      for (const [p, port] of [[px, ports.otherName], [h2px, otherH2Port]]) {
+        // The certificate names other.test only: a client asking for other.test is served (the
+        // connection is pooled), one asking for victim.test must get what a new connection gets.
+        const named = await request(`${p.url}/`, { headers: { ...route(port), host: 'other.test' } });
+        assert.equal(named.status, 200, named.body);
+        const victim = await request(`${p.url}/`, { headers: { ...route(port), host: 'victim.test' } });
+        assert.equal(victim.status, 502, victim.body);
+        assert.match(victim.body, /UPSTREAM_TLS_CERT/);
+        // And other.test still has its pooled connection.
+        const again = await request(`${p.url}/`, { headers: { ...route(port), host: 'other.test' } });
+        assert.equal(again.status, 200, again.body);
+        assert.equal(JSON.parse(again.body).servername, 'other.test');
+      }
+    } finally {
+      await px.proxy.stop();
+      await h2px.proxy.stop();
+      await close(otherH2);
     }
   });
 

@@ -67,7 +67,12 @@ export function workloadTable(workload, results) {
 }
 
 /** Row names that need more words than the system's name. */
-const SYSTEM_LABELS = { 'cmux-proxy-observed': 'cmux-proxy, HTTP/1.1 with access log and metrics on' };
+const SYSTEM_LABELS = {
+  'cmux-proxy-observed': 'cmux-proxy, HTTP/1.1 with access log and metrics on',
+  'cmux-proxy-workers4': 'cmux-proxy --workers 4',
+  'cmux-proxy-workers4-young2': 'node --max-semi-space-size=2 cmux-proxy --workers 4',
+  'cmux-proxy-single': 'cmux-proxy, one process',
+};
 
 const med = (all, w, s, k) => all[w]?.[s]?.summary[k]?.median ?? null;
 

@@ -5,7 +5,7 @@
 //
 //   npm run bench                    full run (5 repetitions, under 15 minutes)
 //   npm run bench -- --quick         3 repetitions, short loads (under 2 minutes)
-//   options: --reps N  --only h1-small,ws,...  --systems direct,nginx,...  --ws-conns N
+//   options: --reps N  --only h1-small,ws,...  --systems direct,nginx,...  --ws-conns N  --ws20k-conns N
 //            --seconds S (every timed load)  --json FILE (default bench/results/latest.json)
 //            (--only download-1m runs download-1m-c1, -c4 and -c16)
 //            --ref-cli FILE: system cmux-proxy-ref, another build's dist/cmux-proxy.js (e.g. main's)
@@ -31,6 +31,7 @@ const { values: opts } = parseArgs({
     only: { type: 'string' },
     systems: { type: 'string' },
     'ws-conns': { type: 'string' },
+    'ws20k-conns': { type: 'string' },
     seconds: { type: 'string' },
     'ref-cli': { type: 'string' },
     'upload-mib': { type: 'string' },
@@ -51,6 +52,7 @@ const cfg = {
   seconds: quick ? { h1: 1, h2c: 1, download: 1, rps: 1 } : { h1: 8, h2c: 8, download: 5, rps: 5 },
   uploadBytes: Number(opts['upload-mib'] ?? 256) * 1024 * 1024,
   wsConnections: Number(opts['ws-conns'] ?? (quick ? 1000 : 9500)),
+  ws20kConnections: Number(opts['ws20k-conns'] ?? (quick ? 2000 : 20000)),
 };
 if (opts.seconds) {
   // wrk takes whole seconds
@@ -60,6 +62,7 @@ if (!Number.isInteger(cfg.uploadBytes) || cfg.uploadBytes < 1) fail(`--upload-mi
 if (opts['ref-cli'] !== undefined) paths.refCli = resolve(opts['ref-cli']);
 if (!Number.isInteger(cfg.reps) || cfg.reps < 1) fail(`--reps must be a positive integer, got ${opts.reps}`);
 if (!Number.isInteger(cfg.wsConnections) || cfg.wsConnections < 1) fail(`--ws-conns must be a positive integer, got ${opts['ws-conns']}`);
+if (!Number.isInteger(cfg.ws20kConnections) || cfg.ws20kConnections < 1) fail(`--ws20k-conns must be a positive integer, got ${opts['ws20k-conns']}`);
 if (Object.values(cfg.seconds).some((x) => !Number.isFinite(x))) fail(`--seconds must be a number, got ${opts.seconds}`);
 
 const log = (msg) => process.stderr.write(`${msg}\n`);
@@ -122,6 +125,7 @@ function estimate() {
     'rps-1000': cfg.seconds.rps + 0.2,
     'upload-256m': 1.2,
     ws: 1.5 + cfg.wsConnections / 1500,
+    'ws-20k': 4 + cfg.ws20kConnections / 2000,
   };
   const pooled = new Set();
   let total = 0;

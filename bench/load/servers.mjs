@@ -3,6 +3,7 @@
 // the baseline Node proxy with and without keep-alive, nginx as a reverse proxy, http2-proxy,
 // plus "direct" (no proxy at all) and a bare `node` process for idle memory.
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort, startProcess, stopProcess, waitForPort, sleep } from './processes.mjs';
@@ -171,7 +172,10 @@ const nodeEnv = () => {
 };
 
 /** System names, in table order. */
-export const SYSTEM_NAMES = ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx', 'http2-proxy', 'bare-node'];
+export const SYSTEM_NAMES = ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'cmux-proxy-workers4', 'cmux-proxy-workers4-young2', 'cmux-proxy-single', 'baseline', 'baseline-ka', 'nginx', 'http2-proxy', 'bare-node'];
+
+/** Workers of the `cmux-proxy-workers4` system. */
+export const WS_WORKERS = 4;
 
 export function cmuxAvailable() {
   return existsSync(paths.cli);
@@ -182,10 +186,10 @@ export function cmuxAvailable() {
  * stop() }. `nginxRoutes` ({ upstreamGroupName: port }) are the backends nginx can route to.
  */
 export async function startSystem(name, { workDir, nginxRoutes }) {
-  const nodeSystem = async (args) => {
+  const nodeSystem = async (args, { cpu = PROXY_CPU } = {}) => {
     const port = await freePort();
     const handle = startProcess(name, process.execPath, args(port), {
-      cpu: PROXY_CPU,
+      cpu,
       nofile: NOFILE,
       env: nodeEnv(),
       cwd: repoRoot,
@@ -205,6 +209,7 @@ export async function startSystem(name, { workDir, nginxRoutes }) {
         '--host', '127.0.0.1',
         '--log-level', 'warn',
         '--max-connections', String(NOFILE),
+        '--max-sockets-per-upstream', String(NOFILE),
       ]);
     case 'cmux-proxy-observed': {
       // The same CLI with the access log (a file) and the admin listener (metrics) on.
@@ -218,6 +223,43 @@ export async function startSystem(name, { workDir, nginxRoutes }) {
         '--access-log', join(workDir, `access-${port}.log`),
         '--admin-port', String(adminPort),
       ]);
+    }
+    case 'cmux-proxy-workers4':
+    case 'cmux-proxy-workers4-young2':
+    case 'cmux-proxy-single': {
+      // The CLI as one process or with --workers, on every CPU (not pinned), with the admin
+      // listener for the per-worker figures; its info lines say how the cluster spreads connections.
+      const adminPort = await freePort();
+      const workers = name === 'cmux-proxy-single' ? [] : ['--workers', String(WS_WORKERS)];
+      // young2: node's --max-semi-space-size=2 (MiB), which the workers inherit with execArgv
+      const nodeFlags = name === 'cmux-proxy-workers4-young2' ? ['--max-semi-space-size=2'] : [];
+      const system = await nodeSystem(
+        (port) => [
+          ...nodeFlags,
+          paths.cli,
+          '--port', String(port),
+          '--host', '127.0.0.1',
+          '--log-level', 'info',
+          '--max-connections', String(NOFILE),
+          // every WebSocket holds a slot to its upstream until it closes (default 1024 per upstream)
+          '--max-sockets-per-upstream', String(NOFILE),
+          '--admin-port', String(adminPort),
+          ...workers,
+        ],
+        { cpu: `0-${cpus().length - 1}` },
+      );
+      await waitForPort(adminPort, { handle: system.handle });
+      // with workers, the port answers once the first one listens: wait for all of them
+      const deadline = Date.now() + 30000;
+      while (workers.length && !/cluster: \d+ worker/.test(system.handle.stdout + system.handle.stderr)) {
+        if (system.handle.hasExited() || Date.now() > deadline) {
+          await system.stop();
+          throw new Error(`${name}: the workers did not all listen within 30 s:\n${system.handle.output()}`);
+        }
+        await sleep(50);
+      }
+      const scheduling = / \((reusePort|round-robin)[^)]*\)/.exec(system.handle.stdout + system.handle.stderr)?.[1] ?? null;
+      return { ...system, adminPort, workers: workers.length ? WS_WORKERS : 1, scheduling };
     }
     case 'baseline':
     case 'baseline-ka': {

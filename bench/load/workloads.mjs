@@ -2,10 +2,12 @@
 // reports, the ratios it shows, and how to run one repetition against one system. A repetition
 // returns plain numbers (and `errors` > 0 when some requests failed); CPU figures are the proxy's
 // process tree only (null for "direct", which has no proxy).
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cpuSeconds, hwmKiB, parseH2load, parseWrk, resetHwm, rssKiB, runQueueWaitMs, withCpu } from './measure.mjs';
 import { runCommand, sleep, startProcess, stopProcess } from './processes.mjs';
 import { endpoint, LARGE_BYTES } from './servers.mjs';
+import { adminStats, openFleet, PER_PROCESS, perWorker, startEchoServers } from './ws-fleet.mjs';
 
 const here = new URL('.', import.meta.url).pathname;
 const MiB = 1024 * 1024;
@@ -345,6 +347,125 @@ const websockets = {
   },
 };
 
+/** Resident set size of one process (not its children), KiB. */
+function ownRssKiB(p) {
+  try {
+    return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${p}/status`, 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+const WS20K_WARM_UP_PER_WORKER = 200;
+
+/** The kernel's slab memory (socket, file and epoll structures among it), KiB, machine-wide. */
+function slabKiB() {
+  try {
+    return Number(/^Slab:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+const ws20k = {
+  name: 'ws-20k',
+  title:
+    'WebSockets held open together through the CLI with --workers 4 (20,000; young2: node --max-semi-space-size=2) and as one process (9,500: its fd limit), one echo each; ' +
+    'echo upstreams and load generators over several processes, sources over 127.0.0.x, nothing pinned (proxy started fresh for every repetition)',
+  systems: ['cmux-proxy-workers4', 'cmux-proxy-workers4-young2', 'cmux-proxy-single'],
+  freshPerRep: true,
+  columns: [
+    { key: 'ok', label: 'echoed & open', digits: 0 },
+    { key: 'idleMiB', label: 'idle RSS MiB', digits: 1 },
+    { key: 'openMiB', label: 'RSS MiB, all open', digits: 1 },
+    { key: 'kibPerWs', label: 'KiB/WS', digits: 2 },
+    { key: 'openPerSecond', label: 'opened/s', digits: 0 },
+    { key: 'p50Ms', label: 'echo p50 ms', digits: 2 },
+    { key: 'p99Ms', label: 'echo p99 ms', digits: 2 },
+    { key: 'fewestOnAWorker', label: 'fewest on a worker', digits: 0 },
+    { key: 'mostOnAWorker', label: 'most on a worker', digits: 0 },
+  ],
+  ratios: [],
+  async run(ctx, system) {
+    const p = system.handle.pid;
+    const total = system.workers > 1 ? ctx.cfg.ws20kConnections : Math.min(ctx.cfg.ws20kConnections, ctx.cfg.wsConnections);
+    const echoes = await startEchoServers(Math.ceil(total / PER_PROCESS));
+    const targetPorts = echoes.map((e) => e.port);
+    try {
+      const coldKiB = rssKiB(p);
+      // Warm up every worker (as the ws workload does) so that V8's first optimising compile is
+      // not counted per socket, then let the proxy settle: the figure is memory per WebSocket.
+      const warm = await openFleet({ proxyPort: system.port, targetPorts, total: WS20K_WARM_UP_PER_WORKER * system.workers, hold: false });
+      if (warm.echoed !== warm.requested) throw new Error(`warm-up: ${warm.echoed}/${warm.requested} echoed: ${warm.firstError}`);
+      await sleep(1000);
+      const before = await adminStats(system.adminPort);
+      const idleKiB = rssKiB(p);
+      const slab0 = slabKiB();
+      const cpu0 = cpuSeconds(p);
+      const fleet = await openFleet({ proxyPort: system.port, targetPorts, total });
+      let held;
+      try {
+        await sleep(1000);
+        const stats = await adminStats(system.adminPort);
+        held = {
+          openKiB: rssKiB(p),
+          slab: slabKiB() - slab0,
+          primaryKiB: system.workers > 1 ? ownRssKiB(p) : null,
+          cpu: cpuSeconds(p) - cpu0,
+          spread: perWorker(stats),
+          restarts: (stats.workerRestarts ?? 0) - (before.workerRestarts ?? 0),
+          pidsChanged: JSON.stringify(stats.workers?.map((w) => w.pid)) !== JSON.stringify(before.workers?.map((w) => w.pid)),
+          refused: stats.connectionsRefusedAtCapacity - before.connectionsRefusedAtCapacity,
+          upstreamErrors: stats.upstreamErrors,
+        };
+      } finally {
+        held = { ...held, stillOpen: await fleet.release() };
+      }
+      const ok = Math.min(fleet.echoed, held.stillOpen, held.spread.reduce((a, b) => a + b, 0));
+      if (ok === 0) throw new Error(`no WebSocket echoed: ${fleet.firstError}`);
+      const problems = [];
+      if (held.restarts > 0 || held.pidsChanged) problems.push(`${held.restarts} worker restart(s)`);
+      if (held.refused > 0) problems.push(`${held.refused} refused at capacity`);
+      if (fleet.firstError) problems.push(fleet.firstError);
+      const result = {
+        ok,
+        requested: total,
+        workers: system.workers,
+        scheduling: system.scheduling ?? 'one process',
+        echoed: fleet.echoed,
+        failed: fleet.failed,
+        stillOpen: held.stillOpen,
+        coldIdleMiB: round(coldKiB / 1024, 1),
+        idleMiB: round(idleKiB / 1024, 1),
+        openMiB: round(held.openKiB / 1024, 1),
+        primaryMiB: held.primaryKiB === null ? null : round(held.primaryKiB / 1024, 1),
+        kibPerWs: round((held.openKiB - idleKiB) / ok, 2),
+        kibPerWsFromCold: round((held.openKiB - coldKiB) / ok, 2),
+        // every process's sockets (client, proxy both sides, echo: 4 per WebSocket) and whatever
+        // else the machine did meanwhile
+        kernelSlabKibPerWs: round(held.slab / ok, 2),
+        openSeconds: round(fleet.openSeconds, 2),
+        openPerSecond: round(fleet.openPerSecond, 0),
+        p50Ms: fleet.p50Ms,
+        p99Ms: fleet.p99Ms,
+        maxMs: fleet.maxMs,
+        cpuUsPerWs: cpuPer(held.cpu, ok),
+        perWorker: held.spread,
+        fewestOnAWorker: Math.min(...held.spread),
+        mostOnAWorker: Math.max(...held.spread),
+        clientProcesses: fleet.processes,
+        echoProcesses: echoes.length,
+        errors: total - ok,
+        firstError: problems.join('; ') || null,
+      };
+      process.stderr.write(`    ${system.name}: ${JSON.stringify({ ...result, ok: undefined, requested: undefined })}\n`);
+      return result;
+    } finally {
+      await Promise.all(echoes.map((e) => stopProcess(e.handle, 3000)));
+    }
+  },
+};
+
 const idle = {
   name: 'idle',
   title: 'idle RSS 1 s after start (all started together, each pinned to the proxy CPU)',
@@ -392,4 +513,4 @@ const rps1000 = {
 };
 
 // Long-lived systems first (they share one warmed-up process each), then the ones that start their own.
-export const WORKLOADS = [h1Small, h2cSmall, ...downloads, h2cDownload, rps1000, upload, h2cUpload, websockets, idle];
+export const WORKLOADS = [h1Small, h2cSmall, ...downloads, h2cDownload, rps1000, upload, h2cUpload, websockets, ws20k, idle];

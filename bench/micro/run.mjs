@@ -8,6 +8,7 @@ import { route } from '../../dist/route/router.js';
 import { workspaceIp, workspaceNumber } from '../../dist/route/workspace-ip.js';
 import dc from 'node:diagnostics_channel';
 import * as diag from '../../dist/diagnostics.js';
+import { WsFrames } from '../../dist/ws-frames.js';
 import { buildUpstreamRequestHead, connectionTokens, emptyFacts, filterResponseHeadersH1, responseHeadersH2, scanRequestHeaders } from '../../dist/headers.js';
 
 const filter = process.argv[2];
@@ -47,6 +48,39 @@ const cases = {
   'filterResponseHeadersH1': [() => filterResponseHeadersH1(responseHeaders, false, { contentLength: false, keepAliveTimeoutSec: 0 }).includes('Keep-Alive'), false],
   'responseHeadersH2': [() => responseHeadersH2(responseHeaders, 200, { contentLength: false, keepAliveTimeoutSec: 0 })['set-cookie'].length, 2],
 };
+
+// WebSocket frame boundaries in a tunnel (src/ws-frames.ts): one 64 KiB read of server frames,
+// 256-byte payloads (~250 frames, each header read a byte at a time) or inside one 4 MiB frame.
+function serverFrames(payload, count) {
+  const head = payload < 126 ? 2 : payload < 65536 ? 4 : 10;
+  const frame = Buffer.alloc(head + payload);
+  frame[0] = 0x82;
+  if (head === 2) frame[1] = payload;
+  else if (head === 4) (frame[1] = 126), frame.writeUInt16BE(payload, 2);
+  else (frame[1] = 127), frame.writeBigUInt64BE(BigInt(payload), 2);
+  return Buffer.concat(Array.from({ length: count }, () => frame));
+}
+const smallFrames = serverFrames(256, 1024);
+const smallReads = [];
+for (let at = 0; at < smallFrames.length; at += 65536) smallReads.push(smallFrames.subarray(at, Math.min(smallFrames.length, at + 65536)));
+const bigFrame = serverFrames(4 * 1024 * 1024, 1);
+const bigHead = bigFrame.subarray(0, 10);
+const bigRead = bigFrame.subarray(10, 10 + 65536);
+const smallTracker = new WsFrames(false);
+let smallNext = 0;
+const bigTracker = new WsFrames(false);
+bigTracker.scan(bigHead, 0, false);
+cases['WsFrames.scan 64 KiB of 256-byte frames'] = [() => {
+  const read = smallReads[smallNext];
+  smallNext = (smallNext + 1) % smallReads.length;
+  smallTracker.scan(read, 0, false);
+  return smallTracker.invalid;
+}, false];
+cases['WsFrames.scan 64 KiB inside a 4 MiB frame'] = [() => {
+  bigTracker.scan(bigRead, 0, false);
+  if (bigTracker.atBoundary) bigTracker.scan(bigHead, 0, false);
+  return bigTracker.invalid;
+}, false];
 
 // The diagnostics_channel publish sites one exchange passes (start, route, upstream:connect,
 // response:headers, end), written as in src/: with nobody subscribed each is one

@@ -696,8 +696,11 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     socket.write(`HTTP/1.1 ${status} ${statusMessage}\r\n${filterResponseHeadersH1(raw, true, ex.responseFacts, true)}\r\n`, 'latin1');
     if (rest.length > 0) socket.write(rest);
     const upstream = conn.socket;
+    const early = this.upgradeRest;
     this.sendEarlyData(upstream);
-    this.openTunnel(upstream, TUNNEL_WEBSOCKET, ex);
+    const tunnel = this.openTunnel(upstream, TUNNEL_WEBSOCKET, ex);
+    tunnel.forwardedEarly(false, rest);
+    tunnel.forwardedEarly(true, early);
   }
 
   /** What the client sent after its upgrade or CONNECT head, and its FIN if it came already. */
@@ -708,11 +711,11 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     if ((this.flags & C_CLIENT_ENDED) !== 0) upstream.end();
   }
 
-  private openTunnel(upstream: net.Socket, kind: number, ex: Exchange): void {
+  private openTunnel(upstream: net.Socket, kind: number, ex: Exchange): Tunnel {
     const { keepaliveMs } = this.core.options;
     configureTunnelSocket(this.socket, keepaliveMs);
     configureTunnelSocket(upstream, keepaliveMs);
-    const tunnel = new Tunnel(this.socket, upstream, kind, this.core.stats);
+    const tunnel = new Tunnel(this.socket, upstream, kind, this.core.stats, this.core.websockets);
     const observer = this.core.observer;
     if (observer !== null) {
       tunnel.record = observer.tunnelOpened(kind === TUNNEL_WEBSOCKET ? TUNNEL_KIND_WEBSOCKET : TUNNEL_KIND_CONNECT, ex.t0, observer.tunnelInfo(ex));
@@ -725,6 +728,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     this.host.tunnelOpened(this.socket);
     this.socket.resume();
     upstream.resume();
+    return tunnel;
   }
 
   /** Removes this session's listeners: the socket now belongs to a tunnel. */

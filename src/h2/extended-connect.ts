@@ -346,7 +346,8 @@ class WebSocketBridge implements Routable, TunnelUser {
     this.parser = null;
     configureTunnelSocket(socket, this.core.options.keepaliveMs);
     if (rest !== null && rest.length > 0) this.stream.write(rest);
-    const tunnel = new Tunnel(this.stream, socket, TUNNEL_WEBSOCKET, this.core.stats);
+    const tunnel = new Tunnel(this.stream, socket, TUNNEL_WEBSOCKET, this.core.stats, this.core.websockets);
+    tunnel.forwardedEarly(false, rest);
     const observer = this.core.observer;
     if (observer !== null) {
       const info: TunnelInfo | null =

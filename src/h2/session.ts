@@ -26,9 +26,11 @@ import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from './windows.js';
 
 
 const kEx = Symbol('cmux.h2.exchange');
+/** The session state a stream counts in (its `streams`), until the stream closes. */
+const kCounted = Symbol('cmux.h2.counted');
 const kSession = Symbol('cmux.h2.session');
 
-type ProxyStream = http2.ServerHttp2Stream & { [kEx]?: Exchange };
+type ProxyStream = http2.ServerHttp2Stream & { [kEx]?: Exchange; [kCounted]?: SessionState | undefined };
 
 /** Per-exchange state of the HTTP/2 side, in `exchange.clientState`. */
 interface H2StreamState {
@@ -68,6 +70,8 @@ interface SessionState {
   wire: StreamHandle | null;
   /** The client socket itself (Node's `session.socket` is a proxy that refuses destroy()). */
   socket: net.Socket | null;
+  /** Streams open now (exchanges, WebSockets, tunnels): a session with any is not idle. */
+  streams: number;
 }
 
 /** The part of Node's libuv stream handle the dead-session probe uses. */
@@ -328,6 +332,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       handle: null,
       wire: null,
       socket: handingOver,
+      streams: 0,
     };
     session[kSession] = state;
     // Node answers a client's GOAWAY(NO_ERROR) by calling close() from inside nghttp2's frame
@@ -355,7 +360,10 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       state.ping = setInterval(pingSession, options.keepaliveMs, session);
       state.ping.unref();
     }
-    if (options.clientIdleTimeoutMs > 0) session.setTimeout(options.clientIdleTimeoutMs, sessionOnTimeout);
+    if (options.clientIdleTimeoutMs > 0) {
+      session.on('timeout', sessionOnTimeout);
+      session.setTimeout(options.clientIdleTimeoutMs);
+    }
   });
   server.on('stream', (stream: ProxyStream, headers: http2.IncomingHttpHeaders, flags: number, raw: string[]) => {
     onStream(core, stream, headers, flags, raw);
@@ -542,12 +550,35 @@ function stoppedReading(state: SessionState): boolean {
   return handle.readStart() === 0;
 }
 
+function writesStuck(state: SessionState): boolean {
+  const wire = state.wire;
+  if (wire !== null) return wire.writeQueueSize > 0;
+  const socket = state.socket;
+  return socket !== null && socket.writableLength > 0;
+}
+
 function sessionOnError(this: http2.ServerHttp2Session): void {
   // The session closes; its streams' 'close' events tear their exchanges down.
 }
 
+function streamUncount(this: ProxyStream): void {
+  const state = this[kCounted];
+  if (state === undefined) return;
+  this[kCounted] = undefined;
+  state.streams--;
+}
+
 function sessionOnTimeout(this: TrackedSession): void {
-  // Idle: no frames for clientIdleTimeoutMs. Close gracefully (GOAWAY, running streams finish).
+  // No frames either way for clientIdleTimeoutMs. With streams open the session is idle only
+  // when its writes are stuck (a client that stopped reading); otherwise it is waiting for
+  // upstreams, whose own deadlines apply.
+  const state = this[kSession];
+  if (state !== undefined && state.streams > 0 && !writesStuck(state)) {
+    // Node does not arm a timer that fired again: look again one period later.
+    this.setTimeout(state.core.options.clientIdleTimeoutMs);
+    return;
+  }
+  // Idle: close gracefully (GOAWAY, running streams finish).
   this.close();
   boundGoingAway(this);
 }
@@ -603,9 +634,15 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   stats.totalRequests++;
   stats.http2Requests++;
   const session = stream.session as TrackedSession | undefined;
-  const tls = session?.[kSession]?.tls === true;
+  const sessionState = session?.[kSession];
+  const tls = sessionState?.tls === true;
   if (tls) stats.tlsRequests++;
   stream.on('error', streamOnError);
+  if (sessionState !== undefined) {
+    sessionState.streams++;
+    stream[kCounted] = sessionState;
+    stream.once('close', streamUncount);
+  }
   if (core.draining) {
     stream.close(NGHTTP2_REFUSED_STREAM);
     return;

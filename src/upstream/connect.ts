@@ -1,5 +1,6 @@
 import net from 'node:net';
-import tls from 'node:tls';
+import type tls from 'node:tls';
+import { tls as loadTls } from '../builtins.js';
 import { hostName } from '../route/host-patterns.js';
 import type { Target } from '../route/target.js';
 
@@ -110,6 +111,15 @@ export function serverNameFor(host: string | undefined): string | undefined {
 }
 
 /**
+ * The pool key of `target` for a client's Host: a TLS connection carries the server name it was
+ * opened (and its certificate checked) for, so it serves that server name only; a cleartext one
+ * serves any Host.
+ */
+export function poolKey(target: Target, host: string | undefined): string {
+  return target.tls ? `${target.key}|${serverNameFor(host) ?? ''}` : target.key;
+}
+
+/**
  * Opens connections to routed targets: TCP, a unix socket, or TLS (a target with `tls`) with
  * ALPN, the client's Host as SNI, the proxy's certificate rules, and TLS session resumption.
  */
@@ -121,7 +131,7 @@ export class UpstreamConnector {
 
   constructor(config: UpstreamTlsConfig) {
     this.tls = config;
-    this.ca = config.ca === undefined ? undefined : [...tls.rootCertificates, config.ca];
+    this.ca = config.ca === undefined ? undefined : [...loadTls().rootCertificates, config.ca];
   }
 
   /** A connection to `target`; `host` is the client's Host (SNI), `alpn` what to offer over TLS. */
@@ -131,7 +141,7 @@ export class UpstreamConnector {
     const servername = serverNameFor(host);
     const cacheKey = `${target.key}|${servername ?? ''}|${alpn.join(',')}`;
     const config = this.tls;
-    const socket = tls.connect({
+    const socket = loadTls().connect({
       host: target.host,
       port: target.port,
       servername,
@@ -209,9 +219,9 @@ function upstreamOnSession(this: UpstreamTlsSocket, session: Buffer): void {
  * address, or — for a loopback target — `localhost`: each names the machine the proxy dialled.
  */
 function checkUpstreamIdentity(target: Target, servername: string, cert: tls.PeerCertificate): Error | undefined {
-  const first = tls.checkServerIdentity(servername !== '' ? servername : target.host, cert);
+  const first = loadTls().checkServerIdentity(servername !== '' ? servername : target.host, cert);
   if (first === undefined) return undefined;
-  if (tls.checkServerIdentity(target.host, cert) === undefined) return undefined;
-  if (isLoopbackHost(target.host) && tls.checkServerIdentity('localhost', cert) === undefined) return undefined;
+  if (loadTls().checkServerIdentity(target.host, cert) === undefined) return undefined;
+  if (isLoopbackHost(target.host) && loadTls().checkServerIdentity('localhost', cert) === undefined) return undefined;
   return first;
 }

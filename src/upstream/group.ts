@@ -350,14 +350,19 @@ function checkOnce(group: UpstreamGroup, m: GroupMember): void {
   const finish = (healthy: boolean, why: string): void => {
     if (done) return;
     done = true;
+    clearTimeout(deadline);
     socket.destroy();
     group.checked(m, healthy, why);
   };
-  socket.setTimeout(hc.timeoutMs, () => finish(false, 'timeout'));
+  // A fixed deadline for the whole check (connect, handshake, status line), not an idle timeout
+  // that each byte restarts: a status line dripped a byte at a time must not keep a check open
+  // (and the checks of the next intervals piling up behind it).
+  const deadline = setTimeout(() => finish(false, 'timeout'), hc.timeoutMs);
   socket.on('error', (err: NodeJS.ErrnoException) => finish(false, err.code ?? 'error'));
   socket.on('close', () => finish(false, 'closed before a status line'));
   socket.on(readyEvent(target), () => {
-    const host = target.socketPath !== undefined ? 'localhost' : target.key;
+    // The address as a Host: a TLS target's key is `tls:` and that address.
+    const host = target.socketPath !== undefined ? 'localhost' : target.tls ? target.key.slice(4) : target.key;
     socket.write(`GET ${hc.path} HTTP/1.1\r\nHost: ${host}\r\nUser-Agent: cmux-proxy-health-check\r\nConnection: close\r\n\r\n`, 'latin1');
   });
   socket.on('data', (chunk: Buffer) => {

@@ -1,7 +1,7 @@
 import type net from 'node:net';
 import { DeadlineSweep, type Expirable } from '../deadlines.js';
 import { FdBudget } from '../fd-budget.js';
-import { ALPN_HTTP1, readyEvent, upstreamErrorCode, type UpstreamConnector } from './connect.js';
+import { ALPN_HTTP1, poolKey, readyEvent, upstreamErrorCode, type UpstreamConnector } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters, PoolStats } from '../stats.js';
 import {
@@ -514,21 +514,30 @@ function tunnelWaitExpired(pool: UpstreamPool, entry: PoolEntry, user: TunnelUse
   pool.tunnelWaitExpired(entry, user);
 }
 
+function slotWaitExpired(pool: UpstreamPool, entry: PoolEntry, user: UpstreamUser): void {
+  pool.slotWaitExpired(entry, user);
+}
+
 /** Sockets and waiters for one upstream address. */
 class PoolEntry {
   readonly pool: UpstreamPool;
   readonly target: Target;
+  /** Key in the pool's entries (poolKey: per server name for a TLS target). */
+  readonly key: string;
   readonly idle: UpstreamConn[] = [];
   readonly waiters: UpstreamUser[] = [];
+  /** The timers of waiters whose wait is bounded (WebSocket upgrades: a tunnel once open). */
+  readonly waitTimers = new Map<UpstreamUser, NodeJS.Timeout>();
   /** Tunnels waiting for a slot (served after exchanges: a tunnel may hold its slot for hours). */
   readonly tunnelWaiters: TunnelWaiter[] = [];
   /** Sockets open to this upstream: pooled ones (busy or idle) and tunnels. */
   total = 0;
   /** Sockets given back in the middle of a read (END_RELEASE): free once the read is consumed. */
   releasing = 0;
-  constructor(pool: UpstreamPool, target: Target) {
+  constructor(pool: UpstreamPool, target: Target, key: string) {
     this.pool = pool;
     this.target = target;
+    this.key = key;
   }
 }
 export type { PoolEntry };
@@ -578,18 +587,24 @@ export class UpstreamPool {
     this.deadlines.disarm(conn);
   }
 
-  private entryFor(target: Target): PoolEntry {
-    let entry = this.entries.get(target.key);
+  private entryFor(target: Target, host: string | undefined): PoolEntry {
+    const key = poolKey(target, host);
+    let entry = this.entries.get(key);
     if (entry === undefined) {
-      entry = new PoolEntry(this, target);
-      this.entries.set(target.key, entry);
+      entry = new PoolEntry(this, target, key);
+      this.entries.set(key, entry);
     }
     return entry;
   }
 
-  /** Gives `user` a ready socket now (reused), later (new or after waiting), or a failure. */
-  acquire(target: Target, user: UpstreamUser): void {
-    const entry = this.entryFor(target);
+  /**
+   * Gives `user` a ready socket now (reused), later (new or after waiting), or a failure. With
+   * `boundedWait` (a WebSocket upgrade, which holds its socket as a tunnel for as long as it stays
+   * open, so slots may not free up for hours) a user that waits for a slot gets SOCKET_LIMIT
+   * after the connect timeout, as a CONNECT tunnel does.
+   */
+  acquire(target: Target, user: UpstreamUser, boundedWait = false): void {
+    const entry = this.entryFor(target, user.host);
     const idle = entry.idle.pop();
     if (idle !== undefined) {
       this.stats.upstreamSocketsReused++;
@@ -603,6 +618,7 @@ export class UpstreamPool {
     // pipelined request dispatched from inside that read) rather than a new connection.
     if (entry.total >= this.config.maxSockets || entry.releasing > 0) {
       entry.waiters.push(user);
+      if (boundedWait) entry.waitTimers.set(user, setTimeout(slotWaitExpired, this.config.connectTimeoutMs, this, entry, user));
       return;
     }
     this.connect(entry, user);
@@ -610,7 +626,7 @@ export class UpstreamPool {
 
   /** A fresh socket even when idle ones exist (retries after a stale reused socket). */
   acquireFresh(target: Target, user: UpstreamUser): void {
-    const entry = this.entryFor(target);
+    const entry = this.entryFor(target, user.host);
     this.connect(entry, user);
   }
 
@@ -626,10 +642,35 @@ export class UpstreamPool {
       this.destroy(connecting);
       return;
     }
-    const entry = this.entries.get(target.key);
+    const entry = this.entries.get(poolKey(target, user.host));
     if (entry === undefined) return;
     const at = entry.waiters.indexOf(user);
     if (at !== -1) entry.waiters.splice(at, 1);
+    this.stopWaitTimer(entry, user);
+  }
+
+  /** A waiter with a bounded wait got no slot in time. */
+  slotWaitExpired(entry: PoolEntry, user: UpstreamUser): void {
+    entry.waitTimers.delete(user);
+    const at = entry.waiters.indexOf(user);
+    if (at === -1) return;
+    entry.waiters.splice(at, 1);
+    this.dropIfUnused(entry);
+    user.onUpstreamFailure(null, 'SOCKET_LIMIT');
+  }
+
+  /** Next waiter in line for a socket, its wait timer (if any) stopped. */
+  private nextWaiter(entry: PoolEntry): UpstreamUser | undefined {
+    const waiter = entry.waiters.shift();
+    if (waiter !== undefined && entry.waitTimers.size !== 0) this.stopWaitTimer(entry, waiter);
+    return waiter;
+  }
+
+  private stopWaitTimer(entry: PoolEntry, user: UpstreamUser): void {
+    const timer = entry.waitTimers.get(user);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    entry.waitTimers.delete(user);
   }
 
   /** A new socket to the entry's upstream, counted in its slots and the descriptor budget; null past the budget. */
@@ -679,7 +720,7 @@ export class UpstreamPool {
       return;
     }
     conn.responses++;
-    const waiter = entry.waiters.shift();
+    const waiter = this.nextWaiter(entry);
     if (waiter !== undefined) {
       this.stats.upstreamSocketsReused++;
       conn.phase = PHASE_WAITING_HEAD;
@@ -752,7 +793,7 @@ export class UpstreamPool {
    * gets no slot within the connect timeout gets `onTunnelSocket(null)`.
    */
   openTunnel(target: Target, user: TunnelUser, host?: string): void {
-    const entry = this.entryFor(target);
+    const entry = this.entryFor(target, host);
     if (entry.total < this.config.maxSockets) {
       this.startTunnel(entry, user, host);
       return;
@@ -766,13 +807,22 @@ export class UpstreamPool {
 
   /** A tunnel that no longer wants a socket (its client went away while it waited). */
   cancelTunnel(target: Target, user: TunnelUser): void {
-    const entry = this.entries.get(target.key);
-    if (entry === undefined) return;
+    if (!target.tls) {
+      const entry = this.entries.get(target.key);
+      if (entry !== undefined) this.dropTunnelWaiter(entry, user);
+      return;
+    }
+    // A TLS target has an entry per server name; the tunnel waits in one of them.
+    for (const entry of this.entries.values()) if (entry.target.key === target.key && this.dropTunnelWaiter(entry, user)) return;
+  }
+
+  private dropTunnelWaiter(entry: PoolEntry, user: TunnelUser): boolean {
     const at = entry.tunnelWaiters.findIndex((w) => w.user === user);
-    if (at === -1) return;
+    if (at === -1) return false;
     clearTimeout(entry.tunnelWaiters[at]!.timer);
     entry.tunnelWaiters.splice(at, 1);
     this.dropIfUnused(entry);
+    return true;
   }
 
   tunnelWaitExpired(entry: PoolEntry, user: TunnelUser): void {
@@ -807,7 +857,7 @@ export class UpstreamPool {
   }
 
   private slotFreed(entry: PoolEntry): void {
-    const waiter = entry.waiters.shift();
+    const waiter = this.nextWaiter(entry);
     if (waiter !== undefined) {
       if (this.closed) waiter.onUpstreamFailure(null, 'PROXY_STOPPING');
       else this.connect(entry, waiter);
@@ -823,8 +873,8 @@ export class UpstreamPool {
   }
 
   private dropIfUnused(entry: PoolEntry): void {
-    if (entry.total === 0 && entry.waiters.length === 0 && entry.tunnelWaiters.length === 0 && this.entries.get(entry.target.key) === entry) {
-      this.entries.delete(entry.target.key);
+    if (entry.total === 0 && entry.waiters.length === 0 && entry.tunnelWaiters.length === 0 && this.entries.get(entry.key) === entry) {
+      this.entries.delete(entry.key);
     }
   }
 
@@ -866,6 +916,8 @@ export class UpstreamPool {
     this.deadlines.stop();
     for (const entry of this.entries.values()) {
       for (const conn of entry.idle.splice(0)) conn.socket.destroy();
+      for (const timer of entry.waitTimers.values()) clearTimeout(timer);
+      entry.waitTimers.clear();
       for (const waiter of entry.waiters.splice(0)) waiter.onUpstreamFailure(null, 'PROXY_STOPPING');
       for (const tunnel of entry.tunnelWaiters.splice(0)) {
         clearTimeout(tunnel.timer);

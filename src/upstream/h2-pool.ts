@@ -5,7 +5,7 @@ import { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_REFUSED_STREAM } from 
 import { keepSessionOnStreamError } from '../h2/protocol-error.js';
 import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from '../h2/windows.js';
 import { trailersH2 } from '../headers.js';
-import { ALPN_H2, upstreamErrorCode, type UpstreamConnector } from './connect.js';
+import { ALPN_H2, poolKey, upstreamErrorCode, type UpstreamConnector } from './connect.js';
 import type { DeadlineSweep, Expirable } from '../deadlines.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters } from '../stats.js';
@@ -368,6 +368,8 @@ function releaseSocket(socket: net.Socket): void {
 
 interface H2Entry {
   target: Target;
+  /** Key in the pool's entries (poolKey: per server name for a TLS target). */
+  key: string;
   sessions: UpSession[];
   waiters: H2UpstreamUser[];
 }
@@ -422,17 +424,18 @@ export class H2UpstreamPool {
   }
 
   request(target: Target, user: H2UpstreamUser): void {
-    let entry = this.entries.get(target.key);
+    const key = poolKey(target, user.host);
+    let entry = this.entries.get(key);
     if (entry === undefined) {
-      entry = { target, sessions: [], waiters: [] };
-      this.entries.set(target.key, entry);
+      entry = { target, key, sessions: [], waiters: [] };
+      this.entries.set(key, entry);
     }
     entry.waiters.push(user);
     this.serveWaiters(entry);
   }
 
   cancel(target: Target, user: H2UpstreamUser): void {
-    const entry = this.entries.get(target.key);
+    const entry = this.entries.get(poolKey(target, user.host));
     if (entry === undefined) return;
     const at = entry.waiters.indexOf(user);
     if (at !== -1) entry.waiters.splice(at, 1);
@@ -486,7 +489,7 @@ export class H2UpstreamPool {
     const at = entry.sessions.indexOf(s);
     if (at !== -1) entry.sessions.splice(at, 1);
     if (entry.sessions.length === 0 && entry.waiters.length === 0) {
-      this.entries.delete(entry.target.key);
+      this.entries.delete(entry.key);
       return;
     }
     this.serveWaiters(entry);
