@@ -24,6 +24,7 @@ import {
   type ParseError,
   type StreamHandle,
 } from '../h1/parser.js';
+import { LEND_MIN, PARKING, ReadRing, copyRead, useReadBuffers, type BodyLease, type ReadBuffer } from './read-buffers.js';
 
 /** What an upstream connection reports to the exchange using it. */
 export interface UpstreamUser {
@@ -33,7 +34,11 @@ export interface UpstreamUser {
   onUpstreamFailure(conn: UpstreamConn | null, code: string): void;
   /** Returns 1 to tell llhttp the response has no body (HEAD). */
   onResponseHead(conn: UpstreamConn, status: number, statusMessage: string, raw: string[], upgrade: boolean, keepAlive: boolean): number;
-  onResponseBody(chunk: Buffer): void;
+  /**
+   * A piece of the response body. With a `lease`, `chunk` is a slice of a read buffer the
+   * socket reads into again once `lease.release()` is called (see read-buffers.ts).
+   */
+  onResponseBody(chunk: Buffer, lease: BodyLease | null): void;
   onResponseEnd(conn: UpstreamConn, trailers: string[] | null): void;
   onUpstreamDrain(): void;
   /** Bytes after an upgrade (101) response head, already read from the upstream. */
@@ -133,8 +138,14 @@ export class UpstreamConn implements Expirable {
    * socket's stream and relayed as the socket's own read buffers (`raw`), not llhttp's copies.
    */
   bodyLeft = -1;
-  /** The rest of the body comes as 'data' events, outside llhttp (see takeBody). */
+  /** The rest of the body is relayed outside llhttp (see takeBody). */
   raw = false;
+  /**
+   * Set once the socket's handle reads into caller buffers (see read-buffers.ts): a body's ring
+   * while one is relayed, the shared PARKING buffer otherwise. llhttp then never consumes the
+   * handle again; it parses the copies the stream emits.
+   */
+  reads: ReadRing | null = null;
   readonly maxHeaderSize: number;
   private paused = false;
 
@@ -184,6 +195,7 @@ export class UpstreamConn implements Expirable {
 
   /** Lets llhttp read the socket's handle directly (as node:http's server does). */
   consume(): void {
+    if (this.reads !== null) return;
     const handle = consumeSocket(this.parser, this.socket, parserOnExecute);
     if (handle !== null) this.handle = handle;
   }
@@ -299,35 +311,82 @@ function parserOnHeadersComplete(
 function parserOnBody(this: ResponseParser, chunk: Buffer): void {
   const conn = this.conn;
   if (conn.bodyLeft > 0) conn.bodyLeft -= chunk.length;
-  conn.user?.onResponseBody(chunk);
+  conn.user?.onResponseBody(chunk, null);
 }
 
 /**
  * The read that carried a Content-Length response head is through llhttp and body bytes are
  * still to come: llhttp gives the socket back (as for an upgrade) and the rest of the body is
- * relayed from the socket's own 'data' Buffers, counted down to the last byte (rawBody). The
- * parser's state is dropped; a fresh one takes the next response.
+ * relayed from the socket's own reads, counted down to the last byte (rawBody). A plain socket's
+ * handle reads those into reused buffers lent to the client writes (onLentRead); a TLS socket's
+ * come as its stream's 'data' Buffers. The parser's state is dropped; a fresh one takes the next
+ * response.
  */
 function takeBody(conn: UpstreamConn): void {
   conn.raw = true;
   const handle = conn.handle;
-  if (handle === null) return;
-  conn.handle = null;
-  releaseHandle(conn.parser, handle);
+  if (handle !== null) {
+    conn.handle = null;
+    releaseHandle(conn.parser, handle);
+  }
+  if (conn.reads === null) {
+    const ring = new ReadRing();
+    const socket = conn.socket;
+    // Node asks for the next buffer without a receiver: one function per socket, made once.
+    if (useReadBuffers(socket, ring.first().buf, onLentRead, () => nextLentRead(socket))) conn.reads = ring;
+    else ring.retire();
+  }
   // Client backpressure holds from here at the stream (the handle may be stopped already).
-  if (conn.isPaused()) conn.socket.pause();
+  if (handle !== null && conn.isPaused()) conn.socket.pause();
+}
+
+/**
+ * A read of a socket whose handle reads into caller buffers (`this` is the socket). A body
+ * being relayed takes the read as it is, lent with its buffer when it is long enough; anything
+ * else (heads, other bodies, bytes on an idle or tunnelled socket) leaves as a copy through the
+ * stream, as Node's own read path would hand it out.
+ */
+function onLentRead(this: net.Socket, nread: number, buf: Buffer): boolean {
+  const conn = (this as Partial<UpstreamSocket>)[kUpstream];
+  if (conn !== undefined && conn.raw && this.readableLength === 0) {
+    const lent = conn.reads === null ? null : conn.reads.current;
+    if (lent !== null && lent.buf === buf && nread >= LEND_MIN) rawBody(conn, buf.subarray(0, nread), lent);
+    else rawBody(conn, copyRead(buf, nread), null);
+    return true;
+  }
+  return this.push(copyRead(buf, nread));
+}
+
+/** Where the socket's next read goes: see ReadRing.next. */
+function nextLentRead(socket: net.Socket): Buffer {
+  const conn = (socket as Partial<UpstreamSocket>)[kUpstream];
+  const reads = conn === undefined ? null : conn.reads;
+  if (reads === null) return PARKING;
+  if (!conn!.raw || socket.destroyed) {
+    reads.retire();
+    return PARKING;
+  }
+  return reads.next();
+}
+
+/** Hands a body piece to the exchange; a lent buffer is released at once when nobody takes it. */
+function relay(conn: UpstreamConn, chunk: Buffer, lent: ReadBuffer | null): void {
+  const user = conn.user;
+  if (lent === null) user?.onResponseBody(chunk, null);
+  else if (user === null) lent.lend().release();
+  else user.onResponseBody(chunk, lent.lend());
 }
 
 /** A read of a body taken from llhttp: exactly `bodyLeft` bytes belong to the response. */
-function rawBody(conn: UpstreamConn, chunk: Buffer): void {
+function rawBody(conn: UpstreamConn, chunk: Buffer, lent: ReadBuffer | null): void {
   const left = conn.bodyLeft;
   conn.responseBytes = true;
   if (chunk.length < left) {
     conn.bodyLeft = left - chunk.length;
-    conn.user?.onResponseBody(chunk);
+    relay(conn, chunk, lent);
     return;
   }
-  conn.user?.onResponseBody(chunk.length === left ? chunk : chunk.subarray(0, left));
+  relay(conn, chunk.length === left ? chunk : chunk.subarray(0, left), lent);
   conn.bodyLeft = -1;
   conn.raw = false;
   const parser = conn.parser;
@@ -420,7 +479,7 @@ function socketOnConnect(this: UpstreamSocket): void {
 function socketOnData(this: UpstreamSocket, chunk: Buffer): void {
   const conn = this[kUpstream];
   if (conn.raw) {
-    rawBody(conn, chunk);
+    rawBody(conn, chunk, null);
     return;
   }
   if (conn.user === null) {
@@ -492,6 +551,8 @@ function socketOnDrain(this: UpstreamSocket): void {
 function socketOnClose(this: UpstreamSocket): void {
   const conn = this[kUpstream];
   conn.entry.pool.forget(conn);
+  // The handle is closed: its read buffers can serve other sockets once released.
+  conn.reads?.retire();
   if (conn.handle !== null) {
     releaseHandle(conn.parser, conn.handle);
     conn.handle = null;
