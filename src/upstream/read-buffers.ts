@@ -30,7 +30,7 @@ export const READ_BUFFER_SIZE = 64 * 1024;
 /** Read buffers one body may have lent out at once before new ones replace them. */
 const RING_MAX = 4;
 /** Released read buffers kept for the next bodies, process-wide. */
-const FREE_MAX = 16;
+export const FREE_MAX = 16;
 /** Reads shorter than this are copied out instead of lent (a lent buffer is 64 KiB held). */
 export const LEND_MIN = 8 * 1024;
 
@@ -52,6 +52,10 @@ export interface BodyLease {
   readonly release: () => void;
 }
 
+/** Read buffers made so far, and those let go for the garbage collector, process-wide. */
+let created = 0;
+let dropped = 0;
+
 export class ReadBuffer implements BodyLease {
   readonly buf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
   /** Client writes with a slice of `buf` not called back yet. */
@@ -64,9 +68,16 @@ export class ReadBuffer implements BodyLease {
   readonly release = (): void => {
     const holder = this.holder;
     this.holder = null;
-    if (holder !== null && holder.destroyed) this.poisoned = true;
+    if (holder !== null && holder.destroyed && !this.poisoned) {
+      this.poisoned = true;
+      dropped++;
+    }
     if (--this.held === 0 && !this.inRing && !this.poisoned) putFree(this);
   };
+
+  constructor() {
+    created++;
+  }
 
   /** Lends the buffer for one chunk; the receiver calls `release`. */
   lend(): this {
@@ -79,15 +90,19 @@ const free: ReadBuffer[] = [];
 
 function putFree(b: ReadBuffer): void {
   if (free.length < FREE_MAX) free.push(b);
+  else dropped++;
 }
 
 function takeFree(): ReadBuffer {
   return free.pop() ?? new ReadBuffer();
 }
 
-/** Buffers currently in the free list (for tests and stats). */
-export function freeReadBuffers(): number {
-  return free.length;
+/**
+ * Read buffers made so far, those in the free list and those let go (free list full, or
+ * poisoned): `created - free - dropped` are in a body's ring or lent to a client write.
+ */
+export function readBufferCounts(): { created: number; free: number; dropped: number } {
+  return { created, free: free.length, dropped };
 }
 
 /** The read buffers of one body being relayed, and which of them the handle reads into now. */
