@@ -146,6 +146,8 @@ export class UpstreamConn implements Expirable {
    * handle again; it parses the copies the stream emits.
    */
   reads: ReadRing | null = null;
+  /** False once the socket turned out to have no such read path (TLS): not tried again. */
+  lendable = true;
   readonly maxHeaderSize: number;
   private paused = false;
 
@@ -329,12 +331,15 @@ function takeBody(conn: UpstreamConn): void {
     conn.handle = null;
     releaseHandle(conn.parser, handle);
   }
-  if (conn.reads === null) {
+  if (conn.reads === null && conn.lendable) {
     const ring = new ReadRing();
     const socket = conn.socket;
     // Node asks for the next buffer without a receiver: one function per socket, made once.
     if (useReadBuffers(socket, ring.first().buf, onLentRead, () => nextLentRead(socket))) conn.reads = ring;
-    else ring.retire();
+    else {
+      conn.lendable = false;
+      ring.retire();
+    }
   }
   // Client backpressure holds from here at the stream (the handle may be stopped already).
   if (handle !== null && conn.isPaused()) conn.socket.pause();
