@@ -7,6 +7,7 @@ import { http } from './builtins.js';
 import type { Target } from './route/target.js';
 import { PHASE_UPGRADED, type ReadBatch, type UpstreamConn, type UpstreamUser } from './upstream/h1-pool.js';
 import type { H2UpstreamRequest, H2UpstreamUser } from './upstream/h2-pool.js';
+import type { BodyLease } from './upstream/read-buffers.js';
 import type { Span } from './tracing.js';
 import { diagnosticsRequest, publishEnd, requestEnd, requestError, requestStart, responseHeaders, upstreamConnect, type DiagnosticsRequest } from './diagnostics.js';
 import { OUTCOME_FAILED, OUTCOME_NEUTRAL, OUTCOME_OK, holdMemberUntilClose, type GroupMember } from './upstream/group.js';
@@ -34,7 +35,11 @@ const NEUTRAL_FAILURES: ReadonlySet<string> = new Set(['SOCKET_LIMIT', 'FD_LIMIT
 export interface ClientSide {
   respond(ex: Exchange, status: number, statusMessage: string, raw: string[]): void;
   interim(ex: Exchange, status: number, statusMessage: string, raw: string[]): void;
-  writeBody(ex: Exchange, chunk: Buffer): boolean;
+  /**
+   * A piece of the response body. A `lease` must be released exactly once, when nothing queued
+   * for the client reads `chunk` any more (see BodyLease); its holder is set to what queued it.
+   */
+  writeBody(ex: Exchange, chunk: Buffer, lease: BodyLease | null): boolean;
   end(ex: Exchange, trailers: string[] | null): void;
   /** A response the proxy makes itself (nothing was sent to the client yet). */
   fail(ex: Exchange, status: number, code: string, message: string): void;
@@ -286,7 +291,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   h2Body(chunk: Buffer): void {
     if (this.finished) return;
     this.bytesOut += chunk.length;
-    if (!this.client.writeBody(this, chunk)) this.h2?.pause();
+    if (!this.client.writeBody(this, chunk, null)) this.h2?.pause();
   }
 
   h2End(trailers: string[] | null): void {
@@ -490,10 +495,13 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.client.upgraded(this, conn, this.status, head.statusMessage, head.raw, rest);
   }
 
-  onResponseBody(chunk: Buffer): void {
-    if (this.finished) return;
+  onResponseBody(chunk: Buffer, lease: BodyLease | null): void {
+    if (this.finished) {
+      lease?.release();
+      return;
+    }
     this.bytesOut += chunk.length;
-    if (!this.client.writeBody(this, chunk)) this.conn?.pauseReading();
+    if (!this.client.writeBody(this, chunk, lease)) this.conn?.pauseReading();
   }
 
   /** The client drained what we wrote: let the upstream flow again. */

@@ -289,8 +289,9 @@ describe('upstream faults', () => {
     await assertNoActiveUpstreamSockets(proxy);
   });
 
-  // A Content-Length body longer than the read that carries its head arrives over several reads.
-  // The upstream stops one byte short, with a FIN or a reset, after the body crossed several reads.
+  // A Content-Length body longer than the read that carries its head: the proxy relays the rest
+  // of it from the socket's own reads, outside llhttp, counting bytes down itself. The upstream
+  // stops one byte short, with a FIN or a reset, after the body crossed several reads.
   for (const how of ['FIN', 'reset']) {
     const N = 200_000;
     const shortUpstream = (t) =>

@@ -124,9 +124,9 @@ describe('a pooled upstream socket with bytes left after the response is never h
   });
 });
 
-describe('a Content-Length body that crosses reads is counted to its last byte', () => {
-  // The body is longer than the read that carries the head, so it arrives over several reads;
-  // bytes past it must still discard the socket.
+describe('a Content-Length body relayed outside llhttp is counted to its last byte', () => {
+  // The body is longer than the read that carries the head, so its rest is relayed from the
+  // socket's own reads (not parsed by llhttp); bytes past it must still discard the socket.
   const N = 150_000;
   const head = `HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ${N}\r\n\r\n`;
 
@@ -246,7 +246,7 @@ describe('a Content-Length body that crosses reads is counted to its last byte',
     });
     const a = await attackerRequest(port, route);
     assertWholeBody(a);
-    // The next response on the same socket is parsed from its own first byte.
+    // The next response on the same socket is parsed by a fresh llhttp state.
     const v = await rawRequest(port, `GET /victim HTTP/1.1\r\nHost: v\r\n${route}\r\n`, {
       timeoutMs: 5000,
       until: (s) => /victim answer on conn \d+$/.test(s),

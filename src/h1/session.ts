@@ -26,6 +26,7 @@ import { TUNNEL_KIND_CONNECT, TUNNEL_KIND_WEBSOCKET } from '../observe.js';
 import { requestEnd, requestRoute, upstreamConnect, websocketClose, websocketOpen } from '../diagnostics.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import type { ReadBatch, TunnelUser, UpstreamConn } from '../upstream/h1-pool.js';
+import type { BodyLease } from '../upstream/read-buffers.js';
 import {
   METHODS,
   parserResource,
@@ -644,23 +645,29 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     this.socket.write(`HTTP/1.1 ${status} ${statusMessage}\r\n${filterResponseHeadersH1(raw, false, ex.responseFacts, true)}\r\n`, 'latin1');
   }
 
-  writeBody(ex: Exchange, chunk: Buffer): boolean {
+  writeBody(ex: Exchange, chunk: Buffer, lease: BodyLease | null): boolean {
     const socket = this.socket;
-    if (socket.destroyed) return true;
+    if (socket.destroyed) {
+      lease?.release();
+      return true;
+    }
+    // A lent chunk is released by its write's callback: until then the socket may still read it.
+    if (lease !== null) lease.holder = socket;
+    const done = lease === null ? undefined : lease.release;
     const head = this.heldHead;
     if (head !== null) {
       this.heldHead = null;
-      if (chunk.length <= JOIN_BODY_MAX) return socket.write(head + chunk.toString('latin1'), 'latin1');
+      if (chunk.length <= JOIN_BODY_MAX) return socket.write(head + chunk.toString('latin1'), 'latin1', done);
       socket.cork();
       socket.write(head, 'latin1');
-      const ok = socket.write(chunk);
+      const ok = socket.write(chunk, done);
       socket.uncork();
       return ok;
     }
-    if (ex.clientState !== FRAME_CHUNKED) return socket.write(chunk);
+    if (ex.clientState !== FRAME_CHUNKED) return socket.write(chunk, done);
     socket.cork();
     socket.write(`${chunk.length.toString(16)}\r\n`, 'latin1');
-    socket.write(chunk);
+    socket.write(chunk, done);
     const ok = socket.write('\r\n', 'latin1');
     socket.uncork();
     return ok;

@@ -151,10 +151,17 @@ const h2ClientSide: ClientSide = {
       // interim answers are advisory
     }
   },
-  writeBody(ex, chunk) {
+  writeBody(ex, chunk, lease) {
     const stream = (ex.clientState as H2StreamState).stream;
-    if (stream.destroyed || stream.writableEnded) return true;
-    return stream.write(chunk);
+    if (stream.destroyed || stream.writableEnded) {
+      lease?.release();
+      return true;
+    }
+    if (lease === null) return stream.write(chunk);
+    // nghttp2 sends from the chunk itself, maybe much later (flow control): released by the
+    // write's callback, once the DATA frames carrying it are written.
+    lease.holder = stream;
+    return stream.write(chunk, lease.release);
   },
   end(ex, trailers) {
     const state = ex.clientState as H2StreamState;

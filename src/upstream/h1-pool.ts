@@ -17,12 +17,14 @@ import {
   isParseError,
   consumeSocket,
   releaseHandle,
+  resumeSocket,
   startReading,
   stopReading,
   type HTTPParser,
   type ParseError,
   type StreamHandle,
 } from '../h1/parser.js';
+import { LEND_MIN, PARKING, ReadRing, copyRead, useReadBuffers, type BodyLease, type ReadBuffer } from './read-buffers.js';
 
 /** What an upstream connection reports to the exchange using it. */
 export interface UpstreamUser {
@@ -32,7 +34,11 @@ export interface UpstreamUser {
   onUpstreamFailure(conn: UpstreamConn | null, code: string): void;
   /** Returns 1 to tell llhttp the response has no body (HEAD). */
   onResponseHead(conn: UpstreamConn, status: number, statusMessage: string, raw: string[], upgrade: boolean, keepAlive: boolean): number;
-  onResponseBody(chunk: Buffer): void;
+  /**
+   * A piece of the response body. With a `lease`, `chunk` is a slice of a read buffer the
+   * socket reads into again once `lease.release()` is called (see read-buffers.ts).
+   */
+  onResponseBody(chunk: Buffer, lease: BodyLease | null): void;
   onResponseEnd(conn: UpstreamConn, trailers: string[] | null): void;
   onUpstreamDrain(): void;
   /** Bytes after an upgrade (101) response head, already read from the upstream. */
@@ -126,10 +132,28 @@ export class UpstreamConn implements Expirable {
   corked: ReadBatch | null = null;
   /** END_NONE, END_IN_READ or END_RELEASE: a release waits for the end of the read. */
   ending = END_NONE;
+  /**
+   * Content-Length body bytes of the current response not yet relayed (-1: no such body). Once
+   * the read that carried the head is through llhttp, the rest of such a body is read by the
+   * socket's stream and relayed as the socket's own read buffers (`raw`), not llhttp's copies.
+   */
+  bodyLeft = -1;
+  /** The rest of the body is relayed outside llhttp (see takeBody). */
+  raw = false;
+  /**
+   * Set once the socket's handle reads into caller buffers (see read-buffers.ts): a body's ring
+   * while one is relayed, the shared PARKING buffer otherwise. llhttp then never consumes the
+   * handle again; it parses the copies the stream emits.
+   */
+  reads: ReadRing | null = null;
+  /** False once the socket turned out to have no such read path (TLS): not tried again. */
+  lendable = true;
+  readonly maxHeaderSize: number;
   private paused = false;
 
   constructor(entry: PoolEntry, socket: net.Socket, maxHeaderSize: number) {
     this.entry = entry;
+    this.maxHeaderSize = maxHeaderSize;
     this.socket = socket as UpstreamSocket;
     this.socket[kUpstream] = this;
     const parser = new Parser() as ResponseParser;
@@ -158,14 +182,22 @@ export class UpstreamConn implements Expirable {
     stopReading(this.socket, this.handle);
   }
 
+  isPaused(): boolean {
+    return this.paused;
+  }
+
   resumeReading(): void {
     if (!this.paused) return;
     this.paused = false;
-    startReading(this.socket, this.handle);
+    // Not consuming (a body taken from llhttp): paused at the stream, which a handle stopped
+    // while consuming does not restart by itself.
+    if (this.handle === null) resumeSocket(this.socket);
+    else startReading(this.socket, this.handle);
   }
 
   /** Lets llhttp read the socket's handle directly (as node:http's server does). */
   consume(): void {
+    if (this.reads !== null) return;
     const handle = consumeSocket(this.parser, this.socket, parserOnExecute);
     if (handle !== null) this.handle = handle;
   }
@@ -190,7 +222,36 @@ export class UpstreamConn implements Expirable {
     this.headComplete = false;
     this.responseBytes = false;
     this.pendingHeaders = null;
+    this.bodyLeft = -1;
   }
+}
+
+/**
+ * The Content-Length of a response head llhttp accepted (it refuses duplicates, lists, signs and
+ * a Content-Length beside Transfer-Encoding), or -1 when there is none or it is chunked.
+ */
+function bodyLength(raw: readonly string[]): number {
+  let length = -1;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === 14 && name.toLowerCase() === 'content-length') {
+      const value = raw[i + 1]!;
+      let n = 0;
+      let digits = 0;
+      for (let j = 0; j < value.length; j++) {
+        const c = value.charCodeAt(j);
+        if (c === 0x20 || c === 0x09) continue;
+        if (c < 0x30 || c > 0x39) return -1;
+        n = n * 10 + (c - 0x30);
+        digits++;
+      }
+      if (digits === 0 || !Number.isSafeInteger(n)) return -1;
+      length = n;
+    } else if (name.length === 17 && name.toLowerCase() === 'transfer-encoding') {
+      return -1;
+    }
+  }
+  return length;
 }
 
 function parserOnMessageBegin(this: ResponseParser): void {
@@ -240,11 +301,110 @@ function parserOnHeadersComplete(
     out.beginBatch();
     conn.corked = out;
   }
-  return user.onResponseHead(conn, status, statusMessage, raw, upgrade, keepAlive);
+  const skipBody = user.onResponseHead(conn, status, statusMessage, raw, upgrade, keepAlive);
+  // A final response with a Content-Length body (HEAD, 204 and 304 have none): its bytes after
+  // this read bypass llhttp (takeBody). Bodies of other framings stay with llhttp.
+  if (skipBody === 0 && conn.phase === PHASE_STREAMING && conn.user === user && status !== 204 && status !== 304) {
+    conn.bodyLeft = bodyLength(raw);
+  }
+  return skipBody;
 }
 
 function parserOnBody(this: ResponseParser, chunk: Buffer): void {
-  this.conn.user?.onResponseBody(chunk);
+  const conn = this.conn;
+  if (conn.bodyLeft > 0) conn.bodyLeft -= chunk.length;
+  conn.user?.onResponseBody(chunk, null);
+}
+
+/**
+ * The read that carried a Content-Length response head is through llhttp and body bytes are
+ * still to come: llhttp gives the socket back (as for an upgrade) and the rest of the body is
+ * relayed from the socket's own reads, counted down to the last byte (rawBody). A plain socket's
+ * handle reads those into reused buffers lent to the client writes (onLentRead); a TLS socket's
+ * come as its stream's 'data' Buffers. The parser's state is dropped; a fresh one takes the next
+ * response.
+ */
+function takeBody(conn: UpstreamConn): void {
+  conn.raw = true;
+  const handle = conn.handle;
+  if (handle !== null) {
+    conn.handle = null;
+    releaseHandle(conn.parser, handle);
+  }
+  if (conn.reads === null && conn.lendable) {
+    const ring = new ReadRing();
+    const socket = conn.socket;
+    // Node asks for the next buffer without a receiver: one function per socket, made once.
+    if (useReadBuffers(socket, ring.first().buf, onLentRead, () => nextLentRead(socket))) conn.reads = ring;
+    else {
+      conn.lendable = false;
+      ring.retire();
+    }
+  }
+  // Client backpressure holds from here at the stream (the handle may be stopped already).
+  if (handle !== null && conn.isPaused()) conn.socket.pause();
+}
+
+/**
+ * A read of a socket whose handle reads into caller buffers (`this` is the socket). A body
+ * being relayed takes the read as it is, lent with its buffer when it is long enough; anything
+ * else (heads, other bodies, bytes on an idle or tunnelled socket) leaves as a copy through the
+ * stream, as Node's own read path would hand it out.
+ */
+function onLentRead(this: net.Socket, nread: number, buf: Buffer): boolean {
+  const conn = (this as Partial<UpstreamSocket>)[kUpstream];
+  if (conn !== undefined && conn.raw && this.readableLength === 0) {
+    const lent = conn.reads === null ? null : conn.reads.current;
+    if (lent !== null && lent.buf === buf && nread >= LEND_MIN) rawBody(conn, buf.subarray(0, nread), lent);
+    else rawBody(conn, copyRead(buf, nread), null);
+    return true;
+  }
+  return this.push(copyRead(buf, nread));
+}
+
+/** Where the socket's next read goes: see ReadRing.next. */
+function nextLentRead(socket: net.Socket): Buffer {
+  const conn = (socket as Partial<UpstreamSocket>)[kUpstream];
+  const reads = conn === undefined ? null : conn.reads;
+  if (reads === null) return PARKING;
+  if (!conn!.raw || socket.destroyed) {
+    reads.retire();
+    return PARKING;
+  }
+  return reads.next();
+}
+
+/** Hands a body piece to the exchange; a lent buffer is released at once when nobody takes it. */
+function relay(conn: UpstreamConn, chunk: Buffer, lent: ReadBuffer | null): void {
+  const user = conn.user;
+  if (lent === null) user?.onResponseBody(chunk, null);
+  else if (user === null) lent.lend().release();
+  else user.onResponseBody(chunk, lent.lend());
+}
+
+/** A read of a body taken from llhttp: exactly `bodyLeft` bytes belong to the response. */
+function rawBody(conn: UpstreamConn, chunk: Buffer, lent: ReadBuffer | null): void {
+  const left = conn.bodyLeft;
+  conn.responseBytes = true;
+  if (chunk.length < left) {
+    conn.bodyLeft = left - chunk.length;
+    relay(conn, chunk, lent);
+    return;
+  }
+  relay(conn, chunk.length === left ? chunk : chunk.subarray(0, left), lent);
+  conn.bodyLeft = -1;
+  conn.raw = false;
+  const parser = conn.parser;
+  parser.initialize(RESPONSE, parserResource(conn), conn.maxHeaderSize, kLenientNone);
+  // As at a message's end in llhttp: a release waits for the end of this read, and any byte
+  // after the body (in this read, or buffered by the stream) discards the socket.
+  conn.ending = END_IN_READ;
+  parser[Parser.kOnMessageBegin] = parserOnMessageBegin;
+  conn.user?.onResponseEnd(conn, null);
+  const socket = conn.socket;
+  if (chunk.length > left || socket.readableLength > 0) conn.entry.pool.discard(conn);
+  else if (!socket.destroyed) conn.consume();
+  endOfRead(conn);
 }
 
 function parserOnMessageComplete(this: ResponseParser): void {
@@ -258,6 +418,7 @@ function parserOnMessageComplete(this: ResponseParser): void {
   // to no request: the socket may serve the next exchange only after llhttp is through the read
   // (see UpstreamPool.release), and a message starting in it means the socket is discarded.
   conn.ending = END_IN_READ;
+  conn.bodyLeft = -1;
   this[Parser.kOnMessageBegin] = parserOnMessageBegin;
   conn.user?.onResponseEnd(conn, trailers);
 }
@@ -298,6 +459,7 @@ function parserOnExecute(this: ResponseParser, ret: number | ParseError): void {
     return;
   }
   if (conn.ending !== END_NONE) endOfRead(conn);
+  else if (conn.bodyLeft > 0 && conn.user !== null) takeBody(conn);
   if (conn.phase === PHASE_UPGRADED && conn.user !== null) {
     const chunk = this.getCurrentBuffer();
     conn.unconsume();
@@ -321,6 +483,10 @@ function socketOnConnect(this: UpstreamSocket): void {
 
 function socketOnData(this: UpstreamSocket, chunk: Buffer): void {
   const conn = this[kUpstream];
+  if (conn.raw) {
+    rawBody(conn, chunk, null);
+    return;
+  }
   if (conn.user === null) {
     // Bytes on an idle socket: the upstream broke framing. Never reuse it.
     conn.entry.pool.discard(conn);
@@ -337,6 +503,7 @@ function socketOnData(this: UpstreamSocket, chunk: Buffer): void {
     return;
   }
   if (conn.ending !== END_NONE) endOfRead(conn);
+  else if (conn.bodyLeft > 0 && conn.user !== null) takeBody(conn);
   if (conn.phase === PHASE_UPGRADED && conn.user !== null) {
     conn.user.onUpgradeData(conn, ret < chunk.length ? chunk.subarray(ret) : EMPTY);
   }
@@ -347,6 +514,11 @@ const EMPTY = Buffer.alloc(0);
 function socketOnEnd(this: UpstreamSocket): void {
   const conn = this[kUpstream];
   if (conn.phase === PHASE_UPGRADED) return;
+  if (conn.raw) {
+    // The Content-Length body taken from llhttp is short: the client must see a cut.
+    conn.errorCode ??= 'UPSTREAM_TRUNCATED';
+    return;
+  }
   // A close-delimited body ends here; an incomplete one makes finish() fail (HPE_INVALID_EOF_STATE).
   if (conn.user !== null && conn.headComplete) {
     const ret = conn.parser.finish();
@@ -384,6 +556,8 @@ function socketOnDrain(this: UpstreamSocket): void {
 function socketOnClose(this: UpstreamSocket): void {
   const conn = this[kUpstream];
   conn.entry.pool.forget(conn);
+  // The handle is closed: its read buffers can serve other sockets once released.
+  conn.reads?.retire();
   if (conn.handle !== null) {
     releaseHandle(conn.parser, conn.handle);
     conn.handle = null;

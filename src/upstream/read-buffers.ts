@@ -1,0 +1,224 @@
+import type net from 'node:net';
+
+/**
+ * Reused read buffers for Content-Length response bodies relayed outside llhttp.
+ *
+ * Node reads a socket into a fresh 64 KiB allocation per read unless the handle is given a buffer
+ * of the caller's (the `onread: { buffer, callback }` option of `net.Socket`, which exists only
+ * at construction). An upstream socket taken over for such a body gets the same read path Node
+ * sets up for that option: `handle.useUserBuffer(buf)` plus the socket's own `kBuffer`,
+ * `kBufferCb` and `kBufferGen` slots, which Node's read callback (`onStreamRead`) consults on
+ * every read: it hands `kBufferCb` the bytes read into `kBuffer`, then asks `kBufferGen` where
+ * the next read goes.
+ *
+ * A slice of a read buffer handed to a client write may sit in that client's queue (an HTTP/1.1
+ * socket's pending write, an HTTP/2 stream's DATA queue) after the read: the buffer is not read
+ * into again until every client write lent a slice of it has called back (`ReadBuffer.release`).
+ * Until then the next read goes to another buffer of the body's ring (at most RING_MAX); with
+ * all of them still lent, a new one takes the oldest one's place in the ring and the old one
+ * goes back to the free list only once released. A buffer whose holder was destroyed before it
+ * called back is never reused (an HTTP/2 write cancelled by a reset may still have bytes of it in
+ * the session's outgoing write).
+ *
+ * Between such bodies (idle pooled sockets, response heads, other framings, a socket handed to a
+ * tunnel) the handle reads into one process-wide PARKING buffer whose bytes are copied out
+ * before the read callback returns: no socket keeps a buffer of its own once its body is done.
+ */
+
+/** libuv's read size for a stream (what Node allocates per read by default). */
+export const READ_BUFFER_SIZE = 64 * 1024;
+/** Read buffers one body may have lent out at once before new ones replace them. */
+const RING_MAX = 4;
+/** Released read buffers kept for the next bodies, process-wide. */
+export const FREE_MAX = 16;
+/** Reads shorter than this are copied out instead of lent (a lent buffer is 64 KiB held). */
+export const LEND_MIN = 8 * 1024;
+
+/** Where every handle with a user buffer reads while no body of its own is being relayed. */
+export const PARKING: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
+
+/** What holds a lent slice: the client socket or HTTP/2 stream it was written to. */
+export interface LeaseHolder {
+  readonly destroyed: boolean;
+}
+
+/**
+ * A body chunk's read buffer, lent with it to the client side: `release` must be called exactly
+ * once, when nothing the client side queued reads the chunk any more (the write's callback, or
+ * at once when the chunk was copied or not written). `holder` names what queued it.
+ */
+export interface BodyLease {
+  holder: LeaseHolder | null;
+  readonly release: () => void;
+}
+
+/** Read buffers made so far, and those let go for the garbage collector, process-wide. */
+let created = 0;
+let dropped = 0;
+
+export class ReadBuffer implements BodyLease {
+  readonly buf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
+  /** Client writes with a slice of `buf` not called back yet. */
+  held = 0;
+  /** In a body's ring (else it goes to the free list once released). */
+  inRing = false;
+  /** Its holder was destroyed with a write pending: never read into again. */
+  poisoned = false;
+  holder: LeaseHolder | null = null;
+  readonly release = (): void => {
+    const holder = this.holder;
+    this.holder = null;
+    if (holder !== null && holder.destroyed && !this.poisoned) {
+      this.poisoned = true;
+      dropped++;
+    }
+    if (--this.held === 0 && !this.inRing && !this.poisoned) putFree(this);
+  };
+
+  constructor() {
+    created++;
+  }
+
+  /** Lends the buffer for one chunk; the receiver calls `release`. */
+  lend(): this {
+    this.held++;
+    return this;
+  }
+}
+
+const free: ReadBuffer[] = [];
+
+function putFree(b: ReadBuffer): void {
+  if (free.length < FREE_MAX) free.push(b);
+  else dropped++;
+}
+
+function takeFree(): ReadBuffer {
+  return free.pop() ?? new ReadBuffer();
+}
+
+/**
+ * Read buffers made so far, those in the free list and those let go (free list full, or
+ * poisoned): `created - free - dropped` are in a body's ring or lent to a client write.
+ */
+export function readBufferCounts(): { created: number; free: number; dropped: number } {
+  return { created, free: free.length, dropped };
+}
+
+/** The read buffers of one body being relayed, and which of them the handle reads into now. */
+export class ReadRing {
+  private readonly ring: ReadBuffer[] = [];
+  /** What the handle reads into (null: PARKING). */
+  current: ReadBuffer | null = null;
+
+  /** A buffer for the handle's first read of a body (the ring is empty). */
+  first(): ReadBuffer {
+    const b = takeFree();
+    b.inRing = true;
+    this.ring.push(b);
+    this.current = b;
+    return b;
+  }
+
+  /** Where the next read goes: a buffer no client write still reads. */
+  next(): Buffer {
+    const cur = this.current;
+    if (cur !== null && cur.held === 0 && !cur.poisoned) return cur.buf;
+    const ring = this.ring;
+    for (let i = 0; i < ring.length; i++) {
+      const b = ring[i]!;
+      if (b.poisoned) {
+        b.inRing = false;
+        ring.splice(i--, 1);
+      } else if (b.held === 0) {
+        this.current = b;
+        return b.buf;
+      }
+    }
+    if (ring.length >= RING_MAX) {
+      // Every buffer is still lent: the oldest leaves the ring and is freed when released.
+      ring.shift()!.inRing = false;
+    }
+    const b = takeFree();
+    b.inRing = true;
+    ring.push(b);
+    this.current = b;
+    return b.buf;
+  }
+
+  /**
+   * The body is done (or its socket closed): the handle reads into PARKING from here on (or
+   * never again), and the buffers go back to the free list once no client write holds them.
+   */
+  retire(): void {
+    const ring = this.ring;
+    for (let i = 0; i < ring.length; i++) {
+      const b = ring[i]!;
+      b.inRing = false;
+      if (b.held === 0 && !b.poisoned) putFree(b);
+    }
+    ring.length = 0;
+    this.current = null;
+  }
+}
+
+/** The socket's read-buffer slots, found by name (the same in Node 20, 22 and 24). */
+interface BufferSymbols {
+  kBuffer: symbol;
+  kBufferCb: symbol;
+  kBufferGen: symbol;
+}
+
+let symbols: BufferSymbols | null | undefined;
+
+function bufferSymbols(socket: object): BufferSymbols | null {
+  if (symbols !== undefined) return symbols;
+  let kBuffer: symbol | undefined;
+  let kBufferCb: symbol | undefined;
+  let kBufferGen: symbol | undefined;
+  for (const s of Object.getOwnPropertySymbols(socket)) {
+    if (s.description === 'kBuffer') kBuffer = s;
+    else if (s.description === 'kBufferCb') kBufferCb = s;
+    else if (s.description === 'kBufferGen') kBufferGen = s;
+  }
+  symbols = kBuffer !== undefined && kBufferCb !== undefined && kBufferGen !== undefined ? { kBuffer, kBufferCb, kBufferGen } : null;
+  return symbols;
+}
+
+interface UserBufferHandle {
+  useUserBuffer?(buf: Buffer): void;
+}
+
+/**
+ * Switches a plain (not TLS) socket's reads to caller buffers for good: `first` takes the next
+ * read; each read then goes to `onRead(nread, buf)` (called with the socket as `this`; returning
+ * false stops reading, as a stream's push would) and `next()` (called without a receiver) says
+ * where the following one goes.
+ * False when this Node has no such read path for the socket; nothing changed then.
+ */
+export function useReadBuffers(
+  socket: net.Socket,
+  first: Buffer,
+  onRead: (this: net.Socket, nread: number, buf: Buffer) => boolean,
+  next: () => Buffer,
+): boolean {
+  if ((socket as { encrypted?: boolean }).encrypted === true) return false;
+  const handle = (socket as unknown as { _handle?: UserBufferHandle | null })._handle;
+  if (handle === null || handle === undefined || typeof handle.useUserBuffer !== 'function') return false;
+  const s = bufferSymbols(socket);
+  if (s === null) return false;
+  const slots = socket as unknown as Record<symbol, unknown>;
+  if (slots[s.kBuffer] !== null || slots[s.kBufferCb] !== null || slots[s.kBufferGen] !== null) return false;
+  slots[s.kBuffer] = first;
+  slots[s.kBufferCb] = onRead;
+  slots[s.kBufferGen] = next;
+  handle.useUserBuffer(first);
+  return true;
+}
+
+/** A read's bytes in a Buffer of their own (what Node's default read path hands out). */
+export function copyRead(buf: Buffer, nread: number): Buffer {
+  const copy = Buffer.allocUnsafe(nread);
+  buf.copy(copy, 0, 0, nread);
+  return copy;
+}
