@@ -56,7 +56,7 @@ const FLAGS: Flag[] = [
   { name: 'drain-timeout-ms', kind: 'int', option: 'drainTimeoutMs', help: 'graceful stop: time in-flight exchanges get [10000]' },
   { name: 'max-header-size', kind: 'int', option: 'maxHeaderSize', help: 'largest request head in bytes (431 past it) [16384]' },
   { name: 'max-headers-count', kind: 'int', option: 'maxHeadersCount', help: 'most header fields in a request (431 past it) [200]' },
-  { name: 'max-sockets-per-upstream', kind: 'int', option: 'maxSocketsPerUpstream', help: 'sockets per upstream; more requests wait [1024]' },
+  { name: 'max-sockets-per-upstream', kind: 'int', option: 'maxSocketsPerUpstream', help: 'sockets per upstream; more requests wait [1024, or --max-connections if larger]' },
   { name: 'max-idle-sockets-per-upstream', kind: 'int', option: 'maxIdleSocketsPerUpstream', help: 'idle keep-alive sockets kept per upstream [256]' },
   { name: 'http2-max-concurrent-streams', kind: 'int', option: 'http2MaxConcurrentStreams', help: 'HTTP/2 streams one client connection may have open at once [100]' },
   { name: 'fallback-port', kind: 'int', option: 'fallback.port', help: 'send unrouted requests to this local port (the embedding app)' },

@@ -421,13 +421,16 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
   }
   const upstreamCa = o['upstreamCa'];
   if (upstreamCa !== undefined && (typeof upstreamCa !== 'string' || upstreamCa === '')) fail('upstreamCa', upstreamCa, 'a PEM file path');
-  const maxSocketsPerUpstream = integer(o, 'maxSocketsPerUpstream', DEFAULTS.maxSocketsPerUpstream, 1, 1_000_000);
+  const maxConnections = integer(o, 'maxConnections', DEFAULTS.maxConnections, 1, 10_000_000);
+  // A WebSocket holds a client connection and an upstream socket slot: by default the slots follow
+  // maxConnections, so raising it alone lets that many WebSockets reach one upstream.
+  const maxSocketsPerUpstream = integer(o, 'maxSocketsPerUpstream', Math.min(1_000_000, Math.max(DEFAULTS.maxSocketsPerUpstream, maxConnections)), 1, 1_000_000);
   return {
     listenPort: integer(o, 'listenPort', undefined, 0, 65535),
     listenHost,
     enableHttp2: bool(o, 'enableHttp2', DEFAULTS.enableHttp2),
     enableWebsockets: bool(o, 'enableWebsockets', DEFAULTS.enableWebsockets),
-    maxConnections: integer(o, 'maxConnections', DEFAULTS.maxConnections, 1, 10_000_000),
+    maxConnections,
     connectionQueueTimeoutMs: integer(o, 'connectionQueueTimeoutMs', DEFAULTS.connectionQueueTimeoutMs, 0, MAX_TIMEOUT),
     maxQueuedConnections: integer(o, 'maxQueuedConnections', DEFAULTS.maxQueuedConnections, 0, 10_000_000),
     idleTimeoutMs,

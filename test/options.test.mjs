@@ -62,6 +62,13 @@ describe('resolveOptions defaults', () => {
     assert.deepEqual([split.idleTimeoutMs, split.clientIdleTimeoutMs, split.upstreamIdleTimeoutMs], [5000, 1000, 2000]);
   });
 
+  it('maxSocketsPerUpstream follows a larger maxConnections unless given', () => {
+    assert.equal(o.maxSocketsPerUpstream, 1024);
+    assert.equal(resolveOptions({ listenPort: 0, maxConnections: 10_000 }).maxSocketsPerUpstream, 10_000);
+    assert.equal(resolveOptions({ listenPort: 0, maxConnections: 10 }).maxSocketsPerUpstream, 1024);
+    assert.equal(resolveOptions({ listenPort: 0, maxConnections: 10_000, maxSocketsPerUpstream: 64 }).maxSocketsPerUpstream, 64);
+  });
+
   it('debug logging is off by default', () => {
     assert.notEqual(o.logLevel, 'debug');
     assert.equal(o.logLevel, 'info');

@@ -63,8 +63,9 @@ describe(`${COUNT} WebSockets through the CLI proxy (child process)`, { skip: pr
     });
     server.listen({ port: 0, host: '127.0.0.1', backlog: 8192 });
     await once(server, 'listening');
-    // WebSockets hold a maxSocketsPerUpstream slot each (default 1024), and all go to one upstream.
-    cli = await startCli(['--port', '0', '--max-connections', '5000', '--max-sockets-per-upstream', '4096', '--log-level', 'warn']);
+    // WebSockets hold a maxSocketsPerUpstream slot each and all go to one upstream: raising
+    // --max-connections alone must be enough (the slots follow it past their 1024 default).
+    cli = await startCli(['--port', '0', '--max-connections', '5000', '--log-level', 'warn']);
   });
 
   after(async () => {
