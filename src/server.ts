@@ -333,10 +333,12 @@ export class ProxyServer implements SessionHost, H2Host {
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     for (const queued of this.queue.splice(0)) this.refuseQueued(queued);
     for (const conn of this.h1) conn.drain();
-    // Connections that have not said anything yet have nothing in flight. Behind a balancer
-    // (PROXY protocol) they do: it connects as its client does, and the request is on its way;
-    // they keep their head deadline and are served (then closed) within the drain.
-    if (this.proxyProtocol === 0) for (const socket of this.sockets) if (socket[kSniff] !== undefined) socket.destroy();
+    // A connection that has not said anything yet may have its first request on the way (the
+    // client has just connected): it gets SILENT_DRAIN_GRACE_MS to send it, and is answered with
+    // `connection: close`; still silent, it is closed. Behind a balancer (PROXY protocol) the
+    // balancer connects as its client does: those keep their head deadline within the drain.
+    const silentTimer =
+      this.proxyProtocol === 0 ? setTimeout(closeSilentSockets, Math.min(SILENT_DRAIN_GRACE_MS, this.options.drainTimeoutMs), this.sockets) : null;
     for (const session of this.sessions) session.close();
     core.pool.closeIdle();
     core.h2pool.closeIdle();
@@ -350,6 +352,7 @@ export class ProxyServer implements SessionHost, H2Host {
       });
       this.allClosed = null;
     }
+    if (silentTimer !== null) clearTimeout(silentTimer);
     if (core.websockets.size > 0) await this.closeWebSockets();
     for (const session of this.sessions) session.destroy();
     for (const socket of this.accepted) socket.destroy();
@@ -429,10 +432,8 @@ export class ProxyServer implements SessionHost, H2Host {
     fds.clients++;
     socket.on('close', acceptedSocketOnClose);
     socket.on('error', ignoreError);
-    if (this.core.draining) {
-      socket.destroy();
-      return;
-    }
+    // Accepted while draining (handed over just before the listener closed): served like the
+    // others, its answer closes it.
     if (!fds.clientAllowed()) {
       // Nearly out of descriptors: answer now and let go of this one soon, or the next accept
       // fails and libuv closes the waiting connections without an answer.
@@ -676,6 +677,13 @@ export class ProxyServer implements SessionHost, H2Host {
 }
 
 function noop(): void {}
+
+/** How long a connection that has sent nothing yet may still send its first request once a drain began. */
+const SILENT_DRAIN_GRACE_MS = 1000;
+
+function closeSilentSockets(sockets: Set<AcceptedSocket>): void {
+  for (const socket of sockets) if (socket[kSniff] !== undefined) socket.destroy();
+}
 
 const LISTEN_ERRORS: Record<string, string> = {
   EADDRINUSE: 'address already in use',

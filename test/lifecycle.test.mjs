@@ -152,6 +152,48 @@ describe('graceful stop', () => {
     }
   });
 
+  it('answers a client that connected before stop() and sends its request just after (connection: close), not a reset', { timeout: 20_000 }, async () => {
+    // Its request was on the way when the drain began: a new connection that is reset before any
+    // answer is not something a client may retry (only a reused keep-alive connection is).
+    const up = await startUpstream((req, res) => res.end(`ok ${req.url}`));
+    const px = await startProxy({ drainTimeoutMs: 5000 });
+    try {
+      for (const proto of ['h1', 'h2']) {
+        const socket = net.connect(px.port, '127.0.0.1');
+        await once(socket, 'connect');
+        const t0 = Date.now();
+        const stopped = px.proxy.stop();
+        await sleep(100);
+        let answer = '';
+        socket.on('data', (d) => (answer += d.toString('latin1')));
+        const closed = new Promise((r) => socket.on('close', r));
+        socket.on('error', () => {});
+        if (proto === 'h1') {
+          socket.write(`GET /late HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`);
+          await closed;
+          assert.match(answer, /^HTTP\/1\.1 200 /, `h1 answer: ${JSON.stringify(answer)}`);
+          assert.match(answer, /\r\nconnection: close\r\n/i);
+          assert.ok(answer.endsWith('ok /late'), answer);
+        } else {
+          // HTTP/2 preface + SETTINGS: the session opens during the drain and gets GOAWAY at once.
+          socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
+          await closed;
+          const bytes = Buffer.from(answer, 'latin1');
+          let goaway = false;
+          for (let at = 0; at + 9 <= bytes.length; at += 9 + bytes.readUIntBE(at, 3)) if (bytes[at + 3] === 7) goaway = true;
+          assert.ok(goaway, 'h2: GOAWAY, not a bare reset');
+        }
+        await stopped;
+        assert.ok(Date.now() - t0 < 4000, 'the drain did not wait for its timeout');
+        await px.proxy.start();
+        px.port = px.proxy.address().port;
+      }
+    } finally {
+      await px.proxy.stop().catch(() => {});
+      await up.close();
+    }
+  });
+
   it('closes what is left after the drain timeout', async () => {
     const up = await startUpstream(() => {}); // never answers
     const px = await startProxy({ drainTimeoutMs: 200, upstreamResponseTimeoutMs: 60_000 });
