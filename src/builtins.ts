@@ -3,6 +3,8 @@ import type Http from 'node:http';
 import type Http2 from 'node:http2';
 import type Tls from 'node:tls';
 import type Crypto from 'node:crypto';
+import type Cluster from 'node:cluster';
+import type V8 from 'node:v8';
 
 /**
  * Builtins only some deployments need, loaded on first use. `node:http2`, `node:tls`,
@@ -22,3 +24,6 @@ export const http2 = lazyBuiltin<typeof Http2>('node:http2');
 export const tls = lazyBuiltin<typeof Tls>('node:tls');
 export const crypto = lazyBuiltin<typeof Crypto>('node:crypto');
 export const http = lazyBuiltin<typeof Http>('node:http');
+/** Only `--workers` / `startCluster()` use it (with `child_process` and `dgram` it costs ~1 MiB). */
+export const cluster = lazyBuiltin<typeof Cluster>('node:cluster');
+export const v8 = lazyBuiltin<typeof V8>('node:v8');

@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { createProxyServer } from './server.js';
 import { resolveWorkers, startCluster } from './cluster.js';
+import { loadTracingOnlyWhenRegistered } from './tracing.js';
 import { capYoungGeneration } from './gc-tuning.js';
 import { OptionError, describeValue, resolveOptions, type ProxyOptions } from './options.js';
 
@@ -289,6 +290,7 @@ function version(): string {
 
 async function main(): Promise<void> {
   capYoungGeneration();
+  loadTracingOnlyWhenRegistered();
   let parsed: Parsed;
   try {
     parsed = parseCommandLine(process.argv.slice(2), process.env);

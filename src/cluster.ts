@@ -1,4 +1,5 @@
-import cluster, { type Worker } from 'node:cluster';
+import type { Worker } from 'node:cluster';
+import { cluster as loadCluster } from './builtins.js';
 import type http from 'node:http';
 import type net from 'node:net';
 import { readFileSync } from 'node:fs';
@@ -123,7 +124,7 @@ export async function startCluster(options: ClusterOptions): Promise<ProxyCluste
   }
   // Bad options fail here, in the primary, before anything is forked.
   resolveOptions(proxyOptions);
-  if (cluster.isWorker) {
+  if (loadCluster().isWorker) {
     await runWorker(proxyOptions, handleSignals !== false);
     return null;
   }
@@ -234,7 +235,7 @@ export class ProxyCluster {
   async start(): Promise<void> {
     // Round-robin by the primary without reusePort: Node's default on Linux, set here
     // so that NODE_CLUSTER_SCHED_POLICY cannot change it.
-    if (!this.reusePort) cluster.schedulingPolicy = cluster.SCHED_RR;
+    if (!this.reusePort) loadCluster().schedulingPolicy = loadCluster().SCHED_RR;
     try {
       if (this.reusePort && this.port === 0) {
         // Each reusePort socket picks its own port for 0: the first worker picks, the rest join it.
@@ -279,7 +280,7 @@ export class ProxyCluster {
       if (this.boundAddress !== null && this.slots.every((x) => x.worker === null)) this.rrPort = this.boundAddress.port;
       if (this.rrPort !== 0) env[ENV_PORT] = String(this.rrPort);
     }
-    const worker = cluster.fork(env);
+    const worker = loadCluster().fork(env);
     s.worker = worker;
     s.pid = worker.process.pid ?? 0;
     s.listening = false;

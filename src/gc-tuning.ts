@@ -1,4 +1,4 @@
-import v8 from 'node:v8';
+import { v8 } from './builtins.js';
 
 /**
  * Body bytes pass through short-lived Buffers (llhttp's copy of each body piece), so a transfer
@@ -15,5 +15,5 @@ const YOUNG_GEN_FLAG = '--scavenger-max-new-space-capacity-mb=8';
 export function capYoungGeneration(): void {
   const major = Number.parseInt(process.versions.v8, 10);
   // The flag exists from V8 12; older versions reject it with a warning on stderr.
-  if (major >= 13) v8.setFlagsFromString(YOUNG_GEN_FLAG);
+  if (major >= 13) v8().setFlagsFromString(YOUNG_GEN_FLAG);
 }

@@ -145,8 +145,22 @@ function hostname(host: string): string {
 /** The module name, in a variable so no bundler or type checker reaches for it. */
 const OTEL_API = '@opentelemetry/api';
 
+/** Where `@opentelemetry/api` 1.x keeps its globals (tracer provider, propagator, ...). */
+const OTEL_GLOBAL = Symbol.for('opentelemetry.js.api.1');
+let onlyWhenRegistered = false;
+
+/**
+ * The CLI owns its process: OpenTelemetry can only be set up there by a preload (`node --import
+ * ./otel.mjs`), which registers its globals before the proxy starts. Without them the package is
+ * not loaded at all (it costs a fresh process ~1 MiB and a startup compile of its ~40 modules).
+ */
+export function loadTracingOnlyWhenRegistered(): void {
+  onlyWhenRegistered = true;
+}
+
 /** Loads `@opentelemetry/api` if the process can; null when it cannot (the proxy runs without it). */
 export async function loadTracing(): Promise<Tracing | null> {
+  if (onlyWhenRegistered && (globalThis as Record<symbol, unknown>)[OTEL_GLOBAL] === undefined) return null;
   try {
     const api = (await import(OTEL_API)) as OtelApi & { default?: OtelApi };
     const resolved = api.trace !== undefined ? api : api.default;

@@ -166,6 +166,35 @@ describe('OpenTelemetry server spans (SDK with the in-memory exporter)', () => {
   });
 });
 
+describe('the CLI with OpenTelemetry set up by a preload (node --import)', () => {
+  it('makes a server span per exchange and passes its context upstream', async () => {
+    // The CLI looks for @opentelemetry/api only when a preload registered its globals.
+    const up = await startUpstream();
+    const preload = new URL('./fixtures/otel-preload.mjs', import.meta.url).href;
+    const cli = fileURLToPath(new URL('../dist/cmux-proxy.js', import.meta.url));
+    const child = spawn(process.execPath, ['--import', preload, cli, '--port', '0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c) => (stderr += c));
+    try {
+      assert.ok(await waitFor(() => /listening on [^:\s]+:\d+/.test(stderr), { timeoutMs: 10_000 }), `started: ${stderr}`);
+      const port = Number(/listening on [^:\s]+:(\d+)/.exec(stderr)[1]);
+      const res = await request(`http://127.0.0.1:${port}/x`, { headers: { 'x-cmux-port-internal': String(up.port), traceparent: TRACEPARENT } });
+      assert.equal(res.status, 200);
+      assert.ok(await waitFor(() => /^span GET /m.test(stderr), { timeoutMs: 5_000 }), `a span line: ${stderr}`);
+      const [, traceId, spanId] = /^span GET (\w+) (\w+)$/m.exec(stderr);
+      assert.equal(traceId, PARENT_TRACE);
+      assert.equal(JSON.parse(res.body).headers.traceparent, `00-${PARENT_TRACE}-${spanId}-01`);
+    } finally {
+      if (child.exitCode === null) {
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill('SIGTERM');
+        await exited;
+      }
+      await up.close();
+    }
+  });
+});
+
 describe('without @opentelemetry/api installed', () => {
   it('the CLI runs and passes traceparent through unchanged', async () => {
     // The bundled CLI alone in a directory whose node_modules has only its dependency.
