@@ -11,6 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WebSocket, WebSocketServer } from 'ws';
+import { stopAll } from '../bench/load/processes.mjs';
 import { startSystem } from '../bench/load/servers.mjs';
 
 function listen(server) {
@@ -97,11 +98,11 @@ describe('benchmark peers', () => {
     const wss = new WebSocketServer({ server: echo, perMessageDeflate: false });
     wss.on('connection', (ws) => ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary })));
     echoPort = await listen(echo);
-    for (const name of ['fastify', 'http-proxy-3']) systems[name] = await startSystem(name, { workDir, nginxRoutes: {}, backends: {} });
   });
 
   after(async () => {
     await Promise.all(Object.values(systems).map((s) => s.stop()));
+    await stopAll(); // a peer that never listened (startSystem threw) is still a live child
     upstream?.closeAllConnections();
     echo?.closeAllConnections();
     await Promise.all([upstream, echo].map((s) => s && new Promise((r) => s.close(r))));
@@ -109,35 +110,44 @@ describe('benchmark peers', () => {
   });
 
   for (const name of ['fastify', 'http-proxy-3']) {
-    it(`${name}: HTTP/1.1 GET and POST reach the upstream named by X-Cmux-Port-Internal`, { timeout: 60_000 }, async () => {
-      const { port } = systems[name];
-      const get = await request(port, { path: '/small?q=1', headers: { 'X-Cmux-Port-Internal': String(upstreamPort) } });
-      assert.deepEqual(get, { status: 200, body: 'upstream GET /small?q=1 0' });
-      const body = Buffer.alloc(300_000, 0x61);
-      const post = await request(port, {
-        method: 'POST',
-        path: '/upload',
-        headers: { 'X-Cmux-Port-Internal': String(upstreamPort), 'content-type': 'application/octet-stream', 'content-length': body.length },
-        body,
+    // each peer in its own suite: one that does not start leaves the other's tests running
+    describe(name, () => {
+      before(async () => {
+        systems[name] = await startSystem(name, { workDir, nginxRoutes: {}, backends: {} });
       });
-      assert.deepEqual(post, { status: 200, body: `upstream POST /upload ${body.length}` });
-    });
 
-    it(`${name}: a WebSocket message is echoed through it`, { timeout: 60_000 }, async () => {
-      assert.equal(await wsEcho(systems[name].port, echoPort, `hello through ${name}`), `hello through ${name}`);
-    });
+      it('HTTP/1.1 GET and POST reach the upstream named by X-Cmux-Port-Internal', { timeout: 60_000 }, async () => {
+        const { port } = systems[name];
+        const get = await request(port, { path: '/small?q=1', headers: { 'X-Cmux-Port-Internal': String(upstreamPort) } });
+        assert.deepEqual(get, { status: 200, body: 'upstream GET /small?q=1 0' });
+        const body = Buffer.alloc(300_000, 0x61);
+        const post = await request(port, {
+          method: 'POST',
+          path: '/upload',
+          headers: { 'X-Cmux-Port-Internal': String(upstreamPort), 'content-type': 'application/octet-stream', 'content-length': body.length },
+          body,
+        });
+        assert.deepEqual(post, { status: 200, body: `upstream POST /upload ${body.length}` });
+      });
 
-    it(`${name}: 400 without X-Cmux-Port-Internal`, { timeout: 60_000 }, async () => {
-      const res = await request(systems[name].port, { path: '/small' });
-      assert.equal(res.status, 400);
-      assert.match(res.body, /X-Cmux-Port-Internal/);
+      it('a WebSocket message is echoed through it', { timeout: 60_000 }, async () => {
+        assert.equal(await wsEcho(systems[name].port, echoPort, `hello through ${name}`), `hello through ${name}`);
+      });
+
+      it('400 without X-Cmux-Port-Internal', { timeout: 60_000 }, async () => {
+        const res = await request(systems[name].port, { path: '/small' });
+        assert.equal(res.status, 400);
+        assert.match(res.body, /X-Cmux-Port-Internal/);
+      });
+
+      if (name === 'fastify') {
+        it('h2c on its second listener forwards to the HTTP/1.1 upstream', { timeout: 60_000 }, async () => {
+          const { port, h2cPort } = systems.fastify;
+          assert.notEqual(h2cPort, port);
+          assert.deepEqual(await requestH2c(h2cPort, { 'x-cmux-port-internal': String(upstreamPort) }), { status: 200, body: 'upstream GET /h2?x=1 0' });
+          assert.equal((await requestH2c(h2cPort, {})).status, 400);
+        });
+      }
     });
   }
-
-  it('fastify: h2c on its second listener forwards to the HTTP/1.1 upstream', { timeout: 60_000 }, async () => {
-    const { port, h2cPort } = systems.fastify;
-    assert.notEqual(h2cPort, port);
-    assert.deepEqual(await requestH2c(h2cPort, { 'x-cmux-port-internal': String(upstreamPort) }), { status: 200, body: 'upstream GET /h2?x=1 0' });
-    assert.equal((await requestH2c(h2cPort, {})).status, 400);
-  });
 });

@@ -323,7 +323,12 @@ export async function startSystem(name, { workDir, nginxRoutes, backends }) {
       // HTTP/1.1 + WebSocket and h2c on two listeners of one process
       const h2cPort = await freePort();
       const system = await nodeSystem((port) => [paths.fastify, '--port', String(port), '--h2c-port', String(h2cPort)]);
-      await waitForPort(h2cPort, { handle: system.handle });
+      try {
+        await waitForPort(h2cPort, { handle: system.handle });
+      } catch (err) {
+        await system.stop();
+        throw err;
+      }
       return { ...system, h2cPort, tlsPort: null };
     }
     case 'nginx': {
