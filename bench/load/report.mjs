@@ -92,9 +92,13 @@ export function checkFloors(all, cfg) {
   const h1 = (s, k) => med(all, 'h1-small', s, k);
   add('HTTP/1.1 small: CPU µs/req ≤ 1/3 of baseline-ka', h1(c, 'cpuUsPerReq'), h1('baseline-ka', 'cpuUsPerReq') && h1('baseline-ka', 'cpuUsPerReq') / 3, '<=', ' µs');
   add('HTTP/1.1 small: CPU µs/req ≤ 1.43× nginx', h1(c, 'cpuUsPerReq'), h1('nginx', 'cpuUsPerReq') && h1('nginx', 'cpuUsPerReq') * 1.43, '<=', ' µs');
+  for (const peer of ['fastify', 'http-proxy-3']) {
+    add(`HTTP/1.1 small: CPU µs/req ≤ 1/3 of ${peer}`, h1(c, 'cpuUsPerReq'), h1(peer, 'cpuUsPerReq') && h1(peer, 'cpuUsPerReq') / 3, '<=', ' µs');
+  }
   add('HTTP/1.1 small: p99 ≤ 2× nginx', h1(c, 'p99Ms'), h1('nginx', 'p99Ms') && h1('nginx', 'p99Ms') * 2, '<=', ' ms');
   const h2 = (s, k) => med(all, 'h2c-small', s, k);
   add('h2c small: CPU µs/req ≤ 1/3 of http2-proxy', h2(c, 'cpuUsPerReq'), h2('http2-proxy', 'cpuUsPerReq') && h2('http2-proxy', 'cpuUsPerReq') / 3, '<=', ' µs');
+  add('h2c small: CPU µs/req ≤ 1/3 of fastify', h2(c, 'cpuUsPerReq'), h2('fastify', 'cpuUsPerReq') && h2('fastify', 'cpuUsPerReq') / 3, '<=', ' µs');
   add('h2c small: CPU µs/req ≤ 2× nginx', h2(c, 'cpuUsPerReq'), h2('nginx', 'cpuUsPerReq') && h2('nginx', 'cpuUsPerReq') * 2, '<=', ' µs');
   for (const [w, what] of [['tls-h2-small', 'TLS h2'], ['tls-h1-small', 'TLS HTTP/1.1']]) {
     const t = (s) => med(all, w, s, 'cpuUsPerReq');

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Load benchmark: cmux-proxy against direct, the baseline (a re-creation of the old cmux Node
 // proxy, bench/baseline/old-cmux-proxy.mjs, with and without keep-alive), nginx as a reverse
-// proxy and http2-proxy, on this machine, in one run.
+// proxy, http2-proxy, fastify + @fastify/http-proxy and http-proxy-3, on this machine, in one run.
 //
 //   npm run bench                    full run (5 repetitions, under 15 minutes)
 //   npm run bench -- --quick         3 repetitions, short loads (under 2 minutes)

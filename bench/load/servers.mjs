@@ -1,7 +1,8 @@
 // The processes a benchmark talks to. Backends (on the load generator's CPU): an nginx upstream,
 // a Node upload sink and a `ws` echo server. Systems under test (on the proxy CPU): this proxy,
 // the baseline Node proxy with and without keep-alive, nginx as a reverse proxy, http2-proxy,
-// plus "direct" (no proxy at all) and a bare `node` process for idle memory.
+// fastify + @fastify/http-proxy, http-proxy-3, plus "direct" (no proxy at all) and a bare `node`
+// process for idle memory.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -22,6 +23,8 @@ export const paths = {
   cli: join(repoRoot, 'dist/cmux-proxy.js'),
   baseline: resolve(here, '../baseline/old-cmux-proxy.mjs'),
   http2Proxy: join(here, 'http2-proxy-server.mjs'),
+  fastify: join(here, 'fastify-proxy-server.mjs'),
+  httpProxy3: join(here, 'http-proxy-3-server.mjs'),
   uploadSink: join(here, 'upload-sink.mjs'),
   wsEcho: join(here, 'ws-echo-server.mjs'),
 };
@@ -209,7 +212,7 @@ const nodeEnv = () => {
 };
 
 /** System names, in table order. */
-export const SYSTEM_NAMES = ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'cmux-proxy-workers4', 'cmux-proxy-workers4-young2', 'cmux-proxy-single', 'baseline', 'baseline-ka', 'nginx', 'http2-proxy', 'bare-node'];
+export const SYSTEM_NAMES = ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'cmux-proxy-workers4', 'cmux-proxy-workers4-young2', 'cmux-proxy-single', 'baseline', 'baseline-ka', 'nginx', 'http2-proxy', 'fastify', 'http-proxy-3', 'bare-node'];
 
 /** Workers of the `cmux-proxy-workers4` system. */
 export const WS_WORKERS = 4;
@@ -314,6 +317,20 @@ export async function startSystem(name, { workDir, nginxRoutes, backends }) {
     }
     case 'http2-proxy':
       return nodeSystem((port) => [paths.http2Proxy, '--port', String(port)]);
+    case 'http-proxy-3':
+      return nodeSystem((port) => [paths.httpProxy3, '--port', String(port)]);
+    case 'fastify': {
+      // HTTP/1.1 + WebSocket and h2c on two listeners of one process
+      const h2cPort = await freePort();
+      const system = await nodeSystem((port) => [paths.fastify, '--port', String(port), '--h2c-port', String(h2cPort)]);
+      try {
+        await waitForPort(h2cPort, { handle: system.handle });
+      } catch (err) {
+        await system.stop();
+        throw err;
+      }
+      return { ...system, h2cPort, tlsPort: null };
+    }
     case 'nginx': {
       const n = await startNginxProxy(workDir, nginxRoutes, backends.tls);
       return {

@@ -45,8 +45,8 @@ async function h2load(system, { backendPort, directPort, args, seconds, requests
 }
 
 /** Systems that accept h2c (prior knowledge) and the ones that speak HTTP/1.1. */
-const H2C = new Set(['direct', 'cmux-proxy', 'cmux-proxy-ref', 'nginx', 'http2-proxy']);
-const H1 = new Set(['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx']);
+const H2C = new Set(['direct', 'cmux-proxy', 'cmux-proxy-ref', 'nginx', 'http2-proxy', 'fastify']);
+const H1 = new Set(['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx', 'fastify', 'http-proxy-3']);
 /** Systems that terminate TLS (h2 and HTTP/1.1 by ALPN); direct is the upstream nginx's TLS port. */
 const TLS = new Set(['direct', 'cmux-proxy', 'cmux-proxy-ref', 'nginx']);
 
@@ -78,7 +78,7 @@ const h1Small = {
   title: 'HTTP/1.1 keep-alive, 100 B responses (wrk -t1 -c50 --latency)',
   // cmux-proxy-observed: the row "HTTP/1.1 with access log and metrics on" (access log to a file,
   // admin listener up), its CPU per request beside the plain cmux-proxy row.
-  systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx'],
+  systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx', 'fastify', 'http-proxy-3'],
   columns: [
     { key: 'rps', label: 'req/s', digits: 0 },
     { key: 'p99Ms', label: 'p99 ms', digits: 2 },
@@ -86,7 +86,7 @@ const h1Small = {
   ],
   ratios: [
     { key: 'rps', label: 'req/s', refs: ['direct', 'baseline-ka', 'nginx'] },
-    { key: 'cpuUsPerReq', label: 'CPU/req', refs: ['cmux-proxy', 'baseline-ka', 'nginx'] },
+    { key: 'cpuUsPerReq', label: 'CPU/req', refs: ['cmux-proxy', 'baseline-ka', 'nginx', 'fastify', 'http-proxy-3'] },
     { key: 'p99Ms', label: 'p99', refs: ['nginx'] },
   ],
   async run(ctx, system) {
@@ -105,7 +105,7 @@ const h1Small = {
 const h2cSmall = {
   name: 'h2c-small',
   title: 'h2c (prior knowledge), 100 B responses (h2load -c10 -m10); proxies forward over HTTP/1.1',
-  systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'http2-proxy', 'nginx'],
+  systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'http2-proxy', 'nginx', 'fastify'],
   columns: [
     { key: 'rps', label: 'req/s', digits: 0 },
     { key: 'meanMs', label: 'mean ms', digits: 2 },
@@ -113,7 +113,7 @@ const h2cSmall = {
   ],
   ratios: [
     { key: 'rps', label: 'req/s', refs: ['direct', 'http2-proxy', 'nginx'] },
-    { key: 'cpuUsPerReq', label: 'CPU/req', refs: ['http2-proxy', 'nginx'] },
+    { key: 'cpuUsPerReq', label: 'CPU/req', refs: ['http2-proxy', 'nginx', 'fastify'] },
   ],
   async run(ctx, system) {
     const up = ctx.backends.upstream;
