@@ -14,6 +14,7 @@ import {
   HTTP2_HEADER_STATUS,
   NGHTTP2_ENHANCE_YOUR_CALM,
   NGHTTP2_FLAG_END_STREAM,
+  NGHTTP2_NO_ERROR,
   NGHTTP2_REFUSED_STREAM,
   NGHTTP2_PROTOCOL_ERROR,
   NGHTTP2_INTERNAL_ERROR,
@@ -72,6 +73,13 @@ interface SessionState {
   socket: net.Socket | null;
   /** Streams open now (exchanges, WebSockets, tunnels): a session with any is not idle. */
   streams: number;
+  /** The last client stream that reached the proxy ('stream' event). */
+  lastStreamId: number;
+  /** The highest client stream id looked at: one that reached the proxy, or one counted in `refused`. */
+  accountedId: number;
+  /** Client streams nghttp2 processed that never reached the proxy, in the current window (see noteRefused). */
+  refused: number;
+  refusedWindowStart: number;
 }
 
 /** The part of Node's libuv stream handle the dead-session probe uses. */
@@ -320,8 +328,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       maxHeaderListSize: options.maxHeaderSize * 2,
       initialWindowSize: H2_STREAM_WINDOW,
     },
-    // node:http2's 10 MB default is too small for a proxy with slow readers.
-    maxSessionMemory: 64,
+    maxSessionMemory: options.http2MaxSessionMemoryMb,
     maxHeaderListPairs: options.maxHeadersCount + 8,
   });
   server.on('session', (session: TrackedSession) => {
@@ -340,6 +347,10 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       wire: null,
       socket: handingOver,
       streams: 0,
+      lastStreamId: 0,
+      accountedId: 0,
+      refused: 0,
+      refusedWindowStart: 0,
     };
     session[kSession] = state;
     // Node answers a client's GOAWAY(NO_ERROR) by calling close() from inside nghttp2's frame
@@ -514,6 +525,8 @@ function probeSessions(): void {
       probed.delete(session);
       continue;
     }
+    // Only a session holding streams can be out of room (their memory, or their count).
+    if (session[kSession]!.streams > 0 && !session.closed) lookForRefusals(session, session[kSession]!);
     if (!stoppedReading(session[kSession]!)) continue;
     // Leave it as Node left it and look again once the loop has turned: a write callback
     // already due may be about to resume reading.
@@ -525,6 +538,62 @@ function probeSessions(): void {
     clearInterval(probeTimer);
     probeTimer = null;
   }
+}
+
+/**
+ * Node refuses a new client stream with RST_STREAM(ENHANCE_YOUR_CALM) when its session has no
+ * room for it (the session's memory over `http2MaxSessionMemoryMb`, or as many streams as
+ * SETTINGS_MAX_CONCURRENT_STREAMS still held), and tells JavaScript nothing. Such a session
+ * refuses every new stream for as long as its streams hold that room (a client that stopped
+ * reading the responses can make that forever), while a client keeps sending requests on it:
+ * browsers open a new connection only after a GOAWAY. The streams nghttp2 processed
+ * (`lastProcStreamID`) but the proxy never saw are those refused ones (and any nghttp2 reset as
+ * malformed); past REFUSED_STREAMS_LIMIT in REFUSED_WINDOW_MS the session is closed with
+ * GOAWAY(NO_ERROR) naming the last stream the proxy saw: running streams finish (within
+ * GOAWAY_GRACE_MS) and the client retries the others on a new connection.
+ */
+const REFUSED_STREAMS_LIMIT = 4;
+const REFUSED_WINDOW_MS = 10_000;
+
+function lookForRefusals(session: TrackedSession, state: SessionState): void {
+  let processed: number;
+  try {
+    processed = session.state.lastProcStreamID ?? 0;
+  } catch {
+    return;
+  }
+  // Even ids are the proxy's own (it pushes none).
+  if (processed <= state.accountedId) return;
+  const missed = (processed - state.accountedId + 1) >>> 1;
+  state.accountedId = processed;
+  noteRefused(session, state, missed);
+}
+
+function noteRefused(session: TrackedSession, state: SessionState, count: number): void {
+  if (count <= 0 || session.closed || session.destroyed) return;
+  const now = Date.now();
+  if (now - state.refusedWindowStart > REFUSED_WINDOW_MS) {
+    state.refusedWindowStart = now;
+    state.refused = 0;
+  }
+  state.refused += count;
+  if (state.refused < REFUSED_STREAMS_LIMIT) return;
+  // Closed once nghttp2 has returned (never from inside its read loop).
+  setImmediate(closeRefusing, session);
+}
+
+function closeRefusing(session: TrackedSession): void {
+  const state = session[kSession];
+  if (state === undefined || session.closed || session.destroyed) return;
+  state.core.stats.http2RefusingSessionsClosed++;
+  state.core.log.warn(
+    `HTTP/2 client ${session.socket?.remoteAddress ?? ''}: ${state.refused} new streams refused before the proxy saw them (${state.streams} streams open, session memory or stream limit reached): closing the session with GOAWAY`,
+  );
+  // The first GOAWAY names the last stream the proxy saw; close()'s own GOAWAY cannot raise it
+  // (nghttp2 keeps the lowest last-stream-id sent).
+  if (state.lastStreamId > 0) session.goaway(NGHTTP2_NO_ERROR, state.lastStreamId);
+  session.close();
+  boundGoingAway(session);
 }
 
 /** Sessions one probe found stopped, to be looked at again after DEAD_CONFIRM_MS. */
@@ -649,6 +718,12 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
     sessionState.streams++;
     stream[kCounted] = sessionState;
     stream.once('close', streamUncount);
+    // Client stream ids rise by 2: ids skipped since the last one looked at were streams the
+    // session refused (or reset) before the proxy saw them.
+    const id = stream.id ?? 0;
+    if (id > sessionState.accountedId + 2) noteRefused(session!, sessionState, (id - sessionState.accountedId - 1) >>> 1);
+    if (id > sessionState.accountedId) sessionState.accountedId = id;
+    sessionState.lastStreamId = id;
   }
   if (core.draining) {
     stream.close(NGHTTP2_REFUSED_STREAM);
