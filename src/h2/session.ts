@@ -80,6 +80,8 @@ interface SessionState {
   /** Client streams nghttp2 processed that never reached the proxy, in the current window (see noteRefused). */
   refused: number;
   refusedWindowStart: number;
+  /** `lastProcStreamID` at the previous look (see lookForRefusals). */
+  lastProcessed: number;
 }
 
 /** The part of Node's libuv stream handle the dead-session probe uses. */
@@ -351,6 +353,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       accountedId: 0,
       refused: 0,
       refusedWindowStart: 0,
+      lastProcessed: 0,
     };
     session[kSession] = state;
     // Node answers a client's GOAWAY(NO_ERROR) by calling close() from inside nghttp2's frame
@@ -562,10 +565,13 @@ function lookForRefusals(session: TrackedSession, state: SessionState): void {
   } catch {
     return;
   }
-  // Even ids are the proxy's own (it pushes none).
-  if (processed <= state.accountedId) return;
-  const missed = (processed - state.accountedId + 1) >>> 1;
-  state.accountedId = processed;
+  // Even ids are the proxy's own (it pushes none). The newest stream may still be arriving (a
+  // header block split over reads): it counts at the next look if the proxy has not seen it by then.
+  const upTo = processed === state.lastProcessed ? processed : processed - 2;
+  state.lastProcessed = processed;
+  if (upTo <= state.accountedId) return;
+  const missed = (upTo - state.accountedId + 1) >>> 1;
+  state.accountedId = upTo;
   noteRefused(session, state, missed);
 }
 
