@@ -590,7 +590,8 @@ function noteRefused(session: TrackedSession, state: SessionState, count: number
 
 function closeRefusing(session: TrackedSession): void {
   const state = session[kSession];
-  if (state === undefined || session.closed || session.destroyed) return;
+  // closeTimer: already going away (this close, an earlier one, or the client's GOAWAY).
+  if (state === undefined || state.closeTimer !== null || session.closed || session.destroyed) return;
   state.core.stats.http2RefusingSessionsClosed++;
   state.core.log.warn(
     `HTTP/2 client ${session.socket?.remoteAddress ?? ''}: ${state.refused} new streams refused before the proxy saw them (${state.streams} streams open, session memory or stream limit reached): closing the session with GOAWAY`,
