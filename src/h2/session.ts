@@ -370,6 +370,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
     watchForDeath(session, state);
     session.on('error', sessionOnError);
     session.on('goaway', sessionOnGoaway);
+    session.on('stream', sessionOnStream);
     session.on('close', function sessionClosed(this: TrackedSession) {
       const s = this[kSession];
       if (s?.ping) clearInterval(s.ping);
@@ -666,6 +667,21 @@ function sessionOnTimeout(this: TrackedSession): void {
   boundGoingAway(this);
 }
 
+/**
+ * Every stream that reached the proxy, also one the client reset in the same read (its
+ * `stream.session` is already gone when the server's 'stream' event runs). Client stream ids
+ * rise by 2: ids skipped since the last one looked at are streams the session refused (or
+ * nghttp2 reset) before the proxy saw them (see lookForRefusals).
+ */
+function sessionOnStream(this: TrackedSession, stream: http2.ServerHttp2Stream): void {
+  const state = this[kSession];
+  const id = stream.id;
+  if (state === undefined || id === undefined) return;
+  if (id > state.accountedId + 2) noteRefused(this, state, (id - state.accountedId - 1) >>> 1);
+  if (id > state.accountedId) state.accountedId = id;
+  state.lastStreamId = id;
+}
+
 function sessionOnGoaway(this: TrackedSession): void {
   boundGoingAway(this);
 }
@@ -725,12 +741,6 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
     sessionState.streams++;
     stream[kCounted] = sessionState;
     stream.once('close', streamUncount);
-    // Client stream ids rise by 2: ids skipped since the last one looked at were streams the
-    // session refused (or reset) before the proxy saw them.
-    const id = stream.id ?? 0;
-    if (id > sessionState.accountedId + 2) noteRefused(session!, sessionState, (id - sessionState.accountedId - 1) >>> 1);
-    if (id > sessionState.accountedId) sessionState.accountedId = id;
-    sessionState.lastStreamId = id;
   }
   if (core.draining) {
     stream.close(NGHTTP2_REFUSED_STREAM);
