@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import { resolveOptions } from '../dist/options.js';
 import { startProxy, startUpstream, sleep } from './helpers/servers.mjs';
-import { ERROR, FLAG, FRAME, H2RawClient, SETTING, errorName, headersFrame, requestHeaders, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
+import { ERROR, FLAG, FRAME, H2RawClient, SETTING, errorName, headersFrame, requestHeaders, rstStreamFrame, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
 
 const KIB = 1024;
 const MIB = 1024 * KIB;
@@ -21,6 +21,7 @@ describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { t
   before(async () => {
     up = await startUpstream((req, res) => {
       if (req.url === '/big') return res.end(big);
+      if (req.url === '/slow') return setTimeout(() => res.end('slow'), 1500);
       let n = 0;
       req.on('data', (c) => (n += c.length));
       req.on('end', () => res.end(req.url === '/get' ? big : String(n)));
@@ -79,6 +80,29 @@ describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { t
       } finally {
         again.close();
       }
+    } finally {
+      c.close();
+      await px.proxy.stop();
+    }
+  });
+
+  it('streams the client resets in the same write as their HEADERS are not refusals: no GOAWAY, the next request is served', async () => {
+    const px = await startProxy();
+    const c = await H2RawClient.connect(px.port, { keepData: false });
+    try {
+      // One running stream, so the session is looked at while it has streams open.
+      c.send(headersFrame(1, requestHeaders(up.port, { path: '/slow' }), { endStream: true }));
+      const pairs = [];
+      for (let id = 3; id <= 41; id += 2) pairs.push(headersFrame(id, requestHeaders(up.port, { path: '/gone' }), { endStream: true }), rstStreamFrame(id, ERROR.CANCEL));
+      c.send(Buffer.concat(pairs));
+      await sleep(700); // a few looks of the proxy's session probe
+      c.send(headersFrame(43, requestHeaders(up.port, { path: '/small' }), { endStream: true }));
+      const next = await c.streamOutcome(43, { timeoutMs: 5000 });
+      assert.equal(next.goaway, null, `no GOAWAY (got ${next.goaway && errorName(next.goaway.errorCode)})`);
+      assert.equal(next.status, 200);
+      const slow = await c.streamOutcome(1, { timeoutMs: 5000 });
+      assert.equal(slow.status, 200);
+      assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 0);
     } finally {
       c.close();
       await px.proxy.stop();
