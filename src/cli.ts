@@ -60,6 +60,7 @@ const FLAGS: Flag[] = [
   { name: 'max-sockets-per-upstream', kind: 'int', option: 'maxSocketsPerUpstream', help: 'sockets per upstream; more requests wait [1024, or --max-connections if larger]' },
   { name: 'max-idle-sockets-per-upstream', kind: 'int', option: 'maxIdleSocketsPerUpstream', help: 'idle keep-alive sockets kept per upstream [256]' },
   { name: 'http2-max-concurrent-streams', kind: 'int', option: 'http2MaxConcurrentStreams', help: 'HTTP/2 streams one client connection may have open at once [100]' },
+  { name: 'http2-max-session-memory-mb', kind: 'int', option: 'http2MaxSessionMemoryMb', help: 'memory (MiB) one HTTP/2 client connection may hold before its new streams are refused and it is closed [64]' },
   { name: 'fallback-port', kind: 'int', option: 'fallback.port', help: 'send unrouted requests to this local port (the embedding app)' },
   { name: 'fallback-socket', kind: 'string', option: 'fallback.socketPath', arg: '<path>', help: 'send unrouted requests to this unix socket' },
   { name: 'docker-socket', kind: 'string', option: 'dockerSocketPath', arg: '<path>', help: 'resolve <container>.<port>.localhost via the Docker Engine API here' },

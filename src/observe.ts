@@ -370,6 +370,7 @@ const BY_FIELD: Record<ScalarField, Scalar> = {
   circuitCloses: counter('circuitCloses', 'circuit_closes', 'Route upstream circuits closed again after a half-open probe succeeded.'),
   activeCheckChanges: counter('activeCheckChanges', 'active_check_changes', 'Route upstreams whose active health check changed their health.'),
   rateLimited: counter('rateLimited', 'rate_limited', 'Requests answered 429 by the per-client rate limits.'),
+  http2RefusingSessionsClosed: counter('http2RefusingSessionsClosed', 'http2_refusing_sessions_closed', 'HTTP/2 client sessions closed with GOAWAY because their new streams were being refused.'),
   routeUpstreamsUnavailable: gauge('routeUpstreamsUnavailable', 'route_upstreams_unavailable', 'Route upstreams not taking requests now (circuit open or active check failing).'),
 };
 

@@ -125,6 +125,12 @@ export interface ProxyOptions {
    * connection may have open at once, each holding an upstream socket or tunnel while it runs.
    */
   http2MaxConcurrentStreams?: number;
+  /**
+   * Memory one HTTP/2 client session may hold (MiB: header tables, stream state, response data
+   * queued for the client) before Node refuses its new streams; such a session is then closed
+   * with GOAWAY.
+   */
+  http2MaxSessionMemoryMb?: number;
   /** How long `auto` remembers what an upstream speaks. */
   upstreamProtocolCacheTtlMs?: number;
   /** Speak TLS to routed upstreams (a request's `X-Cmux-Upstream-Scheme` decides for itself). */
@@ -190,6 +196,7 @@ export interface ResolvedOptions {
   maxIdleSocketsPerUpstream: number;
   maxSessionsPerUpstream: number;
   http2MaxConcurrentStreams: number;
+  http2MaxSessionMemoryMb: number;
   upstreamProtocolCacheTtlMs: number;
   upstreamTls: boolean;
   upstreamTlsRejectUnauthorized: boolean;
@@ -236,6 +243,8 @@ export const DEFAULTS = {
   // nginx's http2_max_concurrent_streams is 128; one client connection must not be able to
   // take a large share of the process's file descriptors (each stream may hold an upstream socket).
   http2MaxConcurrentStreams: 100,
+  // node:http2's 10 MiB default is too small for a proxy with slow readers.
+  http2MaxSessionMemoryMb: 64,
   upstreamProtocolCacheTtlMs: 300_000,
   upstreamTls: false,
   upstreamTlsRejectUnauthorized: true,
@@ -252,7 +261,7 @@ const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'upstreamIdleTimeoutMs', 'keepaliveMs', 'headerRoutingEnabled', 'workspaceIsolation',
   'preserveHost', 'upstreamProtocol', 'upstreamConnectTimeoutMs', 'upstreamResponseTimeoutMs',
   'requestHeadersTimeoutMs', 'drainTimeoutMs', 'maxHeaderSize', 'maxHeadersCount',
-  'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'http2MaxConcurrentStreams', 'upstreamProtocolCacheTtlMs',
+  'maxSocketsPerUpstream', 'maxIdleSocketsPerUpstream', 'maxSessionsPerUpstream', 'http2MaxConcurrentStreams', 'http2MaxSessionMemoryMb', 'upstreamProtocolCacheTtlMs',
   'upstreamTls', 'upstreamTlsRejectUnauthorized', 'upstreamTlsInsecureLoopback', 'upstreamCa', 'fallback', 'containerPortResolver',
   'dockerSocketPath', 'portResolverCacheTtlMs', 'logger', 'logLevel', 'tls', 'adminPort', 'adminHost', 'accessLog', 'accessLogQuery', 'routes', 'rateLimit',
   'acceptProxyProtocol',
@@ -451,6 +460,7 @@ export function resolveOptions(input: ProxyOptions): ResolvedOptions {
     maxIdleSocketsPerUpstream: integer(o, 'maxIdleSocketsPerUpstream', Math.min(DEFAULTS.maxIdleSocketsPerUpstream, maxSocketsPerUpstream), 0, maxSocketsPerUpstream),
     maxSessionsPerUpstream: integer(o, 'maxSessionsPerUpstream', DEFAULTS.maxSessionsPerUpstream, 1, 10_000),
     http2MaxConcurrentStreams: integer(o, 'http2MaxConcurrentStreams', DEFAULTS.http2MaxConcurrentStreams, 1, 10_000),
+    http2MaxSessionMemoryMb: integer(o, 'http2MaxSessionMemoryMb', DEFAULTS.http2MaxSessionMemoryMb, 1, 4096),
     upstreamProtocolCacheTtlMs: integer(o, 'upstreamProtocolCacheTtlMs', DEFAULTS.upstreamProtocolCacheTtlMs, 0, MAX_TIMEOUT),
     upstreamTls: bool(o, 'upstreamTls', DEFAULTS.upstreamTls),
     upstreamTlsRejectUnauthorized: bool(o, 'upstreamTlsRejectUnauthorized', DEFAULTS.upstreamTlsRejectUnauthorized),

@@ -54,6 +54,8 @@ export class StatsCounters {
   activeCheckChanges = 0;
   /** Requests answered `429 too many requests` (the `rateLimit` buckets). */
   rateLimited = 0;
+  /** HTTP/2 client sessions closed with GOAWAY because new streams were refused before the proxy saw them. */
+  http2RefusingSessionsClosed = 0;
   /** Upstream errors by code (ECONNREFUSED, ECONNRESET, CONNECT_TIMEOUT, RESPONSE_TIMEOUT, ...). */
   readonly upstreamErrors: Record<string, number> = Object.create(null) as Record<string, number>;
 
@@ -132,6 +134,7 @@ export interface ProxyStats extends PoolStats, GroupStats {
   circuitCloses: number;
   activeCheckChanges: number;
   rateLimited: number;
+  http2RefusingSessionsClosed: number;
   upstreamErrors: Record<string, number>;
 }
 
@@ -172,6 +175,7 @@ export function snapshot(c: StatsCounters, liveBytes: number, pool: PoolStats, g
     circuitCloses: c.circuitCloses,
     activeCheckChanges: c.activeCheckChanges,
     rateLimited: c.rateLimited,
+    http2RefusingSessionsClosed: c.http2RefusingSessionsClosed,
     upstreamErrors: { ...c.upstreamErrors },
     upstreamSocketsActive: pool.upstreamSocketsActive,
     upstreamSocketsIdle: pool.upstreamSocketsIdle,

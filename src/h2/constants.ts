@@ -4,6 +4,7 @@
  * test/builtins.test.mjs checks them against `http2.constants`.
  */
 export const NGHTTP2_FLAG_END_STREAM = 0x1;
+export const NGHTTP2_NO_ERROR = 0;
 export const NGHTTP2_REFUSED_STREAM = 7;
 export const NGHTTP2_CANCEL = 8;
 export const NGHTTP2_ENHANCE_YOUR_CALM = 11;

@@ -14,6 +14,7 @@ import {
   HTTP2_HEADER_STATUS,
   NGHTTP2_ENHANCE_YOUR_CALM,
   NGHTTP2_FLAG_END_STREAM,
+  NGHTTP2_NO_ERROR,
   NGHTTP2_REFUSED_STREAM,
   NGHTTP2_PROTOCOL_ERROR,
   NGHTTP2_INTERNAL_ERROR,
@@ -72,6 +73,15 @@ interface SessionState {
   socket: net.Socket | null;
   /** Streams open now (exchanges, WebSockets, tunnels): a session with any is not idle. */
   streams: number;
+  /** The last client stream that reached the proxy ('stream' event). */
+  lastStreamId: number;
+  /** The highest client stream id looked at: one that reached the proxy, or one counted in `refused`. */
+  accountedId: number;
+  /** Client streams nghttp2 processed that never reached the proxy, in the current window (see noteRefused). */
+  refused: number;
+  refusedWindowStart: number;
+  /** `lastProcStreamID` at the previous look (see lookForRefusals). */
+  lastProcessed: number;
 }
 
 /** The part of Node's libuv stream handle the dead-session probe uses. */
@@ -320,8 +330,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       maxHeaderListSize: options.maxHeaderSize * 2,
       initialWindowSize: H2_STREAM_WINDOW,
     },
-    // node:http2's 10 MB default is too small for a proxy with slow readers.
-    maxSessionMemory: 64,
+    maxSessionMemory: options.http2MaxSessionMemoryMb,
     maxHeaderListPairs: options.maxHeadersCount + 8,
   });
   server.on('session', (session: TrackedSession) => {
@@ -340,6 +349,11 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       wire: null,
       socket: handingOver,
       streams: 0,
+      lastStreamId: 0,
+      accountedId: 0,
+      refused: 0,
+      refusedWindowStart: 0,
+      lastProcessed: 0,
     };
     session[kSession] = state;
     // Node answers a client's GOAWAY(NO_ERROR) by calling close() from inside nghttp2's frame
@@ -356,6 +370,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
     watchForDeath(session, state);
     session.on('error', sessionOnError);
     session.on('goaway', sessionOnGoaway);
+    session.on('stream', sessionOnStream);
     session.on('close', function sessionClosed(this: TrackedSession) {
       const s = this[kSession];
       if (s?.ping) clearInterval(s.ping);
@@ -514,6 +529,8 @@ function probeSessions(): void {
       probed.delete(session);
       continue;
     }
+    // Only a session holding streams can be out of room (their memory, or their count).
+    if (session[kSession]!.streams > 0 && !session.closed) lookForRefusals(session, session[kSession]!);
     if (!stoppedReading(session[kSession]!)) continue;
     // Leave it as Node left it and look again once the loop has turned: a write callback
     // already due may be about to resume reading.
@@ -525,6 +542,66 @@ function probeSessions(): void {
     clearInterval(probeTimer);
     probeTimer = null;
   }
+}
+
+/**
+ * Node refuses a new client stream with RST_STREAM(ENHANCE_YOUR_CALM) when its session has no
+ * room for it (the session's memory over `http2MaxSessionMemoryMb`, or as many streams as
+ * SETTINGS_MAX_CONCURRENT_STREAMS still held), and tells JavaScript nothing. Such a session
+ * refuses every new stream for as long as its streams hold that room (a client that stopped
+ * reading the responses can make that forever), while a client keeps sending requests on it:
+ * browsers open a new connection only after a GOAWAY. The streams nghttp2 processed
+ * (`lastProcStreamID`) but the proxy never saw are those refused ones (and any nghttp2 reset as
+ * malformed); past REFUSED_STREAMS_LIMIT in REFUSED_WINDOW_MS the session is closed with
+ * GOAWAY(NO_ERROR) naming the last stream the proxy saw: running streams finish (within
+ * GOAWAY_GRACE_MS) and the client retries the others on a new connection.
+ */
+const REFUSED_STREAMS_LIMIT = 4;
+const REFUSED_WINDOW_MS = 10_000;
+
+function lookForRefusals(session: TrackedSession, state: SessionState): void {
+  let processed: number;
+  try {
+    processed = session.state.lastProcStreamID ?? 0;
+  } catch {
+    return;
+  }
+  // Even ids are the proxy's own (it pushes none). The newest stream may still be arriving (a
+  // header block split over reads): it counts at the next look if the proxy has not seen it by then.
+  const upTo = processed === state.lastProcessed ? processed : processed - 2;
+  state.lastProcessed = processed;
+  if (upTo <= state.accountedId) return;
+  const missed = (upTo - state.accountedId + 1) >>> 1;
+  state.accountedId = upTo;
+  noteRefused(session, state, missed);
+}
+
+function noteRefused(session: TrackedSession, state: SessionState, count: number): void {
+  if (count <= 0 || session.closed || session.destroyed) return;
+  const now = Date.now();
+  if (now - state.refusedWindowStart > REFUSED_WINDOW_MS) {
+    state.refusedWindowStart = now;
+    state.refused = 0;
+  }
+  state.refused += count;
+  if (state.refused < REFUSED_STREAMS_LIMIT) return;
+  // Closed once nghttp2 has returned (never from inside its read loop).
+  setImmediate(closeRefusing, session);
+}
+
+function closeRefusing(session: TrackedSession): void {
+  const state = session[kSession];
+  // closeTimer: already going away (this close, an earlier one, or the client's GOAWAY).
+  if (state === undefined || state.closeTimer !== null || session.closed || session.destroyed) return;
+  state.core.stats.http2RefusingSessionsClosed++;
+  state.core.log.warn(
+    `HTTP/2 client ${session.socket?.remoteAddress ?? ''}: ${state.refused} new streams refused before the proxy saw them (${state.streams} streams open, session memory or stream limit reached): closing the session with GOAWAY`,
+  );
+  // The first GOAWAY names the last stream the proxy saw; close()'s own GOAWAY cannot raise it
+  // (nghttp2 keeps the lowest last-stream-id sent).
+  if (state.lastStreamId > 0) session.goaway(NGHTTP2_NO_ERROR, state.lastStreamId);
+  session.close();
+  boundGoingAway(session);
 }
 
 /** Sessions one probe found stopped, to be looked at again after DEAD_CONFIRM_MS. */
@@ -588,6 +665,21 @@ function sessionOnTimeout(this: TrackedSession): void {
   // Idle: close gracefully (GOAWAY, running streams finish).
   this.close();
   boundGoingAway(this);
+}
+
+/**
+ * Every stream that reached the proxy, also one the client reset in the same read (its
+ * `stream.session` is already gone when the server's 'stream' event runs). Client stream ids
+ * rise by 2: ids skipped since the last one looked at are streams the session refused (or
+ * nghttp2 reset) before the proxy saw them (see lookForRefusals).
+ */
+function sessionOnStream(this: TrackedSession, stream: http2.ServerHttp2Stream): void {
+  const state = this[kSession];
+  const id = stream.id;
+  if (state === undefined || id === undefined) return;
+  if (id > state.accountedId + 2) noteRefused(this, state, (id - state.accountedId - 1) >>> 1);
+  if (id > state.accountedId) state.accountedId = id;
+  state.lastStreamId = id;
 }
 
 function sessionOnGoaway(this: TrackedSession): void {

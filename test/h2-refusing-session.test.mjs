@@ -1,0 +1,149 @@
+// An HTTP/2 client connection whose session can no longer take streams is closed with GOAWAY.
+// Node refuses a new stream with RST_STREAM(ENHANCE_YOUR_CALM) when the session has no room for
+// it (its memory over maxSessionMemory, or its stream count at the limit) and tells JavaScript
+// nothing; a client that keeps sending requests on such a connection would see every one refused
+// for as long as the streams holding that room stay open. Here the room is held by a client that
+// opened no flow-control window (its responses wait in the session) under a 1 MiB session budget.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import http2 from 'node:http2';
+import { resolveOptions } from '../dist/options.js';
+import { startProxy, startUpstream, sleep } from './helpers/servers.mjs';
+import { ERROR, FLAG, FRAME, H2RawClient, SETTING, errorName, headersFrame, requestHeaders, rstStreamFrame, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
+
+const KIB = 1024;
+const MIB = 1024 * KIB;
+const BIG = 512 * KIB;
+
+describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { timeout: 120_000 }, () => {
+  let up;
+  const big = Buffer.alloc(BIG, 0x62);
+  before(async () => {
+    up = await startUpstream((req, res) => {
+      if (req.url === '/big') return res.end(big);
+      if (req.url === '/slow') return setTimeout(() => res.end('slow'), 1500);
+      let n = 0;
+      req.on('data', (c) => (n += c.length));
+      req.on('end', () => res.end(req.url === '/get' ? big : String(n)));
+    });
+  });
+  after(async () => {
+    await up.close();
+  });
+
+  it('http2MaxSessionMemoryMb: 64 by default, 1-4096', () => {
+    assert.equal(resolveOptions({ listenPort: 0 }).http2MaxSessionMemoryMb, 64);
+    assert.equal(resolveOptions({ listenPort: 0, http2MaxSessionMemoryMb: 1 }).http2MaxSessionMemoryMb, 1);
+    assert.throws(() => resolveOptions({ listenPort: 0, http2MaxSessionMemoryMb: 0 }), /http2MaxSessionMemoryMb/);
+  });
+
+  it('session memory held by unread responses: refusals, then GOAWAY(NO_ERROR) naming the last stream served, running streams finish, the socket closes, a new connection is served', async () => {
+    const px = await startProxy({ http2MaxSessionMemoryMb: 1 });
+    const c = await H2RawClient.connect(px.port, { keepData: false, settings: { [SETTING.INITIAL_WINDOW_SIZE]: 0 } });
+    try {
+      // One request every 20 ms, as a page would keep sending them, until the proxy says GOAWAY;
+      // 60 at most, below the 100 refusals in a row after which Node destroys the session itself.
+      let id = 1;
+      let firstRefusal = 0;
+      for (; id < 120; id += 2) {
+        if (c.frames.some((f) => f.type === FRAME.GOAWAY) || c.closed) break;
+        if (firstRefusal === 0 && c.frames.some((f) => f.type === FRAME.RST_STREAM && f.errorCode === ERROR.ENHANCE_YOUR_CALM)) firstRefusal = Date.now();
+        c.send(headersFrame(id, requestHeaders(up.port, { path: '/big' }), { endStream: true }));
+        await sleep(20);
+      }
+      const goaway = await c.waitForGoaway({ timeoutMs: 10_000 });
+      assert.ok(firstRefusal > 0 || c.frames.some((f) => f.type === FRAME.RST_STREAM && f.errorCode === ERROR.ENHANCE_YOUR_CALM), 'Node refused streams (RST_STREAM(ENHANCE_YOUR_CALM))');
+      assert.ok(goaway, `GOAWAY after the refusals (${id >> 1} streams sent, ${c.frames.filter((f) => f.type === FRAME.RST_STREAM).length} refused)`);
+      assert.equal(errorName(goaway.errorCode), 'NO_ERROR');
+      const served = [...new Set(c.frames.filter((f) => f.type === FRAME.HEADERS).map((f) => f.streamId))].sort((a, b) => a - b);
+      assert.ok(served.length > 0, 'some streams were served before the session ran out of room');
+      assert.equal(goaway.lastStreamId, served.at(-1), 'last-stream-id names the last stream the proxy served');
+      const refused = c.frames.filter((f) => f.type === FRAME.RST_STREAM).map((f) => f.streamId);
+      assert.ok(refused.every((s) => s > goaway.lastStreamId), `only streams above last-stream-id were refused (${refused})`);
+      assert.ok(refused.length <= 40, `closed after a few refusals, not after Node's own limit of 100 (${refused.length})`);
+
+      // The client now reads: the running streams finish, then the connection closes.
+      c.send(settingsFrame({ [SETTING.INITIAL_WINDOW_SIZE]: 16 * MIB }), windowUpdateFrame(0, 256 * MIB));
+      assert.equal(await c.waitForClose({ timeoutMs: 15_000 }), true, 'the proxy closed the connection');
+      for (const s of served) {
+        const data = c.frames.filter((f) => f.streamId === s && f.type === FRAME.DATA);
+        const bytes = data.reduce((n, f) => n + f.length, 0);
+        assert.ok(bytes === BIG && data.some((f) => f.flags & FLAG.END_STREAM), `stream ${s} finished: ${bytes} of ${BIG} bytes`);
+      }
+      assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 1);
+
+      const again = await H2RawClient.connect(px.port);
+      try {
+        again.send(headersFrame(1, requestHeaders(up.port, { path: '/small', method: 'GET' }), { endStream: true }));
+        const out = await again.streamOutcome(1, { timeoutMs: 5000 });
+        assert.equal(out.status, 200, 'a new connection is served');
+      } finally {
+        again.close();
+      }
+    } finally {
+      c.close();
+      await px.proxy.stop();
+    }
+  });
+
+  it('streams the client resets in the same write as their HEADERS are not refusals: no GOAWAY, the next request is served', async () => {
+    const px = await startProxy();
+    const c = await H2RawClient.connect(px.port, { keepData: false });
+    try {
+      // One running stream, so the session is looked at while it has streams open.
+      c.send(headersFrame(1, requestHeaders(up.port, { path: '/slow' }), { endStream: true }));
+      const pairs = [];
+      for (let id = 3; id <= 41; id += 2) pairs.push(headersFrame(id, requestHeaders(up.port, { path: '/gone' }), { endStream: true }), rstStreamFrame(id, ERROR.CANCEL));
+      c.send(Buffer.concat(pairs));
+      await sleep(700); // a few looks of the proxy's session probe
+      c.send(headersFrame(43, requestHeaders(up.port, { path: '/small' }), { endStream: true }));
+      const next = await c.streamOutcome(43, { timeoutMs: 5000 });
+      assert.equal(next.goaway, null, `no GOAWAY (got ${next.goaway && errorName(next.goaway.errorCode)})`);
+      assert.equal(next.status, 200);
+      const slow = await c.streamOutcome(1, { timeoutMs: 5000 });
+      assert.equal(slow.status, 200);
+      assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 0);
+    } finally {
+      c.close();
+      await px.proxy.stop();
+    }
+  });
+
+  it('a busy healthy connection is not closed: 32 concurrent 2 MiB uploads and 32 concurrent 512 KiB downloads, 2 rounds', async () => {
+    const px = await startProxy();
+    // maxSessionMemory: the Node client's own limit would make it refuse answers itself.
+    const session = http2.connect(px.url, { maxSessionMemory: 256 });
+    session.on('error', () => {});
+    let goaway = null;
+    session.on('goaway', (code, last) => (goaway = { code, last }));
+    const request = (headers, body) =>
+      new Promise((resolve) => {
+        const s = session.request({ 'x-cmux-port-internal': String(up.port), ...headers });
+        let status;
+        let bytes = 0;
+        s.on('response', (h) => (status = h[':status']));
+        s.on('data', (chunk) => (bytes += chunk.length));
+        s.on('error', () => {});
+        s.on('close', () => resolve({ status, bytes, rstCode: s.rstCode }));
+        s.end(body);
+      });
+    try {
+      const upload = Buffer.alloc(2 * MIB, 0x75);
+      for (let round = 0; round < 2; round++) {
+        const results = await Promise.all([
+          ...Array.from({ length: 32 }, () => request({ ':method': 'POST', ':path': '/up', 'content-length': String(upload.length) }, upload)),
+          ...Array.from({ length: 32 }, () => request({ ':path': '/get' })),
+        ]);
+        const bad = results.filter((r, i) => r.status !== 200 || r.bytes !== (i < 32 ? String(2 * MIB).length : BIG));
+        assert.deepEqual(bad, [], `round ${round}: ${bad.length} of 64 failed`);
+      }
+      await sleep(600); // a probe or two of the proxy's sessions
+      assert.equal(goaway, null, 'no GOAWAY');
+      assert.equal(session.destroyed || session.closed, false);
+      assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 0);
+    } finally {
+      session.destroy();
+      await px.proxy.stop();
+    }
+  });
+});
