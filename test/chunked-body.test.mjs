@@ -296,6 +296,32 @@ describe('chunked request bodies', () => {
     assert.deepEqual(got[6].body.trailers, { 'x-t': '1' });
   });
 
+  it('chunked requests read with bad input behind them in the same read are answered, then 400', async () => {
+    const h = (path, extra) => `POST ${path} HTTP/1.1\r\nHost: app.test\r\nX-Cmux-Port-Internal: ${up.port}\r\n${extra}\r\n`;
+    const burst = h('/one', 'Transfer-Encoding: chunked\r\n') + '1\r\na\r\n1;e=f\r\nb\r\n0\r\n\r\n' + h('/two', 'Transfer-Encoding: chunked\r\n') + '2\r\ncd\r\n0\r\nX-T: 2\r\n\r\n';
+    for (const bad of ['OPTIONS /three HTTP/2.0\r\nHost: app.test\r\n\r\n', '\x01junk\r\n\r\n']) {
+      for (const warm of [false, true]) {
+        const socket = net.connect(px.port, '127.0.0.1');
+        const read = { text: '' };
+        const raw = readAll(socket, read);
+        if (warm) {
+          socket.write(`GET /warm HTTP/1.1\r\nHost: app.test\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`);
+          assert.ok(await waitFor(() => read.text.endsWith('}'), { timeoutMs: 10000 }), 'the warm-up GET is answered');
+        }
+        socket.write(burst + bad);
+        const text = await raw;
+        const at = text.lastIndexOf('HTTP/1.1 400 ');
+        assert.ok(at > 0, text.slice(-300));
+        const got = answers(text.slice(0, at));
+        assert.deepEqual(got.map((a) => [a.status, a.body.url, a.body.body]).slice(warm ? 1 : 0), [
+          [200, '/one', 'ab'],
+          [200, '/two', 'cd'],
+        ]);
+        assert.deepEqual(got.at(-1).body.trailers, { 'x-t': '2' });
+      }
+    }
+  });
+
   for (const [name, bad] of [
     ['bare LF after a size', '1\nX\r\n0\r\n\r\n'],
     ['bare LF after data', '1\r\nX\n0\r\n\r\n'],

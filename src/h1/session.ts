@@ -225,7 +225,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     (this.socket as unknown as { _unrefTimer(): void })._unrefTimer();
     if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_IGNORING)) !== 0) {
       this.bodyPiece = this.bodyPieces = null;
-      if ((this.flags & (C_CHUNK_PAUSED | C_CHUNK_BODY)) !== 0) this.dropChunked();
+      if ((this.flags & (C_CHUNK_PAUSED | C_CHUNK_BODY)) !== 0) this.chunkedRead(ret, this.parser.getCurrentBuffer());
       return;
     }
     this.afterExecute(ret, null);
@@ -594,15 +594,14 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
    */
   private chunkedRead(ret: number | ParseError, buf: Buffer): number | ParseError | null {
     for (;;) {
-      if ((this.flags & (C_BROKEN | C_CLOSED)) !== 0) {
-        this.dropChunked();
-        break;
-      }
-      const paused = (this.flags & C_CHUNK_PAUSED) !== 0 && isParseError(ret) && ret.code === 'HPE_PAUSED';
-      if (isParseError(ret) && !paused) {
-        // Bad input: a body still open is corrupt and nothing more of it goes upstream (the
-        // exchange is aborted); one llhttp completed before the bad bytes goes whole.
-        if ((this.flags & C_CHUNK_ENDED) !== 0 && !this.scanChunked(buf, ret.bytesParsed)) return this.chunkMismatch();
+      const flags = this.flags;
+      const paused = (flags & C_CHUNK_PAUSED) !== 0 && isParseError(ret) && ret.code === 'HPE_PAUSED';
+      if ((flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_IGNORING)) !== 0 || (isParseError(ret) && !paused)) {
+        // Bad input (or nothing more is read): a body still open is corrupt and nothing more of
+        // it goes upstream (its exchange is aborted); one llhttp completed before goes whole.
+        if ((flags & (C_CHUNK_ENDED | C_CLOSED)) === C_CHUNK_ENDED && !this.scanChunked(buf, isParseError(ret) ? ret.bytesParsed : buf.length)) {
+          return this.chunkMismatch();
+        }
         this.dropChunked();
         break;
       }
