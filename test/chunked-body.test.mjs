@@ -177,6 +177,39 @@ function answers(raw) {
   return out;
 }
 
+describe('the chunk scan (data of bytes llhttp accepted)', () => {
+  const message = '3;a=b;c="x y"\r\nabc\r\n00A\r\n0123456789\r\n1\r\nZ\r\n0;last\r\nX-T: 1\r\nX-U: 2\r\n\r\nGET / HTTP/1.1\r\n';
+  const ends = message.indexOf('GET');
+
+  it('finds the same data and end whatever the reads: every split in two, and one byte per read', async () => {
+    const { ChunkedScan, SCAN_MORE } = await import('../dist/h1/chunked.js');
+    const bytes = Buffer.from(message, 'latin1');
+    const run = (cuts) => {
+      const scan = new ChunkedScan();
+      let data = '';
+      let from = 0;
+      for (const to of [...cuts, bytes.length]) {
+        const buf = Buffer.from(bytes.subarray(from, to));
+        const at = scan.scan(buf, buf.length);
+        data += scan.take()?.toString('latin1') ?? '';
+        if (at !== SCAN_MORE) return { data, end: from + at };
+        from = to;
+      }
+      return { data, end: -1 };
+    };
+    const want = { data: 'abc0123456789Z', end: ends };
+    for (let cut = 1; cut < ends; cut++) assert.deepEqual(run([cut]), want, `split at ${cut}`);
+    assert.deepEqual(run(Array.from({ length: ends }, (_, i) => i + 1)), want, 'one byte per read');
+  });
+
+  it('reports framing llhttp would not have accepted instead of guessing', async () => {
+    const { ChunkedScan, SCAN_BAD } = await import('../dist/h1/chunked.js');
+    for (const bad of ['\r\n', 'g\r\n', '1\r\nab\r\n', '1\r\na\n', '0\r\n\n']) {
+      assert.equal(new ChunkedScan().scan(Buffer.from(bad, 'latin1'), bad.length), SCAN_BAD, JSON.stringify(bad));
+    }
+  });
+});
+
 describe('chunked request bodies', () => {
   let dir;
   let rec;
