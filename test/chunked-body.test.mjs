@@ -178,7 +178,9 @@ function answers(raw) {
 }
 
 describe('the chunk scan (data of bytes llhttp accepted)', () => {
-  const message = '3;a=b;c="x y"\r\nabc\r\n00A\r\n0123456789\r\n1\r\nZ\r\n0;last\r\nX-T: 1\r\nX-U: 2\r\n\r\nGET / HTTP/1.1\r\n';
+  const message =
+    '1\r\nA\r\n1\r\nB\r\n3;a=b;c="x y"\r\nabc\r\n00A\r\n0123456789\r\n1\r\nZ\r\n5\r\nhello\r\nf\r\n0123456789abcde\r\n' +
+    '0;last\r\nX-T: 1\r\nX-U: 2\r\n\r\nGET / HTTP/1.1\r\n';
   const ends = message.indexOf('GET');
 
   it('finds the same data and end whatever the reads: every split in two, and one byte per read', async () => {
@@ -197,14 +199,14 @@ describe('the chunk scan (data of bytes llhttp accepted)', () => {
       }
       return { data, end: -1 };
     };
-    const want = { data: 'abc0123456789Z', end: ends };
+    const want = { data: 'ABabc0123456789Zhello0123456789abcde', end: ends };
     for (let cut = 1; cut < ends; cut++) assert.deepEqual(run([cut]), want, `split at ${cut}`);
     assert.deepEqual(run(Array.from({ length: ends }, (_, i) => i + 1)), want, 'one byte per read');
   });
 
   it('reports framing llhttp would not have accepted instead of guessing', async () => {
     const { ChunkedScan, SCAN_BAD } = await import('../dist/h1/chunked.js');
-    for (const bad of ['\r\n', 'g\r\n', '1\r\nab\r\n', '1\r\na\n', '0\r\n\n']) {
+    for (const bad of ['\r\n', 'g\r\n', '1\r\nab\r\n', '1\r\na\n', '0\r\n\n', '1\r\na\r\n1\na\r\n', '1\r\na\r\n2\r\nabc\r\n', '1\r\na\r\n1\r\nbXY']) {
       assert.equal(new ChunkedScan().scan(Buffer.from(bad, 'latin1'), bad.length), SCAN_BAD, JSON.stringify(bad));
     }
   });

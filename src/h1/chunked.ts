@@ -66,6 +66,29 @@ export class ChunkedScan {
     while (i < end) {
       if (state === S_SIZE) {
         let digits = this.digits;
+        if (digits === 0 && i + 6 <= end) {
+          // Whole chunks of a one-digit size without extensions (`5\r\nhello\r\n`) within
+          // the read, the 1-byte chunk among them: checked and copied without a state change.
+          // Anything else leaves for the byte-by-byte states below.
+          let out = this.out;
+          let len = this.outLen;
+          while (i + 6 <= end) {
+            const v = hexValue(buf[i]!);
+            if (v <= 0 || buf[i + 1] !== 13 || buf[i + 2] !== 10) break;
+            const from = i + 3;
+            const to = from + v;
+            if (to + 2 > end || buf[to] !== 13 || buf[to + 1] !== 10) break;
+            if (out === null) {
+              out = this.startOut(buf, from);
+              len = this.outLen;
+            }
+            if (len + v > out.length) break;
+            for (let k = from; k < to; k++) out[len++] = buf[k]!;
+            i = to + 2;
+          }
+          this.outLen = len;
+          if (i === end) break;
+        }
         let c = 0;
         while (i < end) {
           c = buf[i]!;
@@ -157,6 +180,15 @@ export class ChunkedScan {
     return out.subarray(0, len);
   }
 
+  /** The copy buffer for the data of this read from `from` on (with the view taken so far). */
+  private startOut(buf: Buffer, from: number): Buffer {
+    const view = this.view;
+    const out = (this.out = Buffer.allocUnsafe((view === null ? 0 : view.length) + (buf.length - from)));
+    this.outLen = view === null ? 0 : view.copy(out, 0);
+    this.view = null;
+    return out;
+  }
+
   private bad(): number {
     this.reset();
     return SCAN_BAD;
@@ -170,15 +202,11 @@ export class ChunkedScan {
     if (from === to) return;
     let out = this.out;
     if (out === null) {
-      const view = this.view;
-      if (view === null) {
+      if (this.view === null) {
         this.view = buf.subarray(from, to);
         return;
       }
-      out = this.out = Buffer.allocUnsafe(view.length + (buf.length - from));
-      view.copy(out, 0);
-      this.outLen = view.length;
-      this.view = null;
+      out = this.startOut(buf, from);
     }
     let len = this.outLen;
     if (len + (to - from) > out.length) {
