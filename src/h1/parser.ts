@@ -13,6 +13,8 @@ export interface HTTPParser {
   getCurrentBuffer(): Buffer;
   execute(data: Buffer): number | ParseError;
   finish(): number | ParseError | undefined;
+  /** Lets llhttp go on after a callback paused it (`HPE_PAUSED`). */
+  resume(): void;
   close(): void;
   free(): void;
   remove(): void;

@@ -48,6 +48,7 @@ import {
   type ParseError,
   type StreamHandle,
 } from './parser.js';
+import { ChunkedScan, SCAN_BAD, SCAN_MORE } from './chunked.js';
 
 const kOnMessageBegin = Parser.kOnMessageBegin;
 const HTTP_SLASH = Buffer.from(' HTTP/', 'latin1');
@@ -77,6 +78,12 @@ const C_IGNORING = 2048; // what the client sends is read and dropped
 const C_NOT_UPGRADING = 4096; // llhttp stops after a request it takes for an upgrade the proxy does not make
 const C_CLIENT_ENDED = 8192; // the client half-closed while its upgrade or CONNECT was being set up
 const C_CLOSE_DELIMITED = 16384; // the response being written ends with the close: nothing may follow it
+const C_CHUNK_PAUSED = 1 << 20; // llhttp was paused right after a chunked request's head
+const C_CHUNK_BODY = 1 << 21; // a chunked request body is read with kOnBody off (see ChunkedScan)
+const C_CHUNK_ENDED = 1 << 22; // ... and llhttp completed its message in the read being parsed
+
+/** llhttp's HPE_PAUSED: returned from kOnHeadersComplete, it stops `execute` right after the head. */
+const HPE_PAUSED = 21;
 
 /**
  * Pipelined requests queued behind the one being answered. One read can hold over a thousand
@@ -134,6 +141,12 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   /** Request body pieces of the read being parsed, sent when llhttp is through it (onBody). */
   private bodyPiece: Buffer | null = null;
   private bodyPieces: Buffer[] | null = null;
+  /** The chunked request body being read with kOnBody off, its exchange and its trailers. */
+  private chunkScan: ChunkedScan | null = null;
+  private chunkEx: Exchange | null = null;
+  private chunkTrailers: string[] | null = null;
+  /** The part of the read llhttp parsed last (it is resumed after each chunked head). */
+  private execBuf: Buffer | null = null;
   /** Bytes the client sent after an upgrade/CONNECT head. */
   upgradeRest: Buffer | null = null;
   /** The socket handle llhttp reads from directly, when consuming (no 'data' events then). */
@@ -212,6 +225,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     (this.socket as unknown as { _unrefTimer(): void })._unrefTimer();
     if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_IGNORING)) !== 0) {
       this.bodyPiece = this.bodyPieces = null;
+      if ((this.flags & (C_CHUNK_PAUSED | C_CHUNK_BODY)) !== 0) this.chunkedRead(ret, this.parser.getCurrentBuffer());
       return;
     }
     this.afterExecute(ret, null);
@@ -234,6 +248,13 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   }
 
   private afterExecute(ret: number | ParseError, data: Buffer | null): void {
+    if ((this.flags & (C_CHUNK_PAUSED | C_CHUNK_BODY)) !== 0) {
+      const last = this.chunkedRead(ret, data ?? this.parser.getCurrentBuffer());
+      if (last === null) return;
+      ret = last;
+      data = this.execBuf;
+      this.execBuf = null;
+    }
     if (this.bodyPiece !== null) {
       // A parse error means the body is corrupt: nothing more of it goes upstream.
       if (isParseError(ret)) this.bodyPiece = this.bodyPieces = null;
@@ -380,6 +401,8 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   ): number {
     const core = this.core;
     const stats = core.stats;
+    // llhttp's own flag: it stops after such a request whatever the proxy makes of it.
+    const llhttpUpgrade = upgrade;
     let raw = headers;
     if (raw === undefined) {
       raw = this.pendingHeaders ?? [];
@@ -491,6 +514,12 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       (this.pending ??= []).push(ex);
       this.pause(P_PIPELINE);
     }
+    if (bodyMode === BODY_CHUNKED && !llhttpUpgrade && (this.flags & (C_BROKEN | C_CLOSED)) === 0) {
+      // llhttp stops right after this head, so the session knows where the body starts in the
+      // read; it goes on with kOnBody off (chunkedRead).
+      this.flags |= C_CHUNK_PAUSED;
+      return HPE_PAUSED;
+    }
     return 0;
   }
 
@@ -536,6 +565,17 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   onMessageComplete(): void {
     const ex = this.parsing;
     if (ex === null) return;
+    if (ex === this.chunkEx) {
+      // Its last data is taken from the read once llhttp is through it (chunkedRead), then the
+      // request ends there. The next message's body (a Content-Length one) comes by kOnBody.
+      this.parser[kOnBody] = parserOnBody;
+      this.flags |= C_CHUNK_ENDED;
+      this.chunkTrailers = this.pendingHeaders;
+      this.parsing = null;
+      this.pendingHeaders = null;
+      this.pendingUrl = '';
+      return;
+    }
     this.flushBody();
     this.parsing = null;
     const trailers = this.pendingHeaders;
@@ -543,6 +583,76 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     this.pendingHeaders = null;
     this.pendingUrl = '';
     if ((ex.flags & EX_UPGRADE) === 0 && ex.method !== 'CONNECT') ex.requestEnd(trailers);
+  }
+
+  /**
+   * The chunked bodies of a read llhttp has parsed: each goes upstream as one piece of the
+   * proxy's framing, whatever the client's chunk count. llhttp paused after each chunked head
+   * in the read (`HPE_PAUSED` at the body's offset): it is resumed on the rest, kOnBody off.
+   * Returns the result of the last execute (`execBuf` is its part of the read), or null when the
+   * connection was reset because the scan and llhttp disagreed.
+   */
+  private chunkedRead(ret: number | ParseError, buf: Buffer): number | ParseError | null {
+    for (;;) {
+      const flags = this.flags;
+      const paused = (flags & C_CHUNK_PAUSED) !== 0 && isParseError(ret) && ret.code === 'HPE_PAUSED';
+      if ((flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_IGNORING)) !== 0 || (isParseError(ret) && !paused)) {
+        // Bad input (or nothing more is read): a body still open is corrupt and nothing more of
+        // it goes upstream (its exchange is aborted); one llhttp completed before goes whole.
+        if ((flags & (C_CHUNK_ENDED | C_CLOSED)) === C_CHUNK_ENDED && !this.scanChunked(buf, isParseError(ret) ? ret.bytesParsed : buf.length)) {
+          return this.chunkMismatch();
+        }
+        this.dropChunked();
+        break;
+      }
+      const end = paused ? (ret as ParseError).bytesParsed : buf.length;
+      if ((this.flags & C_CHUNK_BODY) !== 0 && !this.scanChunked(buf, end)) return this.chunkMismatch();
+      if (!paused) break;
+      this.flags = (this.flags & ~C_CHUNK_PAUSED) | C_CHUNK_BODY;
+      this.chunkEx = this.parsing;
+      (this.chunkScan ??= new ChunkedScan()).reset();
+      const parser = this.parser;
+      parser[kOnBody] = null;
+      parser.resume();
+      buf = buf.subarray(end);
+      ret = buf.length === 0 ? 0 : parser.execute(buf);
+    }
+    this.execBuf = buf;
+    return ret;
+  }
+
+  /**
+   * Takes the data of `buf[0, end)` for the chunked body being read and sends it upstream; ends
+   * the request where its message ends. False when the scan and llhttp disagree on that end.
+   */
+  private scanChunked(buf: Buffer, end: number): boolean {
+    const scan = this.chunkScan!;
+    const at = scan.scan(buf, end);
+    if (at === SCAN_BAD || (at === SCAN_MORE) === ((this.flags & C_CHUNK_ENDED) !== 0)) return false;
+    const ex = this.chunkEx;
+    const data = scan.take();
+    if (ex !== null && data !== null) ex.requestBody(data);
+    if (at === SCAN_MORE) return true;
+    const trailers = this.chunkTrailers;
+    this.dropChunked();
+    if (ex !== null && (ex.flags & EX_UPGRADE) === 0) ex.requestEnd(trailers);
+    return true;
+  }
+
+  private dropChunked(): void {
+    this.flags &= ~(C_CHUNK_PAUSED | C_CHUNK_BODY | C_CHUNK_ENDED);
+    this.chunkEx = null;
+    this.chunkTrailers = null;
+    this.chunkScan?.reset();
+    this.parser[kOnBody] = parserOnBody;
+  }
+
+  /** The scan found framing llhttp did not (or the reverse): never guess, reset the connection. */
+  private chunkMismatch(): null {
+    this.dropChunked();
+    this.core.stats.parseErrors++;
+    this.socket.destroy();
+    return null;
   }
 
   // ---- flow control -------------------------------------------------------------------
