@@ -1,7 +1,11 @@
 import type net from 'node:net';
 
 /**
- * Reused read buffers for Content-Length response bodies relayed outside llhttp.
+ * Reused read buffers for Content-Length bodies relayed outside llhttp, in both directions:
+ * response bodies read from a plain-TCP upstream socket and lent to the client writes, request
+ * bodies (uploads) read from a plain-TCP HTTP/1.1 client socket and lent to the upstream writes
+ * (an HTTP/1.1 upstream socket, an h2c upstream stream). "Reader" below is the socket read,
+ * "writer" the side its slices are written to.
  *
  * Node reads a socket into a fresh 64 KiB allocation per read unless the handle is given a buffer
  * of the caller's (the `onread: { buffer, callback }` option of `net.Socket`, which exists only
@@ -11,17 +15,16 @@ import type net from 'node:net';
  * every read: it hands `kBufferCb` the bytes read into `kBuffer`, then asks `kBufferGen` where
  * the next read goes.
  *
- * A slice of a read buffer handed to a client write may sit in that client's queue (an HTTP/1.1
- * socket's pending write, an HTTP/2 stream's DATA queue) after the read: the buffer is not read
- * into again until every client write lent a slice of it has called back (`ReadBuffer.release`).
+ * A slice of a read buffer handed to a writer may sit in its queue (an HTTP/1.1 socket's pending
+ * write, an HTTP/2 stream's DATA queue) after the read: the buffer is not read into again until
+ * every write lent a slice of it has called back (`ReadBuffer.release`).
  * Until then the next read goes to another buffer of the body's ring (at most RING_MAX); with
  * all of them still lent, a new one takes the oldest one's place in the ring and the old one
  * goes back to the free list only once released. A buffer whose holder was destroyed before it
  * called back is never reused (an HTTP/2 write cancelled by a reset may still have bytes of it in
  * the session's outgoing write).
  *
- * Between such bodies (idle pooled sockets, response heads, other framings, a socket handed to a
- * tunnel) the handle reads into one process-wide PARKING buffer whose bytes are copied out
+ * Between such bodies (idle pooled sockets, heads, other framings, a socket handed to a tunnel) the handle reads into one process-wide PARKING buffer whose bytes are copied out
  * before the read callback returns: no socket keeps a buffer of its own once its body is done.
  */
 
@@ -37,15 +40,15 @@ export const LEND_MIN = 8 * 1024;
 /** Where every handle with a user buffer reads while no body of its own is being relayed. */
 export const PARKING: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
 
-/** What holds a lent slice: the client socket or HTTP/2 stream it was written to. */
+/** What holds a lent slice: the socket or HTTP/2 stream it was written to. */
 export interface LeaseHolder {
   readonly destroyed: boolean;
 }
 
 /**
- * A body chunk's read buffer, lent with it to the client side: `release` must be called exactly
- * once, when nothing the client side queued reads the chunk any more (the write's callback, or
- * at once when the chunk was copied or not written). `holder` names what queued it.
+ * A body chunk's read buffer, lent with it to the writer: `release` must be called exactly once,
+ * when nothing the writer queued reads the chunk any more (the write's callback, or at once when
+ * the chunk was copied or not written). `holder` names what queued it.
  */
 export interface BodyLease {
   holder: LeaseHolder | null;
@@ -58,7 +61,7 @@ let dropped = 0;
 
 export class ReadBuffer implements BodyLease {
   readonly buf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
-  /** Client writes with a slice of `buf` not called back yet. */
+  /** Writes with a slice of `buf` not called back yet. */
   held = 0;
   /** In a body's ring (else it goes to the free list once released). */
   inRing = false;
@@ -99,7 +102,7 @@ function takeFree(): ReadBuffer {
 
 /**
  * Read buffers made so far, those in the free list and those let go (free list full, or
- * poisoned): `created - free - dropped` are in a body's ring or lent to a client write.
+ * poisoned): `created - free - dropped` are in a body's ring or lent to a write.
  */
 export function readBufferCounts(): { created: number; free: number; dropped: number } {
   return { created, free: free.length, dropped };
@@ -120,7 +123,7 @@ export class ReadRing {
     return b;
   }
 
-  /** Where the next read goes: a buffer no client write still reads. */
+  /** Where the next read goes: a buffer no write still reads. */
   next(): Buffer {
     const cur = this.current;
     if (cur !== null && cur.held === 0 && !cur.poisoned) return cur.buf;
@@ -148,7 +151,7 @@ export class ReadRing {
 
   /**
    * The body is done (or its socket closed): the handle reads into PARKING from here on (or
-   * never again), and the buffers go back to the free list once no client write holds them.
+   * never again), and the buffers go back to the free list once no write holds them.
    */
   retire(): void {
     const ring = this.ring;
