@@ -64,10 +64,10 @@ function readBody(stream, check, slow) {
     check.add(chunk);
     if (!slow) return;
     sinceStall += chunk.length;
-    if (sinceStall >= 512 * KiB) {
+    if (sinceStall >= 256 * KiB) {
       sinceStall = 0;
       stream.pause();
-      setTimeout(() => stream.resume(), 60);
+      setTimeout(() => stream.resume(), 50);
     }
   });
 }
@@ -133,7 +133,35 @@ async function startUploadUpstreams() {
   };
 }
 
-/** Uploads with node:http: a fast client writes 1 MiB pieces as its socket takes them, a slow one 96 KiB every 25 ms. */
+/**
+ * A slow client's piece: the proxy then reads about this much at a time, lent (>= 8 KiB) and under
+ * the upstream socket's 16 KiB high-water mark, so its write returns true while a slowly reading
+ * upstream leaves it queued, and the next read must go to another buffer.
+ */
+const SLOW_PIECE = 12 * KiB;
+
+/**
+ * Writes body bytes [from, to) of `seed`: a fast writer in 1 MiB pieces as the stream takes them;
+ * a slow one in SLOW_PIECE pieces with a turn of the event loop between them and a 15 ms stall
+ * after every 512 KiB.
+ */
+async function writeBody(stream, seed, from, to, slow) {
+  const piece = slow ? SLOW_PIECE : MiB;
+  let sinceStall = 0;
+  for (let at = from; at < to && !stream.destroyed; at += piece) {
+    const n = Math.min(piece, to - at);
+    const ok = stream.write(expected(seed, at, n));
+    if (!ok) await once(stream, 'drain');
+    if (!slow) continue;
+    sinceStall += n;
+    if (sinceStall >= 512 * KiB) {
+      sinceStall = 0;
+      await sleep(15);
+    } else await new Promise((r) => setImmediate(r));
+  }
+}
+
+/** Uploads with node:http, written fast or slowly (see writeBody). */
 function upload(port, upstreamPort, seed, size, { slowClient, slowUpstream }) {
   const path = `/up/${seed}/${size}/${slowUpstream ? 'slow' : 'fast'}`;
   return new Promise((resolve, reject) => {
@@ -149,15 +177,9 @@ function upload(port, upstreamPort, seed, size, { slowClient, slowUpstream }) {
     );
     req.on('error', reject);
     req.setTimeout(180_000, () => req.destroy(new Error('client timeout')));
-    (async () => {
-      const piece = slowClient ? 96 * KiB : MiB;
-      for (let at = 0; at < size && !req.destroyed; at += piece) {
-        const ok = req.write(expected(seed, at, Math.min(piece, size - at)));
-        if (slowClient) await sleep(25);
-        else if (!ok) await once(req, 'drain');
-      }
-      req.end();
-    })().catch(reject);
+    writeBody(req, seed, 0, size, slowClient)
+      .then(() => req.end())
+      .catch(reject);
   });
 }
 
@@ -187,13 +209,6 @@ function responses(socket, count) {
     socket.on('error', reject);
     socket.on('close', () => reject(new Error(`closed after ${out.length} of ${count} responses`)));
   });
-}
-
-/** Writes `size` body bytes of `seed` from `from` up to `to` in 1 MiB pieces, as the socket takes them. */
-async function writeBody(socket, seed, from, to) {
-  for (let at = from; at < to; at += MiB) {
-    if (!socket.write(expected(seed, at, Math.min(MiB, to - at)))) await once(socket, 'drain');
-  }
 }
 
 /** Every read buffer made is back in the free list or let go (past its cap): no socket keeps one. */
@@ -231,13 +246,15 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
       { via: 'h2c', size: 16 * MiB, slowClient: false, slowUpstream: false },
       { via: 'h2c', size: 8 * MiB, slowClient: true, slowUpstream: true },
     ];
-    await Promise.all(
+    const results = await Promise.allSettled(
       plan.map(async (p, i) => {
         const seed = 0x0a5e0000 + i;
         const got = p.via === 'h1' ? await upload(h1.port, up.h1Port, seed, p.size, p) : await upload(h2c.port, up.h2Port, seed, p.size, p);
         assertWhole(got, seed, p.size, `${p.via} ${p.size / MiB} MiB (${p.slowClient ? 'slow' : 'fast'} client, ${p.slowUpstream ? 'slow' : 'fast'} upstream)`);
       }),
     );
+    const failed = results.filter((r) => r.status === 'rejected').map((r) => r.reason.message);
+    assert.deepEqual(failed, [], failed.join('\n'));
     assert.ok(readBufferCounts().created > before, 'the bodies were not read into lent buffers');
     await assertNoBufferHeld('after the uploads');
     assert.equal(h1.proxy.getStats().clientAborts ?? 0, 0);
@@ -258,7 +275,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     const answers = responses(socket, 3);
     const headers = `host: app.test\r\nx-cmux-port-internal: ${up.h1Port}\r\n`;
     socket.write(`POST ${path} HTTP/1.1\r\n${headers}content-length: ${size}\r\n\r\n`);
-    await writeBody(socket, seed, 0, size - tail);
+    await writeBody(socket, seed, 0, size - tail, true);
     // The proxy has read up to the tail (the upstream, reading slowly, got most of it).
     assert.ok(await waitFor(() => (up.seen.get(path)?.check.bytes ?? 0) >= size - 4 * MiB, { timeoutMs: 60_000 }), 'the body did not flow');
     await sleep(100);
@@ -273,7 +290,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     const path2 = `/up/${seed2}/${size}/fast`;
     const next = responses(socket, 1);
     socket.write(`POST ${path2} HTTP/1.1\r\n${headers}content-length: ${size}\r\n\r\n`);
-    await writeBody(socket, seed2, 0, size);
+    await writeBody(socket, seed2, 0, size, false);
     const [fourth] = await next;
     assertWhole(JSON.parse(fourth.body), seed2, size, 'the second upload');
     socket.end();
@@ -294,7 +311,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
       socket.on('error', () => {});
       await once(socket, 'connect');
       socket.write(`POST ${path} HTTP/1.1\r\nhost: app.test\r\nx-cmux-port-internal: ${up.h1Port}\r\ncontent-length: ${size}\r\n\r\n`);
-      await writeBody(socket, seed, 0, sent);
+      await writeBody(socket, seed, 0, sent, true);
       assert.ok(await waitFor(() => (up.seen.get(path)?.check.bytes ?? 0) >= 4 * MiB, { timeoutMs: 60_000 }), 'the body did not flow');
       if (how === 'FIN') socket.end();
       else socket.resetAndDestroy();
