@@ -431,9 +431,11 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     }
     if (lease !== null) {
       // Content-Length framing: the chunk goes as it is, and its write's callback releases it.
+      // A write the kernel took whole leaves nothing queued (writableLength 0): the upstream is
+      // drained and the client is read on; the buffer is released on the next tick.
       const socket = this.conn!.socket;
       lease.holder = socket;
-      if (socket.write(chunk, lease.release)) return true;
+      if (socket.write(chunk, lease.release) || socket.writableLength === 0) return true;
     } else if (this.writeFramed(chunk)) return true;
     this.client.pauseRequest(this);
     return false;
