@@ -28,12 +28,19 @@ import type net from 'node:net';
  * before the read callback returns: no socket keeps a buffer of its own once its body is done.
  */
 
-/** libuv's read size for a stream (what Node allocates per read by default). */
+/** libuv's read size for a stream (what Node allocates per read by default): response bodies. */
 export const READ_BUFFER_SIZE = 64 * 1024;
+/**
+ * The read size for request bodies (uploads): a fast client fills a larger read, and each read
+ * saved is a read, a write and their callbacks saved (about 0.8x the CPU per MiB of 64 KiB reads).
+ */
+export const UPLOAD_BUFFER_SIZE = 256 * 1024;
 /** Read buffers one body may have lent out at once before new ones replace them. */
 const RING_MAX = 4;
-/** Released read buffers kept for the next bodies, process-wide. */
+/** Released read buffers kept for the next bodies, process-wide: READ_BUFFER_SIZE ones. */
 export const FREE_MAX = 16;
+/** ... and UPLOAD_BUFFER_SIZE ones (the same bytes, 1 MiB, in a quarter as many buffers). */
+export const FREE_UPLOAD_MAX = 4;
 /** Reads shorter than this are copied out instead of lent (a lent buffer is 64 KiB held). */
 export const LEND_MIN = 8 * 1024;
 
@@ -60,7 +67,7 @@ let created = 0;
 let dropped = 0;
 
 export class ReadBuffer implements BodyLease {
-  readonly buf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
+  readonly buf: Buffer;
   /** Writes with a slice of `buf` not called back yet. */
   held = 0;
   /** In a body's ring (else it goes to the free list once released). */
@@ -78,7 +85,8 @@ export class ReadBuffer implements BodyLease {
     if (--this.held === 0 && !this.inRing && !this.poisoned) putFree(this);
   };
 
-  constructor() {
+  constructor(size: number) {
+    this.buf = Buffer.allocUnsafeSlow(size);
     created++;
   }
 
@@ -90,14 +98,18 @@ export class ReadBuffer implements BodyLease {
 }
 
 const free: ReadBuffer[] = [];
+const freeUpload: ReadBuffer[] = [];
 
 function putFree(b: ReadBuffer): void {
-  if (free.length < FREE_MAX) free.push(b);
+  if (b.buf.length === READ_BUFFER_SIZE) {
+    if (free.length < FREE_MAX) free.push(b);
+    else dropped++;
+  } else if (freeUpload.length < FREE_UPLOAD_MAX) freeUpload.push(b);
   else dropped++;
 }
 
-function takeFree(): ReadBuffer {
-  return free.pop() ?? new ReadBuffer();
+function takeFree(size: number): ReadBuffer {
+  return (size === READ_BUFFER_SIZE ? free.pop() : freeUpload.pop()) ?? new ReadBuffer(size);
 }
 
 /**
@@ -105,7 +117,7 @@ function takeFree(): ReadBuffer {
  * poisoned): `created - free - dropped` are in a body's ring or lent to a write.
  */
 export function readBufferCounts(): { created: number; free: number; dropped: number } {
-  return { created, free: free.length, dropped };
+  return { created, free: free.length + freeUpload.length, dropped };
 }
 
 /** The read buffers of one body being relayed, and which of them the handle reads into now. */
@@ -113,10 +125,16 @@ export class ReadRing {
   private readonly ring: ReadBuffer[] = [];
   /** What the handle reads into (null: PARKING). */
   current: ReadBuffer | null = null;
+  /** The size of its buffers: READ_BUFFER_SIZE or UPLOAD_BUFFER_SIZE. */
+  private readonly size: number;
+
+  constructor(size: number = READ_BUFFER_SIZE) {
+    this.size = size;
+  }
 
   /** A buffer for the handle's first read of a body (the ring is empty). */
   first(): ReadBuffer {
-    const b = takeFree();
+    const b = takeFree(this.size);
     b.inRing = true;
     this.ring.push(b);
     this.current = b;
@@ -142,7 +160,7 @@ export class ReadRing {
       // Every buffer is still lent: the oldest leaves the ring and is freed when released.
       ring.shift()!.inRing = false;
     }
-    const b = takeFree();
+    const b = takeFree(this.size);
     b.inRing = true;
     ring.push(b);
     this.current = b;
