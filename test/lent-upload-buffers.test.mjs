@@ -297,6 +297,33 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     await assertNoBufferHeld('after the pipelined requests');
   });
 
+  it('a connection whose first read held a small body (paused before its reads were taken over) serves on after an upload', async (t) => {
+    const up = await startUploadUpstreams();
+    t.after(() => up.close());
+    const { proxy, port } = await startProxy();
+    t.after(() => proxy.stop());
+    const socket = net.connect(port, '127.0.0.1');
+    t.after(() => socket.destroy());
+    await once(socket, 'connect');
+    const headers = `host: app.test\r\nx-cmux-port-internal: ${up.h1Port}\r\n`;
+    const seed = 0x0d5e0001;
+    // Head and body in one write: the body waits for the upstream socket, the client is paused.
+    const first = responses(socket, 1);
+    socket.write(Buffer.concat([Buffer.from(`POST /up/${seed}/100/fast HTTP/1.1\r\n${headers}content-length: 100\r\n\r\n`), expected(seed, 0, 100)]));
+    assertWhole(JSON.parse((await first)[0].body), seed, 100, 'the small body');
+    const size = 2 * MiB;
+    const second = responses(socket, 1);
+    socket.write(`POST /up/${seed + 1}/${size}/fast HTTP/1.1\r\n${headers}content-length: ${size}\r\n\r\n`);
+    await writeBody(socket, seed + 1, 0, size, false);
+    assertWhole(JSON.parse((await second)[0].body), seed + 1, size, 'the upload');
+    const third = responses(socket, 1);
+    socket.write(`GET /after HTTP/1.1\r\n${headers}\r\n`);
+    const [answer] = await Promise.race([third, sleep(10_000).then(() => [{ status: 0, body: 'no answer in 10 s' }])]);
+    assert.deepEqual([answer.status, answer.body], [200, 'got GET /after']);
+    socket.end();
+    await assertNoBufferHeld('after the requests');
+  });
+
   for (const how of ['FIN', 'RST']) {
     it(`a client that stops mid-body (${how}) leaves the upstream a cut request, its bytes exact up to the cut`, async (t) => {
       const up = await startUploadUpstreams();

@@ -329,8 +329,11 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
         return;
       }
       this.reads = ring;
-      // Paused at the handle while consumed: from now on paused at the handle and the stream.
+      // While consumed, pauses acted at the handle only, and the stream may still be paused from
+      // before (a pause while the first bytes were fed): from now on the stream and the handle
+      // both follow `pauses`.
       if (this.pauses !== 0) stopReadBuffers(socket);
+      else resumeSocket(socket);
     }
     this.raw = true;
   }
