@@ -264,7 +264,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.queued = null;
     if (queued !== null) {
       this.flags |= EX_BODY_SENT;
-      for (const chunk of queued) req.write(chunk);
+      for (const chunk of queued) req.write(chunk, null);
     }
     if ((this.flags & EX_REQUEST_ENDED) !== 0 && this.bodyMode !== BODY_NONE) req.end(this.requestTrailers);
     if (queued !== null) this.client.resumeRequest(this);
@@ -401,11 +401,23 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.conn!.socket.write(trailers === null ? LAST_CHUNK : `0\r\n${trailerLines(trailers, true)}\r\n`, 'latin1');
   }
 
-  /** A piece of the request body from the client. Returns false when the client should pause. */
-  requestBody(chunk: Buffer): boolean {
-    if (this.finished || chunk.length === 0) return true;
+  /**
+   * A piece of the request body from the client. Returns false when the client should pause.
+   * With a `lease`, `chunk` is a slice of a read buffer the client socket reads into again once
+   * `lease.release()` is called: released by the upstream write's callback (see read-buffers.ts).
+   */
+  requestBody(chunk: Buffer, lease: BodyLease | null = null): boolean {
+    if (this.finished || chunk.length === 0) {
+      lease?.release();
+      return true;
+    }
     this.bytesIn += chunk.length;
     if ((this.flags & EX_HEAD_SENT) === 0) {
+      // Queued until the upstream is ready (maybe a retry on another): a copy, not the lent buffer.
+      if (lease !== null) {
+        chunk = Buffer.from(chunk);
+        lease.release();
+      }
       (this.queued ??= []).push(chunk);
       this.client.pauseRequest(this);
       return false;
@@ -413,11 +425,18 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.flags |= EX_BODY_SENT;
     const h2 = this.h2;
     if (h2 !== null) {
-      if (h2.write(chunk)) return true;
+      if (h2.write(chunk, lease)) return true;
       this.client.pauseRequest(this);
       return false;
     }
-    if (this.writeFramed(chunk)) return true;
+    if (lease !== null) {
+      // Content-Length framing: the chunk goes as it is, and its write's callback releases it.
+      // A write the kernel took whole leaves nothing queued (writableLength 0): the upstream is
+      // drained and the client is read on; the buffer is released on the next tick.
+      const socket = this.conn!.socket;
+      lease.holder = socket;
+      if (socket.write(chunk, lease.release) || socket.writableLength === 0) return true;
+    } else if (this.writeFramed(chunk)) return true;
     this.client.pauseRequest(this);
     return false;
   }

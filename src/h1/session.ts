@@ -26,7 +26,7 @@ import { TUNNEL_KIND_CONNECT, TUNNEL_KIND_WEBSOCKET } from '../observe.js';
 import { requestEnd, requestRoute, upstreamConnect, websocketClose, websocketOpen } from '../diagnostics.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import type { ReadBatch, TunnelUser, UpstreamConn } from '../upstream/h1-pool.js';
-import type { BodyLease } from '../upstream/read-buffers.js';
+import { LEND_MIN, PARKING, READ_BUFFER_SIZE, ReadRing, UPLOAD_BUFFER_SIZE, copyRead, useReadBuffers, type BodyLease, type ReadBuffer } from '../upstream/read-buffers.js';
 import {
   METHODS,
   parserResource,
@@ -95,6 +95,12 @@ const PIPELINE_MAX = 32;
 /** Up to this size, a body that comes in the same upstream read as its head joins it in one string write. */
 const JOIN_BODY_MAX = 4096;
 
+/**
+ * A Content-Length request body with at least this much left after the read that carried its
+ * head is read into reused buffers (takeBody); a shorter rest stays with llhttp.
+ */
+const RAW_BODY_MIN = READ_BUFFER_SIZE;
+
 // Reasons the client socket is paused
 const P_BACKPRESSURE = 1;
 const P_PIPELINE = 2;
@@ -151,6 +157,23 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   upgradeRest: Buffer | null = null;
   /** The socket handle llhttp reads from directly, when consuming (no 'data' events then). */
   private handle: StreamHandle | null = null;
+  /**
+   * Content-Length body bytes of the request being parsed not yet relayed (-1: no such body, or
+   * one llhttp relays). Once the read that carried the head is through llhttp, the rest of a long
+   * one is read by the socket into reused buffers lent to the upstream writes (`raw`), counted
+   * down to the last byte (rawBody), not copied piece by piece by llhttp.
+   */
+  bodyLeft = -1;
+  /** The rest of the request body is relayed outside llhttp (see takeBody). */
+  raw = false;
+  /**
+   * Set once the socket's handle reads into caller buffers (see read-buffers.ts): a body's ring
+   * while one is relayed, the shared PARKING buffer otherwise. llhttp then never consumes the
+   * handle again; it parses the copies the stream emits.
+   */
+  reads: ReadRing | null = null;
+  /** A plain TCP socket not yet found without a caller-buffer read path. */
+  private lendable: boolean;
 
   constructor(host: SessionHost, socket: net.Socket, tls: boolean) {
     this.host = host;
@@ -158,6 +181,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     this.socket = socket as ClientSocket;
     this.socket[kH1] = this;
     this.tls = tls;
+    this.lendable = !tls;
     this.proto = tls ? 'https' : 'http';
     this.clientAddress = socket.remoteAddress ?? '';
     const parser = new Parser() as RequestParser;
@@ -204,6 +228,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
    */
   consumeReads(): void {
     if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_NO_MORE | C_UPGRADING)) !== 0 || this.socket.destroyed) return;
+    if (this.reads !== null) return;
     const handle = consumeSocket(this.parser, this.socket, parserOnExecute);
     if (handle === null) return;
     this.handle = handle;
@@ -271,6 +296,11 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       this.broken(ret.code === 'HPE_HEADER_OVERFLOW' ? this.overflowStatus(chunk, ret) : 400, ret);
       return;
     }
+    if (this.bodyLeft >= RAW_BODY_MIN && this.parsing !== null && (this.flags & (C_BROKEN | C_CLOSED | C_NO_MORE | C_UPGRADING)) === 0) {
+      // llhttp took every byte of this read as body: the rest of it bypasses llhttp.
+      this.takeBody();
+      return;
+    }
     if ((this.flags & (C_HEAD_PENDING | C_LINE_DONE)) === C_HEAD_PENDING && this.parsing === null) {
       // A head spans reads (the common head completes within one and never gets here): remember
       // whether its request line ended, so an oversized header later is 431, not 414.
@@ -293,6 +323,65 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       if (rest !== null) this.upgradeRest = this.upgradeRest === null ? rest : Buffer.concat([this.upgradeRest, rest]);
       this.pause(P_UPGRADE);
     }
+  }
+
+  /**
+   * The read that carried a Content-Length request head is through llhttp and a long rest of its
+   * body is still to come: llhttp gives the socket back (as for an upgrade) and the socket's
+   * handle reads the rest into reused buffers lent to the upstream writes (clientOnLentRead).
+   * llhttp's state is dropped once the body is whole (rawBody); a fresh one takes what follows.
+   * A socket with no such read path stays with llhttp, for good.
+   */
+  private takeBody(): void {
+    if (this.reads === null) {
+      if (!this.lendable) return;
+      const handle = this.handle;
+      if (handle !== null) {
+        this.handle = null;
+        releaseHandle(this.parser, handle);
+      }
+      const ring = new ReadRing(UPLOAD_BUFFER_SIZE);
+      const socket = this.socket;
+      // Node asks for the next buffer without a receiver: one function per connection, made once.
+      if (!useReadBuffers(socket, ring.first().buf, clientOnLentRead, () => nextClientRead(socket))) {
+        ring.retire();
+        this.lendable = false;
+        if (handle !== null) this.consumeReads();
+        return;
+      }
+      this.reads = ring;
+      // While consumed, pauses acted at the handle only, and the stream may still be paused from
+      // before (a pause while the first bytes were fed): from now on the stream and the handle
+      // both follow `pauses`.
+      if (this.pauses !== 0) stopReadBuffers(socket);
+      else resumeSocket(socket);
+    }
+    this.raw = true;
+  }
+
+  /** A read of a body taken from llhttp: exactly `bodyLeft` bytes belong to the request. */
+  rawBody(chunk: Buffer, lent: ReadBuffer | null): void {
+    const left = this.bodyLeft;
+    const ex = this.parsing;
+    if (chunk.length < left) {
+      this.bodyLeft = left - chunk.length;
+      if (ex !== null) ex.requestBody(chunk, lent === null ? null : lent.lend());
+      return;
+    }
+    if (ex !== null) ex.requestBody(chunk.length === left ? chunk : chunk.subarray(0, left), lent === null ? null : lent.lend());
+    this.bodyLeft = -1;
+    this.raw = false;
+    // llhttp was left in the body: a fresh state parses what follows, as after a message's end.
+    this.parser.initialize(REQUEST, parserResource(this), this.core.options.maxHeaderSize, kLenientNone);
+    const closing = ex !== null && (ex.flags & EX_CLIENT_CLOSE) !== 0;
+    this.onMessageComplete();
+    if (closing) {
+      // As llhttp after a message that asked to close: nothing more is a request.
+      this.ignoreRest();
+      return;
+    }
+    // A request pipelined in the same read goes to llhttp as a copy: the read buffer is reused.
+    if (chunk.length > left) this.onData(lent === null ? chunk.subarray(left) : Buffer.from(chunk.subarray(left)));
   }
 
   private ignoreRest(): void {
@@ -361,6 +450,8 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     this.host.headTimer.disarm(this);
     const socket = this.socket;
     this.unconsume();
+    // What the client still sends is dropped: no body read goes upstream any more.
+    this.raw = false;
     socket.removeListener('data', socketOnData);
     // Keep reading (and dropping) what the client still sends, so the close is a FIN, not a RST.
     socket.on('data', discard);
@@ -506,6 +597,11 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       this.parser[kOnMessageComplete] = null;
     } else {
       this.parser[kOnMessageComplete] = parserOnMessageComplete;
+      // The exchange being answered, with a Content-Length body: a long rest of it may bypass
+      // llhttp once this read is through (takeBody). Pipelined bodies stay with llhttp.
+      if (bodyMode === BODY_LENGTH && this.lendable && this.current === null && (this.flags & C_NOT_UPGRADING) === 0) {
+        this.bodyLeft = contentLength(facts.contentLength!);
+      }
     }
     if (this.current === null) {
       this.current = ex;
@@ -544,6 +640,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
    * the read (or at the message's end), whatever the chunk count.
    */
   onBody(chunk: Buffer): void {
+    if (this.bodyLeft > 0) this.bodyLeft -= chunk.length;
     if (this.parsing === null) return;
     const first = this.bodyPiece;
     if (first === null) this.bodyPiece = chunk;
@@ -563,6 +660,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   }
 
   onMessageComplete(): void {
+    this.bodyLeft = -1;
     const ex = this.parsing;
     if (ex === null) return;
     if (ex === this.chunkEx) {
@@ -658,14 +756,20 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   // ---- flow control -------------------------------------------------------------------
 
   pause(reason: number): void {
-    if (this.pauses === 0) stopReading(this.socket, this.handle);
+    if (this.pauses === 0) {
+      if (this.reads !== null) stopReadBuffers(this.socket);
+      else stopReading(this.socket, this.handle);
+    }
     this.pauses |= reason;
   }
 
   unpause(reason: number): void {
     if ((this.pauses & reason) === 0) return;
     this.pauses &= ~reason;
-    if (this.pauses === 0 && (this.flags & C_CLOSED) === 0) startReading(this.socket, this.handle);
+    if (this.pauses === 0 && (this.flags & C_CLOSED) === 0) {
+      if (this.reads !== null) resumeSocket(this.socket);
+      else startReading(this.socket, this.handle);
+    }
   }
 
   readBatch(): ReadBatch {
@@ -999,6 +1103,9 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
 
   onClose(): void {
     this.flags |= C_CLOSED;
+    this.raw = false;
+    // The handle is closed: its read buffers can serve other sockets once released.
+    this.reads?.retire();
     this.host.headTimer.disarm(this);
     const ex = this.current;
     this.current = null;
@@ -1022,6 +1129,11 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   onEnd(): void {
     const flags = this.flags;
     if ((flags & (C_CLOSED | C_TUNNEL)) !== 0) return;
+    if (this.raw) {
+      // Short of its Content-Length: the upstream must not get a complete-looking request.
+      this.socket.destroy();
+      return;
+    }
     if ((flags & C_UPGRADING) !== 0) {
       // `CONNECT ... \r\n\r\n<early data>` then FIN: the early data goes upstream, then the FIN.
       const ex = this.current;
@@ -1075,6 +1187,20 @@ function fieldBytes(raw: readonly string[]): number {
   let bytes = 0;
   for (let i = 0; i < raw.length; i++) bytes += raw[i]!.length;
   return bytes + raw.length * 2;
+}
+
+/** The value of a Content-Length llhttp accepted (digits, maybe padded), or -1. */
+function contentLength(value: string): number {
+  let n = 0;
+  let digits = 0;
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c === 0x20 || c === 0x09) continue;
+    if (c < 0x30 || c > 0x39) return -1;
+    n = n * 10 + (c - 0x30);
+    digits++;
+  }
+  return digits === 0 || !Number.isSafeInteger(n) ? -1 : n;
 }
 
 function splitAbsoluteForm(url: string): { authority: string; path: string } | null {
@@ -1150,7 +1276,45 @@ function socketOnEnd(this: ClientSocket): void {
 }
 
 function socketOnData(this: ClientSocket, chunk: Buffer): void {
-  this[kH1].onData(chunk);
+  const conn = this[kH1];
+  if (conn.raw) conn.rawBody(chunk, null);
+  else conn.onData(chunk);
+}
+
+/**
+ * A read of a client socket whose handle reads into caller buffers (`this` is the socket). A
+ * request body being relayed takes the read as it is, lent with its buffer when it is long
+ * enough; anything else (heads, other bodies, a tunnel's bytes) leaves as a copy through the
+ * stream, as Node's own read path would hand it out.
+ */
+function clientOnLentRead(this: net.Socket, nread: number, buf: Buffer): boolean {
+  const conn = (this as net.Socket & { [kH1]?: H1Connection })[kH1];
+  if (conn !== undefined && conn.raw && this.readableLength === 0) {
+    const lent = conn.reads === null ? null : conn.reads.current;
+    if (lent !== null && lent.buf === buf && nread >= LEND_MIN) conn.rawBody(buf.subarray(0, nread), lent);
+    else conn.rawBody(copyRead(buf, nread), null);
+    return true;
+  }
+  return this.push(copyRead(buf, nread));
+}
+
+/** Where the client socket's next read goes: see ReadRing.next. */
+function nextClientRead(socket: net.Socket): Buffer {
+  const conn = (socket as net.Socket & { [kH1]?: H1Connection })[kH1];
+  const reads = conn === undefined ? null : conn.reads;
+  if (reads === null) return PARKING;
+  if (!conn!.raw || socket.destroyed) {
+    reads.retire();
+    return PARKING;
+  }
+  return reads.next();
+}
+
+/** Stops a socket that reads into caller buffers: at its handle (body reads) and its stream. */
+function stopReadBuffers(socket: net.Socket): void {
+  socket.pause();
+  const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
+  if (handle !== null && handle !== undefined) stopReading(socket, handle);
 }
 
 function parserOnExecute(this: RequestParser, ret: number | ParseError): void {

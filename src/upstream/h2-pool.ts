@@ -10,6 +10,7 @@ import type { DeadlineSweep, Expirable } from '../deadlines.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters } from '../stats.js';
 import type { FdBudget } from '../fd-budget.js';
+import type { BodyLease } from './read-buffers.js';
 
 
 /** What an h2c upstream stream reports to the exchange using it. */
@@ -89,11 +90,20 @@ export class H2UpstreamRequest implements Expirable {
     if (!endStream) stream.on('wantTrailers', upStreamOnWantTrailers);
   }
 
-  write(chunk: Buffer): boolean {
-    if (this.stream.destroyed) return true;
+  /**
+   * A piece of the request body. A `lease` (a lent read buffer's, see read-buffers.ts) is
+   * released by the write's callback, once the DATA frames carrying the chunk are written.
+   */
+  write(chunk: Buffer, lease: BodyLease | null): boolean {
+    if (this.stream.destroyed) {
+      lease?.release();
+      return true;
+    }
     // Request body going out mid-response is traffic too (as on an HTTP/1.1 socket).
     if (this.responded) this.session.pool.deadlines.arm(this, this.session.pool.idleTimeoutMs);
-    return this.stream.write(chunk);
+    if (lease === null) return this.stream.write(chunk);
+    lease.holder = this.stream;
+    return this.stream.write(chunk, lease.release);
   }
 
   /** The request body is complete; `trailers` (raw, filtered here) follow it. */

@@ -1,0 +1,355 @@
+// Content-Length request bodies (uploads) from plain-TCP HTTP/1.1 clients are read into reused
+// buffers whose slices go to the upstream writes (src/upstream/read-buffers.ts). A slice can still
+// sit in a slowly reading upstream's queue (an HTTP/1.1 socket's pending write, an h2c stream
+// waiting for its window) when the client's next bytes arrive: they must never land in a buffer
+// a queued slice still points into. Slow and fast clients upload position-coded bodies at once
+// to slow and fast upstreams, which check every byte; a request pipelined right behind a body
+// goes to the parser as before; a client that stops short of its body leaves the upstream a cut.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import http2 from 'node:http2';
+import net from 'node:net';
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { startProxy, sleep, waitFor } from './helpers/servers.mjs';
+import { FREE_MAX, FREE_UPLOAD_MAX, readBufferCounts } from '../dist/upstream/read-buffers.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+/** The body bytes [offset, offset + length) of upload `seed`: each 32-bit word codes its position. */
+function expected(seed, offset, length) {
+  const start = offset & ~3;
+  const words = Math.ceil((offset - start + length) / 4);
+  const u32 = new Uint32Array(words);
+  const first = start >>> 2;
+  for (let i = 0; i < words; i++) u32[i] = Math.imul(first + i, 2654435761) ^ seed;
+  return Buffer.from(u32.buffer, offset - start, length);
+}
+
+/** Checks a body as it arrives: every byte against its position, and the whole by sha256. */
+class BodyCheck {
+  constructor(seed, size) {
+    this.seed = seed;
+    this.size = size;
+    this.bytes = 0;
+    this.firstBad = -1;
+    this.hash = createHash('sha256');
+  }
+  add(chunk) {
+    if (this.firstBad === -1) {
+      const n = Math.min(chunk.length, Math.max(0, this.size - this.bytes));
+      const want = expected(this.seed, this.bytes, n);
+      if (n < chunk.length || !want.equals(chunk.subarray(0, n))) {
+        let i = 0;
+        while (i < n && want[i] === chunk[i]) i++;
+        this.firstBad = this.bytes + i;
+      }
+    }
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+  }
+  summary() {
+    return { bytes: this.bytes, firstBad: this.firstBad, sha: this.hash.digest('hex') };
+  }
+}
+
+const shaOf = (seed, size) => createHash('sha256').update(expected(seed, 0, size)).digest('hex');
+
+/** Reads `stream` (a request or an h2 stream); a slow reader stops for `stallMs` after every `burst` bytes. */
+function readBody(stream, check, slow) {
+  let sinceStall = 0;
+  stream.on('data', (chunk) => {
+    check.add(chunk);
+    if (!slow) return;
+    sinceStall += chunk.length;
+    if (sinceStall >= 256 * KiB) {
+      sinceStall = 0;
+      stream.pause();
+      setTimeout(() => stream.resume(), 50);
+    }
+  });
+}
+
+/**
+ * Upstreams checking uploads to `/up/<seed>/<size>/<fast|slow>`: an HTTP/1.1 one and an h2c one.
+ * Each upload is recorded (`ended`: the body came whole; `closed`: the request is over) and
+ * answered with what arrived; any other path answers `got <method> <path>`.
+ */
+async function startUploadUpstreams() {
+  const seen = new Map();
+  const record = (url) => {
+    const [, , seedText, sizeText, mode] = url.split('/');
+    const rec = { check: new BodyCheck(Number(seedText), Number(sizeText)), slow: mode === 'slow', ended: false, closed: false };
+    seen.set(url, rec);
+    return rec;
+  };
+  const h1 = http.createServer((req, res) => {
+    if (!req.url.startsWith('/up/')) {
+      res.end(`got ${req.method} ${req.url}`);
+      return;
+    }
+    const rec = record(req.url);
+    readBody(req, rec.check, rec.slow);
+    req.on('end', () => {
+      rec.ended = true;
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(rec.check.summary()));
+    });
+    req.on('close', () => (rec.closed = true));
+  });
+  h1.keepAliveTimeout = 60_000;
+  const h2 = http2.createServer();
+  const h2Sessions = new Set();
+  h2.on('session', (s) => {
+    h2Sessions.add(s);
+    s.on('close', () => h2Sessions.delete(s));
+  });
+  h2.on('stream', (stream, headers) => {
+    stream.on('error', () => {});
+    const rec = record(headers[':path']);
+    readBody(stream, rec.check, rec.slow);
+    stream.on('end', () => {
+      rec.ended = true;
+      stream.respond({ ':status': 200, 'content-type': 'application/json' });
+      stream.end(JSON.stringify(rec.check.summary()));
+    });
+    stream.on('close', () => (rec.closed = true));
+  });
+  for (const s of [h1, h2]) {
+    s.listen(0, '127.0.0.1');
+    await once(s, 'listening');
+  }
+  return {
+    seen,
+    h1Port: h1.address().port,
+    h2Port: h2.address().port,
+    async close() {
+      h1.closeAllConnections();
+      for (const s of h2Sessions) s.destroy();
+      await Promise.all([new Promise((r) => h1.close(r)), new Promise((r) => h2.close(r))]);
+    },
+  };
+}
+
+/**
+ * A slow client's piece: the proxy then reads about this much at a time, lent (>= 8 KiB) and under
+ * the upstream socket's 16 KiB high-water mark, so its write returns true while a slowly reading
+ * upstream leaves it queued, and the next read must go to another buffer.
+ */
+const SLOW_PIECE = 12 * KiB;
+
+/**
+ * Writes body bytes [from, to) of `seed`: a fast writer in 1 MiB pieces as the stream takes them;
+ * a slow one in SLOW_PIECE pieces with a turn of the event loop between them and a 15 ms stall
+ * after every 512 KiB.
+ */
+async function writeBody(stream, seed, from, to, slow) {
+  const piece = slow ? SLOW_PIECE : MiB;
+  let sinceStall = 0;
+  for (let at = from; at < to && !stream.destroyed; at += piece) {
+    const n = Math.min(piece, to - at);
+    const ok = stream.write(expected(seed, at, n));
+    if (!ok) await once(stream, 'drain');
+    if (!slow) continue;
+    sinceStall += n;
+    if (sinceStall >= 512 * KiB) {
+      sinceStall = 0;
+      await sleep(15);
+    } else await new Promise((r) => setImmediate(r));
+  }
+}
+
+/** Uploads with node:http, written fast or slowly (see writeBody). */
+function upload(port, upstreamPort, seed, size, { slowClient, slowUpstream }) {
+  const path = `/up/${seed}/${size}/${slowUpstream ? 'slow' : 'fast'}`;
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: '127.0.0.1', port, path, method: 'POST', agent: false, headers: { 'content-length': size, 'x-cmux-port-internal': String(upstreamPort) } },
+      (res) => {
+        let body = '';
+        res.setEncoding('latin1');
+        res.on('data', (c) => (body += c));
+        res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(body)) : reject(new Error(`status ${res.statusCode}: ${body}`))));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.setTimeout(180_000, () => req.destroy(new Error('client timeout')));
+    writeBody(req, seed, 0, size, slowClient)
+      .then(() => req.end())
+      .catch(reject);
+  });
+}
+
+/** Reads HTTP/1.1 responses with a Content-Length body from a raw socket. */
+function responses(socket, count) {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const out = [];
+    const onData = (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end === -1) return;
+        const head = buf.subarray(0, end).toString('latin1');
+        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+        if (buf.length < end + 4 + length) return;
+        out.push({ status: Number(head.split(' ')[1]), body: buf.subarray(end + 4, end + 4 + length).toString('latin1') });
+        buf = buf.subarray(end + 4 + length);
+        if (out.length === count) {
+          socket.removeListener('data', onData);
+          resolve(out);
+          return;
+        }
+      }
+    };
+    socket.on('data', onData);
+    socket.on('error', reject);
+    socket.on('close', () => reject(new Error(`closed after ${out.length} of ${count} responses`)));
+  });
+}
+
+/** Every read buffer made is back in the free list or let go (past its cap): no socket keeps one. */
+async function assertNoBufferHeld(label) {
+  const settled = await waitFor(() => {
+    const { created, free, dropped } = readBufferCounts();
+    return free + dropped === created;
+  }, { timeoutMs: 5000 });
+  const { created, free, dropped } = readBufferCounts();
+  assert.ok(settled, `${label}: ${created} read buffers made, ${free} free, ${dropped} let go: ${created - free - dropped} still held`);
+  assert.ok(free <= FREE_MAX + FREE_UPLOAD_MAX);
+}
+
+function assertWhole(got, seed, size, label) {
+  assert.equal(got.firstBad, -1, `${label}: byte ${got.firstBad} of ${size} is not the client's`);
+  assert.equal(got.bytes, size, `${label}: ${got.bytes} of ${size} bytes`);
+  assert.equal(got.sha, shaOf(seed, size), `${label}: sha256`);
+}
+
+describe('uploads read into reused buffers reach the upstream byte for byte', () => {
+  it('slow and fast clients upload 8-64 MiB at once to slow and fast HTTP/1.1 and h2c upstreams', async (t) => {
+    const up = await startUploadUpstreams();
+    t.after(() => up.close());
+    const h1 = await startProxy();
+    t.after(() => h1.proxy.stop());
+    const h2c = await startProxy({ upstreamProtocol: 'h2c' });
+    t.after(() => h2c.proxy.stop());
+    const before = readBufferCounts().created;
+    const plan = [
+      { via: 'h1', size: 64 * MiB, slowClient: false, slowUpstream: false },
+      { via: 'h1', size: 32 * MiB, slowClient: false, slowUpstream: true },
+      { via: 'h1', size: 16 * MiB, slowClient: true, slowUpstream: true },
+      { via: 'h1', size: 8 * MiB, slowClient: true, slowUpstream: false },
+      { via: 'h2c', size: 24 * MiB, slowClient: false, slowUpstream: true },
+      { via: 'h2c', size: 16 * MiB, slowClient: false, slowUpstream: false },
+      { via: 'h2c', size: 8 * MiB, slowClient: true, slowUpstream: true },
+    ];
+    const results = await Promise.allSettled(
+      plan.map(async (p, i) => {
+        const seed = 0x0a5e0000 + i;
+        const got = p.via === 'h1' ? await upload(h1.port, up.h1Port, seed, p.size, p) : await upload(h2c.port, up.h2Port, seed, p.size, p);
+        assertWhole(got, seed, p.size, `${p.via} ${p.size / MiB} MiB (${p.slowClient ? 'slow' : 'fast'} client, ${p.slowUpstream ? 'slow' : 'fast'} upstream)`);
+      }),
+    );
+    const failed = results.filter((r) => r.status === 'rejected').map((r) => r.reason.message);
+    assert.deepEqual(failed, [], failed.join('\n'));
+    assert.ok(readBufferCounts().created > before, 'the bodies were not read into lent buffers');
+    await assertNoBufferHeld('after the uploads');
+    assert.equal(h1.proxy.getStats().clientAborts ?? 0, 0);
+  });
+
+  it('a GET pipelined in the same write as the body\'s last bytes is answered after the upload', async (t) => {
+    const up = await startUploadUpstreams();
+    t.after(() => up.close());
+    const { proxy, port } = await startProxy();
+    t.after(() => proxy.stop());
+    const seed = 0x0b5e0001;
+    const size = 8 * MiB;
+    const tail = 1000;
+    const path = `/up/${seed}/${size}/slow`;
+    const socket = net.connect(port, '127.0.0.1');
+    t.after(() => socket.destroy());
+    await once(socket, 'connect');
+    const answers = responses(socket, 3);
+    const headers = `host: app.test\r\nx-cmux-port-internal: ${up.h1Port}\r\n`;
+    socket.write(`POST ${path} HTTP/1.1\r\n${headers}content-length: ${size}\r\n\r\n`);
+    await writeBody(socket, seed, 0, size - tail, true);
+    // The proxy has read up to the tail (the upstream, reading slowly, got most of it).
+    assert.ok(await waitFor(() => (up.seen.get(path)?.check.bytes ?? 0) >= size - 4 * MiB, { timeoutMs: 60_000 }), 'the body did not flow');
+    await sleep(100);
+    socket.write(Buffer.concat([expected(seed, size - tail, tail), Buffer.from(`GET /after HTTP/1.1\r\n${headers}\r\nGET /last HTTP/1.1\r\n${headers}\r\n`)]));
+    const [first, second, third] = await answers;
+    assert.equal(first.status, 200);
+    assertWhole(JSON.parse(first.body), seed, size, 'the upload');
+    assert.deepEqual([second.status, second.body], [200, 'got GET /after']);
+    assert.deepEqual([third.status, third.body], [200, 'got GET /last']);
+    // The connection serves on: another upload on it, this time to a fast reader.
+    const seed2 = seed + 1;
+    const path2 = `/up/${seed2}/${size}/fast`;
+    const next = responses(socket, 1);
+    socket.write(`POST ${path2} HTTP/1.1\r\n${headers}content-length: ${size}\r\n\r\n`);
+    await writeBody(socket, seed2, 0, size, false);
+    const [fourth] = await next;
+    assertWhole(JSON.parse(fourth.body), seed2, size, 'the second upload');
+    socket.end();
+    await assertNoBufferHeld('after the pipelined requests');
+  });
+
+  it('a connection whose first read held a small body (paused before its reads were taken over) serves on after an upload', async (t) => {
+    const up = await startUploadUpstreams();
+    t.after(() => up.close());
+    const { proxy, port } = await startProxy();
+    t.after(() => proxy.stop());
+    const socket = net.connect(port, '127.0.0.1');
+    t.after(() => socket.destroy());
+    await once(socket, 'connect');
+    const headers = `host: app.test\r\nx-cmux-port-internal: ${up.h1Port}\r\n`;
+    const seed = 0x0d5e0001;
+    // Head and body in one write: the body waits for the upstream socket, the client is paused.
+    const first = responses(socket, 1);
+    socket.write(Buffer.concat([Buffer.from(`POST /up/${seed}/100/fast HTTP/1.1\r\n${headers}content-length: 100\r\n\r\n`), expected(seed, 0, 100)]));
+    assertWhole(JSON.parse((await first)[0].body), seed, 100, 'the small body');
+    const size = 2 * MiB;
+    const second = responses(socket, 1);
+    socket.write(`POST /up/${seed + 1}/${size}/fast HTTP/1.1\r\n${headers}content-length: ${size}\r\n\r\n`);
+    await writeBody(socket, seed + 1, 0, size, false);
+    assertWhole(JSON.parse((await second)[0].body), seed + 1, size, 'the upload');
+    const third = responses(socket, 1);
+    socket.write(`GET /after HTTP/1.1\r\n${headers}\r\n`);
+    const [answer] = await Promise.race([third, sleep(10_000).then(() => [{ status: 0, body: 'no answer in 10 s' }])]);
+    assert.deepEqual([answer.status, answer.body], [200, 'got GET /after']);
+    socket.end();
+    await assertNoBufferHeld('after the requests');
+  });
+
+  for (const how of ['FIN', 'RST']) {
+    it(`a client that stops mid-body (${how}) leaves the upstream a cut request, its bytes exact up to the cut`, async (t) => {
+      const up = await startUploadUpstreams();
+      t.after(() => up.close());
+      const { proxy, port } = await startProxy();
+      t.after(() => proxy.stop());
+      const seed = how === 'FIN' ? 0x0c5e0001 : 0x0c5e0002;
+      const size = 32 * MiB;
+      const sent = 12 * MiB + 12345;
+      const path = `/up/${seed}/${size}/slow`;
+      const socket = net.connect(port, '127.0.0.1');
+      socket.on('error', () => {});
+      await once(socket, 'connect');
+      socket.write(`POST ${path} HTTP/1.1\r\nhost: app.test\r\nx-cmux-port-internal: ${up.h1Port}\r\ncontent-length: ${size}\r\n\r\n`);
+      await writeBody(socket, seed, 0, sent, true);
+      assert.ok(await waitFor(() => (up.seen.get(path)?.check.bytes ?? 0) >= 4 * MiB, { timeoutMs: 60_000 }), 'the body did not flow');
+      if (how === 'FIN') socket.end();
+      else socket.resetAndDestroy();
+      const rec = up.seen.get(path);
+      assert.ok(await waitFor(() => rec.closed, { timeoutMs: 60_000 }), 'the upstream request never ended');
+      await sleep(100);
+      assert.equal(rec.ended, false, 'the upstream got a complete request');
+      assert.ok(rec.check.bytes <= sent, `the upstream got ${rec.check.bytes} bytes, the client sent ${sent}`);
+      assert.equal(rec.check.firstBad, -1, `byte ${rec.check.firstBad} is not the client's`);
+      socket.destroy();
+      await assertNoBufferHeld(`after the ${how}`);
+    });
+  }
+});
