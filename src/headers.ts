@@ -483,3 +483,17 @@ export function trailersH2(raw: readonly string[], request: boolean): Record<str
   }
   return out;
 }
+
+/** The value of a Content-Length llhttp accepted (digits, maybe padded with spaces or tabs), or -1. */
+export function acceptedContentLength(value: string): number {
+  let n = 0;
+  let digits = 0;
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c === 0x20 || c === 0x09) continue;
+    if (c < 0x30 || c > 0x39) return -1;
+    n = n * 10 + (c - 0x30);
+    digits++;
+  }
+  return digits === 0 || !Number.isSafeInteger(n) ? -1 : n;
+}

@@ -18,7 +18,7 @@ import {
   ErrorCodes,
   errorResponse,
 } from '../errors.js';
-import { emptyFacts, filterResponseHeadersH1, scanRequestHeaders, trailerLines } from '../headers.js';
+import { acceptedContentLength, emptyFacts, filterResponseHeadersH1, scanRequestHeaders, trailerLines } from '../headers.js';
 import type { DeadlineSweep, Expirable } from '../deadlines.js';
 import type { ProxyCore } from '../proxy-core.js';
 import { isRouteError } from '../route/router.js';
@@ -600,7 +600,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       // The exchange being answered, with a Content-Length body: a long rest of it may bypass
       // llhttp once this read is through (takeBody). Pipelined bodies stay with llhttp.
       if (bodyMode === BODY_LENGTH && this.lendable && this.current === null && (this.flags & C_NOT_UPGRADING) === 0) {
-        this.bodyLeft = contentLength(facts.contentLength!);
+        this.bodyLeft = acceptedContentLength(facts.contentLength!);
       }
     }
     if (this.current === null) {
@@ -1189,19 +1189,6 @@ function fieldBytes(raw: readonly string[]): number {
   return bytes + raw.length * 2;
 }
 
-/** The value of a Content-Length llhttp accepted (digits, maybe padded), or -1. */
-function contentLength(value: string): number {
-  let n = 0;
-  let digits = 0;
-  for (let i = 0; i < value.length; i++) {
-    const c = value.charCodeAt(i);
-    if (c === 0x20 || c === 0x09) continue;
-    if (c < 0x30 || c > 0x39) return -1;
-    n = n * 10 + (c - 0x30);
-    digits++;
-  }
-  return digits === 0 || !Number.isSafeInteger(n) ? -1 : n;
-}
 
 function splitAbsoluteForm(url: string): { authority: string; path: string } | null {
   const scheme = url.indexOf('://');

@@ -1,3 +1,4 @@
+import { acceptedContentLength } from '../headers.js';
 import type net from 'node:net';
 import { DeadlineSweep, type Expirable } from '../deadlines.js';
 import { FdBudget } from '../fd-budget.js';
@@ -235,18 +236,8 @@ function bodyLength(raw: readonly string[]): number {
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     if (name.length === 14 && name.toLowerCase() === 'content-length') {
-      const value = raw[i + 1]!;
-      let n = 0;
-      let digits = 0;
-      for (let j = 0; j < value.length; j++) {
-        const c = value.charCodeAt(j);
-        if (c === 0x20 || c === 0x09) continue;
-        if (c < 0x30 || c > 0x39) return -1;
-        n = n * 10 + (c - 0x30);
-        digits++;
-      }
-      if (digits === 0 || !Number.isSafeInteger(n)) return -1;
-      length = n;
+      length = acceptedContentLength(raw[i + 1]!);
+      if (length === -1) return -1;
     } else if (name.length === 17 && name.toLowerCase() === 'transfer-encoding') {
       return -1;
     }
