@@ -11,21 +11,13 @@ import http2 from 'node:http2';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import WebSocket, { WebSocketServer } from 'ws';
-import { startProxy, sleep, waitFor } from './helpers/servers.mjs';
+import { startProxy, sleep } from './helpers/servers.mjs';
 import { FREE_MAX, readBufferCounts } from '../dist/upstream/read-buffers.js';
+import { assertNoBufferHeld, positionCoded } from './helpers/lent-buffers.mjs';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-/** The body bytes [offset, offset + length) of download `seed`: each 32-bit word codes its position. */
-function expected(seed, offset, length) {
-  const start = offset & ~3;
-  const words = Math.ceil((offset - start + length) / 4);
-  const u32 = new Uint32Array(words);
-  const first = start >>> 2;
-  for (let i = 0; i < words; i++) u32[i] = Math.imul(first + i, 2654435761) ^ seed;
-  return Buffer.from(u32.buffer, offset - start, length);
-}
 
 /**
  * An upstream writing as fast as its socket takes it: `/body/<seed>/<bytes>/<piece>` answers a
@@ -41,7 +33,7 @@ async function startBodyUpstream() {
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': size });
     for (let at = 0; at < size && !res.destroyed; ) {
       const n = Math.min(piece, size - at);
-      const ok = res.write(expected(seed, at, n));
+      const ok = res.write(positionCoded(seed, at, n));
       at += n;
       if (!ok) await once(res, 'drain');
       else await new Promise((r) => setImmediate(r));
@@ -78,7 +70,7 @@ class BodyCheck {
   }
   add(chunk) {
     if (this.firstBad === -1 && this.bytes + chunk.length <= this.size) {
-      const want = expected(this.seed, this.bytes, chunk.length);
+      const want = positionCoded(this.seed, this.bytes, chunk.length);
       if (!want.equals(chunk)) {
         let i = 0;
         while (want[i] === chunk[i]) i++;
@@ -91,7 +83,7 @@ class BodyCheck {
   assertWhole(label) {
     assert.equal(this.firstBad, -1, `${label}: byte ${this.firstBad} of ${this.size} is not the upstream's`);
     assert.equal(this.bytes, this.size, `${label}: ${this.bytes} of ${this.size} bytes`);
-    assert.equal(this.hash.digest('hex'), createHash('sha256').update(expected(this.seed, 0, this.size)).digest('hex'), `${label}: sha256`);
+    assert.equal(this.hash.digest('hex'), createHash('sha256').update(positionCoded(this.seed, 0, this.size)).digest('hex'), `${label}: sha256`);
   }
 }
 
@@ -139,15 +131,7 @@ function h2Download(session, upstreamPort, path, check) {
 }
 
 /** Every read buffer made is back in the free list or let go (past its cap): no socket keeps one. */
-async function assertNoBufferHeld(label) {
-  const settled = await waitFor(() => {
-    const { created, free, dropped } = readBufferCounts();
-    return free + dropped === created;
-  }, { timeoutMs: 3000 });
-  const { created, free, dropped } = readBufferCounts();
-  assert.ok(settled, `${label}: ${created} read buffers made, ${free} free, ${dropped} let go: ${created - free - dropped} still held`);
-  assert.ok(free <= FREE_MAX);
-}
+const noBufferHeld = (label) => assertNoBufferHeld(label, 3000, FREE_MAX);
 
 describe('bodies read into reused buffers reach slow clients byte for byte', () => {
   it('slow HTTP/1.1 and HTTP/2 clients download 8-24 MiB bodies concurrently from a fast upstream; idle sockets keep no buffer', async (t) => {
@@ -181,7 +165,7 @@ describe('bodies read into reused buffers reach slow clients byte for byte', () 
     await Promise.all(downloads);
     assert.ok(readBufferCounts().created > before, 'the bodies were not read into lent buffers');
     // The pooled upstream sockets are idle now: they read into the shared parking buffer only.
-    await assertNoBufferHeld('after the downloads');
+    await noBufferHeld('after the downloads');
     const stats = proxy.getStats();
     assert.equal(stats.responsesReset ?? 0, 0);
   });
@@ -201,11 +185,11 @@ describe('bodies read into reused buffers reach slow clients byte for byte', () 
     await once(ws, 'open');
     assert.equal((proxy.getStats().upstreamSocketsReused ?? 0) - reused, 1, 'the WebSocket did not take the pooled socket');
     for (let i = 0; i < 8; i++) {
-      const msg = expected(100 + i, 0, 200 * KiB + i);
+      const msg = positionCoded(100 + i, 0, 200 * KiB + i);
       ws.send(msg);
       const [data] = await once(ws, 'message');
       assert.ok(Buffer.from(data).equals(msg), `echo ${i} differs`);
     }
-    await assertNoBufferHeld('with the WebSocket open');
+    await noBufferHeld('with the WebSocket open');
   });
 });

@@ -14,19 +14,11 @@ import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { startProxy, sleep, waitFor } from './helpers/servers.mjs';
 import { FREE_MAX, FREE_UPLOAD_MAX, readBufferCounts } from '../dist/upstream/read-buffers.js';
+import { assertNoBufferHeld, positionCoded } from './helpers/lent-buffers.mjs';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-/** The body bytes [offset, offset + length) of upload `seed`: each 32-bit word codes its position. */
-function expected(seed, offset, length) {
-  const start = offset & ~3;
-  const words = Math.ceil((offset - start + length) / 4);
-  const u32 = new Uint32Array(words);
-  const first = start >>> 2;
-  for (let i = 0; i < words; i++) u32[i] = Math.imul(first + i, 2654435761) ^ seed;
-  return Buffer.from(u32.buffer, offset - start, length);
-}
 
 /** Checks a body as it arrives: every byte against its position, and the whole by sha256. */
 class BodyCheck {
@@ -40,7 +32,7 @@ class BodyCheck {
   add(chunk) {
     if (this.firstBad === -1) {
       const n = Math.min(chunk.length, Math.max(0, this.size - this.bytes));
-      const want = expected(this.seed, this.bytes, n);
+      const want = positionCoded(this.seed, this.bytes, n);
       if (n < chunk.length || !want.equals(chunk.subarray(0, n))) {
         let i = 0;
         while (i < n && want[i] === chunk[i]) i++;
@@ -55,7 +47,7 @@ class BodyCheck {
   }
 }
 
-const shaOf = (seed, size) => createHash('sha256').update(expected(seed, 0, size)).digest('hex');
+const shaOf = (seed, size) => createHash('sha256').update(positionCoded(seed, 0, size)).digest('hex');
 
 /** Reads `stream` (a request or an h2 stream); a slow reader stops for `stallMs` after every `burst` bytes. */
 function readBody(stream, check, slow) {
@@ -150,7 +142,7 @@ async function writeBody(stream, seed, from, to, slow) {
   let sinceStall = 0;
   for (let at = from; at < to && !stream.destroyed; at += piece) {
     const n = Math.min(piece, to - at);
-    const ok = stream.write(expected(seed, at, n));
+    const ok = stream.write(positionCoded(seed, at, n));
     if (!ok) await once(stream, 'drain');
     if (!slow) continue;
     sinceStall += n;
@@ -212,15 +204,7 @@ function responses(socket, count) {
 }
 
 /** Every read buffer made is back in the free list or let go (past its cap): no socket keeps one. */
-async function assertNoBufferHeld(label) {
-  const settled = await waitFor(() => {
-    const { created, free, dropped } = readBufferCounts();
-    return free + dropped === created;
-  }, { timeoutMs: 5000 });
-  const { created, free, dropped } = readBufferCounts();
-  assert.ok(settled, `${label}: ${created} read buffers made, ${free} free, ${dropped} let go: ${created - free - dropped} still held`);
-  assert.ok(free <= FREE_MAX + FREE_UPLOAD_MAX);
-}
+const noBufferHeld = (label) => assertNoBufferHeld(label, 5000, FREE_MAX + FREE_UPLOAD_MAX);
 
 function assertWhole(got, seed, size, label) {
   assert.equal(got.firstBad, -1, `${label}: byte ${got.firstBad} of ${size} is not the client's`);
@@ -256,7 +240,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     const failed = results.filter((r) => r.status === 'rejected').map((r) => r.reason.message);
     assert.deepEqual(failed, [], failed.join('\n'));
     assert.ok(readBufferCounts().created > before, 'the bodies were not read into lent buffers');
-    await assertNoBufferHeld('after the uploads');
+    await noBufferHeld('after the uploads');
     assert.equal(h1.proxy.getStats().clientAborts ?? 0, 0);
   });
 
@@ -279,7 +263,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     // The proxy has read up to the tail (the upstream, reading slowly, got most of it).
     assert.ok(await waitFor(() => (up.seen.get(path)?.check.bytes ?? 0) >= size - 4 * MiB, { timeoutMs: 60_000 }), 'the body did not flow');
     await sleep(100);
-    socket.write(Buffer.concat([expected(seed, size - tail, tail), Buffer.from(`GET /after HTTP/1.1\r\n${headers}\r\nGET /last HTTP/1.1\r\n${headers}\r\n`)]));
+    socket.write(Buffer.concat([positionCoded(seed, size - tail, tail), Buffer.from(`GET /after HTTP/1.1\r\n${headers}\r\nGET /last HTTP/1.1\r\n${headers}\r\n`)]));
     const [first, second, third] = await answers;
     assert.equal(first.status, 200);
     assertWhole(JSON.parse(first.body), seed, size, 'the upload');
@@ -294,7 +278,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     const [fourth] = await next;
     assertWhole(JSON.parse(fourth.body), seed2, size, 'the second upload');
     socket.end();
-    await assertNoBufferHeld('after the pipelined requests');
+    await noBufferHeld('after the pipelined requests');
   });
 
   it('a connection whose first read held a small body (paused before its reads were taken over) serves on after an upload', async (t) => {
@@ -309,7 +293,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     const seed = 0x0d5e0001;
     // Head and body in one write: the body waits for the upstream socket, the client is paused.
     const first = responses(socket, 1);
-    socket.write(Buffer.concat([Buffer.from(`POST /up/${seed}/100/fast HTTP/1.1\r\n${headers}content-length: 100\r\n\r\n`), expected(seed, 0, 100)]));
+    socket.write(Buffer.concat([Buffer.from(`POST /up/${seed}/100/fast HTTP/1.1\r\n${headers}content-length: 100\r\n\r\n`), positionCoded(seed, 0, 100)]));
     assertWhole(JSON.parse((await first)[0].body), seed, 100, 'the small body');
     const size = 2 * MiB;
     const second = responses(socket, 1);
@@ -321,7 +305,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     const [answer] = await Promise.race([third, sleep(10_000).then(() => [{ status: 0, body: 'no answer in 10 s' }])]);
     assert.deepEqual([answer.status, answer.body], [200, 'got GET /after']);
     socket.end();
-    await assertNoBufferHeld('after the requests');
+    await noBufferHeld('after the requests');
   });
 
   for (const how of ['FIN', 'RST']) {
@@ -349,7 +333,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
       assert.ok(rec.check.bytes <= sent, `the upstream got ${rec.check.bytes} bytes, the client sent ${sent}`);
       assert.equal(rec.check.firstBad, -1, `byte ${rec.check.firstBad} is not the client's`);
       socket.destroy();
-      await assertNoBufferHeld(`after the ${how}`);
+      await noBufferHeld(`after the ${how}`);
     });
   }
 });
