@@ -210,6 +210,85 @@ describe('the chunk scan (data of bytes llhttp accepted)', () => {
       assert.equal(new ChunkedScan().scan(Buffer.from(bad, 'latin1'), bad.length), SCAN_BAD, JSON.stringify(bad));
     }
   });
+
+  // The scan is the body's only parser (llhttp reads heads only): it must never accept what
+  // llhttp (strict mode) refuses, and where both accept, end at the same byte with the same data.
+  // Exact bytes of the framing tricks, then seeded mutations of valid bodies, each against
+  // Node's own llhttp fed `head + body + next request`.
+  it('never accepts framing llhttp refuses, and agrees with it on the end and data of what both accept', async () => {
+    const { ChunkedScan, SCAN_MORE } = await import('../dist/h1/chunked.js');
+    const { Parser, REQUEST, kLenientNone, kOnBody, kOnMessageComplete } = await import('../dist/h1/parser.js');
+    const head = 'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n';
+    const next = 'GET /next HTTP/1.1\r\nHost: y\r\n\r\n';
+    const viaLlhttp = (body) => {
+      const parser = new Parser();
+      parser.initialize(REQUEST, {}, 16384, kLenientNone);
+      let data = '';
+      let end = -1;
+      parser[kOnBody] = (b) => (data += b.toString('latin1'));
+      parser[kOnMessageComplete] = () => { if (end === -1) end = -2; };
+      const all = Buffer.from(head + body + next, 'latin1');
+      // The end of the first message: parse up to each byte until it completes.
+      for (let n = head.length; n <= all.length && end === -1; n++) {
+        const p2 = new Parser();
+        p2.initialize(REQUEST, {}, 16384, kLenientNone);
+        let done = false;
+        p2[kOnMessageComplete] = () => (done = true);
+        const r = p2.execute(all.subarray(0, n));
+        if (r instanceof Error) break;
+        if (done) end = n - head.length;
+      }
+      const ret = parser.execute(all);
+      return { ok: !(ret instanceof Error) || end >= 0, end, data };
+    };
+    const viaScan = (body) => {
+      const bytes = Buffer.from(body + next, 'latin1');
+      const scan = new ChunkedScan(16384, 100);
+      const at = scan.scan(bytes, bytes.length);
+      return { ok: at >= 0, end: at, data: scan.take()?.toString('latin1') ?? '', more: at === SCAN_MORE };
+    };
+    const fixed = [
+      '1 \r\nx\r\n0\r\n\r\n', '1\t;a\r\nx\r\n0\r\n\r\n', '1 ;a=b\r\nx\r\n0\r\n\r\n', '1;a= b\r\nx\r\n0\r\n\r\n',
+      '1;a\x01\r\nx\r\n0\r\n\r\n', '1;a\x80\r\nx\r\n0\r\n\r\n', '1;a\nx\r\n0\r\n\r\n', '1\nx\r\n0\r\n\r\n', '1\r\nx\n0\r\n\r\n',
+      '1\r\nx\r\n0\r\nA : b\r\n\r\n', '1\r\nx\r\n0\r\nA: b\x01\r\n\r\n', '1\r\nx\r\n0\r\nA: b\r\n c\r\n\r\n',
+      '1\r\nx\r\n0\r\nA: b\n\r\n', '1\r\nx\r\n0\r\n\n', '1\r\nx\r\n0\r\nA b\r\n\r\n', '1\r\nx\r\n0\r\n:b\r\n\r\n',
+      '1;\r\nx\r\n0\r\n\r\n', '1;a=b c\r\nx\r\n0\r\n\r\n', '1;a="b\r\nx\r\n0\r\n\r\n', '1;a=\x7f\r\nx\r\n0\r\n\r\n',
+      '1\r\nx\r\n0\r\nA:\x7fb\r\n\r\n', '1\r\nx\r\n0\r\nA\x80:b\r\n\r\n', 'fffffffffffffffff\r\n', '1\r\nx\r\n0\r\nA:b\r\r\n\r\n',
+      '1\r\nxy0\r\n\r\n', '1\r\nx\r\n0\r\nContent-Length: 3\r\n\r\n', '1\r\nx\r\n0\r\ntransfer-encoding: chunked\r\n\r\n',
+      '1\r\nx\r\n0\r\n\r\r\n', '1\r\nx\r\n0\r\r\n\r\n', '1\r\r\nx\r\n0\r\n\r\n', '-1\r\nx\r\n0\r\n\r\n', '0x1\r\nx\r\n0\r\n\r\n',
+      '1\r\nx\r\n0\r\n\r\n', '01\r\nx\r\n00\r\n\r\n', '1;a=b;c\r\nx\r\n0;x=1\r\nA:\tb\t\r\nB: \x80\r\n\r\n',
+      '1;a="b\\"c"\r\nx\r\n0\r\n\r\n', '1;a=\r\nx\r\n0\r\n\r\n', 'A\r\n0123456789\r\n0\r\n\r\n',
+    ];
+    let seed = 20261206;
+    const rand = (n) => {
+      seed = (seed * 1103515245 + 12345) >>> 0;
+      return (seed >>> 8) % n;
+    };
+    const alphabet = ['\r', '\n', ' ', '\t', ';', '=', '"', '\\', ':', '0', '1', 'a', 'f', 'g', 'x', '\x00', '\x7f', '\x80', ',', 'A'];
+    const valid = ['1\r\nx\r\n0\r\n\r\n', '3;e="q"\r\nabc\r\n1\r\nz\r\n0\r\nX-T: 1\r\n\r\n', 'a\r\n0123456789\r\n0;z\r\nA: b\r\nC:d\r\n\r\n'];
+    const cases = [...fixed];
+    for (let i = 0; i < 3000; i++) {
+      let body = valid[rand(valid.length)];
+      for (let m = 1 + rand(3); m > 0; m--) {
+        const at = rand(body.length + 1);
+        const op = rand(3);
+        const ch = alphabet[rand(alphabet.length)];
+        body = op === 0 ? body.slice(0, at) + ch + body.slice(at) : op === 1 ? body.slice(0, at) + body.slice(at + 1) : body.slice(0, at) + ch + body.slice(at + 1);
+      }
+      cases.push(body);
+    }
+    let accepted = 0;
+    for (const body of cases) {
+      const l = viaLlhttp(body);
+      const s = viaScan(body);
+      if (s.ok) {
+        accepted++;
+        assert.ok(l.ok && l.end === s.end, `the scan accepted what llhttp does not (or ends elsewhere): ${JSON.stringify(body)} scan ${s.end} llhttp ${l.ok} ${l.end}`);
+        assert.equal(s.data, l.data, JSON.stringify(body));
+      }
+    }
+    assert.ok(accepted > 50, `only ${accepted} accepted cases: the mutations test nothing`);
+  });
 });
 
 describe('chunked request bodies', () => {
@@ -357,6 +436,33 @@ describe('chunked request bodies', () => {
     }
   });
 
+  it('a Transfer-Encoding llhttp does not take for chunked (`chunked;q=1`, `gzip`, `x-chunked`, `chunked<TAB>`): 400, nothing upstream', async () => {
+    for (const te of ['chunked;q=1', 'gzip', 'x-chunked', 'chunked\t']) {
+      const seen = rec.requests.length;
+      const socket = net.connect(px.port, '127.0.0.1');
+      const answer = readAll(socket);
+      socket.write(`POST /te HTTP/1.1\r\nHost: app.test\r\nX-Cmux-Port-Internal: ${rec.port}\r\nTransfer-Encoding: ${te}\r\n\r\n1\r\na\r\n0\r\n\r\n`);
+      const reply = await answer;
+      assert.match(reply, /^HTTP\/1\.1 400 /, `${JSON.stringify(te)}: ${reply.slice(0, 100)}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.equal(rec.requests.length, seen, `${JSON.stringify(te)} reached the upstream`);
+    }
+  });
+
+  it('a `Connection: close` trailer ends the connection\'s requests: the request written behind it never reaches the upstream', async () => {
+    const seen = rec.requests.length;
+    const socket = net.connect(px.port, '127.0.0.1');
+    const answer = readAll(socket);
+    const smuggled = `GET /smuggled HTTP/1.1\r\nHost: app.test\r\nX-Cmux-Port-Internal: ${rec.port}\r\n\r\n`;
+    socket.write(`POST /first HTTP/1.1\r\nHost: app.test\r\nX-Cmux-Port-Internal: ${rec.port}\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nConnection: close\r\n\r\n${smuggled}`);
+    const reply = await answer;
+    assert.equal(reply.split('HTTP/1.1 ').length - 1, 1, reply);
+    assert.match(reply, /^HTTP\/1\.1 200 /);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const heads = rec.requests.slice(seen).map((r) => r.bytes.split('\r\n')[0]);
+    assert.deepEqual(heads, ['POST /first HTTP/1.1']);
+  });
+
   for (const [name, bad] of [
     ['bare LF after a size', '1\nX\r\n0\r\n\r\n'],
     ['bare LF after data', '1\r\nX\n0\r\n\r\n'],
@@ -364,6 +470,12 @@ describe('chunked request bodies', () => {
     ['a size past 64 bits', '1ffffffffffffffff\r\nX\r\n0\r\n\r\n'],
     ['data longer than its size (no CRLF after it)', '1\r\nXY\r\n0\r\n\r\n'],
     ['junk after the last chunk', '0\r\nnot a trailer\r\n\r\n'],
+    ['a space after a size', '1 \r\nX\r\n0\r\n\r\n'],
+    ['a control byte in an extension', '1;a\x01\r\nX\r\n0\r\n\r\n'],
+    ['an unterminated quoted extension', '1;a="b\r\nX\r\n0\r\n\r\n'],
+    ['an obs-fold trailer line', '0\r\nX-T: a\r\n b\r\n\r\n'],
+    ['a bare CR in a trailer', '0\r\nX-T: a\rb\r\n\r\n'],
+    ['Transfer-Encoding as a trailer', '0\r\nTransfer-Encoding: chunked\r\n\r\n'],
   ]) {
     it(`malformed chunking (${name}): 400, the upstream never gets the request whole`, async () => {
       const head = `POST /bad HTTP/1.1\r\nHost: app.test\r\nX-Cmux-Port-Internal: ${rec.port}\r\nTransfer-Encoding: chunked\r\n\r\n`;

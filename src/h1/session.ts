@@ -48,7 +48,7 @@ import {
   type ParseError,
   type StreamHandle,
 } from './parser.js';
-import { ChunkedScan, SCAN_BAD, SCAN_MORE } from './chunked.js';
+import { ChunkedScan, SCAN_MORE, SCAN_TOO_LARGE } from './chunked.js';
 
 const kOnMessageBegin = Parser.kOnMessageBegin;
 const HTTP_SLASH = Buffer.from(' HTTP/', 'latin1');
@@ -79,8 +79,13 @@ const C_NOT_UPGRADING = 4096; // llhttp stops after a request it takes for an up
 const C_CLIENT_ENDED = 8192; // the client half-closed while its upgrade or CONNECT was being set up
 const C_CLOSE_DELIMITED = 16384; // the response being written ends with the close: nothing may follow it
 const C_CHUNK_PAUSED = 1 << 20; // llhttp was paused right after a chunked request's head
-const C_CHUNK_BODY = 1 << 21; // a chunked request body is read with kOnBody off (see ChunkedScan)
-const C_CHUNK_ENDED = 1 << 22; // ... and llhttp completed its message in the read being parsed
+const C_CHUNK_RAW = 1 << 21; // a chunked request body goes on past the read: the socket's reads go to its scan
+
+/** One digit of a chunk size: fed to llhttp after a chunked head so that it checks the head's framing. */
+const CHUNK_SIZE_PROBE = Buffer.from('0', 'latin1');
+
+/** scanChunked: the body ended and nothing after it is read (the connection's last request). */
+const CHUNK_LAST = -100;
 
 /** llhttp's HPE_PAUSED: returned from kOnHeadersComplete, it stops `execute` right after the head. */
 const HPE_PAUSED = 21;
@@ -147,10 +152,9 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   /** Request body pieces of the read being parsed, sent when llhttp is through it (onBody). */
   private bodyPiece: Buffer | null = null;
   private bodyPieces: Buffer[] | null = null;
-  /** The chunked request body being read with kOnBody off, its exchange and its trailers. */
+  /** The chunked request body being read (llhttp reads heads only, see ChunkedScan) and its exchange. */
   private chunkScan: ChunkedScan | null = null;
   private chunkEx: Exchange | null = null;
-  private chunkTrailers: string[] | null = null;
   /** The part of the read llhttp parsed last (it is resumed after each chunked head). */
   private execBuf: Buffer | null = null;
   /** Bytes the client sent after an upgrade/CONNECT head. */
@@ -228,7 +232,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
    */
   consumeReads(): void {
     if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_NO_MORE | C_UPGRADING)) !== 0 || this.socket.destroyed) return;
-    if (this.reads !== null) return;
+    if (this.reads !== null || this.raw) return;
     const handle = consumeSocket(this.parser, this.socket, parserOnExecute);
     if (handle === null) return;
     this.handle = handle;
@@ -250,7 +254,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     (this.socket as unknown as { _unrefTimer(): void })._unrefTimer();
     if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_IGNORING)) !== 0) {
       this.bodyPiece = this.bodyPieces = null;
-      if ((this.flags & (C_CHUNK_PAUSED | C_CHUNK_BODY)) !== 0) this.chunkedRead(ret, this.parser.getCurrentBuffer());
+      if ((this.flags & C_CHUNK_PAUSED) !== 0) this.dropChunked();
       return;
     }
     this.afterExecute(ret, null);
@@ -273,7 +277,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   }
 
   private afterExecute(ret: number | ParseError, data: Buffer | null): void {
-    if ((this.flags & (C_CHUNK_PAUSED | C_CHUNK_BODY)) !== 0) {
+    if ((this.flags & C_CHUNK_PAUSED) !== 0) {
       const last = this.chunkedRead(ret, data ?? this.parser.getCurrentBuffer());
       if (last === null) return;
       ret = last;
@@ -361,6 +365,10 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
 
   /** A read of a body taken from llhttp: exactly `bodyLeft` bytes belong to the request. */
   rawBody(chunk: Buffer, lent: ReadBuffer | null): void {
+    if ((this.flags & C_CHUNK_RAW) !== 0) {
+      this.rawChunked(chunk, lent !== null);
+      return;
+    }
     const left = this.bodyLeft;
     const ex = this.parsing;
     if (chunk.length < left) {
@@ -452,6 +460,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     this.unconsume();
     // What the client still sends is dropped: no body read goes upstream any more.
     this.raw = false;
+    this.flags &= ~C_CHUNK_RAW;
     socket.removeListener('data', socketOnData);
     // Keep reading (and dropping) what the client still sends, so the close is a FIN, not a RST.
     socket.on('data', discard);
@@ -663,17 +672,6 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     this.bodyLeft = -1;
     const ex = this.parsing;
     if (ex === null) return;
-    if (ex === this.chunkEx) {
-      // Its last data is taken from the read once llhttp is through it (chunkedRead), then the
-      // request ends there. The next message's body (a Content-Length one) comes by kOnBody.
-      this.parser[kOnBody] = parserOnBody;
-      this.flags |= C_CHUNK_ENDED;
-      this.chunkTrailers = this.pendingHeaders;
-      this.parsing = null;
-      this.pendingHeaders = null;
-      this.pendingUrl = '';
-      return;
-    }
     this.flushBody();
     this.parsing = null;
     const trailers = this.pendingHeaders;
@@ -684,73 +682,101 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   }
 
   /**
-   * The chunked bodies of a read llhttp has parsed: each goes upstream as one piece of the
-   * proxy's framing, whatever the client's chunk count. llhttp paused after each chunked head
-   * in the read (`HPE_PAUSED` at the body's offset): it is resumed on the rest, kOnBody off.
-   * Returns the result of the last execute (`execBuf` is its part of the read), or null when the
-   * connection was reset because the scan and llhttp disagreed.
+   * The chunked request heads of a read llhttp has parsed: llhttp paused right after each
+   * (`HPE_PAUSED` at its body's offset) and the body is the scan's alone. A body that ends within
+   * the read is followed by a fresh llhttp state for the rest of it; one that goes on makes the
+   * socket's reads come to rawChunked. Returns the result of the last execute (`execBuf` is its
+   * part of the read), or null when nothing more of the read is for llhttp.
    */
   private chunkedRead(ret: number | ParseError, buf: Buffer): number | ParseError | null {
-    for (;;) {
-      const flags = this.flags;
-      const paused = (flags & C_CHUNK_PAUSED) !== 0 && isParseError(ret) && ret.code === 'HPE_PAUSED';
-      if ((flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_IGNORING)) !== 0 || (isParseError(ret) && !paused)) {
-        // Bad input (or nothing more is read): a body still open is corrupt and nothing more of
-        // it goes upstream (its exchange is aborted); one llhttp completed before goes whole.
-        if ((flags & (C_CHUNK_ENDED | C_CLOSED)) === C_CHUNK_ENDED && !this.scanChunked(buf, isParseError(ret) ? ret.bytesParsed : buf.length)) {
-          return this.chunkMismatch();
-        }
+    while ((this.flags & C_CHUNK_PAUSED) !== 0 && isParseError(ret) && ret.code === 'HPE_PAUSED') {
+      this.flags &= ~C_CHUNK_PAUSED;
+      if ((this.flags & (C_BROKEN | C_CLOSED | C_TUNNEL | C_IGNORING)) !== 0) return null;
+      this.chunkEx = this.parsing;
+      const options = this.core.options;
+      (this.chunkScan ??= new ChunkedScan(options.maxHeaderSize, options.maxHeadersCount)).reset();
+      const body = buf.subarray(ret.bytesParsed);
+      // llhttp decides after the head callback whether the request is chunked at all
+      // (`Transfer-Encoding: chunked;q=1` or `gzip` alone is refused): one byte of a chunk
+      // size, not the client's, makes it decide. Its state is dropped at the body's end.
+      const parser = this.parser;
+      parser.resume();
+      const probe = parser.execute(CHUNK_SIZE_PROBE);
+      if (isParseError(probe)) {
         this.dropChunked();
+        ret = probe;
         break;
       }
-      const end = paused ? (ret as ParseError).bytesParsed : buf.length;
-      if ((this.flags & C_CHUNK_BODY) !== 0 && !this.scanChunked(buf, end)) return this.chunkMismatch();
-      if (!paused) break;
-      this.flags = (this.flags & ~C_CHUNK_PAUSED) | C_CHUNK_BODY;
-      this.chunkEx = this.parsing;
-      (this.chunkScan ??= new ChunkedScan()).reset();
-      const parser = this.parser;
-      parser[kOnBody] = null;
-      parser.resume();
-      buf = buf.subarray(end);
-      ret = buf.length === 0 ? 0 : parser.execute(buf);
+      const at = this.scanChunked(body);
+      if (at === SCAN_MORE) {
+        // The body goes on: the socket's reads come to the scan as they are, not through llhttp
+        // (into reused buffers when the socket can read into them, else through its stream).
+        this.flags |= C_CHUNK_RAW;
+        if (this.lendable) this.takeBody();
+        if (!this.raw) {
+          this.raw = true;
+          if (this.reads === null) this.unconsume();
+        }
+        return null;
+      }
+      if (at < 0) return null;
+      buf = body.subarray(at);
+      ret = buf.length === 0 ? 0 : this.parser.execute(buf);
     }
     this.execBuf = buf;
     return ret;
   }
 
+  /** A read of a chunked body that went on past the read that carried its head. */
+  private rawChunked(chunk: Buffer, lent: boolean): void {
+    const at = this.scanChunked(chunk, lent);
+    if (at < 0) return;
+    // The socket goes on reading through its stream: later heads reach llhttp as its 'data'
+    // (a copy of what follows in a reused buffer, which is read into again).
+    if (at < chunk.length) this.onData(lent ? Buffer.from(chunk.subarray(at)) : chunk.subarray(at));
+  }
+
   /**
-   * Takes the data of `buf[0, end)` for the chunked body being read and sends it upstream; ends
-   * the request where its message ends. False when the scan and llhttp disagree on that end.
+   * Scans `buf` for the chunked body being read and sends its data upstream. Where the message
+   * ends, the request ends and a fresh llhttp state takes what follows, as after any message:
+   * returns the offset past that end. Negative when no more of `buf` is for llhttp: SCAN_MORE,
+   * the framing refused (the request aborted, the client answered 400 or 431), or the request
+   * was the connection's last (it asked to close, or the pipelining bound was reached).
    */
-  private scanChunked(buf: Buffer, end: number): boolean {
+  private scanChunked(buf: Buffer, lent = false): number {
     const scan = this.chunkScan!;
-    const at = scan.scan(buf, end);
-    if (at === SCAN_BAD || (at === SCAN_MORE) === ((this.flags & C_CHUNK_ENDED) !== 0)) return false;
+    const at = scan.scan(buf, buf.length);
     const ex = this.chunkEx;
+    if (at < 0 && at !== SCAN_MORE) {
+      this.dropChunked();
+      this.broken(at === SCAN_TOO_LARGE ? 431 : 400, null);
+      return at;
+    }
     const data = scan.take();
-    if (ex !== null && data !== null) ex.requestBody(data);
-    if (at === SCAN_MORE) return true;
-    const trailers = this.chunkTrailers;
+    // The data of 1-byte chunks is a copy already; a view of a reused buffer is copied here.
+    if (ex !== null && data !== null) ex.requestBody(lent && data.buffer === buf.buffer ? Buffer.from(data) : data);
+    if (at === SCAN_MORE) return at;
+    const trailers = scan.takeTrailers();
+    const closeAsked = scan.closeAsked;
     this.dropChunked();
+    if (this.parsing === ex) this.parsing = null;
+    this.parser.initialize(REQUEST, parserResource(this), this.core.options.maxHeaderSize, kLenientNone);
+    const last = closeAsked || (ex !== null && (ex.flags & EX_CLIENT_CLOSE) !== 0);
     if (ex !== null && (ex.flags & EX_UPGRADE) === 0) ex.requestEnd(trailers);
-    return true;
+    if ((this.flags & (C_CLOSED | C_BROKEN)) !== 0) return CHUNK_LAST;
+    if (last || (this.flags & C_NO_MORE) !== 0) {
+      // As llhttp after a message that asked to close: nothing more is a request.
+      this.ignoreRest();
+      return CHUNK_LAST;
+    }
+    return at;
   }
 
   private dropChunked(): void {
-    this.flags &= ~(C_CHUNK_PAUSED | C_CHUNK_BODY | C_CHUNK_ENDED);
+    this.flags &= ~(C_CHUNK_PAUSED | C_CHUNK_RAW);
+    this.raw = false;
     this.chunkEx = null;
-    this.chunkTrailers = null;
     this.chunkScan?.reset();
-    this.parser[kOnBody] = parserOnBody;
-  }
-
-  /** The scan found framing llhttp did not (or the reverse): never guess, reset the connection. */
-  private chunkMismatch(): null {
-    this.dropChunked();
-    this.core.stats.parseErrors++;
-    this.socket.destroy();
-    return null;
   }
 
   // ---- flow control -------------------------------------------------------------------
@@ -767,7 +793,8 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     if ((this.pauses & reason) === 0) return;
     this.pauses &= ~reason;
     if (this.pauses === 0 && (this.flags & C_CLOSED) === 0) {
-      if (this.reads !== null) resumeSocket(this.socket);
+      // A socket llhttp does not consume may have been stopped at its handle while it was.
+      if (this.reads !== null || this.handle === null) resumeSocket(this.socket);
       else startReading(this.socket, this.handle);
     }
   }
