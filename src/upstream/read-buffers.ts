@@ -24,8 +24,8 @@ import type net from 'node:net';
  * called back is never reused (an HTTP/2 write cancelled by a reset may still have bytes of it in
  * the session's outgoing write).
  *
- * Between such bodies (idle pooled sockets, heads, other framings, a socket handed to a tunnel) the handle reads into one process-wide PARKING buffer whose bytes are copied out
- * before the read callback returns: no socket keeps a buffer of its own once its body is done.
+ * Between such bodies (idle pooled sockets, heads, other framings, a socket handed to a tunnel) the handle reads into one process-wide PARKING buffer whose bytes are copied out,
+ * or parsed where they lie, before the read callback returns: no socket keeps a buffer of its own once its body is done.
  */
 
 /** libuv's read size for a stream (what Node allocates per read by default): the PARKING buffer. */
