@@ -7,6 +7,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import net from 'node:net';
 import http2 from 'node:http2';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
@@ -191,5 +192,125 @@ describe('bodies read into reused buffers reach slow clients byte for byte', () 
       assert.ok(Buffer.from(data).equals(msg), `echo ${i} differs`);
     }
     await noBufferHeld('with the WebSocket open');
+  });
+});
+
+/**
+ * A keep-alive upstream on raw sockets, one request at a time per connection: `/body/<seed>/<bytes>`
+ * answers a Content-Length body in one write; `/split/<seed>/<bytes>` writes its head in pieces
+ * (cut inside a header name and inside a value) with pauses between them, then its body;
+ * `/upgrade/<seed>/<bytes>` answers 101 with the first tunnel bytes in the same write, then
+ * the rest in 64 KiB writes.
+ */
+async function startRawUpstream() {
+  const sockets = new Set();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => {});
+    let pending = Buffer.alloc(0);
+    let busy = false;
+    const serve = async () => {
+      while (!busy) {
+        const end = pending.indexOf('\r\n\r\n');
+        if (end === -1) return;
+        const head = pending.subarray(0, end).toString('latin1');
+        pending = pending.subarray(end + 4);
+        const [kind, seedText, sizeText] = head.split(' ')[1].split('/').slice(1);
+        const seed = Number(seedText);
+        const size = Number(sizeText);
+        busy = true;
+        if (kind === 'body') {
+          socket.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\ncontent-length: ${size}\r\n\r\n`), positionCoded(seed, 0, size)]));
+        } else if (kind === 'split') {
+          const text = `HTTP/1.1 200 OK\r\nx-long-header-name: ${'v'.repeat(3000)}-end\r\nx-seed: ${seed}\r\ncontent-length: ${size}\r\n\r\n`;
+          for (const [from, to] of [[0, 25], [25, 1500], [1500, text.length - 30], [text.length - 30, text.length]]) {
+            socket.write(text.slice(from, to), 'latin1');
+            await sleep(30);
+          }
+          socket.write(positionCoded(seed, 0, size));
+        } else {
+          const first = 30 * 1024;
+          socket.write(Buffer.concat([Buffer.from('HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n'), positionCoded(seed, 0, first)]));
+          for (let at = first; at < size && !socket.destroyed; at += 64 * 1024) {
+            if (!socket.write(positionCoded(seed, at, Math.min(64 * 1024, size - at)))) await once(socket, 'drain');
+          }
+          return;
+        }
+        busy = false;
+      }
+    };
+    socket.on('data', (chunk) => {
+      pending = Buffer.concat([pending, chunk]);
+      serve();
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    port: server.address().port,
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+describe('response heads on a socket that relayed a lent body', () => {
+  it('a head split across reads and a 101 with tunnel bytes in its read reach the client intact on the pooled socket', async (t) => {
+    const up = await startRawUpstream();
+    t.after(() => up.close());
+    const { proxy, port } = await startProxy();
+    t.after(() => proxy.stop());
+    const get = (path) =>
+      new Promise((resolve, reject) => {
+        const req = http.get({ host: '127.0.0.1', port, path, agent: false, headers: { 'x-cmux-port-internal': String(up.port) } }, (res) => {
+          const chunks = [];
+          res.on('data', (c) => chunks.push(c));
+          res.on('end', () => resolve({ res, body: Buffer.concat(chunks) }));
+          res.on('error', reject);
+        });
+        req.on('error', reject);
+      });
+    const before = readBufferCounts().created;
+    const first = await get(`/body/11/${2 * MiB}`);
+    assert.ok(first.body.equals(positionCoded(11, 0, 2 * MiB)), 'the lent body differs');
+    assert.ok(readBufferCounts().created > before || readBufferCounts().free > 0, 'the body was not read into lent buffers');
+    await sleep(20);
+    const reused = proxy.getStats().upstreamSocketsReused ?? 0;
+    for (let i = 0; i < 3; i++) {
+      const { res, body } = await get(`/split/${20 + i}/${300 * KiB}`);
+      assert.equal(res.headers['x-long-header-name'], `${'v'.repeat(3000)}-end`);
+      assert.equal(res.headers['x-seed'], String(20 + i));
+      assert.ok(body.equals(positionCoded(20 + i, 0, 300 * KiB)), `split-head response ${i}: body differs`);
+      await sleep(20);
+    }
+    // The client reads the tunnel slowly: the proxy's writes of it queue while the upstream goes on.
+    const size = 4 * MiB;
+    const socket = net.connect(port, '127.0.0.1');
+    t.after(() => socket.destroy());
+    await once(socket, 'connect');
+    socket.write(`GET /upgrade/33/${size} HTTP/1.1\r\nhost: x\r\nx-cmux-port-internal: ${up.port}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`);
+    let got = Buffer.alloc(0);
+    let headEnd = -1;
+    await new Promise((resolve, reject) => {
+      socket.on('error', reject);
+      socket.on('data', (chunk) => {
+        got = Buffer.concat([got, chunk]);
+        if (headEnd === -1) {
+          const at = got.indexOf('\r\n\r\n');
+          if (at === -1) return;
+          headEnd = at + 4;
+          assert.match(got.subarray(0, headEnd).toString('latin1'), /^HTTP\/1\.1 101 /);
+          socket.pause();
+          setTimeout(() => socket.resume(), 300);
+        }
+        if (got.length - headEnd >= size) resolve();
+      });
+    });
+    const tunnel = got.subarray(headEnd);
+    assert.equal(tunnel.length, size);
+    assert.ok(tunnel.equals(positionCoded(33, 0, size)), 'tunnel bytes differ');
+    assert.equal((proxy.getStats().upstreamSocketsReused ?? 0) - reused, 4, 'the later exchanges did not take the pooled socket');
   });
 });

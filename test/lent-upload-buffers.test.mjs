@@ -13,7 +13,7 @@ import net from 'node:net';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { startProxy, sleep, waitFor } from './helpers/servers.mjs';
-import { FREE_MAX, FREE_UPLOAD_MAX, readBufferCounts } from '../dist/upstream/read-buffers.js';
+import { FREE_MAX, readBufferCounts } from '../dist/upstream/read-buffers.js';
 import { assertNoBufferHeld, positionCoded } from './helpers/lent-buffers.mjs';
 
 const KiB = 1024;
@@ -204,7 +204,7 @@ function responses(socket, count) {
 }
 
 /** Every read buffer made is back in the free list or let go (past its cap): no socket keeps one. */
-const noBufferHeld = (label) => assertNoBufferHeld(label, 5000, FREE_MAX + FREE_UPLOAD_MAX);
+const noBufferHeld = (label) => assertNoBufferHeld(label, 5000, FREE_MAX);
 
 function assertWhole(got, seed, size, label) {
   assert.equal(got.firstBad, -1, `${label}: byte ${got.firstBad} of ${size} is not the client's`);

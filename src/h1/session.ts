@@ -26,7 +26,7 @@ import { TUNNEL_KIND_CONNECT, TUNNEL_KIND_WEBSOCKET } from '../observe.js';
 import { requestEnd, requestRoute, upstreamConnect, websocketClose, websocketOpen } from '../diagnostics.js';
 import { TUNNEL_CONNECT, TUNNEL_WEBSOCKET, Tunnel, configureTunnelSocket } from '../tunnel.js';
 import type { ReadBatch, TunnelUser, UpstreamConn } from '../upstream/h1-pool.js';
-import { LEND_MIN, PARKING, READ_BUFFER_SIZE, ReadRing, UPLOAD_BUFFER_SIZE, copyRead, useReadBuffers, type BodyLease, type ReadBuffer } from '../upstream/read-buffers.js';
+import { LEND_MIN, PARKING, READ_BUFFER_SIZE, ReadRing, copyRead, useReadBuffers, type BodyLease, type ReadBuffer } from '../upstream/read-buffers.js';
 import {
   METHODS,
   parserResource,
@@ -344,7 +344,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
         this.handle = null;
         releaseHandle(this.parser, handle);
       }
-      const ring = new ReadRing(UPLOAD_BUFFER_SIZE);
+      const ring = new ReadRing();
       const socket = this.socket;
       // Node asks for the next buffer without a receiver: one function per connection, made once.
       if (!useReadBuffers(socket, ring.first().buf, clientOnLentRead, () => nextClientRead(socket))) {

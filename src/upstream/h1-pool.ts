@@ -350,6 +350,14 @@ function onLentRead(this: net.Socket, nread: number, buf: Buffer): boolean {
     else rawBody(conn, copyRead(buf, nread), null);
     return true;
   }
+  if (conn !== undefined && conn.user !== null && conn.phase !== PHASE_UPGRADED && this.readableFlowing === true && this.readableLength === 0) {
+    // A read for an exchange (a response head, usually with the body's first bytes), nothing
+    // queued before it: llhttp parses it where it lies, as the stream's 'data' would have.
+    // Nothing keeps the bytes past the parse (heads become strings, llhttp copies body pieces,
+    // the bytes after an upgrade are copied), so this read need not be copied out first.
+    parseRead(conn, buf.subarray(0, nread), true);
+    return true;
+  }
   return this.push(copyRead(buf, nread));
 }
 
@@ -478,6 +486,14 @@ function socketOnData(this: UpstreamSocket, chunk: Buffer): void {
     rawBody(conn, chunk, null);
     return;
   }
+  parseRead(conn, chunk, false);
+}
+
+/**
+ * A read that is not a raw body's, through llhttp. `borrowed`: the bytes lie in a buffer the
+ * socket reads into again (PARKING), so whatever outlives this call is copied.
+ */
+function parseRead(conn: UpstreamConn, chunk: Buffer, borrowed: boolean): void {
   if (conn.user === null) {
     // Bytes on an idle socket: the upstream broke framing. Never reuse it.
     conn.entry.pool.discard(conn);
@@ -496,7 +512,8 @@ function socketOnData(this: UpstreamSocket, chunk: Buffer): void {
   if (conn.ending !== END_NONE) endOfRead(conn);
   else if (conn.bodyLeft > 0 && conn.user !== null) takeBody(conn);
   if (conn.phase === PHASE_UPGRADED && conn.user !== null) {
-    conn.user.onUpgradeData(conn, ret < chunk.length ? chunk.subarray(ret) : EMPTY);
+    const rest = ret < chunk.length ? chunk.subarray(ret) : EMPTY;
+    conn.user.onUpgradeData(conn, borrowed && rest.length > 0 ? Buffer.from(rest) : rest);
   }
 }
 

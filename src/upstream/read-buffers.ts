@@ -24,24 +24,25 @@ import type net from 'node:net';
  * called back is never reused (an HTTP/2 write cancelled by a reset may still have bytes of it in
  * the session's outgoing write).
  *
- * Between such bodies (idle pooled sockets, heads, other framings, a socket handed to a tunnel) the handle reads into one process-wide PARKING buffer whose bytes are copied out
- * before the read callback returns: no socket keeps a buffer of its own once its body is done.
+ * Between such bodies (idle pooled sockets, heads, other framings, a socket handed to a tunnel) the handle reads into one process-wide PARKING buffer whose bytes are copied out,
+ * or parsed where they lie, before the read callback returns: no socket keeps a buffer of its own once its body is done.
  */
 
-/** libuv's read size for a stream (what Node allocates per read by default): response bodies. */
+/** libuv's read size for a stream (what Node allocates per read by default): the PARKING buffer. */
 export const READ_BUFFER_SIZE = 64 * 1024;
 /**
- * The read size for request bodies (uploads): a fast client fills a larger read, and each read
- * saved is a read, a write and their callbacks saved (about 0.8x the CPU per MiB of 64 KiB reads).
+ * The read size for bodies relayed from reused buffers, both directions. The peer's kernel
+ * usually holds more than 64 KiB by the time the socket is read (a 1 MiB response arrives
+ * whole in the upstream socket's receive queue), so a larger read fills: each read saved is a
+ * read, a write and their callbacks saved. 256 KiB reads took about 0.8x the CPU per MiB of
+ * 64 KiB ones, uploads and downloads alike.
  */
-export const UPLOAD_BUFFER_SIZE = 256 * 1024;
+export const BODY_BUFFER_SIZE = 256 * 1024;
 /** Read buffers one body may have lent out at once before new ones replace them. */
 const RING_MAX = 4;
-/** Released read buffers kept for the next bodies, process-wide: READ_BUFFER_SIZE ones. */
-export const FREE_MAX = 16;
-/** ... and UPLOAD_BUFFER_SIZE ones (the same bytes, 1 MiB, in a quarter as many buffers). */
-export const FREE_UPLOAD_MAX = 4;
-/** Reads shorter than this are copied out instead of lent (a lent buffer is 64 KiB held). */
+/** Released read buffers kept for the next bodies, process-wide (2 MiB). */
+export const FREE_MAX = 8;
+/** Reads shorter than this are copied out instead of lent (a lent buffer is 256 KiB held). */
 export const LEND_MIN = 8 * 1024;
 
 /** Where every handle with a user buffer reads while no body of its own is being relayed. */
@@ -85,8 +86,8 @@ export class ReadBuffer implements BodyLease {
     if (--this.held === 0 && !this.inRing && !this.poisoned) putFree(this);
   };
 
-  constructor(size: number) {
-    this.buf = Buffer.allocUnsafeSlow(size);
+  constructor() {
+    this.buf = Buffer.allocUnsafeSlow(BODY_BUFFER_SIZE);
     created++;
   }
 
@@ -98,18 +99,14 @@ export class ReadBuffer implements BodyLease {
 }
 
 const free: ReadBuffer[] = [];
-const freeUpload: ReadBuffer[] = [];
 
 function putFree(b: ReadBuffer): void {
-  if (b.buf.length === READ_BUFFER_SIZE) {
-    if (free.length < FREE_MAX) free.push(b);
-    else dropped++;
-  } else if (freeUpload.length < FREE_UPLOAD_MAX) freeUpload.push(b);
+  if (free.length < FREE_MAX) free.push(b);
   else dropped++;
 }
 
-function takeFree(size: number): ReadBuffer {
-  return (size === READ_BUFFER_SIZE ? free.pop() : freeUpload.pop()) ?? new ReadBuffer(size);
+function takeFree(): ReadBuffer {
+  return free.pop() ?? new ReadBuffer();
 }
 
 /**
@@ -117,7 +114,7 @@ function takeFree(size: number): ReadBuffer {
  * poisoned): `created - free - dropped` are in a body's ring or lent to a write.
  */
 export function readBufferCounts(): { created: number; free: number; dropped: number } {
-  return { created, free: free.length + freeUpload.length, dropped };
+  return { created, free: free.length, dropped };
 }
 
 /** The read buffers of one body being relayed, and which of them the handle reads into now. */
@@ -125,16 +122,10 @@ export class ReadRing {
   private readonly ring: ReadBuffer[] = [];
   /** What the handle reads into (null: PARKING). */
   current: ReadBuffer | null = null;
-  /** The size of its buffers: READ_BUFFER_SIZE or UPLOAD_BUFFER_SIZE. */
-  private readonly size: number;
-
-  constructor(size: number = READ_BUFFER_SIZE) {
-    this.size = size;
-  }
 
   /** A buffer for the handle's first read of a body (the ring is empty). */
   first(): ReadBuffer {
-    const b = takeFree(this.size);
+    const b = takeFree();
     b.inRing = true;
     this.ring.push(b);
     this.current = b;
@@ -160,7 +151,7 @@ export class ReadRing {
       // Every buffer is still lent: the oldest leaves the ring and is freed when released.
       ring.shift()!.inRing = false;
     }
-    const b = takeFree(this.size);
+    const b = takeFree();
     b.inRing = true;
     ring.push(b);
     this.current = b;
