@@ -23,7 +23,7 @@ type CloseListener = (this: TunnelEnd, hadError: boolean) => void;
 let kNodeTimeout: symbol | null | undefined = null;
 
 /** Lets go of a cleared idle Timeout the socket still points at (a spliced socket has none armed). */
-export function dropClearedTimeout(end: object): void {
+function dropClearedTimeout(end: object): void {
   if (kNodeTimeout === null) {
     kNodeTimeout = Object.getOwnPropertySymbols(end).find((s) => s.description === 'timeout');
     if (kNodeTimeout === undefined) kNodeTimeout = null;
@@ -31,7 +31,7 @@ export function dropClearedTimeout(end: object): void {
   if (kNodeTimeout === null || kNodeTimeout === undefined) return;
   const holder = end as Record<symbol, { _idleTimeout?: number; _destroyed?: boolean } | null | undefined>;
   const timer = holder[kNodeTimeout];
-  // Only one clearTimeout() has unenrolled: an armed timer (the linger deadline) stays.
+  // Only a timer clearTimeout() has unenrolled: an armed one (a linger deadline) stays.
   if (timer != null && timer._destroyed === true && timer._idleTimeout === -1) holder[kNodeTimeout] = null;
 }
 
