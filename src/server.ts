@@ -502,7 +502,12 @@ export class ProxyServer implements SessionHost, H2Host {
     // Before the served-socket accounting, so a closing tunnel is never counted as in-flight work.
     // (A TLS client's socket is the TLSSocket, which the listener has not tagged yet.)
     (socket as AcceptedSocket)[kServer] = this;
-    socket.prependListener('close', tunnelSocketOnClose);
+    // One 'close' listener for all of the socket's accounting in place of three (the tunnel takes
+    // it over and runs it before its own), and no 'error' listener: the tunnel's handles errors.
+    socket.removeListener('close', acceptedSocketOnClose);
+    socket.removeListener('close', servedSocketOnClose);
+    socket.removeListener('error', ignoreError);
+    socket.on('close', tunnelSocketOnClose);
   }
 
   tunnelClosed(): void {
@@ -704,7 +709,11 @@ function listenError(err: NodeJS.ErrnoException, host: string, port: number): Er
 }
 
 function tunnelSocketOnClose(this: AcceptedSocket): void {
-  this[kServer].tunnelClosed();
+  const server = this[kServer];
+  server.tunnelClosed();
+  // Each a no-op for a socket not in its set (a TLS client's socket is the TLSSocket).
+  server.acceptedClosed(this);
+  server.servedClosed(this);
 }
 
 function serverOnError(this: net.Server & { [kServer]: ProxyServer }, err: NodeJS.ErrnoException): void {

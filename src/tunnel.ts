@@ -13,6 +13,27 @@ const LINGER_MS = 5_000;
 
 const kTunnel = Symbol('cmux.tunnel');
 type TunnelEnd = Duplex & { [kTunnel]?: Tunnel; setTimeout?: (ms: number) => unknown };
+type CloseListener = (this: TunnelEnd, hadError: boolean) => void;
+
+/**
+ * Node's own key for a socket's idle Timeout (`socket[kTimeout]`, internal/timers). A socket keeps
+ * its last Timeout even after `setTimeout(0)` cleared it (~200 bytes with its fields); found by
+ * its description on the first socket that has it, undefined until then (or if Node renames it).
+ */
+let kNodeTimeout: symbol | null | undefined = null;
+
+/** Lets go of a cleared idle Timeout the socket still points at (a spliced socket has none armed). */
+function dropClearedTimeout(end: object): void {
+  if (kNodeTimeout === null) {
+    kNodeTimeout = Object.getOwnPropertySymbols(end).find((s) => s.description === 'timeout');
+    if (kNodeTimeout === undefined) kNodeTimeout = null;
+  }
+  if (kNodeTimeout === null || kNodeTimeout === undefined) return;
+  const holder = end as Record<symbol, { _idleTimeout?: number; _destroyed?: boolean } | null | undefined>;
+  const timer = holder[kNodeTimeout];
+  // Only a timer clearTimeout() has unenrolled: an armed one (a linger deadline) stays.
+  if (timer != null && timer._destroyed === true && timer._idleTimeout === -1) holder[kNodeTimeout] = null;
+}
 
 /**
  * Two byte streams spliced raw, backpressure both ways: a 'data' chunk is
@@ -43,9 +64,17 @@ export class Tunnel {
   diag: DiagnosticsRequest | null = null;
   /** The status that opened it (101 or 200), for `request:end`. */
   diagStatus = 0;
+  /** The one 'close' listener each side had before the splice, run by the tunnel's own (see adoptClose). */
+  private readonly closeA: CloseListener | null;
+  private readonly closeB: CloseListener | null;
 
-  /** `a` is the client side, `b` the upstream socket; WebSockets are listed in `websockets` while open. */
-  constructor(a: Duplex, b: Duplex, kind: number, stats: StatsCounters, websockets: Set<Tunnel> | null = null, onClosed?: (tunnel: Tunnel) => void) {
+  /**
+   * `a` is the client side, `b` the upstream socket; WebSockets are listed in `websockets` while
+   * open. With `adopt`, a side's one 'close' listener from before (the server's and the pool's
+   * accounting) is taken off the socket and run first by the tunnel's own: one listener per event
+   * and socket, no listener arrays, for as long as the tunnel lives.
+   */
+  constructor(a: Duplex, b: Duplex, kind: number, stats: StatsCounters, websockets: Set<Tunnel> | null = null, onClosed?: (tunnel: Tunnel) => void, adopt = false) {
     this.a = a as TunnelEnd;
     this.b = b as TunnelEnd;
     this.kind = kind;
@@ -63,12 +92,21 @@ export class Tunnel {
       this.fromUpstream = null;
       this.websockets = null;
     }
+    this.closeA = adopt ? adoptClose(this.a) : null;
+    this.closeB = adopt ? adoptClose(this.b) : null;
     for (const end of [this.a, this.b]) {
       end[kTunnel] = this;
+      if (adopt) {
+        dropClearedTimeout(end);
+        // The peer address object Node caches on first use (read again from the handle if asked).
+        if ((end as { _peername?: unknown })._peername != null) (end as { _peername?: unknown })._peername = undefined;
+      }
       end.on('error', tunnelEndOnError);
       end.on('close', tunnelEndOnClose);
       end.on('end', tunnelEndOnEnd);
-      end.on('timeout', tunnelEndOnTimeout);
+      // Spliced sockets have no idle timeout: their 'timeout' listener comes with the linger
+      // deadline (sideClosed), not before (one property fewer on each socket's listener table).
+      if (!adopt) end.on('timeout', tunnelEndOnTimeout);
       end.on('data', tunnelEndOnData);
       end.on('drain', tunnelEndOnDrain);
     }
@@ -146,6 +184,13 @@ export class Tunnel {
     }
   }
 
+  /** A side's 'close': the listener adopted from it first, then the tunnel's accounting. */
+  closed(end: TunnelEnd, hadError: boolean): void {
+    const adopted = end === this.a ? this.closeA : this.closeB;
+    if (adopted !== null) adopted.call(end, hadError);
+    this.sideClosed(end);
+  }
+
   sideClosed(end: TunnelEnd): void {
     this.open--;
     if (this.open > 0) {
@@ -157,7 +202,10 @@ export class Tunnel {
       } else if (!other.destroyed) {
         other.once('finish', tunnelEndOnFinish);
         other.end();
-        other.setTimeout?.(LINGER_MS);
+        if (other.setTimeout !== undefined) {
+          if (!other.listeners('timeout').includes(tunnelEndOnTimeout)) other.on('timeout', tunnelEndOnTimeout);
+          other.setTimeout(LINGER_MS);
+        }
       }
       return;
     }
@@ -207,8 +255,18 @@ function tunnelEndOnError(this: TunnelEnd): void {
   this[kTunnel]?.destroy();
 }
 
-function tunnelEndOnClose(this: TunnelEnd): void {
-  this[kTunnel]?.sideClosed(this);
+function tunnelEndOnClose(this: TunnelEnd, hadError: boolean): void {
+  const tunnel = this[kTunnel];
+  if (tunnel === undefined) return;
+  tunnel.closed(this, hadError);
+}
+
+/** Takes a side's only 'close' listener off it (none or several: left where they are). */
+function adoptClose(end: TunnelEnd): CloseListener | null {
+  if (end.listenerCount('close') !== 1) return null;
+  const listener = end.listeners('close')[0] as CloseListener;
+  end.removeListener('close', listener);
+  return listener;
 }
 
 function tunnelEndOnEnd(this: TunnelEnd): void {

@@ -504,6 +504,53 @@ describe('WebSocket lifetime', () => {
     }
   });
 
+  it('a spliced WebSocket\'s two proxy sockets keep one listener per event, no idle Timeout, no session or pool state; closing settles every count', { timeout: 10_000 }, async () => {
+    const echo = await startWsEcho();
+    const { proxy, port } = await startProxy({ clientIdleTimeoutMs: 60_000, upstreamIdleTimeoutMs: 60_000 });
+    try {
+      const ws = await openWs(`ws://127.0.0.1:${port}/lean`, undefined, routeTo('header', echo.port));
+      const got = nextMessage(ws);
+      ws.send('hi');
+      assert.equal((await got).data.toString(), 'hi');
+      // The proxy runs in this process: its client-side socket listens on `port`, its upstream
+      // socket connects to the echo server's.
+      const sockets = process._getActiveHandles().filter((h) => h instanceof net.Socket);
+      const client = sockets.filter((s) => s.localPort === port);
+      const upstream = sockets.filter((s) => s.remotePort === echo.port && s.localPort !== echo.port);
+      assert.equal(client.length, 1);
+      assert.equal(upstream.length, 1);
+      for (const [side, socket] of [['client', client[0]], ['upstream', upstream[0]]]) {
+        for (const event of ['close', 'error', 'end', 'data', 'drain']) {
+          const own = socket.listeners(event).filter((l) => l.name !== 'onReadableStreamEnd');
+          assert.equal(own.length, 1, `${side} '${event}' listeners: ${own.map((l) => l.name)}`);
+        }
+        assert.equal(socket.listenerCount('timeout'), 0, `${side}: a 'timeout' listener while nothing can time out`);
+        const symbols = Object.getOwnPropertySymbols(socket);
+        const timeout = symbols.find((k) => k.description === 'timeout');
+        assert.ok(timeout === undefined || socket[timeout] == null, `${side}: still holds a (cleared) idle Timeout`);
+        for (const name of ['cmux.h1', 'cmux.upstream']) {
+          const key = symbols.find((k) => k.description === name);
+          assert.ok(key === undefined || socket[key] === undefined, `${side}: still points at its ${name} state`);
+        }
+      }
+      const stats = proxy.getStats();
+      assert.equal(stats.websocketConnections, 1);
+      assert.equal(stats.activeConnections, 1);
+      assert.equal(stats.upstreamSocketsActive, 1);
+      const cliClosed = closed(ws, 5_000);
+      ws.close(1000);
+      await cliClosed;
+      const settled = await waitFor(() => {
+        const s = proxy.getStats();
+        return s.websocketConnections === 0 && s.activeConnections === 0 && s.upstreamSocketsActive === 0;
+      });
+      assert.ok(settled, `counts after the close: ${JSON.stringify(proxy.getStats(), ['websocketConnections', 'activeConnections', 'upstreamSocketsActive'])}`);
+    } finally {
+      await proxy.stop();
+      await echo.close();
+    }
+  });
+
   it('TCP keep-alive (keepaliveMs) is armed on both spliced sockets', { skip: !fs.existsSync('/proc/net/tcp') && 'needs /proc/net/tcp' }, async () => {
     const echo = await startWsEcho();
     const { proxy, port } = await startProxy({ keepaliveMs: 1000 });

@@ -347,7 +347,7 @@ const WS_WARM_UP = 200;
 const websockets = {
   name: 'ws',
   title: 'concurrent WebSockets, one echo each (proxy started fresh for every repetition)',
-  systems: ['direct', 'cmux-proxy', 'baseline', 'nginx'],
+  systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'baseline', 'nginx'],
   freshPerRep: true,
   columns: [
     { key: 'ok', label: 'echoed & open', digits: 0 },

@@ -972,7 +972,9 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     const { keepaliveMs } = this.core.options;
     configureTunnelSocket(this.socket, keepaliveMs);
     configureTunnelSocket(upstream, keepaliveMs);
-    const tunnel = new Tunnel(this.socket, upstream, kind, this.core.stats, this.core.websockets);
+    // Before the splice: the tunnel adopts the socket's one 'close' listener this leaves.
+    this.host.tunnelOpened(this.socket);
+    const tunnel = new Tunnel(this.socket, upstream, kind, this.core.stats, this.core.websockets, undefined, true);
     const observer = this.core.observer;
     if (observer !== null) {
       tunnel.record = observer.tunnelOpened(kind === TUNNEL_WEBSOCKET ? TUNNEL_KIND_WEBSOCKET : TUNNEL_KIND_CONNECT, ex.t0, observer.tunnelInfo(ex));
@@ -982,7 +984,6 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       tunnel.diag = ex.diagRequest();
       tunnel.diagStatus = ex.status;
     }
-    this.host.tunnelOpened(this.socket);
     this.socket.resume();
     upstream.resume();
     return tunnel;
