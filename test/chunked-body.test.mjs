@@ -209,6 +209,18 @@ describe('the chunk scan (data of bytes llhttp accepted)', () => {
     for (const bad of ['\r\n', 'g\r\n', '1\r\nab\r\n', '1\r\na\n', '0\r\n\n', '1\r\na\r\n1\na\r\n', '1\r\na\r\n2\r\nabc\r\n', '1\r\na\r\n1\r\nbXY']) {
       assert.equal(new ChunkedScan().scan(Buffer.from(bad, 'latin1'), bad.length), SCAN_BAD, JSON.stringify(bad));
     }
+    // A chunk's extensions past 16 KiB (llhttp: HPE_CHUNK_EXTENSIONS_OVERFLOW), whole or in many
+    // reads: never forwarded, they would otherwise let a client stream bytes forever as no body.
+    const long = Buffer.from(`1;${'a'.repeat(16385)}\r\nx\r\n0\r\n\r\n`, 'latin1');
+    assert.equal(new ChunkedScan().scan(long, long.length), SCAN_BAD, 'a 16385-byte extension');
+    const drip = new ChunkedScan();
+    let at = -1;
+    const endless = Buffer.from(`1;${'a'.repeat(1000)}`, 'latin1');
+    at = drip.scan(endless, endless.length);
+    for (let n = 0; n < 100 && at === -1; n++) at = drip.scan(Buffer.from('b'.repeat(1000), 'latin1'), 1000);
+    assert.equal(at, SCAN_BAD, 'an extension streamed in 1000-byte reads');
+    const many = Buffer.from(`${`1;${'a'.repeat(16000)}\r\nx\r\n`.repeat(4)}0\r\n\r\n`, 'latin1');
+    assert.equal(new ChunkedScan().scan(many, many.length), many.length, 'the bound is per chunk');
   });
 
   // The scan is the body's only parser (llhttp reads heads only): it must never accept what
@@ -258,6 +270,7 @@ describe('the chunk scan (data of bytes llhttp accepted)', () => {
       '1\r\nx\r\n0\r\n\r\r\n', '1\r\nx\r\n0\r\r\n\r\n', '1\r\r\nx\r\n0\r\n\r\n', '-1\r\nx\r\n0\r\n\r\n', '0x1\r\nx\r\n0\r\n\r\n',
       '1\r\nx\r\n0\r\n\r\n', '01\r\nx\r\n00\r\n\r\n', '1;a=b;c\r\nx\r\n0;x=1\r\nA:\tb\t\r\nB: \x80\r\n\r\n',
       '1;a="b\\"c"\r\nx\r\n0\r\n\r\n', '1;a=\r\nx\r\n0\r\n\r\n', 'A\r\n0123456789\r\n0\r\n\r\n',
+      `1;${'a'.repeat(16384)}\r\nx\r\n0\r\n\r\n`, `1;${'a'.repeat(16385)}\r\nx\r\n0\r\n\r\n`, `1;a="${'b'.repeat(16382)}"\r\nx\r\n0\r\n\r\n`,
     ];
     let seed = 20261206;
     const rand = (n) => {
@@ -476,6 +489,7 @@ describe('chunked request bodies', () => {
     ['an obs-fold trailer line', '0\r\nX-T: a\r\n b\r\n\r\n'],
     ['a bare CR in a trailer', '0\r\nX-T: a\rb\r\n\r\n'],
     ['Transfer-Encoding as a trailer', '0\r\nTransfer-Encoding: chunked\r\n\r\n'],
+    ['a chunk extension past 16 KiB', `1;${'a'.repeat(16385)}\r\nX\r\n0\r\n\r\n`],
   ]) {
     it(`malformed chunking (${name}): 400, the upstream never gets the request whole`, async () => {
       const head = `POST /bad HTTP/1.1\r\nHost: app.test\r\nX-Cmux-Port-Internal: ${rec.port}\r\nTransfer-Encoding: chunked\r\n\r\n`;

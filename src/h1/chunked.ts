@@ -37,6 +37,13 @@ const S_END_LF = 14;
 /** A chunk size past this many bytes is refused (llhttp's limit is 2^64; no body gets near). */
 const MAX_CHUNK_SIZE = 2 ** 48;
 
+/**
+ * The bytes of one chunk's extensions (after its size) past which it is refused, as Node's llhttp
+ * binding refuses them (HPE_CHUNK_EXTENSIONS_OVERFLOW, 16 KiB of names and values a chunk): they
+ * are never forwarded, so without a bound a client could stream them forever as no body at all.
+ */
+const MAX_EXTENSION_BYTES = 16 * 1024;
+
 /** Data ranges up to this size are copied byte by byte (cheaper than a native copy call). */
 const COPY_LOOP_MAX = 32;
 
@@ -75,8 +82,9 @@ export class ChunkedScan {
   private digits = 0;
   /** Data bytes left in the current chunk (its size while the size line is read). */
   private left = 0;
-  /** Bytes of the extension name or value being read. */
+  /** Bytes of the extension name or value being read, and of the chunk's extensions so far. */
   private extLen = 0;
+  private extBytes = 0;
   /** The data of the bytes scanned since the last take(): one view, or bytes copied into `out`. */
   private view: Buffer | null = null;
   private out: Buffer | null = null;
@@ -102,6 +110,7 @@ export class ChunkedScan {
     this.digits = 0;
     this.left = 0;
     this.extLen = 0;
+    this.extBytes = 0;
     this.view = null;
     this.out = null;
     this.outLen = 0;
@@ -154,6 +163,7 @@ export class ChunkedScan {
         else if (c === 59 /* ; */) {
           state = S_EXT_NAME;
           this.extLen = 0;
+          this.extBytes = 0;
         } else return this.bad();
         if (i === end) break;
       }
@@ -166,6 +176,8 @@ export class ChunkedScan {
         // A chunk extension (rare: walked byte by byte).
         const c = buf[i]!;
         i++;
+        // (The line's CR is counted too: the bound is one byte looser, names and values alone.)
+        if (++this.extBytes > MAX_EXTENSION_BYTES + 1) return this.bad();
         if (state === S_EXT_NAME || state === S_EXT_VALUE) {
           if (TCHAR[c] === 1) this.extLen++;
           else if (c === 34 /* " */ && state === S_EXT_VALUE && this.extLen === 0) state = S_EXT_QUOTED;
