@@ -436,8 +436,10 @@ describe('workers: restarts meeting crashes and stop()', () => {
       fs.writeFileSync(versionFile, 'v2');
       c.send('restart');
       assert.ok(await waitFor(() => c.err().split('listening on').length === 3, { timeoutMs: 20000 }), c.err());
-      // Once the new worker listens every new request is its own (its handler's): the old worker
-      // drains only what it had.
+      // Once the old worker is told to drain (an IPC round trip after the new one logs that it
+      // listens; a connection the primary handed out just before still goes to it) every new
+      // request is the new worker's: the old one drains only what it had.
+      assert.ok(await waitFor(async () => (await version()) === 'v2', { timeoutMs: 5000, stepMs: 50 }), 'the new worker never answered');
       for (let i = 0; i < 6; i++) assert.equal(await version(), 'v2');
       // The config changes again while the first restart waits for its old worker.
       fs.writeFileSync(versionFile, 'v3');
