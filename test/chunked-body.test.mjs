@@ -462,6 +462,21 @@ describe('chunked request bodies', () => {
     }
   });
 
+  it('a request refused before its body was read (no route), with a request written behind it: the 400 closes the connection and the request behind it never reaches the upstream', async () => {
+    const behind = `GET /behind HTTP/1.1\r\nHost: app.test\r\nX-Cmux-Port-Internal: ${rec.port}\r\n\r\n`;
+    for (const body of ['Content-Length: 5\r\n\r\nhello', 'Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n']) {
+      const seen = rec.requests.length;
+      const socket = net.connect(px.port, '127.0.0.1');
+      const answer = readAll(socket);
+      socket.write(`POST /nowhere HTTP/1.1\r\nHost: no-route.example\r\n${body}${behind}`);
+      const reply = await answer;
+      assert.match(reply, /^HTTP\/1\.1 400 /, reply);
+      assert.equal(reply.split('HTTP/1.1 ').length - 1, 1, reply);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.deepEqual(rec.requests.slice(seen).map((r) => r.bytes.split('\r\n')[0]), [], JSON.stringify(body));
+    }
+  });
+
   it('a `Connection: close` trailer ends the connection\'s requests: the request written behind it never reaches the upstream', async () => {
     const seen = rec.requests.length;
     const socket = net.connect(px.port, '127.0.0.1');

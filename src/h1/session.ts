@@ -520,6 +520,14 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     stats.http1Requests++;
     if (this.tls) stats.tlsRequests++;
     if ((this.flags & (C_BROKEN | C_NO_MORE)) !== 0) return 0;
+    if ((this.flags & C_CLOSE_AFTER) !== 0) {
+      // The connection closes after the answer being written (a refusal with the request's body
+      // unread, `connection: close`, a drain): nothing read after it will be answered, so it is
+      // not forwarded either (a request sent upstream whose answer the client never sees).
+      this.flags |= C_NO_MORE;
+      this.parsing = null;
+      return 0;
+    }
     if (this.current !== null && this.pending !== null && this.pending.length >= PIPELINE_MAX) {
       // This head and everything after it go unanswered; the connection closes after the queue.
       this.flags |= C_NO_MORE;
