@@ -309,14 +309,32 @@ function openH2WebSocket(session, path, upstreamPort) {
 }
 
 /** Collects the server frames on an RFC 8441 stream; answers a close frame with a masked one. */
+/** Bytes the frame starting `buf` needs, as far as its header tells (server frames: unmasked). */
+function nextFrameBytes(buf) {
+  if (buf.length < 2) return 2;
+  const len7 = buf[1] & 0x7f;
+  const head = 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) + (buf[1] & 0x80 ? 4 : 0);
+  if (buf.length < head) return head;
+  const length = len7 === 126 ? buf.readUInt16BE(2) : len7 === 127 ? Number(buf.readBigUInt64BE(2)) : len7;
+  return head + length;
+}
+
 function followServerFrames(stream) {
   const state = { frames: [], bytes: 0, malformed: false };
-  let buf = Buffer.alloc(0);
+  // Pieces are joined only once the next frame is whole: joining on every read is quadratic in a
+  // 4 MiB frame, and this client shares its process (and CPU) with the proxy under test.
+  let pieces = [];
+  let have = 0;
+  let need = 2;
   stream.on('data', (chunk) => {
     state.bytes += chunk.length;
-    buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
-    const { frames, rest } = parseServerFrames(buf);
-    buf = Buffer.from(rest);
+    pieces.push(chunk);
+    have += chunk.length;
+    if (have < need) return;
+    const { frames, rest } = parseServerFrames(pieces.length === 1 ? pieces[0] : Buffer.concat(pieces));
+    pieces = rest.length === 0 ? [] : [Buffer.from(rest)];
+    have = rest.length;
+    need = nextFrameBytes(rest);
     for (const f of frames) {
       if (f.opcode === 8) {
         if (!stream.destroyed && stream.writable) stream.end(clientFrame(f.payload.subarray(0, 2), 8));
