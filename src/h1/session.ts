@@ -380,7 +380,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     this.bodyLeft = -1;
     this.raw = false;
     // llhttp was left in the body: a fresh state parses what follows, as after a message's end.
-    this.parser.initialize(REQUEST, parserResource(this), this.core.options.maxHeaderSize, kLenientNone);
+    this.resetParser();
     const closing = ex !== null && (ex.flags & EX_CLIENT_CLOSE) !== 0;
     this.onMessageComplete();
     if (closing) {
@@ -768,7 +768,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     const closeAsked = scan.closeAsked;
     this.dropChunked();
     if (this.parsing === ex) this.parsing = null;
-    this.parser.initialize(REQUEST, parserResource(this), this.core.options.maxHeaderSize, kLenientNone);
+    this.resetParser();
     const last = closeAsked || (ex !== null && (ex.flags & EX_CLIENT_CLOSE) !== 0);
     if (ex !== null && (ex.flags & EX_UPGRADE) === 0) ex.requestEnd(trailers);
     if ((this.flags & (C_CLOSED | C_BROKEN)) !== 0) return CHUNK_LAST;
@@ -778,6 +778,11 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       return CHUNK_LAST;
     }
     return at;
+  }
+
+  /** A fresh llhttp state for what follows a body llhttp did not read to its end (raw bodies). */
+  private resetParser(): void {
+    this.parser.initialize(REQUEST, parserResource(this), this.core.options.maxHeaderSize, kLenientNone);
   }
 
   private dropChunked(): void {
