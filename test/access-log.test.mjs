@@ -8,7 +8,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { createProxyServer } from '../dist/index.js';
-import { startProxy, startUpstream, request, rawRequest, h2connect, h2request, sleep, waitFor } from './helpers/servers.mjs';
+import { startProxy, startUpstream, request, rawRequest, h2connect, h2request, sleep, waitFor, refusedPort } from './helpers/servers.mjs';
 import { startWsEcho, openWs, nextMessage, closed } from './helpers/ws.mjs';
 import { startCli, stopCli } from './helpers/cli.mjs';
 
@@ -26,15 +26,6 @@ function readLines(file) {
     .split('\n')
     .filter((l) => l !== '')
     .map((l) => JSON.parse(l));
-}
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 describe('access log: entries', () => {
@@ -85,7 +76,7 @@ describe('access log: entries', () => {
 
   it('proxy-made answers and upstream failures carry their error code; HTTP/2 is logged as HTTP/2', async () => {
     entries.length = 0;
-    const dead = await freePort();
+    const dead = await refusedPort();
     assert.equal((await request(`${px.url}/x`, { headers: { 'x-cmux-port-internal': String(dead) } })).status, 502);
     assert.equal((await request(`${px.url}/y`)).status, 400);
     const session = h2connect(px.port);

@@ -16,7 +16,7 @@ import { fork } from 'node:child_process';
 import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startProxy, startUpstream, startRawServer, sleep } from './helpers/servers.mjs';
+import { startProxy, startUpstream, startRawServer, sleep, refusedPort } from './helpers/servers.mjs';
 import { FRAME, H2RawClient, dataFrame, errorName, headersFrame, requestHeaders } from './helpers/h2-raw.mjs';
 
 const MIB = 1024 * 1024;
@@ -69,9 +69,7 @@ describe('HTTP/2 uploads: no refusal from the proxy, and no connection left refu
   });
 
   it('502 while the client is still sending its body: a complete 502, then the rest of the body is read and dropped, no RST_STREAM(NO_ERROR)', async () => {
-    const dead = await startRawServer(() => {});
-    const deadPort = dead.port;
-    await dead.close();
+    const deadPort = await refusedPort();
     const c = await H2RawClient.connect(px.port);
     try {
       // A 256 KiB upload announced, 16 KiB sent, to a port nothing listens on.
@@ -101,9 +99,7 @@ describe('HTTP/2 uploads: no refusal from the proxy, and no connection left refu
   });
 
   it('Node client: 2 MiB uploads answered 502 mid-body all close (none wedged), 4 concurrent x 4 rounds on one connection', async () => {
-    const dead = await startRawServer(() => {});
-    const deadPort = dead.port;
-    await dead.close();
+    const deadPort = await refusedPort();
     const session = http2.connect(`http://127.0.0.1:${px.port}`);
     session.on('error', () => {});
     try {

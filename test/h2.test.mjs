@@ -7,6 +7,7 @@ import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { ERR_NO_ROUTE } from '../dist/route/router.js';
+import { refusedPort } from './helpers/servers.mjs';
 import {
   startProxy,
   startUpstream,
@@ -53,16 +54,6 @@ function h2requestRaw(session, headers, body, { timeoutMs = 8000 } = {}) {
 function closeSession(session) {
   if (session.closed || session.destroyed) return Promise.resolve();
   return new Promise((resolve) => session.close(resolve));
-}
-
-/** A TCP port nothing listens on (bound once, then closed). */
-async function closedPort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  await new Promise((r) => server.close(r));
-  return port;
 }
 
 /** Frames (type, flags, stream id) in a raw HTTP/2 byte string from the server. */
@@ -334,7 +325,7 @@ describe('HTTP/2 (h2c prior knowledge) -> HTTP/1.1 upstream', () => {
   });
 
   it("refused upstream -> 502 'upstream request error: ECONNREFUSED'", async () => {
-    const dead = await closedPort();
+    const dead = await refusedPort();
     const res = await h2request(session, routed({ ':method': 'GET', ':path': '/' }, dead));
     assert.equal(res.status, 502);
     assert.equal(res.headers['content-type'], TEXT_PLAIN);

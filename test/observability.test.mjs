@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { createProxyServer } from '../dist/index.js';
-import { startProxy, startUpstream, request, h2connect, h2request, sleep, waitFor } from './helpers/servers.mjs';
+import { startProxy, startUpstream, request, h2connect, h2request, sleep, waitFor, refusedPort } from './helpers/servers.mjs';
 import { startWsEcho, openWs, closed } from './helpers/ws.mjs';
 
 function get(port, urlPath, { method = 'GET' } = {}) {
@@ -147,7 +147,7 @@ describe('admin listener', () => {
     sock.close();
     await closed(sock);
     // An upstream that refuses: counted by code.
-    const dead = await freePort();
+    const dead = await refusedPort();
     assert.equal((await request(`${px.url}/`, { headers: { 'x-cmux-port-internal': String(dead) } })).status, 502);
     await waitFor(() => px.proxy.getStats().websocketConnections === 0);
     await sleep(50);

@@ -28,6 +28,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import WebSocket, { WebSocketServer } from 'ws';
 import { startCli } from './helpers/cli.mjs';
+import { refusedPort } from './helpers/servers.mjs';
 
 const MIB = 1024 * 1024;
 const SOAK_MS = Math.max(2, Number(process.env.CMUX_SOAK_SECONDS ?? 8)) * 1000;
@@ -780,16 +781,6 @@ async function abortMatrix(port, upstreamPort, deadPort, record) {
     for (const plan of plans('h2', rst)) record(await h2Exchange(client, plan.upstream ?? upstreamPort, plan));
   }
   return clients;
-}
-
-/** A loopback port nothing listens on (connections to it are refused). */
-async function refusedPort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await withTimeout(once(server, 'listening'), 5000, 'free port');
-  const { port } = server.address();
-  await new Promise((r) => server.close(r));
-  return port;
 }
 
 /**

@@ -7,19 +7,9 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { once } from 'node:events';
-import { startProxy, startUpstream, startRawServer, request, h2connect, h2request, sleep, waitFor } from './helpers/servers.mjs';
+import { startProxy, startUpstream, startRawServer, request, h2connect, h2request, sleep, waitFor, refusedPort } from './helpers/servers.mjs';
 
 const TEXT_PLAIN = 'text/plain; charset=utf-8';
-
-/** A TCP port nothing listens on (bound once, then closed). */
-async function closedPort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  await new Promise((r) => server.close(r));
-  return port;
-}
 
 /** Calls `onRequest(socket, head, index)` for each request head (no body parsing) a raw upstream gets. */
 function onRequestHeads(socket, onRequest) {
@@ -186,7 +176,7 @@ describe('upstream faults', () => {
 
   it("refused -> 502 'upstream request error: ECONNREFUSED', counted in upstreamErrors", async (t) => {
     const { proxy, url } = await proxyFor(t);
-    const dead = await closedPort();
+    const dead = await refusedPort();
     const res = await request(`${url}/x`, { headers: { 'x-cmux-port-internal': String(dead) } });
     assert.equal(res.status, 502);
     assert.equal(res.headers['content-type'], TEXT_PLAIN);
@@ -518,7 +508,7 @@ describe('upstream faults', () => {
 
   it('after a burst of mixed faults the proxy serves and holds no upstream socket', async (t) => {
     const { proxy, url } = await proxyFor(t, { upstreamResponseTimeoutMs: 300 });
-    const dead = await closedPort();
+    const dead = await refusedPort();
     const hang = await rawUpstream(t, () => {});
     const cut = await rawUpstream(t, (socket) =>
       onRequestHeads(socket, () => {

@@ -6,19 +6,10 @@ import http from 'node:http';
 import net from 'node:net';
 import http2 from 'node:http2';
 import { once } from 'node:events';
-import { startProxy, startUpstream, startRawServer, request, h2connect, h2request, sleep, waitFor } from './helpers/servers.mjs';
+import { startProxy, startUpstream, startRawServer, request, h2connect, h2request, sleep, waitFor, refusedPort } from './helpers/servers.mjs';
 
 async function named(name, handler) {
   return startUpstream(handler ?? ((req, res) => res.end(name)));
-}
-
-/** A loopback port with nothing listening (connects are refused). */
-async function deadPort() {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = s.address().port;
-  await new Promise((r) => s.close(r));
-  return port;
 }
 
 function get(port, host = 'g.localhost', opts = {}) {
@@ -31,7 +22,7 @@ function member(proxy, port) {
 
 describe('passive health and retries across the group', () => {
   it('idempotent requests refused by one upstream move to the next: 60 concurrent GETs all succeed, the dead one opens', async () => {
-    const dead = await deadPort();
+    const dead = await refusedPort();
     const live = await named('live');
     const { proxy, port } = await startProxy({
       routes: [{ match: { host: 'g.localhost' }, upstreams: [`127.0.0.1:${dead}`, `127.0.0.1:${live.port}`], circuitBreaker: { failures: 3, openMs: 60_000 } }],
@@ -55,7 +46,7 @@ describe('passive health and retries across the group', () => {
   });
 
   it('h2c upstreams: a GET whose session to one upstream is refused moves to the next', async () => {
-    const dead = await deadPort();
+    const dead = await refusedPort();
     const h2 = http2.createServer((req, res) => res.end('h2 live'));
     h2.listen(0, '127.0.0.1');
     await once(h2, 'listening');
@@ -74,7 +65,7 @@ describe('passive health and retries across the group', () => {
   });
 
   it('a POST is not moved to another upstream: 502 from the refused one', async () => {
-    const dead = await deadPort();
+    const dead = await refusedPort();
     const live = await named('live');
     const { proxy, port } = await startProxy({
       routes: [{ match: { host: 'g.localhost' }, upstreams: [`127.0.0.1:${dead}`, `127.0.0.1:${live.port}`] }],
@@ -94,7 +85,7 @@ describe('passive health and retries across the group', () => {
   });
 
   it('every upstream open: 503 no healthy upstream at once, with Retry-After, on HTTP/1.1 and HTTP/2', async () => {
-    const [d1, d2] = [await deadPort(), await deadPort()];
+    const [d1, d2] = [await refusedPort(), await refusedPort()];
     const { proxy, port } = await startProxy({
       routes: [{ match: { host: 'g.localhost' }, upstreams: [`127.0.0.1:${d1}`, `127.0.0.1:${d2}`], circuitBreaker: { failures: 1, openMs: 30_000 } }],
     });
@@ -254,7 +245,7 @@ describe('circuit breaker: open, half-open, closed', () => {
 
 describe('reload', () => {
   it('an upstream kept under the same match keeps its open circuit across updateRoutes(); a changed match starts healthy', async () => {
-    const dead = await deadPort();
+    const dead = await refusedPort();
     const live = await named('live');
     const other = await named('other');
     const route = (host, extra = []) => ({
@@ -385,7 +376,7 @@ describe('active health checks', () => {
 
 describe('access log', () => {
   it('an exchange moved to the next upstream is logged once, as route "routes" with the upstream that answered', async () => {
-    const dead = await deadPort();
+    const dead = await refusedPort();
     const live = await named('live');
     const entries = [];
     const { proxy, port } = await startProxy({
@@ -407,7 +398,7 @@ describe('access log', () => {
 
 describe('metrics', () => {
   it('/metrics has each route upstream\'s circuit state and load, and the circuit counters', async () => {
-    const dead = await deadPort();
+    const dead = await refusedPort();
     const live = await named('live');
     const { proxy, port } = await startProxy({
       adminPort: 0,

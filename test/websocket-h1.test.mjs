@@ -9,21 +9,11 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { once } from 'node:events';
 import WebSocket from 'ws';
-import { startProxy, startRawServer, waitFor, sleep } from './helpers/servers.mjs';
+import { startProxy, startRawServer, waitFor, sleep, refusedPort } from './helpers/servers.mjs';
 import { startWsEcho, openWs, refusedWs, nextMessage, closed } from './helpers/ws.mjs';
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const MiB = 1024 * 1024;
-
-/** A TCP port nothing listens on (bound once, then closed). */
-async function closedPort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  await new Promise((r) => server.close(r));
-  return port;
-}
 
 /** ws client options that route to `port` by header or by Host. */
 function routeTo(via, port, extra = {}) {
@@ -339,7 +329,7 @@ describe('WebSocket refusals and failures', () => {
   });
 
   it('upstream down -> 502 upstream request error: ECONNREFUSED', async () => {
-    const dead = await closedPort();
+    const dead = await refusedPort();
     const { proxy, port } = await startProxy();
     try {
       const res = await refusedWs(`ws://127.0.0.1:${port}/down`, undefined, routeTo('header', dead));
@@ -798,7 +788,7 @@ describe('CONNECT tunnels over HTTP/1.1', () => {
   });
 
   it('CONNECT to a dead port -> 502 and the connection closes', async () => {
-    const dead = await closedPort();
+    const dead = await refusedPort();
     const { proxy, port } = await startProxy();
     try {
       const client = await rawConnect(port, `CONNECT 127.0.0.1:${dead} HTTP/1.1\r\nHost: 127.0.0.1:${dead}\r\nX-Cmux-Port-Internal: ${dead}\r\n\r\n`);

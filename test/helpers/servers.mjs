@@ -4,7 +4,31 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { createProxyServer } from '../../dist/index.js';
+
+/**
+ * A loopback port that refuses connections and that no `listen(0)` of this run can take: picked
+ * below the kernel's ephemeral range (a port bound on 0 and closed again can be handed to the next
+ * listener, e.g. the proxy itself, which then answers a request to it with 508).
+ */
+export async function refusedPort() {
+  const [low] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+  const [from, to] = low > 2048 ? [1024, low] : [1, 1024];
+  for (let attempt = 0; attempt < 64; attempt++) {
+    const port = from + Math.floor(Math.random() * (to - from));
+    const refused = await new Promise((resolve) => {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(false);
+      });
+      socket.once('error', (err) => resolve(err.code === 'ECONNREFUSED'));
+    });
+    if (refused) return port;
+  }
+  throw new Error('no refusing port found below the ephemeral range');
+}
 
 /** Starts a proxy on 127.0.0.1:0; returns { proxy, port, url }. */
 export async function startProxy(options = {}) {
