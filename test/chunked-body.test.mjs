@@ -491,6 +491,21 @@ describe('chunked request bodies', () => {
     assert.deepEqual(heads, ['POST /first HTTP/1.1']);
   });
 
+  it('an HTTP/1.0 chunked request is answered with `connection: close` and ends the connection, whatever its Connection asks (RFC 9112 §6.1): the request behind it never reaches the upstream', async () => {
+    const seen = rec.requests.length;
+    const socket = net.connect(px.port, '127.0.0.1');
+    const answer = readAll(socket);
+    const behind = `GET /behind HTTP/1.1\r\nHost: app.test\r\nX-Cmux-Port-Internal: ${rec.port}\r\n\r\n`;
+    socket.write(`POST /first HTTP/1.0\r\nHost: app.test\r\nConnection: keep-alive\r\nX-Cmux-Port-Internal: ${rec.port}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n${behind}`);
+    const reply = await answer;
+    assert.equal(reply.split('HTTP/1.1 ').length - 1, 1, reply);
+    assert.match(reply, /^HTTP\/1\.1 200 /);
+    assert.match(reply, /\r\nconnection: close\r\n/i);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const heads = rec.requests.slice(seen).map((r) => r.bytes.split('\r\n')[0]);
+    assert.deepEqual(heads, ['POST /first HTTP/1.1']);
+  });
+
   for (const [name, bad] of [
     ['bare LF after a size', '1\nX\r\n0\r\n\r\n'],
     ['bare LF after data', '1\r\nX\n0\r\n\r\n'],

@@ -576,7 +576,9 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     }
     const bodyMode = facts.chunked ? BODY_CHUNKED : facts.contentLength !== undefined && facts.contentLength !== '0' ? BODY_LENGTH : BODY_NONE;
     const ex = new Exchange(core, this, method, path, raw, facts, host, this.clientAddress, this.proto, minor === 0 ? '1.0' : '1.1', bodyMode);
-    if (!keepAlive) {
+    if (!keepAlive || (minor === 0 && facts.chunked)) {
+      // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing; it is
+      // answered, and the connection closes after it whatever its `Connection` asks.
       ex.flags |= EX_CLIENT_CLOSE;
     }
     this.parsing = ex;
