@@ -1,6 +1,6 @@
 // Chunked request bodies: llhttp validates the framing without calling into JavaScript per chunk,
-// and the upstream gets the exact data in the proxy's own framing (at most one chunk per client
-// read, no client extensions), the trailers filtered as always. Thousands of 1-byte chunks split
+// and the upstream gets the exact data in the proxy's own framing (one chunk per client read,
+// plus one per long client chunk in a reused read buffer; no client extensions), the trailers filtered as always. Thousands of 1-byte chunks split
 // at random offsets (inside size lines, CRLFs and trailers), over TCP and TLS; chunked requests
 // pipelined with others in one write; malformed framings get 400 and never reach an upstream whole.
 import { describe, it, before, after } from 'node:test';
