@@ -13,7 +13,7 @@ import net from 'node:net';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { startProxy, sleep, waitFor } from './helpers/servers.mjs';
-import { FREE_MAX, readBufferCounts } from '../dist/upstream/read-buffers.js';
+import { FREE_MAX, ReadRing, readBufferCounts } from '../dist/upstream/read-buffers.js';
 import { assertNoBufferHeld, positionCoded } from './helpers/lent-buffers.mjs';
 
 const KiB = 1024;
@@ -341,6 +341,31 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     assert.deepEqual(failed, [], failed.join('\n'));
     assert.ok(readBufferCounts().created > before, 'the bodies were not read into lent buffers');
     await noBufferHeld('after the chunked uploads');
+  });
+
+  it('a buffer lent in several slices of one read is never read into again once its holder was destroyed with one still out', async (t) => {
+    // (A chunked body's read lends a slice per long chunk: one write may call back before the
+    // upstream is destroyed, another after, with bytes of the buffer maybe still in its queue.)
+    const server = net.createServer((s) => s.on('error', () => {}));
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    t.after(() => server.close());
+    const socket = net.connect(server.address().port, '127.0.0.1');
+    socket.on('error', () => {});
+    await once(socket, 'connect');
+    const ring = new ReadRing();
+    const b = ring.first();
+    const first = b.lend();
+    first.holder = socket;
+    const second = b.lend();
+    second.holder = socket;
+    const dropped = readBufferCounts().dropped;
+    first.release();
+    socket.destroy();
+    second.release();
+    assert.equal(readBufferCounts().dropped, dropped + 1, 'the buffer is let go');
+    assert.notEqual(ring.next(), b.buf, 'the next read goes to another buffer');
+    ring.retire();
   });
 
   it('a GET pipelined in the same write as the body\'s last bytes is answered after the upload', async (t) => {

@@ -75,15 +75,21 @@ export class ReadBuffer implements BodyLease {
   inRing = false;
   /** Its holder was destroyed with a write pending: never read into again. */
   poisoned = false;
+  /**
+   * What the slices lent now were written to. Every slice of one read goes to one holder (a
+   * chunked body's read may lend several), so it is forgotten only once the last is released:
+   * any release after the holder was destroyed poisons the buffer, even after others came back.
+   */
   holder: LeaseHolder | null = null;
   readonly release = (): void => {
     const holder = this.holder;
-    this.holder = null;
     if (holder !== null && holder.destroyed && !this.poisoned) {
       this.poisoned = true;
       dropped++;
     }
-    if (--this.held === 0 && !this.inRing && !this.poisoned) putFree(this);
+    if (--this.held !== 0) return;
+    this.holder = null;
+    if (!this.inRing && !this.poisoned) putFree(this);
   };
 
   constructor() {
