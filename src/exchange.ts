@@ -379,12 +379,12 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     if (queued !== null) this.client.resumeRequest(this);
   }
 
-  private writeFramed(chunk: Buffer): boolean {
+  private writeFramed(chunk: Buffer, done?: () => void): boolean {
     const socket = this.conn!.socket;
-    if (this.bodyMode !== BODY_CHUNKED) return socket.write(chunk);
+    if (this.bodyMode !== BODY_CHUNKED) return socket.write(chunk, done);
     socket.cork();
     socket.write(`${chunk.length.toString(16)}\r\n`, 'latin1');
-    socket.write(chunk);
+    socket.write(chunk, done);
     const ok = socket.write(CRLF);
     socket.uncork();
     return ok;
@@ -430,12 +430,12 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       return false;
     }
     if (lease !== null) {
-      // Content-Length framing: the chunk goes as it is, and its write's callback releases it.
-      // A write the kernel took whole leaves nothing queued (writableLength 0): the upstream is
-      // drained and the client is read on; the buffer is released on the next tick.
+      // The chunk's write's callback releases it (in a chunked body, between its size line and
+      // CRLF). A write the kernel took whole leaves nothing queued (writableLength 0): the
+      // upstream is drained and the client is read on; the buffer is released on the next tick.
       const socket = this.conn!.socket;
       lease.holder = socket;
-      if (socket.write(chunk, lease.release) || socket.writableLength === 0) return true;
+      if (this.writeFramed(chunk, lease.release) || socket.writableLength === 0) return true;
     } else if (this.writeFramed(chunk)) return true;
     this.client.pauseRequest(this);
     return false;

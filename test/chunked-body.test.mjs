@@ -1,6 +1,6 @@
 // Chunked request bodies: llhttp validates the framing without calling into JavaScript per chunk,
-// and the upstream gets the exact data in the proxy's own framing (at most one chunk per client
-// read, no client extensions), the trailers filtered as always. Thousands of 1-byte chunks split
+// and the upstream gets the exact data in the proxy's own framing (one chunk per client read,
+// plus one per long client chunk in a reused read buffer; no client extensions), the trailers filtered as always. Thousands of 1-byte chunks split
 // at random offsets (inside size lines, CRLFs and trailers), over TCP and TLS; chunked requests
 // pipelined with others in one write; malformed framings get 400 and never reach an upstream whole.
 import { describe, it, before, after } from 'node:test';
@@ -202,6 +202,51 @@ describe('the chunk scan (data of bytes llhttp accepted)', () => {
     const want = { data: 'ABabc0123456789Zhello0123456789abcde', end: ends };
     for (let cut = 1; cut < ends; cut++) assert.deepEqual(run([cut]), want, `split at ${cut}`);
     assert.deepEqual(run(Array.from({ length: ends }, (_, i) => i + 1)), want, 'one byte per read');
+  });
+
+  it('in place (a reused read buffer): the same data and end, as views of the read, nothing past the end rewritten', async () => {
+    const { ChunkedScan, SCAN_MORE, PIECE_MIN } = await import('../dist/h1/chunked.js');
+    const long = (n, c) => c.repeat(n);
+    // Chunks of PIECE_MIN and more stay where they lie (pieces of their own); shorter ones are
+    // moved down next to the piece before them.
+    const inPlaceMessage =
+      `${PIECE_MIN.toString(16)}\r\n${long(PIECE_MIN, 'p')}\r\n1\r\nB\r\n3;a=b;c="x y"\r\nabc\r\n` +
+      `${(PIECE_MIN + 4096).toString(16)}\r\n${long(PIECE_MIN + 4096, 'q')}\r\n5\r\nhello\r\n1\r\nZ\r\n${(PIECE_MIN - 1).toString(16)}\r\n${long(PIECE_MIN - 1, 'r')}\r\n` +
+      '0;last\r\nX-T: 1\r\n\r\n' + message.slice(ends);
+    const bytes = Buffer.from(inPlaceMessage, 'latin1');
+    const end = inPlaceMessage.indexOf('GET');
+    const want = `${long(PIECE_MIN, 'p')}Babc${long(PIECE_MIN + 4096, 'q')}helloZ${long(PIECE_MIN - 1, 'r')}`;
+    const run = (cuts) => {
+      const scan = new ChunkedScan();
+      let data = '';
+      let from = 0;
+      let pieces = 0;
+      for (const to of [...cuts, bytes.length]) {
+        const buf = Buffer.from(bytes.subarray(from, to));
+        const at = scan.scan(buf, buf.length, true);
+        for (const piece of scan.takeInPlace() ?? []) {
+          assert.equal(piece.buffer, buf.buffer, 'a view of the read');
+          pieces++;
+          data += piece.toString('latin1');
+        }
+        if (at !== SCAN_MORE) {
+          assert.equal(buf.subarray(at).toString('latin1'), inPlaceMessage.slice(from + at), 'the bytes past the end as read');
+          return { data, end: from + at, pieces };
+        }
+        from = to;
+      }
+      return { data, end: -1, pieces };
+    };
+    const whole = run([]);
+    assert.deepEqual({ ...whole, pieces: 0 }, { data: want, end, pieces: 0 });
+    assert.equal(whole.pieces, 2, 'one read: the first long chunk with the short ones after it, the second long one with the rest');
+    const cuts = new Set([1, 2, 3, 5, 6, 7, 8, 9, 10]);
+    for (let c = 1; c < end; c += 37) cuts.add(c);
+    for (let k = 0; k < 40; k++) for (const o of [-2, -1, 0, 1, 2]) cuts.add(Math.max(1, Math.min(end - 1, inPlaceMessage.indexOf('\r\n', (k * end) / 40) + o)));
+    for (const c of cuts) assert.deepEqual({ ...run([c]), pieces: 0 }, { data: want, end, pieces: 0 }, `split at ${c}`);
+    const many = [];
+    for (let c = 1; c < bytes.length; c += 1 + ((c * 7919) % 5000)) many.push(c);
+    assert.deepEqual({ ...run(many), pieces: 0 }, { data: want, end, pieces: 0 }, 'many reads');
   });
 
   it('reports framing llhttp would not have accepted instead of guessing', async () => {

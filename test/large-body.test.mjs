@@ -1,7 +1,7 @@
 // Streamed bodies: 256 MiB up (with a Content-Length, then chunked) and down through the proxy
 // (run as a child process), byte-exact, with the proxy's peak RSS over idle measured for each:
-// under UPLOAD_GROWTH_MIB for the Content-Length upload (its body is read into reused buffers),
-// under 64 MiB for the others. CMUX_TEST_LARGE_MIB changes the size.
+// under GROWTH_MIB for every one (their bodies are read into reused buffers, a chunked one scanned
+// where it lies). CMUX_TEST_LARGE_MIB changes the size.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -13,8 +13,8 @@ import { startCli, stopCli } from './helpers/cli.mjs';
 const MIB = 1024 * 1024;
 const SIZE = Number(process.env.CMUX_TEST_LARGE_MIB ?? 256) * MIB;
 const CHUNK = 64 * 1024;
-/** What a Content-Length upload may add to the proxy's RSS at its peak. */
-const UPLOAD_GROWTH_MIB = 16;
+/** What each transfer may add to the proxy's RSS at its peak. */
+const GROWTH_MIB = 16;
 
 /** Deterministic bytes: chunk i is filled from a pattern that depends on i. */
 function chunkAt(i) {
@@ -105,7 +105,7 @@ describe('large bodies through the proxy process', () => {
     });
     assert.equal(uploadedWithLength.bytes, SIZE);
     assert.equal(uploadedWithLength.sha, sha);
-    growth('Content-Length upload', UPLOAD_GROWTH_MIB);
+    growth('Content-Length upload', GROWTH_MIB);
 
     const uploaded = await new Promise((resolve, reject) => {
       const req = http.request(url, { method: 'POST', headers, agent: false }, (res) => {
@@ -118,7 +118,7 @@ describe('large bodies through the proxy process', () => {
     });
     assert.equal(uploaded.bytes, SIZE);
     assert.equal(uploaded.sha, sha);
-    growth('chunked upload', 64);
+    growth('chunked upload', GROWTH_MIB);
 
     const downloaded = await new Promise((resolve, reject) => {
       http.get(url, { headers, agent: false }, (res) => {
@@ -136,6 +136,6 @@ describe('large bodies through the proxy process', () => {
     assert.equal(downloaded.sha, sha);
     assert.ok(downloaded.complete);
 
-    growth('download', 64);
+    growth('download', GROWTH_MIB);
   });
 });

@@ -13,11 +13,36 @@ import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import WebSocket, { WebSocketServer } from 'ws';
 import { startProxy, sleep } from './helpers/servers.mjs';
+import { createRequire } from 'node:module';
 import { FREE_MAX, readBufferCounts } from '../dist/upstream/read-buffers.js';
 import { assertNoBufferHeld, positionCoded } from './helpers/lent-buffers.mjs';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
+const { HTTPParser } = createRequire(import.meta.url)('_http_common');
+
+/**
+ * Counts the body bytes llhttp hands to the proxy's upstream response parsers (whose `conn` is a
+ * pooled upstream connection: it has `entry`), each a copy; not the test's own parsers.
+ */
+const upstreamBodyCopies = { bytes: 0 };
+const kStored = Symbol('onBody');
+function countingOnBody(chunk) {
+  upstreamBodyCopies.bytes += chunk.length;
+  return this[kStored].call(this, chunk);
+}
+function installBodyCounter() {
+  Object.defineProperty(HTTPParser.prototype, HTTPParser.kOnBody, {
+    configurable: true,
+    set(fn) {
+      this[kStored] = fn;
+    },
+    get() {
+      const fn = this[kStored];
+      return typeof fn === 'function' && this.conn !== undefined && this.conn !== null && 'entry' in this.conn ? countingOnBody : fn;
+    },
+  });
+}
 
 
 /**
@@ -257,6 +282,39 @@ async function startRawUpstream() {
 }
 
 describe('response heads on a socket that relayed a lent body', () => {
+  it('long responses on the pooled socket: llhttp copies at most 16 KiB of each body (what shares its head\'s read), the rest is lent', async (t) => {
+    const up = await startRawUpstream();
+    t.after(() => up.close());
+    installBodyCounter();
+    t.after(() => delete HTTPParser.prototype[HTTPParser.kOnBody]);
+    const { proxy, port } = await startProxy();
+    t.after(() => proxy.stop());
+    const get = (path) =>
+      new Promise((resolve, reject) => {
+        const req = http.get({ host: '127.0.0.1', port, path, agent: false, headers: { 'x-cmux-port-internal': String(up.port) } }, (res) => {
+          const chunks = [];
+          res.on('data', (c) => chunks.push(c));
+          res.on('end', () => resolve(Buffer.concat(chunks)));
+          res.on('error', reject);
+        });
+        req.on('error', reject);
+      });
+    // The first response takes the socket's reads over; later heads are read into the parking buffer.
+    assert.ok((await get(`/body/40/${MiB}`)).equals(positionCoded(40, 0, MiB)));
+    await sleep(20);
+    const reused = proxy.getStats().upstreamSocketsReused ?? 0;
+    const counts = [];
+    for (let i = 0; i < 5; i++) {
+      const before = upstreamBodyCopies.bytes;
+      // (The upstream writes the head and the whole body at once: the head's read is full.)
+      assert.ok((await get(`/body/${41 + i}/${MiB}`)).equals(positionCoded(41 + i, 0, MiB)), `response ${i}: body differs`);
+      counts.push(upstreamBodyCopies.bytes - before);
+      await sleep(20);
+    }
+    assert.equal((proxy.getStats().upstreamSocketsReused ?? 0) - reused, 5, 'the responses did not come on the pooled socket');
+    assert.ok(counts.every((n) => n <= 16 * KiB), `body bytes copied by llhttp per 1 MiB response: ${counts.join(', ')}`);
+  });
+
   it('a head split across reads and a 101 with tunnel bytes in its read reach the client intact on the pooled socket', async (t) => {
     const up = await startRawUpstream();
     t.after(() => up.close());

@@ -47,6 +47,13 @@ const MAX_EXTENSION_BYTES = 16 * 1024;
 /** Data ranges up to this size are copied byte by byte (cheaper than a native copy call). */
 const COPY_LOOP_MAX = 32;
 
+/**
+ * In place (a read buffer the scan may rewrite), a data range at least this long starts a piece of
+ * its own where it lies; a shorter one is moved down next to the piece before it (moving it costs
+ * less than the upstream write a piece of its own would add).
+ */
+export const PIECE_MIN = 16 * 1024;
+
 /** RFC 9110 tchar. */
 const TCHAR = new Uint8Array(256);
 for (let c = 0x21; c < 0x7f; c++) TCHAR[c] = 1;
@@ -89,6 +96,13 @@ export class ChunkedScan {
   private view: Buffer | null = null;
   private out: Buffer | null = null;
   private outLen = 0;
+  /**
+   * Scanning in place (scan's `inPlace`): `out` is the scanned buffer itself, the open piece is
+   * `out[pieceStart, outLen)`, and the pieces closed before it are in `pieces`.
+   */
+  private inPlace = false;
+  private pieceStart = 0;
+  private pieces: Buffer[] | null = null;
   /** Trailer fields as [name, value, ...] (llhttp's raw form), the field being read, the section's size. */
   private trailers: string[] | null = null;
   private fieldName = '';
@@ -114,6 +128,8 @@ export class ChunkedScan {
     this.view = null;
     this.out = null;
     this.outLen = 0;
+    this.pieceStart = 0;
+    this.pieces = null;
     this.trailers = null;
     this.fieldName = '';
     this.fieldValue = '';
@@ -133,8 +149,16 @@ export class ChunkedScan {
    * past the message's end (the CRLF after the last chunk or its trailers), SCAN_MORE, SCAN_BAD
    * or SCAN_TOO_LARGE. One tight loop per part of a chunk (a 1-byte chunk is 6 bytes: this runs
    * for every one).
+   *
+   * `inPlace`: `buf` is the caller's to rewrite, and the data is taken with takeInPlace(), as
+   * views of `buf` (nothing is allocated or copied out): each range of PIECE_MIN or more is a
+   * piece where it lies, and shorter ones are moved down to follow the piece before them, over
+   * framing bytes already scanned (nothing past the returned offset is written).
    */
-  scan(buf: Buffer, end: number): number {
+  scan(buf: Buffer, end: number, inPlace = false): number {
+    this.inPlace = inPlace;
+    // (A piece of another buffer not taken yet stays a piece of its own.)
+    if (inPlace && this.out !== null && this.out !== buf) this.closePiece();
     let state = this.state;
     let left = this.left;
     let i = 0;
@@ -350,9 +374,36 @@ export class ChunkedScan {
     return out.subarray(0, len);
   }
 
+  /**
+   * The data of the buffer scanned in place (see scan): views of it, in order (null when none).
+   * A caller that lends them keeps the buffer from being read into until every one is released.
+   */
+  takeInPlace(): Buffer[] | null {
+    this.closePiece();
+    const pieces = this.pieces;
+    this.pieces = null;
+    return pieces;
+  }
+
+  /** The open piece (`out[pieceStart, outLen)`) goes to `pieces`; none is open after. */
+  private closePiece(): void {
+    const out = this.out;
+    if (out !== null && this.outLen > this.pieceStart) (this.pieces ??= []).push(out.subarray(this.pieceStart, this.outLen));
+    this.out = null;
+    this.outLen = 0;
+    this.pieceStart = 0;
+  }
+
   /** The copy buffer for the data of this read from `from` on (with the view taken so far). */
   private startOut(buf: Buffer, from: number): Buffer {
+    if (this.inPlace) {
+      // In place: the buffer itself, a piece opening at `from` (the caller copies onto it from `from` on).
+      this.out = buf;
+      this.pieceStart = this.outLen = from;
+      return buf;
+    }
     const view = this.view;
+    this.pieceStart = 0;
     const out = (this.out = Buffer.allocUnsafe((view === null ? 0 : view.length) + (buf.length - from)));
     this.outLen = view === null ? 0 : view.copy(out, 0);
     this.view = null;
@@ -375,6 +426,10 @@ export class ChunkedScan {
    */
   private data(buf: Buffer, from: number, to: number): void {
     if (from === to) return;
+    if (this.inPlace) {
+      this.dataInPlace(buf, from, to);
+      return;
+    }
     let out = this.out;
     if (out === null) {
       if (this.view === null) {
@@ -396,5 +451,20 @@ export class ChunkedScan {
       len += buf.copy(out, len, from, to);
     }
     this.outLen = len;
+  }
+
+  /** data() in place: `buf[from, to)` opens a piece where it lies, or moves down onto the open one. */
+  private dataInPlace(buf: Buffer, from: number, to: number): void {
+    const out = this.out;
+    if (out === null || to - from >= PIECE_MIN) {
+      this.closePiece();
+      this.out = buf;
+      this.pieceStart = from;
+      this.outLen = to;
+      return;
+    }
+    const len = this.outLen;
+    if (len !== from) buf.copyWithin(len, from, to);
+    this.outLen = len + (to - from);
   }
 }

@@ -366,7 +366,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   /** A read of a body taken from llhttp: exactly `bodyLeft` bytes belong to the request. */
   rawBody(chunk: Buffer, lent: ReadBuffer | null): void {
     if ((this.flags & C_CHUNK_RAW) !== 0) {
-      this.rawChunked(chunk, lent !== null);
+      this.rawChunked(chunk, lent);
       return;
     }
     const left = this.bodyLeft;
@@ -737,13 +737,17 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     return ret;
   }
 
-  /** A read of a chunked body that went on past the read that carried its head. */
-  private rawChunked(chunk: Buffer, lent: boolean): void {
+  /**
+   * A read of a chunked body that went on past the read that carried its head. A read into a
+   * reused buffer (`lent`) is scanned in place: its data goes upstream as slices of it, lent to
+   * the upstream writes, not copied out.
+   */
+  private rawChunked(chunk: Buffer, lent: ReadBuffer | null): void {
     const at = this.scanChunked(chunk, lent);
     if (at < 0) return;
     // The socket goes on reading through its stream: later heads reach llhttp as its 'data'
     // (a copy of what follows in a reused buffer, which is read into again).
-    if (at < chunk.length) this.onData(lent ? Buffer.from(chunk.subarray(at)) : chunk.subarray(at));
+    if (at < chunk.length) this.onData(lent !== null ? Buffer.from(chunk.subarray(at)) : chunk.subarray(at));
   }
 
   /**
@@ -753,18 +757,23 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
    * the framing refused (the request aborted, the client answered 400 or 431), or the request
    * was the connection's last (it asked to close, or the pipelining bound was reached).
    */
-  private scanChunked(buf: Buffer, lent = false): number {
+  private scanChunked(buf: Buffer, lent: ReadBuffer | null = null): number {
     const scan = this.chunkScan!;
-    const at = scan.scan(buf, buf.length);
+    const at = scan.scan(buf, buf.length, lent !== null);
     const ex = this.chunkEx;
     if (at < 0 && at !== SCAN_MORE) {
       this.dropChunked();
       this.broken(at === SCAN_TOO_LARGE ? 431 : 400, null);
       return at;
     }
-    const data = scan.take();
-    // The data of 1-byte chunks is a copy already; a view of a reused buffer is copied here.
-    if (ex !== null && data !== null) ex.requestBody(lent && data.buffer === buf.buffer ? Buffer.from(data) : data);
+    if (lent === null) {
+      const data = scan.take();
+      if (ex !== null && data !== null) ex.requestBody(data);
+    } else {
+      // Each piece holds the buffer until its write is done (the exchange releases what it copies or drops).
+      const pieces = scan.takeInPlace();
+      if (ex !== null && pieces !== null) for (let i = 0; i < pieces.length; i++) ex.requestBody(pieces[i]!, lent.lend());
+    }
     if (at === SCAN_MORE) return at;
     const trailers = scan.takeTrailers();
     const closeAsked = scan.closeAsked;
