@@ -161,17 +161,26 @@ const h2ClientSide: ClientSide = {
       // interim answers are advisory
     }
   },
-  writeBody(ex, chunk, lease) {
+  writeBody(ex, chunk, lease, last) {
     const stream = (ex.clientState as H2StreamState).stream;
     if (stream.destroyed || stream.writableEnded) {
       lease?.release();
       return true;
     }
-    if (lease === null) return stream.write(chunk);
-    // nghttp2 sends from the chunk itself, maybe much later (flow control): released by the
-    // write's callback, once the DATA frames carrying it are written.
-    lease.holder = stream;
-    return stream.write(chunk, lease.release);
+    let ok: boolean;
+    if (lease === null) ok = stream.write(chunk);
+    else {
+      // nghttp2 sends from the chunk itself, maybe much later (flow control): released by the
+      // write's callback, once the DATA frames carrying it are written.
+      lease.holder = stream;
+      ok = stream.write(chunk, lease.release);
+    }
+    // The body's last bytes: ended in the same callback as the write, Node shuts the stream's
+    // writable side before nghttp2 takes the data, and the last DATA frame carries END_STREAM.
+    // Ended later (with the upstream's message end, after Node has run its ticks between llhttp's
+    // callbacks), the stream would need an empty DATA frame and another write cycle to end.
+    if (last === true) stream.end();
+    return ok;
   },
   end(ex, trailers) {
     const state = ex.clientState as H2StreamState;
