@@ -396,6 +396,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
     session.on('error', sessionOnError);
     session.on('goaway', sessionOnGoaway);
     session.on('stream', sessionOnStream);
+    session.on('priority', sessionOnPriority);
     session.on('close', function sessionClosed(this: TrackedSession) {
       const s = this[kSession];
       if (s?.ping) clearInterval(s.ping);
@@ -698,6 +699,18 @@ function sessionOnStream(this: TrackedSession, stream: http2.ServerHttp2Stream):
   if (id > state.accountedId + 2) noteRefused(this, state, (id - state.accountedId - 1) >>> 1);
   if (id > state.accountedId) state.accountedId = id;
   state.lastStreamId = id;
+}
+
+/**
+ * A PRIORITY frame for a stream the proxy has not seen: RFC 7540 clients (nghttp, older Firefox)
+ * open idle streams (3, 5, 7, 9, 11) as anchors of their dependency tree and send requests on
+ * later ids. Such ids were never requests: they count as looked at, not as refused streams (five
+ * of them closed every such client's connection after its first request).
+ */
+function sessionOnPriority(this: TrackedSession, id: number): void {
+  const state = this[kSession];
+  if (state === undefined || (id & 1) === 0 || id <= state.accountedId) return;
+  state.accountedId = id;
 }
 
 function sessionOnGoaway(this: TrackedSession): void {
