@@ -39,7 +39,7 @@ export interface ClientSide {
    * A piece of the response body. A `lease` must be released exactly once, when nothing queued
    * for the client reads `chunk` any more (see BodyLease); its holder is set to what queued it.
    */
-  writeBody(ex: Exchange, chunk: Buffer, lease: BodyLease | null): boolean;
+  writeBody(ex: Exchange, chunk: Buffer, lease: BodyLease | null, last?: boolean): boolean;
   end(ex: Exchange, trailers: string[] | null): void;
   /** A response the proxy makes itself (nothing was sent to the client yet). */
   fail(ex: Exchange, status: number, code: string, message: string): void;
@@ -520,7 +520,10 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
       return;
     }
     this.bytesOut += chunk.length;
-    if (!this.client.writeBody(this, chunk, lease)) this.conn?.pauseReading();
+    // A Content-Length body's last bytes (its end follows in this same read): `last` lets an
+    // HTTP/2 client end its stream with them.
+    const conn = this.conn;
+    if (!this.client.writeBody(this, chunk, lease, conn !== null && conn.bodyLeft === 0)) conn?.pauseReading();
   }
 
   /** The client drained what we wrote: let the upstream flow again. */

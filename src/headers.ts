@@ -37,6 +37,8 @@ const NOT_CONNECTION_OPTIONS: ReadonlySet<string> = new Set(['content-length', '
  * `tokens` null and spare every other header a lower-cased lookup.
  */
 function addConnectionTokens(value: string, tokens: string[] | null): string[] | null {
+  // The usual values, as servers and clients spell them: nothing to split.
+  if (value === 'keep-alive' || value === 'close' || value === 'Keep-Alive' || value === 'Upgrade' || value === 'upgrade') return tokens;
   for (const part of value.split(',')) {
     const token = part.trim().toLowerCase();
     if (token !== '' && token !== 'close' && !HOP_BY_HOP.has(token) && !NOT_CONNECTION_OPTIONS.has(token)) (tokens ??= []).push(token);
@@ -96,6 +98,18 @@ const KIND_BY_LOWER_NAME: ReadonlyMap<string, number> = new Map([
 const kindBySpelling = new Map<string, number>();
 const SPELLINGS_MAX = 2048;
 const SPELLING_LENGTH_MAX = 64;
+
+/** Lower-case names by spelling, bounded as kindBySpelling: the HTTP/2 response head needs them per field. */
+const lowerBySpelling = new Map<string, string>();
+
+function lowerName(name: string): string {
+  let lower = lowerBySpelling.get(name);
+  if (lower === undefined) {
+    lower = name.toLowerCase();
+    if (lowerBySpelling.size < SPELLINGS_MAX && name.length <= SPELLING_LENGTH_MAX) lowerBySpelling.set(name, lower);
+  }
+  return lower;
+}
 
 function nameKind(name: string): number {
   let kind = kindBySpelling.get(name);
@@ -432,7 +446,7 @@ export function responseHeadersH2(raw: readonly string[], status: number, facts:
       continue;
     }
     if ((kind & N_HOP) !== 0) continue;
-    const lower = name.toLowerCase();
+    const lower = lowerName(name);
     if (tokens !== null && tokens.includes(lower)) continue;
     if (kind === N_CONTENT_LENGTH) facts.contentLength = true;
     const previous = out[lower];

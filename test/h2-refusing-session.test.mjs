@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import { resolveOptions } from '../dist/options.js';
 import { startProxy, startUpstream, sleep } from './helpers/servers.mjs';
-import { ERROR, FLAG, FRAME, H2RawClient, SETTING, errorName, headersFrame, requestHeaders, rstStreamFrame, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
+import { ERROR, FLAG, FRAME, H2RawClient, frame, SETTING, errorName, headersFrame, requestHeaders, rstStreamFrame, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
 
 const KIB = 1024;
 const MIB = 1024 * KIB;
@@ -102,6 +102,32 @@ describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { t
       assert.equal(next.status, 200);
       const slow = await c.streamOutcome(1, { timeoutMs: 5000 });
       assert.equal(slow.status, 200);
+      assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 0);
+    } finally {
+      c.close();
+      await px.proxy.stop();
+    }
+  });
+
+  it('idle streams opened by PRIORITY frames (an RFC 7540 dependency tree, as nghttp sends) are not refusals: no GOAWAY, every request is served', async () => {
+    const px = await startProxy();
+    const c = await H2RawClient.connect(px.port, { keepData: false });
+    try {
+      // nghttp's anchors: PRIORITY on idle streams 3, 5, 7, 9 and 11, then requests from 13 on
+      const priority = (id, dependsOn, weight) => {
+        const payload = Buffer.alloc(5);
+        payload.writeUInt32BE(dependsOn);
+        payload[4] = weight;
+        return frame(FRAME.PRIORITY, 0, id, payload);
+      };
+      c.send(Buffer.concat([priority(3, 0, 200), priority(5, 0, 100), priority(7, 0, 0), priority(9, 7, 0), priority(11, 3, 0)]));
+      for (let id = 13; id <= 21; id += 2) {
+        c.send(headersFrame(id, requestHeaders(up.port, { path: '/small' }), { endStream: true }));
+        const out = await c.streamOutcome(id, { timeoutMs: 5000 });
+        assert.equal(out.goaway, null, `stream ${id}: no GOAWAY (got ${out.goaway && errorName(out.goaway.errorCode)})`);
+        assert.equal(out.status, 200, `stream ${id}`);
+        await sleep(300); // the proxy's session probe looks at least once in between
+      }
       assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 0);
     } finally {
       c.close();

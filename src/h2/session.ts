@@ -42,6 +42,8 @@ interface H2StreamState {
   trailers: string[] | null;
   /** The client's request trailers (raw), passed on with the request's end. */
   requestTrailers: string[] | null;
+  /** 'drain' is listened to (from the first write the stream could not take whole). */
+  drainListened: boolean;
 }
 
 /** Hooks the server gives the HTTP/2 sessions. */
@@ -140,6 +142,8 @@ const h2ClientSide: ClientSide = {
     // `Trailer` or not); the stream then ends with them, or with an empty DATA frame if none came.
     const waitForTrailers = !endStream && (ex.h2 !== null || !ex.responseFacts.contentLength);
     ex.core.stats.countStatus(status);
+    // Listened to only by the streams that ask for it (most responses have a Content-Length).
+    if (waitForTrailers) stream.on('wantTrailers', streamOnWantTrailers);
     try {
       stream.respond(headers, { endStream, waitForTrailers });
     } catch (err) {
@@ -161,17 +165,32 @@ const h2ClientSide: ClientSide = {
       // interim answers are advisory
     }
   },
-  writeBody(ex, chunk, lease) {
-    const stream = (ex.clientState as H2StreamState).stream;
+  writeBody(ex, chunk, lease, last) {
+    const state = ex.clientState as H2StreamState;
+    const stream = state.stream;
     if (stream.destroyed || stream.writableEnded) {
       lease?.release();
       return true;
     }
-    if (lease === null) return stream.write(chunk);
-    // nghttp2 sends from the chunk itself, maybe much later (flow control): released by the
-    // write's callback, once the DATA frames carrying it are written.
-    lease.holder = stream;
-    return stream.write(chunk, lease.release);
+    let ok: boolean;
+    if (lease === null) ok = stream.write(chunk);
+    else {
+      // nghttp2 sends from the chunk itself, maybe much later (flow control): released by the
+      // write's callback, once the DATA frames carrying it are written.
+      lease.holder = stream;
+      ok = stream.write(chunk, lease.release);
+    }
+    if (!ok && !state.drainListened) {
+      // The exchange now waits for 'drain' to read its upstream on: listened to from here.
+      state.drainListened = true;
+      stream.on('drain', streamOnDrain);
+    }
+    // The body's last bytes: ended in the same callback as the write, Node shuts the stream's
+    // writable side before nghttp2 takes the data, and the last DATA frame carries END_STREAM.
+    // Ended later (with the upstream's message end, after Node has run its ticks between llhttp's
+    // callbacks), the stream would need an empty DATA frame and another write cycle to end.
+    if (last === true) stream.end();
+    return ok;
   },
   end(ex, trailers) {
     const state = ex.clientState as H2StreamState;
@@ -275,7 +294,13 @@ function streamOnDrain(this: ProxyStream): void {
   this[kEx]?.clientDrained();
 }
 
+/** Every stream's one 'close' listener: it no longer counts in its session, and an exchange still running is abandoned. */
 function streamOnClose(this: ProxyStream): void {
+  const counted = this[kCounted];
+  if (counted !== undefined) {
+    this[kCounted] = undefined;
+    counted.streams--;
+  }
   abandoned(this);
 }
 
@@ -371,6 +396,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
     session.on('error', sessionOnError);
     session.on('goaway', sessionOnGoaway);
     session.on('stream', sessionOnStream);
+    session.on('priority', sessionOnPriority);
     session.on('close', function sessionClosed(this: TrackedSession) {
       const s = this[kSession];
       if (s?.ping) clearInterval(s.ping);
@@ -645,13 +671,6 @@ function sessionOnError(this: http2.ServerHttp2Session): void {
   // The session closes; its streams' 'close' events tear their exchanges down.
 }
 
-function streamUncount(this: ProxyStream): void {
-  const state = this[kCounted];
-  if (state === undefined) return;
-  this[kCounted] = undefined;
-  state.streams--;
-}
-
 function sessionOnTimeout(this: TrackedSession): void {
   // No frames either way for clientIdleTimeoutMs. With streams open the session is idle only
   // when its writes are stuck (a client that stopped reading); otherwise it is waiting for
@@ -680,6 +699,18 @@ function sessionOnStream(this: TrackedSession, stream: http2.ServerHttp2Stream):
   if (id > state.accountedId + 2) noteRefused(this, state, (id - state.accountedId - 1) >>> 1);
   if (id > state.accountedId) state.accountedId = id;
   state.lastStreamId = id;
+}
+
+/**
+ * A PRIORITY frame for a stream the proxy has not seen: RFC 7540 clients (nghttp, older Firefox)
+ * open idle streams (3, 5, 7, 9, 11) as anchors of their dependency tree and send requests on
+ * later ids. Such ids were never requests: they count as looked at, not as refused streams (five
+ * of them closed every such client's connection after its first request).
+ */
+function sessionOnPriority(this: TrackedSession, id: number): void {
+  const state = this[kSession];
+  if (state === undefined || (id & 1) === 0 || id <= state.accountedId) return;
+  state.accountedId = id;
 }
 
 function sessionOnGoaway(this: TrackedSession): void {
@@ -740,8 +771,8 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   if (sessionState !== undefined) {
     sessionState.streams++;
     stream[kCounted] = sessionState;
-    stream.once('close', streamUncount);
   }
+  stream.on('close', streamOnClose);
   if (core.draining) {
     stream.close(NGHTTP2_REFUSED_STREAM);
     return;
@@ -775,13 +806,10 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   const ended = (flags & NGHTTP2_FLAG_END_STREAM) !== 0;
   const bodyMode = ended ? BODY_NONE : facts.contentLength !== undefined ? BODY_LENGTH : BODY_CHUNKED;
   const ex = new Exchange(core, h2ClientSide, method, path, raw, facts, host, clientAddress, tls ? 'https' : 'http', '2', bodyMode);
-  const state: H2StreamState = { stream, session, trailers: null, requestTrailers: null };
+  const state: H2StreamState = { stream, session, trailers: null, requestTrailers: null, drainListened: false };
   ex.clientState = state;
   stream[kEx] = ex;
-  stream.on('close', streamOnClose);
   stream.on('aborted', streamOnAborted);
-  stream.on('drain', streamOnDrain);
-  stream.on('wantTrailers', streamOnWantTrailers);
   if (ended) {
     ex.requestEnd(null);
   } else {

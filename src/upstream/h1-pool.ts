@@ -390,6 +390,8 @@ function rawBody(conn: UpstreamConn, chunk: Buffer, lent: ReadBuffer | null): vo
     relay(conn, chunk, lent);
     return;
   }
+  // 0 while the last piece is relayed: the exchange's client may end its response with it.
+  conn.bodyLeft = 0;
   relay(conn, chunk.length === left ? chunk : chunk.subarray(0, left), lent);
   conn.bodyLeft = -1;
   conn.raw = false;
