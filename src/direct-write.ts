@@ -85,7 +85,7 @@ type DirectSocket = net.Socket & {
   _handle: StreamWriteHandle | null;
   _unrefTimer(): void;
   encrypted?: boolean;
-  writableCorked: number;
+  _writableState: { length: number; corked: number; ending: boolean };
 };
 
 /** Whether a socket's writes can take the direct path at all (a plain TCP socket, and the binding is there). */
@@ -101,16 +101,9 @@ export function directWritable(socket: net.Socket): boolean {
 export function writeLatin1(socket: net.Socket, data: string): boolean {
   const s = socket as DirectSocket;
   const handle = s._handle;
-  if (
-    WriteWrap === undefined ||
-    handle === null ||
-    s.writableLength !== 0 ||
-    s.writableCorked !== 0 ||
-    s.connecting ||
-    s.writableEnded ||
-    s.destroyed ||
-    s.encrypted === true
-  ) {
+  const state = s._writableState;
+  // `length` counts what the stream holds and what it is writing; `ending` covers end() and after.
+  if (WriteWrap === undefined || handle === null || state.length !== 0 || state.corked !== 0 || state.ending || s.connecting || s.encrypted === true) {
     return socket.write(data, 'latin1');
   }
   s._unrefTimer();
