@@ -101,6 +101,25 @@ describe('direct writes to a TCP handle', () => {
     }
   });
 
+  it('bytesWritten counts direct writes as it counts socket.write', async () => {
+    const { writer, reader } = await socketPair();
+    try {
+      writeLatin1(writer, 'hello');
+      writer.write('there', 'latin1');
+      writeLatin1(writer, 'ab');
+      await new Promise((r) => setImmediate(r));
+      assert.equal(writer.bytesWritten, 12);
+      const got = [];
+      reader.on('data', (c) => got.push(c));
+      writer.end();
+      await once(reader, 'end');
+      assert.equal(Buffer.concat(got).toString('latin1'), 'hellothereab');
+    } finally {
+      writer.destroy();
+      reader.destroy();
+    }
+  });
+
   it('a write on a destroyed socket does not throw and delivers nothing', async () => {
     const { writer, reader } = await socketPair();
     writer.destroy();
