@@ -82,7 +82,7 @@ function newReq(): WriteReq {
 let spare: WriteReq | null = null;
 
 type DirectSocket = net.Socket & {
-  _handle: StreamWriteHandle | null;
+  _handle: StreamWriteHandle | null | undefined;
   _unrefTimer(): void;
   encrypted?: boolean;
   _writableState: { length: number; corked: number; ending: boolean };
@@ -103,7 +103,7 @@ export function writeLatin1(socket: net.Socket, data: string): boolean {
   const handle = s._handle;
   const state = s._writableState;
   // `length` counts what the stream holds and what it is writing; `ending` covers end() and after.
-  if (WriteWrap === undefined || handle === null || state.length !== 0 || state.corked !== 0 || state.ending || s.connecting || s.encrypted === true) {
+  if (WriteWrap === undefined || handle == null || state.length !== 0 || state.corked !== 0 || state.ending || s.connecting || s.encrypted === true) {
     return socket.write(data, 'latin1');
   }
   s._unrefTimer();
