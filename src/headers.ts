@@ -37,8 +37,8 @@ const NOT_CONNECTION_OPTIONS: ReadonlySet<string> = new Set(['content-length', '
  * `tokens` null and spare every other header a lower-cased lookup.
  */
 function addConnectionTokens(value: string, tokens: string[] | null): string[] | null {
-  // The usual values, as servers and clients spell them: nothing to split.
-  if (value === 'keep-alive' || value === 'close' || value === 'Keep-Alive' || value === 'Upgrade' || value === 'upgrade') return tokens;
+  // The values nearly every peer sends name no forwardable field: no split, trim or lower-casing.
+  if (value === 'keep-alive' || value === 'close' || value === 'Keep-Alive' || value === 'Close' || value === 'Upgrade' || value === 'upgrade') return tokens;
   for (const part of value.split(',')) {
     const token = part.trim().toLowerCase();
     if (token !== '' && token !== 'close' && !HOP_BY_HOP.has(token) && !NOT_CONNECTION_OPTIONS.has(token)) (tokens ??= []).push(token);

@@ -550,13 +550,13 @@ async function paced(ctx, system, seconds) {
 const rps1000 = {
   name: 'rps-1000',
   title: 'CPU at a fixed 1,000 req/s, HTTP/1.1 100 B (paced Node client: 10 keep-alive connections, a burst of 10 requests every 10 ms)',
-  systems: ['cmux-proxy', 'baseline', 'baseline-ka', 'nginx'],
+  systems: ['cmux-proxy', 'cmux-proxy-ref', 'baseline', 'baseline-ka', 'nginx'],
   columns: [
     { key: 'cpuPct', label: 'CPU % of a core', digits: 1 },
     { key: 'rps', label: 'req/s', digits: 0 },
     { key: 'p99Ms', label: 'p99 ms', digits: 2 },
   ],
-  ratios: [{ key: 'cpuPct', label: 'CPU', refs: ['baseline-ka', 'nginx'] }],
+  ratios: [{ key: 'cpuPct', label: 'CPU', refs: ['cmux-proxy-ref', 'baseline-ka', 'nginx'] }],
   async run(ctx, system) {
     const r = await paced(ctx, system, ctx.cfg.seconds.rps);
     return {

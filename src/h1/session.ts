@@ -49,6 +49,7 @@ import {
   type StreamHandle,
 } from './parser.js';
 import { ChunkedScan, SCAN_MORE, SCAN_TOO_LARGE } from './chunked.js';
+import { writeLatin1 } from '../direct-write.js';
 
 const kOnMessageBegin = Parser.kOnMessageBegin;
 const HTTP_SLASH = Buffer.from(' HTTP/', 'latin1');
@@ -845,7 +846,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     const head = this.heldHead;
     if (head === null) return;
     this.heldHead = null;
-    if (!this.socket.destroyed) this.socket.write(head, 'latin1');
+    if (!this.socket.destroyed) writeLatin1(this.socket, head);
   }
 
   pauseRequest(): void {
@@ -892,7 +893,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     }
     this.core.stats.countStatus(status);
     if ((this.flags & C_IN_BATCH) === 0 || noBody) {
-      this.socket.write(head, 'latin1');
+      writeLatin1(this.socket, head);
     } else if (framing === FRAME_PASS) {
       // The body usually follows in the same read: head and body then go as one string.
       this.heldHead = head;
@@ -922,7 +923,10 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     const head = this.heldHead;
     if (head !== null) {
       this.heldHead = null;
-      if (chunk.length <= JOIN_BODY_MAX) return socket.write(head + chunk.toString('latin1'), 'latin1', done);
+      if (chunk.length <= JOIN_BODY_MAX) {
+        if (done === undefined) return writeLatin1(socket, head + chunk.toString('latin1'));
+        return socket.write(head + chunk.toString('latin1'), 'latin1', done);
+      }
       socket.cork();
       socket.write(head, 'latin1');
       const ok = socket.write(chunk, done);
@@ -941,7 +945,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   end(ex: Exchange, trailers: string[] | null): void {
     this.flushHeldHead();
     if (ex.clientState === FRAME_CHUNKED && !this.socket.destroyed) {
-      this.socket.write(trailers === null ? '0\r\n\r\n' : `0\r\n${trailerLines(trailers, false)}\r\n`, 'latin1');
+      writeLatin1(this.socket, trailers === null ? '0\r\n\r\n' : `0\r\n${trailerLines(trailers, false)}\r\n`);
     }
   }
 
