@@ -84,6 +84,8 @@ interface SessionState {
   refusedWindowStart: number;
   /** `lastProcStreamID` at the previous look (see lookForRefusals). */
   lastProcessed: number;
+  /** PRIORITY frames the session may still hand to JavaScript (see sessionOnPriority). */
+  priorityLeft: number;
 }
 
 /** The part of Node's libuv stream handle the dead-session probe uses. */
@@ -379,6 +381,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       refused: 0,
       refusedWindowStart: 0,
       lastProcessed: 0,
+      priorityLeft: PRIORITY_ANCHORS_MAX,
     };
     session[kSession] = state;
     // Node answers a client's GOAWAY(NO_ERROR) by calling close() from inside nghttp2's frame
@@ -698,18 +701,36 @@ function sessionOnStream(this: TrackedSession, stream: http2.ServerHttp2Stream):
   if (state === undefined || id === undefined) return;
   if (id > state.accountedId + 2) noteRefused(this, state, (id - state.accountedId - 1) >>> 1);
   if (id > state.accountedId) state.accountedId = id;
+  if (state.lastStreamId === 0 && state.priorityLeft > 0) {
+    // Anchors come before the first request: PRIORITY frames reach JavaScript no more.
+    state.priorityLeft = 0;
+    this.off('priority', sessionOnPriority);
+  }
   state.lastStreamId = id;
 }
 
 /**
+ * PRIORITY frames a session hands to JavaScript at most, before its first request. Node calls into
+ * JavaScript for every PRIORITY frame (of any stream) while a 'priority' listener exists, at ~5x
+ * the cost of nghttp2's own work for the frame: the listener goes at the first request or after
+ * this many frames, so a flood of them costs what it cost without it.
+ */
+const PRIORITY_ANCHORS_MAX = 16;
+/** The highest idle-stream id taken as an anchor (3 to 13 from the clients that send them). */
+const PRIORITY_ANCHOR_ID_MAX = 2 * PRIORITY_ANCHORS_MAX + 1;
+
+/**
  * A PRIORITY frame for a stream the proxy has not seen: RFC 7540 clients (nghttp, older Firefox)
- * open idle streams (3, 5, 7, 9, 11) as anchors of their dependency tree and send requests on
- * later ids. Such ids were never requests: they count as looked at, not as refused streams (five
- * of them closed every such client's connection after its first request).
+ * open idle streams (3, 5, 7, 9, 11) as anchors of their dependency tree before their first
+ * request, and send requests on later ids. Such ids were never requests: they count as looked at,
+ * not as refused streams (five of them closed every such client's connection after its first
+ * request). Only small ids count (a PRIORITY frame for stream 2^31-1 would hide every refusal
+ * after it), and only before the first request (see PRIORITY_ANCHORS_MAX).
  */
 function sessionOnPriority(this: TrackedSession, id: number): void {
   const state = this[kSession];
-  if (state === undefined || (id & 1) === 0 || id <= state.accountedId) return;
+  if (state === undefined || --state.priorityLeft <= 0) this.off('priority', sessionOnPriority);
+  if (state === undefined || (id & 1) === 0 || id <= state.accountedId || id > PRIORITY_ANCHOR_ID_MAX) return;
   state.accountedId = id;
 }
 
