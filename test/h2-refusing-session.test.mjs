@@ -192,48 +192,34 @@ describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { t
     }
   });
 
-  it('PRIORITY frames past a connection\'s first request (a flood of 20,000 for idle, open and even ids) never call into JavaScript', async () => {
+  it('PRIORITY frames (1,000 before and 1,000 after the first request, for idle, open, far and even ids) never call into JavaScript, and are no refusals', async () => {
     const px = await startProxy();
     const c = await H2RawClient.connect(px.port, { keepData: false });
-    // Node calls into JavaScript for a PRIORITY frame only while a 'priority' listener exists
-    // (on the session or a stream): each such frame costs a JavaScript call (~5x nghttp2's own work).
+    // Node 20 calls into JavaScript for each PRIORITY frame while a 'priority' listener exists
+    // (on the session or a stream), at ~5x the cost of nghttp2's own work for the frame. (1,000
+    // frames at a time: Node 22 and 24 close a connection sending many more at once.)
     const counter = countPriorityEvents();
+    const pinged = async (label) => {
+      c.send(pingFrame(Buffer.from(label)));
+      return c.waitForFrame((f) => f.type === FRAME.PING && (f.flags & FLAG.ACK) !== 0 && f.payload.toString() === label, { timeoutMs: 10_000 });
+    };
     try {
-      c.send(Buffer.concat([priority(3, 0, 200), priority(5, 0, 100), priority(7, 0, 0), priority(9, 7, 0), priority(11, 3, 0)]));
-      c.send(headersFrame(13, requestHeaders(up.port, { path: '/slow' }), { endStream: true }), pingFrame(Buffer.from('anchors!')));
-      assert.ok(await c.waitForFrame((f) => f.type === FRAME.PING && (f.flags & FLAG.ACK) !== 0 && f.payload.toString() === 'anchors!', { timeoutMs: 5000 }), 'PING answered');
-      const anchors = counter.calls;
-      const flood = [];
-      for (let i = 0; i < 20_000; i++) flood.push(priority(i % 3 === 0 ? 13 : i % 3 === 1 ? 15 + 2 * (i % 500) : 2 + 2 * (i % 500), 0, i & 255));
-      c.send(Buffer.concat(flood), pingFrame(Buffer.from('prio-end')));
-      assert.ok(await c.waitForFrame((f) => f.type === FRAME.PING && (f.flags & FLAG.ACK) !== 0 && f.payload.toString() === 'prio-end', { timeoutMs: 10_000 }), 'PING answered');
-      assert.ok(anchors <= 5, `${anchors} calls for the anchors`);
-      assert.equal(counter.calls - anchors, 0, `${counter.calls - anchors} JavaScript calls for 20,000 PRIORITY frames`);
-      const slow = await c.streamOutcome(13, { timeoutMs: 5000 });
+      const before = [];
+      for (let i = 0; i < 1000; i++) before.push(priority(i % 10 === 0 ? 0x7fffffff - 2 * i : 3 + 2 * (i % 500), i % 7 === 0 ? 1 : 0, i & 255));
+      c.send(Buffer.concat(before));
+      assert.ok(await pinged('before!!'), 'PING answered');
+      // The first request on stream 1, below every id the frames named (it leaves them idle).
+      c.send(headersFrame(1, requestHeaders(up.port, { path: '/slow' }), { endStream: true }));
+      const after = [];
+      for (let i = 0; i < 1000; i++) after.push(priority(i % 3 === 0 ? 1 : i % 3 === 1 ? 3 + 2 * (i % 500) : 2 + 2 * (i % 500), 0, i & 255));
+      c.send(Buffer.concat(after));
+      assert.ok(await pinged('after!!!'), 'PING answered');
+      assert.equal(counter.calls, 0, `${counter.calls} JavaScript calls for 2,000 PRIORITY frames`);
+      // The slow request runs past a few looks of the session probe: no refusals counted.
+      const slow = await c.streamOutcome(1, { timeoutMs: 5000 });
       assert.equal(slow.status, 200, 'the request is served');
-      assert.equal(slow.goaway, null);
-    } finally {
-      counter.stop();
-      c.close();
-      await px.proxy.stop();
-    }
-  });
-
-  it('a flood of PRIORITY frames before any request calls into JavaScript a few times only, and the request that follows is served', async () => {
-    const px = await startProxy();
-    const c = await H2RawClient.connect(px.port, { keepData: false });
-    const counter = countPriorityEvents();
-    try {
-      const flood = [];
-      for (let i = 0; i < 20_000; i++) flood.push(priority(3 + 2 * (i % 1000), 0, i & 255));
-      c.send(Buffer.concat(flood), pingFrame(Buffer.from('prio-end')));
-      assert.ok(await c.waitForFrame((f) => f.type === FRAME.PING && (f.flags & FLAG.ACK) !== 0 && f.payload.toString() === 'prio-end', { timeoutMs: 10_000 }), 'PING answered');
-      assert.ok(counter.calls <= 16, `${counter.calls} JavaScript calls for 20,000 PRIORITY frames`);
-      // (Stream 1: below the idle ids the frames named, which a request on it leaves idle.)
-      c.send(headersFrame(1, requestHeaders(up.port, { path: '/small' }), { endStream: true }));
-      const out = await c.streamOutcome(1, { timeoutMs: 5000 });
-      assert.equal(out.status, 200);
-      assert.equal(out.goaway, null);
+      assert.equal(slow.goaway, null, `no GOAWAY (got ${slow.goaway && errorName(slow.goaway.errorCode)})`);
+      assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 0);
     } finally {
       counter.stop();
       c.close();

@@ -84,8 +84,6 @@ interface SessionState {
   refusedWindowStart: number;
   /** `lastProcStreamID` at the previous look (see lookForRefusals). */
   lastProcessed: number;
-  /** PRIORITY frames the session may still hand to JavaScript (see sessionOnPriority). */
-  priorityLeft: number;
 }
 
 /** The part of Node's libuv stream handle the dead-session probe uses. */
@@ -381,7 +379,6 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       refused: 0,
       refusedWindowStart: 0,
       lastProcessed: 0,
-      priorityLeft: PRIORITY_ANCHORS_MAX,
     };
     session[kSession] = state;
     // Node answers a client's GOAWAY(NO_ERROR) by calling close() from inside nghttp2's frame
@@ -399,7 +396,6 @@ export function createH2Server(host: H2Host): http2.Http2Server {
     session.on('error', sessionOnError);
     session.on('goaway', sessionOnGoaway);
     session.on('stream', sessionOnStream);
-    session.on('priority', sessionOnPriority);
     session.on('close', function sessionClosed(this: TrackedSession) {
       const s = this[kSession];
       if (s?.ping) clearInterval(s.ping);
@@ -699,39 +695,14 @@ function sessionOnStream(this: TrackedSession, stream: http2.ServerHttp2Stream):
   const state = this[kSession];
   const id = stream.id;
   if (state === undefined || id === undefined) return;
-  if (id > state.accountedId + 2) noteRefused(this, state, (id - state.accountedId - 1) >>> 1);
+  // Ids below a connection's first stream are never refusals: nothing held the session's room
+  // yet. RFC 7540 clients (nghttp, older Firefox) open idle streams 3-11 with PRIORITY frames, as
+  // anchors of their dependency tree, and send their first request on 13 (Node 22 and 24 tell
+  // JavaScript nothing of PRIORITY frames; Node 20 calls into it for each one while a 'priority'
+  // listener exists, at ~5x the cost of nghttp2's own work for the frame: none is listened to).
+  if (state.lastStreamId !== 0 && id > state.accountedId + 2) noteRefused(this, state, (id - state.accountedId - 1) >>> 1);
   if (id > state.accountedId) state.accountedId = id;
-  if (state.lastStreamId === 0 && state.priorityLeft > 0) {
-    // Anchors come before the first request: PRIORITY frames reach JavaScript no more.
-    state.priorityLeft = 0;
-    this.off('priority', sessionOnPriority);
-  }
   state.lastStreamId = id;
-}
-
-/**
- * PRIORITY frames a session hands to JavaScript at most, before its first request. Node calls into
- * JavaScript for every PRIORITY frame (of any stream) while a 'priority' listener exists, at ~5x
- * the cost of nghttp2's own work for the frame: the listener goes at the first request or after
- * this many frames, so a flood of them costs what it cost without it.
- */
-const PRIORITY_ANCHORS_MAX = 16;
-/** The highest idle-stream id taken as an anchor (3 to 13 from the clients that send them). */
-const PRIORITY_ANCHOR_ID_MAX = 2 * PRIORITY_ANCHORS_MAX + 1;
-
-/**
- * A PRIORITY frame for a stream the proxy has not seen: RFC 7540 clients (nghttp, older Firefox)
- * open idle streams (3, 5, 7, 9, 11) as anchors of their dependency tree before their first
- * request, and send requests on later ids. Such ids were never requests: they count as looked at,
- * not as refused streams (five of them closed every such client's connection after its first
- * request). Only small ids count (a PRIORITY frame for stream 2^31-1 would hide every refusal
- * after it), and only before the first request (see PRIORITY_ANCHORS_MAX).
- */
-function sessionOnPriority(this: TrackedSession, id: number): void {
-  const state = this[kSession];
-  if (state === undefined || --state.priorityLeft <= 0) this.off('priority', sessionOnPriority);
-  if (state === undefined || (id & 1) === 0 || id <= state.accountedId || id > PRIORITY_ANCHOR_ID_MAX) return;
-  state.accountedId = id;
 }
 
 function sessionOnGoaway(this: TrackedSession): void {
