@@ -6,12 +6,58 @@
 // opened no flow-control window (its responses wait in the session) under a 1 MiB session budget.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
 import http2 from 'node:http2';
 import { resolveOptions } from '../dist/options.js';
 import { startProxy, startUpstream, sleep } from './helpers/servers.mjs';
-import { ERROR, FLAG, FRAME, H2RawClient, frame, SETTING, errorName, headersFrame, requestHeaders, rstStreamFrame, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
+import { ERROR, FLAG, FRAME, H2RawClient, frame, SETTING, errorName, headersFrame, pingFrame, requestHeaders, rstStreamFrame, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
 
 const KIB = 1024;
+
+/** A PRIORITY frame: `id` depends on `dependsOn` with `weight` (RFC 7540 §6.3). */
+function priority(id, dependsOn, weight) {
+  const payload = Buffer.alloc(5);
+  payload.writeUInt32BE(dependsOn);
+  payload[4] = weight;
+  return frame(FRAME.PRIORITY, 0, id, payload);
+}
+
+/**
+ * Counts the 'priority' events emitted in this process (the proxy's sessions and streams: Node
+ * emits one per PRIORITY frame it hands to JavaScript), a nested emit of the same event once.
+ */
+function countPriorityEvents() {
+  const emit = EventEmitter.prototype.emit;
+  const counter = { calls: 0, stop: () => (EventEmitter.prototype.emit = emit) };
+  let depth = 0;
+  EventEmitter.prototype.emit = function countPriority(name, ...args) {
+    if (name !== 'priority') return emit.call(this, name, ...args);
+    if (depth++ === 0) counter.calls++;
+    try {
+      return emit.call(this, name, ...args);
+    } finally {
+      depth--;
+    }
+  };
+  return counter;
+}
+
+/**
+ * Sends requests to `/big` under a 1 MiB session budget with no flow-control window (so Node
+ * refuses new streams once the unread responses fill it), one every 20 ms from stream `firstId`
+ * on, until GOAWAY or `lastId`. Returns the GOAWAY (null if none came within 5 s) and the number
+ * of refused streams.
+ */
+async function requestUntilRefusalsClose(c, port, firstId, lastId) {
+  for (let id = firstId; id <= lastId; id += 2) {
+    if (c.frames.some((f) => f.type === FRAME.GOAWAY) || c.closed) break;
+    c.send(headersFrame(id, requestHeaders(port, { path: '/big' }), { endStream: true }));
+    await sleep(20);
+  }
+  const goaway = await c.waitForGoaway({ timeoutMs: 5000 });
+  const refused = c.frames.filter((f) => f.type === FRAME.RST_STREAM && f.errorCode === ERROR.ENHANCE_YOUR_CALM).length;
+  return { goaway, refused };
+}
 const MIB = 1024 * KIB;
 const BIG = 512 * KIB;
 
@@ -114,12 +160,6 @@ describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { t
     const c = await H2RawClient.connect(px.port, { keepData: false });
     try {
       // nghttp's anchors: PRIORITY on idle streams 3, 5, 7, 9 and 11, then requests from 13 on
-      const priority = (id, dependsOn, weight) => {
-        const payload = Buffer.alloc(5);
-        payload.writeUInt32BE(dependsOn);
-        payload[4] = weight;
-        return frame(FRAME.PRIORITY, 0, id, payload);
-      };
       c.send(Buffer.concat([priority(3, 0, 200), priority(5, 0, 100), priority(7, 0, 0), priority(9, 7, 0), priority(11, 3, 0)]));
       for (let id = 13; id <= 21; id += 2) {
         c.send(headersFrame(id, requestHeaders(up.port, { path: '/small' }), { endStream: true }));
@@ -130,6 +170,58 @@ describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { t
       }
       assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 0);
     } finally {
+      c.close();
+      await px.proxy.stop();
+    }
+  });
+
+  it('a PRIORITY frame for a far idle stream (id 2^31-1) does not hide the refusals that follow: GOAWAY as without it', async () => {
+    const px = await startProxy({ http2MaxSessionMemoryMb: 1 });
+    const c = await H2RawClient.connect(px.port, { keepData: false, settings: { [SETTING.INITIAL_WINDOW_SIZE]: 0 } });
+    try {
+      c.send(priority(0x7fffffff, 0, 16));
+      // (61 requests at most: below the 100 refusals after which Node destroys the session itself.)
+      const { goaway, refused } = await requestUntilRefusalsClose(c, up.port, 1, 121);
+      assert.ok(refused > 0, 'Node refused streams (RST_STREAM(ENHANCE_YOUR_CALM))');
+      assert.ok(goaway, `GOAWAY after ${refused} refusals`);
+      assert.equal(errorName(goaway.errorCode), 'NO_ERROR');
+      assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 1);
+    } finally {
+      c.close();
+      await px.proxy.stop();
+    }
+  });
+
+  it('PRIORITY frames (1,000 before and 1,000 after the first request, for idle, open, far and even ids) never call into JavaScript, and are no refusals', async () => {
+    const px = await startProxy();
+    const c = await H2RawClient.connect(px.port, { keepData: false });
+    // Node 20 calls into JavaScript for each PRIORITY frame while a 'priority' listener exists
+    // (on the session or a stream), at ~5x the cost of nghttp2's own work for the frame. (1,000
+    // frames at a time: Node 22 and 24 close a connection sending many more at once.)
+    const counter = countPriorityEvents();
+    const pinged = async (label) => {
+      c.send(pingFrame(Buffer.from(label)));
+      return c.waitForFrame((f) => f.type === FRAME.PING && (f.flags & FLAG.ACK) !== 0 && f.payload.toString() === label, { timeoutMs: 10_000 });
+    };
+    try {
+      const before = [];
+      for (let i = 0; i < 1000; i++) before.push(priority(i % 10 === 0 ? 0x7fffffff - 2 * i : 3 + 2 * (i % 500), i % 7 === 0 ? 1 : 0, i & 255));
+      c.send(Buffer.concat(before));
+      assert.ok(await pinged('before!!'), 'PING answered');
+      // The first request on stream 1, below every id the frames named (it leaves them idle).
+      c.send(headersFrame(1, requestHeaders(up.port, { path: '/slow' }), { endStream: true }));
+      const after = [];
+      for (let i = 0; i < 1000; i++) after.push(priority(i % 3 === 0 ? 1 : i % 3 === 1 ? 3 + 2 * (i % 500) : 2 + 2 * (i % 500), 0, i & 255));
+      c.send(Buffer.concat(after));
+      assert.ok(await pinged('after!!!'), 'PING answered');
+      assert.equal(counter.calls, 0, `${counter.calls} JavaScript calls for 2,000 PRIORITY frames`);
+      // The slow request runs past a few looks of the session probe: no refusals counted.
+      const slow = await c.streamOutcome(1, { timeoutMs: 5000 });
+      assert.equal(slow.status, 200, 'the request is served');
+      assert.equal(slow.goaway, null, `no GOAWAY (got ${slow.goaway && errorName(slow.goaway.errorCode)})`);
+      assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 0);
+    } finally {
+      counter.stop();
       c.close();
       await px.proxy.stop();
     }

@@ -396,7 +396,6 @@ export function createH2Server(host: H2Host): http2.Http2Server {
     session.on('error', sessionOnError);
     session.on('goaway', sessionOnGoaway);
     session.on('stream', sessionOnStream);
-    session.on('priority', sessionOnPriority);
     session.on('close', function sessionClosed(this: TrackedSession) {
       const s = this[kSession];
       if (s?.ping) clearInterval(s.ping);
@@ -696,21 +695,14 @@ function sessionOnStream(this: TrackedSession, stream: http2.ServerHttp2Stream):
   const state = this[kSession];
   const id = stream.id;
   if (state === undefined || id === undefined) return;
-  if (id > state.accountedId + 2) noteRefused(this, state, (id - state.accountedId - 1) >>> 1);
+  // Ids below a connection's first stream are never refusals: nothing held the session's room
+  // yet. RFC 7540 clients (nghttp, older Firefox) open idle streams 3-11 with PRIORITY frames, as
+  // anchors of their dependency tree, and send their first request on 13 (Node 22 and 24 tell
+  // JavaScript nothing of PRIORITY frames; Node 20 calls into it for each one while a 'priority'
+  // listener exists, at ~5x the cost of nghttp2's own work for the frame: none is listened to).
+  if (state.lastStreamId !== 0 && id > state.accountedId + 2) noteRefused(this, state, (id - state.accountedId - 1) >>> 1);
   if (id > state.accountedId) state.accountedId = id;
   state.lastStreamId = id;
-}
-
-/**
- * A PRIORITY frame for a stream the proxy has not seen: RFC 7540 clients (nghttp, older Firefox)
- * open idle streams (3, 5, 7, 9, 11) as anchors of their dependency tree and send requests on
- * later ids. Such ids were never requests: they count as looked at, not as refused streams (five
- * of them closed every such client's connection after its first request).
- */
-function sessionOnPriority(this: TrackedSession, id: number): void {
-  const state = this[kSession];
-  if (state === undefined || (id & 1) === 0 || id <= state.accountedId) return;
-  state.accountedId = id;
 }
 
 function sessionOnGoaway(this: TrackedSession): void {
