@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { startProxy, startRawServer, startUpstream, waitFor } from './helpers/servers.mjs';
+import { rng as seededRng } from './helpers/fuzz-core.mjs';
 
 const GEN = fileURLToPath(new URL('../scripts/gen-dev-cert.sh', import.meta.url));
 const { HTTPParser } = createRequire(import.meta.url)('_http_common');
@@ -42,16 +43,8 @@ function installBodyCounter() {
   });
 }
 
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The suite's seeded generator (mulberry32), as a bare function. */
+const rng = (seed) => seededRng(seed).next;
 
 /** Parses a chunked body as sent upstream: its size lines, data and trailer lines; null if incomplete. */
 function parseChunked(text) {

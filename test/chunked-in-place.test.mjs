@@ -15,19 +15,12 @@ import { once } from 'node:events';
 import { startProxy, startRawServer, sleep, waitFor } from './helpers/servers.mjs';
 import { assertNoBufferHeld, positionCoded } from './helpers/lent-buffers.mjs';
 import { FREE_MAX, readBufferCounts } from '../dist/upstream/read-buffers.js';
+import { rng as seededRng } from './helpers/fuzz-core.mjs';
 
 const KiB = 1024;
 
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The suite's seeded generator (mulberry32), as a bare function. */
+const rng = (seed) => seededRng(seed).next;
 
 /**
  * A chunked body of `count` chunks mixing 1-byte chunks (some with extensions), short ones, ones
