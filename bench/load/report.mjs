@@ -141,6 +141,51 @@ export function floorsTable(floors) {
   return lines.join('\n');
 }
 
+/**
+ * The summary the README carries: one row per figure the proxy is judged on, cmux-proxy beside the
+ * other systems of the same run, and its ratios. Cells are medians; `spread` rows add min–max.
+ */
+const SUMMARY_COLUMNS = ['cmux-proxy', 'nginx', 'direct', 'baseline-ka', 'http-proxy-3', 'fastify', 'http2-proxy'];
+const SUMMARY_ROWS = [
+  { label: 'HTTP/1.1 small, req/s (`wrk -t1 -c50`)', workload: 'h1-small', key: 'rps', digits: 0, refs: ['nginx', 'direct'] },
+  { label: 'HTTP/1.1 small, CPU µs/req', workload: 'h1-small', key: 'cpuUsPerReq', refs: ['nginx', 'baseline-ka', 'http-proxy-3', 'fastify'] },
+  { label: 'HTTP/1.1 small, p99 ms', workload: 'h1-small', key: 'p99Ms', digits: 2, refs: ['nginx'] },
+  { label: 'h2c small, CPU µs/req (`h2load -c10 -m10`)', workload: 'h2c-small', key: 'cpuUsPerReq', refs: ['nginx', 'http2-proxy', 'fastify'] },
+  { label: 'TLS h2 small, CPU µs/req (`h2load -c8 -m10`)', workload: 'tls-h2-small', key: 'cpuUsPerReq', refs: ['nginx'] },
+  { label: 'TLS HTTP/1.1 small, CPU µs/req (`wrk -t1 -c50`)', workload: 'tls-h1-small', key: 'cpuUsPerReq', refs: ['nginx'] },
+  ...DOWNLOAD_CONNECTIONS.map((n) => ({
+    label: `1 MiB downloads, MiB/s (\`wrk -t1 -c${n}\`)`, workload: `download-1m-c${n}`, key: 'mibps', digits: 0, refs: ['direct', 'nginx'], spread: true,
+  })),
+  { label: '256 MiB upload, MiB/s', workload: 'upload-256m', key: 'mibps', digits: 0, refs: ['nginx', 'direct'] },
+  { label: 'upload peak RSS over idle, MiB', workload: 'upload-256m', key: 'peakGrowthMiB', refs: [] },
+  { label: 'h2c 64 MiB upload ÷ HTTP/1.1 (same system)', workload: 'h2c-upload-64m', key: 'h2cVsH1', digits: 2, refs: [] },
+  { label: 'h2c 1 MiB downloads ÷ HTTP/1.1 (same system)', workload: 'h2c-download-1m', key: 'h2cVsH1', digits: 2, refs: [] },
+  { label: 'KiB RSS per open WebSocket', workload: 'ws', key: 'kibPerConn', refs: ['nginx'] },
+  { label: 'CPU % of a core at 1,000 req/s', workload: 'rps-1000', key: 'cpuPct', digits: 2, refs: ['nginx', 'baseline-ka'] },
+  { label: 'idle RSS, MiB', workload: 'idle', key: 'rssMiB', refs: [] },
+];
+
+export function summaryTable(all) {
+  const columns = SUMMARY_COLUMNS.filter((s) => SUMMARY_ROWS.some((r) => all[r.workload]?.[s]));
+  const head = ['workload', ...columns, 'cmux-proxy ÷'];
+  const lines = [`| ${head.join(' | ')} |`, `|---|${columns.map(() => '---:').join('|')}|---|`];
+  for (const row of SUMMARY_ROWS) {
+    const results = all[row.workload];
+    if (!results?.['cmux-proxy']) continue;
+    const value = (s) => results[s]?.summary[row.key];
+    const cells = columns.map((s) => {
+      const v = value(s);
+      if (!v || v.median === null) return '–';
+      return row.spread ? cell(v, row.digits ?? 1) : fmt(v.median, row.digits ?? 1);
+    });
+    const ratios = row.refs
+      .filter((ref) => value(ref)?.median)
+      .map((ref) => `${ref} ${(value('cmux-proxy').median / value(ref).median).toFixed(2)}×`);
+    lines.push(`| ${row.label} | ${cells.join(' | ')} | ${ratios.join(', ') || '–'} |`);
+  }
+  return lines.join('\n');
+}
+
 /** The whole markdown report. */
 export function markdownReport({ meta, workloads, results, floors }) {
   const out = [];
@@ -155,6 +200,10 @@ export function markdownReport({ meta, workloads, results, floors }) {
       `upload ${meta.config.uploadBytes / 1048576} MiB; ${meta.config.wsConnections} WebSockets`,
   );
   out.push('- CPU figures are the proxy process tree only (utime+stime from /proc); "direct" has no proxy.');
+  out.push('');
+  out.push('### Summary (medians; downloads with min–max)');
+  out.push('');
+  out.push(summaryTable(results));
   for (const w of workloads) {
     if (!results[w.name]) continue;
     out.push('');
