@@ -442,6 +442,37 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     return false;
   }
 
+  /**
+   * Pieces of the request body received in one turn (an HTTP/2 client's DATA frames), written
+   * together: corked into one writev to an HTTP/1.1 upstream, and one chunk in a chunked body.
+   * Anywhere else (an HTTP/2 upstream, none yet, a finished exchange) they go one by one.
+   */
+  requestBodyPieces(pieces: Buffer[]): boolean {
+    const conn = this.conn;
+    if (pieces.length === 1 || conn === null || this.h2 !== null || (this.flags & EX_HEAD_SENT) === 0 || this.finished) {
+      let ok = true;
+      for (const piece of pieces) if (!this.requestBody(piece)) ok = false;
+      return ok;
+    }
+    let length = 0;
+    for (const piece of pieces) length += piece.length;
+    if (length === 0) return true;
+    this.bytesIn += length;
+    this.flags |= EX_BODY_SENT;
+    const socket = conn.socket;
+    const chunked = this.bodyMode === BODY_CHUNKED;
+    socket.cork();
+    if (chunked) socket.write(`${length.toString(16)}\r\n`, 'latin1');
+    let ok = true;
+    for (const piece of pieces) if (piece.length > 0) ok = socket.write(piece);
+    if (chunked) ok = socket.write(CRLF);
+    socket.uncork();
+    // Corked, the pieces count against the high-water mark together; written whole, nothing waits.
+    if (ok || socket.writableLength === 0) return true;
+    this.client.pauseRequest(this);
+    return false;
+  }
+
   requestEnd(trailers: string[] | null): void {
     this.flags |= EX_REQUEST_ENDED;
     this.requestTrailers = trailers;

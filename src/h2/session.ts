@@ -24,6 +24,7 @@ import {
   NGHTTP2_COMPRESSION_ERROR,
 } from './constants.js';
 import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from './windows.js';
+import { flushRequestBody, requestBodyPiece, type GatheredBody } from './request-body.js';
 
 
 const kEx = Symbol('cmux.h2.exchange');
@@ -34,7 +35,7 @@ const kSession = Symbol('cmux.h2.session');
 type ProxyStream = http2.ServerHttp2Stream & { [kEx]?: Exchange; [kCounted]?: SessionState | undefined };
 
 /** Per-exchange state of the HTTP/2 side, in `exchange.clientState`. */
-interface H2StreamState {
+interface H2StreamState extends GatheredBody {
   stream: ProxyStream;
   /** Kept here: `stream.session` is gone once the stream is destroyed. */
   session: TrackedSession | undefined;
@@ -260,7 +261,8 @@ export function resetStream(stream: http2.ServerHttp2Stream): void {
 }
 
 function streamOnData(this: ProxyStream, chunk: Buffer): void {
-  this[kEx]?.requestBody(chunk);
+  const ex = this[kEx];
+  if (ex !== undefined) requestBodyPiece(ex.clientState as H2StreamState, chunk);
 }
 
 function streamOnEnd(this: ProxyStream): void {
@@ -275,7 +277,9 @@ function streamOnEnd(this: ProxyStream): void {
     if (!this.destroyed) this.destroy();
     return;
   }
-  ex.requestEnd((ex.clientState as H2StreamState).requestTrailers);
+  const state = ex.clientState as H2StreamState;
+  flushRequestBody(state);
+  ex.requestEnd(state.requestTrailers);
 }
 
 /** The client's trailing HEADERS (Node emits them before 'end'). */
@@ -798,7 +802,7 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   const ended = (flags & NGHTTP2_FLAG_END_STREAM) !== 0;
   const bodyMode = ended ? BODY_NONE : facts.contentLength !== undefined ? BODY_LENGTH : BODY_CHUNKED;
   const ex = new Exchange(core, h2ClientSide, method, path, raw, facts, host, clientAddress, tls ? 'https' : 'http', '2', bodyMode);
-  const state: H2StreamState = { stream, session, trailers: null, requestTrailers: null, drainListened: false };
+  const state: H2StreamState = { exchange: ex, pieces: null, stream, session, trailers: null, requestTrailers: null, drainListened: false };
   ex.clientState = state;
   stream[kEx] = ex;
   stream.on('aborted', streamOnAborted);
