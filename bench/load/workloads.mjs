@@ -278,28 +278,43 @@ const upload = {
 const h2cUpload = {
   name: 'h2c-upload-64m',
   title: '64 MiB upload, one POST over h2c (one stream) and over HTTP/1.1, in turn (Node client -> Node sink)',
-  systems: ['cmux-proxy', 'nginx'],
+  systems: ['cmux-proxy', 'cmux-proxy-ref', 'nginx'],
   columns: [
     { key: 'h2cMibps', label: 'h2c MiB/s', digits: 0 },
     { key: 'h1Mibps', label: 'HTTP/1.1 MiB/s', digits: 0 },
     { key: 'h2cVsH1', label: 'h2c ÷ HTTP/1.1', digits: 2 },
+    { key: 'h2cCpuUsPerMiB', label: 'h2c CPU µs/MiB', digits: 0 },
+    { key: 'h1CpuUsPerMiB', label: 'HTTP/1.1 CPU µs/MiB', digits: 0 },
   ],
-  ratios: [{ key: 'h2cMibps', label: 'h2c MiB/s', refs: ['nginx'] }],
+  ratios: [
+    { key: 'h2cMibps', label: 'h2c MiB/s', refs: ['nginx'] },
+    { key: 'h2cCpuUsPerMiB', label: 'h2c CPU/MiB', refs: ['nginx'] },
+  ],
+  /** One upload; its MiB/s and the proxy's CPU µs per MiB (null for a system without a process of its own). */
   async upload(ctx, system, h2c) {
     const bytes = 64 * MiB;
     const { port, targetPort } = endpoint(system, ctx.backends.sink.port, { h2c });
     const args = [join(here, 'upload-client.mjs'), '--port', String(port), '--target-port', String(targetPort), '--bytes', String(bytes)];
     if (h2c) args.push('--h2c');
-    const res = await runCommand('upload-client', process.execPath, args, { timeoutMs: 120000 });
+    const { result: res, cpu } = await withCpu(pid(system), () =>
+      runCommand('upload-client', process.execPath, args, { timeoutMs: 120000 }),
+    );
     assertOk(res, 'upload client');
     const out = JSON.parse(res.stdout.trim().split('\n').pop());
     if (out.status !== 200 || out.received !== bytes) throw new Error(`upload: status ${out.status}, sink received ${out.received} of ${bytes} bytes`);
-    return bytes / MiB / (out.ms / 1000);
+    return { mibps: bytes / MiB / (out.ms / 1000), cpuUsPerMiB: cpu === null ? null : round((cpu * 1e6) / (bytes / MiB), 0) };
   },
   async run(ctx, system) {
-    const h2cMibps = await this.upload(ctx, system, true);
-    const h1Mibps = await this.upload(ctx, system, false);
-    return { h2cMibps: round(h2cMibps, 1), h1Mibps: round(h1Mibps, 1), h2cVsH1: round(h2cMibps / h1Mibps, 3), errors: 0 };
+    const h2c = await this.upload(ctx, system, true);
+    const h1 = await this.upload(ctx, system, false);
+    return {
+      h2cMibps: round(h2c.mibps, 1),
+      h1Mibps: round(h1.mibps, 1),
+      h2cVsH1: round(h2c.mibps / h1.mibps, 3),
+      h2cCpuUsPerMiB: h2c.cpuUsPerMiB,
+      h1CpuUsPerMiB: h1.cpuUsPerMiB,
+      errors: 0,
+    };
   },
 };
 
