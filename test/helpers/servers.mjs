@@ -204,6 +204,43 @@ export function rawRequest(port, data, { timeoutMs = 3000, host = '127.0.0.1', u
   });
 }
 
+/**
+ * Reads HTTP/1.1 responses (with a Content-Length body or none) from a raw socket: resolves
+ * [{ status, body }] once `count` came, and reads no further. If the socket closes first: with
+ * `partial`, resolves with those that came (errors ignored); otherwise rejects.
+ */
+export function readResponses(socket, count, { partial = false } = {}) {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const out = [];
+    const onData = (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end === -1) return;
+        const head = buf.toString('latin1', 0, end);
+        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+        if (buf.length < end + 4 + length) return;
+        out.push({ status: Number(head.split(' ')[1]), body: buf.toString('latin1', end + 4, end + 4 + length) });
+        buf = buf.subarray(end + 4 + length);
+        if (out.length === count) {
+          socket.removeListener('data', onData);
+          resolve(out);
+          return;
+        }
+      }
+    };
+    socket.on('data', onData);
+    if (partial) {
+      socket.on('close', () => resolve(out));
+      socket.on('error', () => {});
+    } else {
+      socket.on('error', reject);
+      socket.on('close', () => reject(new Error(`closed after ${out.length} of ${count} responses`)));
+    }
+  });
+}
+
 /** One HTTP/1.1 request with node:http (no agent reuse); resolves { status, headers, body }. */
 export function request(url, { method = 'GET', headers = {}, body, agent = false, timeoutMs = 10000 } = {}) {
   return new Promise((resolve, reject) => {
