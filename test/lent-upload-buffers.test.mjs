@@ -11,7 +11,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { once } from 'node:events';
-import { proxyFor, sleep, waitFor } from './helpers/servers.mjs';
+import { proxyFor, readResponses, sleep, waitFor } from './helpers/servers.mjs';
 import { FREE_MAX, ReadRing, readBufferCounts } from '../dist/upstream/read-buffers.js';
 import { BodyCheck, assertNoBufferHeld, assertWhole, positionCoded } from './helpers/lent-buffers.mjs';
 
@@ -220,34 +220,6 @@ async function uploadChunked(port, upstreamPort, seed, size, { slowClient, slowU
   }
 }
 
-/** Reads HTTP/1.1 responses with a Content-Length body from a raw socket. */
-function responses(socket, count) {
-  return new Promise((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const out = [];
-    const onData = (chunk) => {
-      buf = Buffer.concat([buf, chunk]);
-      for (;;) {
-        const end = buf.indexOf('\r\n\r\n');
-        if (end === -1) return;
-        const head = buf.subarray(0, end).toString('latin1');
-        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
-        if (buf.length < end + 4 + length) return;
-        out.push({ status: Number(head.split(' ')[1]), body: buf.subarray(end + 4, end + 4 + length).toString('latin1') });
-        buf = buf.subarray(end + 4 + length);
-        if (out.length === count) {
-          socket.removeListener('data', onData);
-          resolve(out);
-          return;
-        }
-      }
-    };
-    socket.on('data', onData);
-    socket.on('error', reject);
-    socket.on('close', () => reject(new Error(`closed after ${out.length} of ${count} responses`)));
-  });
-}
-
 /** Every read buffer made is back in the free list or let go (past its cap): no socket keeps one. */
 const noBufferHeld = (label) => assertNoBufferHeld(label, 5000, FREE_MAX);
 
@@ -346,7 +318,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     const socket = net.connect(port, '127.0.0.1');
     t.after(() => socket.destroy());
     await once(socket, 'connect');
-    const answers = responses(socket, 3);
+    const answers = readResponses(socket, 3);
     const headers = `host: app.test\r\nx-cmux-port-internal: ${up.h1Port}\r\n`;
     socket.write(`POST ${path} HTTP/1.1\r\n${headers}content-length: ${size}\r\n\r\n`);
     await writeBody(socket, seed, 0, size - tail, true);
@@ -362,7 +334,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     // The connection serves on: another upload on it, this time to a fast reader.
     const seed2 = seed + 1;
     const path2 = `/up/${seed2}/${size}/fast`;
-    const next = responses(socket, 1);
+    const next = readResponses(socket, 1);
     socket.write(`POST ${path2} HTTP/1.1\r\n${headers}content-length: ${size}\r\n\r\n`);
     await writeBody(socket, seed2, 0, size, false);
     const [fourth] = await next;
@@ -380,15 +352,15 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     const headers = `host: app.test\r\nx-cmux-port-internal: ${up.h1Port}\r\n`;
     const seed = 0x0d5e0001;
     // Head and body in one write: the body waits for the upstream socket, the client is paused.
-    const first = responses(socket, 1);
+    const first = readResponses(socket, 1);
     socket.write(Buffer.concat([Buffer.from(`POST /up/${seed}/100/fast HTTP/1.1\r\n${headers}content-length: 100\r\n\r\n`), positionCoded(seed, 0, 100)]));
     assertUploaded(JSON.parse((await first)[0].body), seed, 100, 'the small body');
     const size = 2 * MiB;
-    const second = responses(socket, 1);
+    const second = readResponses(socket, 1);
     socket.write(`POST /up/${seed + 1}/${size}/fast HTTP/1.1\r\n${headers}content-length: ${size}\r\n\r\n`);
     await writeBody(socket, seed + 1, 0, size, false);
     assertUploaded(JSON.parse((await second)[0].body), seed + 1, size, 'the upload');
-    const third = responses(socket, 1);
+    const third = readResponses(socket, 1);
     socket.write(`GET /after HTTP/1.1\r\n${headers}\r\n`);
     const [answer] = await Promise.race([third, sleep(10_000).then(() => [{ status: 0, body: 'no answer in 10 s' }])]);
     assert.deepEqual([answer.status, answer.body], [200, 'got GET /after']);
