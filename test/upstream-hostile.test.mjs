@@ -8,7 +8,7 @@ import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { onRequestHeads, proxyFor, rawUpstream, startProxy, rawRequest, request, sleep, waitFor } from './helpers/servers.mjs';
-import { ERROR, FRAME, SETTING, headersFrame, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
+import { ERROR, FRAME, SETTING, headersFrame, serveH2cFrames, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
 
 const TEXT_PLAIN = 'text/plain; charset=utf-8';
 
@@ -123,6 +123,15 @@ describe('a Content-Length body relayed outside llhttp is counted to its last by
     return { proxy, port, route, seen };
   }
 
+  /** The whole response: its head and 1000 body bytes, then all but the last byte, then the last byte (50 ms apart). */
+  async function writeInThreeReads(s) {
+    s.write(head + 'a'.repeat(1000));
+    await sleep(50);
+    s.write('b'.repeat(N - 1001));
+    await sleep(50);
+    s.write('z');
+  }
+
   function attackerRequest(port, route) {
     return rawRequest(port, `GET /attacker HTTP/1.1\r\nHost: a\r\n${route}\r\n`, {
       timeoutMs: 5000,
@@ -168,13 +177,9 @@ describe('a Content-Length body relayed outside llhttp is counted to its last by
 
   it('extra bytes in a later read, on the idle socket: it is destroyed, the next client gets a fresh socket and its own answer', async (t) => {
     let attackerSocket = null;
-    const { proxy, port, route, seen } = await setup(t, async (s) => {
+    const { proxy, port, route, seen } = await setup(t, (s) => {
       attackerSocket = s;
-      s.write(head + 'a'.repeat(1000));
-      await sleep(50);
-      s.write('b'.repeat(N - 1001));
-      await sleep(50);
-      s.write('z');
+      return writeInThreeReads(s);
     });
     const a = await attackerRequest(port, route);
     assertWholeBody(a);
@@ -208,13 +213,7 @@ describe('a Content-Length body relayed outside llhttp is counted to its last by
   });
 
   it('a body that ends exactly at a read boundary, then a second response on the same socket: reused, both whole', async (t) => {
-    const { proxy, port, route, seen } = await setup(t, async (s) => {
-      s.write(head + 'a'.repeat(1000));
-      await sleep(50);
-      s.write('b'.repeat(N - 1001));
-      await sleep(50);
-      s.write('z');
-    });
+    const { proxy, port, route, seen } = await setup(t, writeInThreeReads);
     const a = await attackerRequest(port, route);
     assertWholeBody(a);
     // The next response on the same socket is parsed by a fresh llhttp state.
@@ -331,33 +330,13 @@ describe('upstream status codes outside 100-599', () => {
    * the error code of each RST_STREAM it receives goes to `resets`.
    */
   function rawH2cUpstream(status, resets = []) {
-    return (socket) => {
-      let buf = Buffer.alloc(0);
-      let prefaceSeen = false;
-      socket.on('data', (c) => {
-        buf = Buffer.concat([buf, c]);
-        if (!prefaceSeen) {
-          if (buf.length < 24) return;
-          buf = buf.subarray(24);
-          prefaceSeen = true;
-          socket.write(settingsFrame());
-        }
-        while (buf.length >= 9) {
-          const length = buf.readUIntBE(0, 3);
-          if (buf.length < 9 + length) return;
-          const type = buf[3];
-          const flags = buf[4];
-          const streamId = buf.readUInt32BE(5) & 0x7fffffff;
-          const payload = buf.subarray(9, 9 + length);
-          buf = buf.subarray(9 + length);
-          if (type === FRAME.SETTINGS && (flags & 1) === 0) socket.write(settingsFrame({}, { ack: true }));
-          if (type === FRAME.RST_STREAM && length === 4) resets.push(payload.readUInt32BE(0));
-          if (type === FRAME.HEADERS && streamId !== 0) {
-            socket.write(headersFrame(streamId, [[':status', status], ['content-type', 'text/plain'], ['set-cookie', 'session=attacker']], { endStream: true }));
-          }
+    return (socket) =>
+      serveH2cFrames(socket, ({ type, streamId, payload }) => {
+        if (type === FRAME.RST_STREAM && payload.length === 4) resets.push(payload.readUInt32BE(0));
+        if (type === FRAME.HEADERS && streamId !== 0) {
+          socket.write(headersFrame(streamId, [[':status', status], ['content-type', 'text/plain'], ['set-cookie', 'session=attacker']], { endStream: true }));
         }
       });
-    };
   }
 
   // nghttp2 1.70 and later (Node 24) reset an upstream stream whose :status is below 100 as
