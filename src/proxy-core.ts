@@ -223,14 +223,10 @@ export class ProxyCore {
   /** Routes a request and starts it, or answers it with the routing error (first matching rule wins). */
   dispatch(req: Routable): void {
     if (req.facts.viaSelfCount > MAX_VIA_SELF) return this.refuse(req, ERR_LOOP);
-    const limiter = this.rateLimiter;
-    if (limiter !== null) {
-      const wait = limiter.take(req.clientAddress);
-      if (wait > 0) {
-        this.stats.rateLimited++;
-        req.answerHeaders = limiter.answerHeaders(wait);
-        return this.refuse(req, ERR_TOO_MANY_REQUESTS);
-      }
+    const tooMany = this.rateLimited(req.clientAddress);
+    if (tooMany !== null) {
+      req.answerHeaders = tooMany;
+      return this.refuse(req, ERR_TOO_MANY_REQUESTS);
     }
     const r = route(
       this.options,
@@ -290,14 +286,10 @@ export class ProxyCore {
   /** A route with an upstream group: the balancer's pick, or `503 no healthy upstream` at once. */
   private startGroup(req: Routable, group: UpstreamGroup): void {
     if (req.finished) return;
-    const limiter = group.rateLimiter;
-    if (limiter !== null) {
-      const wait = limiter.take(req.clientAddress);
-      if (wait > 0) {
-        this.stats.rateLimited++;
-        req.answerHeaders = limiter.answerHeaders(wait);
-        return this.refuse(req, ERR_TOO_MANY_REQUESTS);
-      }
+    const tooMany = this.rateLimited(req.clientAddress, group.rateLimiter);
+    if (tooMany !== null) {
+      req.answerHeaders = tooMany;
+      return this.refuse(req, ERR_TOO_MANY_REQUESTS);
     }
     const member = group.pick(req.clientAddress, req.raw, null);
     if (member === null) {
@@ -339,11 +331,11 @@ export class ProxyCore {
   }
 
   /**
-   * A plain CONNECT counts against the `rateLimit` buckets like any request: null when allowed,
-   * else the fields of the 429.
+   * Takes a token for `client` from `limiter` (by default the `rateLimit` buckets, which a plain
+   * CONNECT counts against like any request): null when allowed (or no limiter), else the fields
+   * of the 429, counted in `rateLimited`.
    */
-  rateLimited(client: string): string[] | null {
-    const limiter = this.rateLimiter;
+  rateLimited(client: string, limiter: RateLimiter | null = this.rateLimiter): string[] | null {
     if (limiter === null) return null;
     const wait = limiter.take(client);
     if (wait === 0) return null;

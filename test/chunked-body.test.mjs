@@ -7,17 +7,16 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
-import { startProxy, startRawServer, startUpstream, waitFor } from './helpers/servers.mjs';
+import { jsonAnswers, startProxy, startRawServer, startUpstream, waitFor, writePieces } from './helpers/servers.mjs';
+import { watchOnBody } from './helpers/llhttp-body.mjs';
 import { rng as seededRng } from './helpers/fuzz-core.mjs';
 
 const GEN = fileURLToPath(new URL('../scripts/gen-dev-cert.sh', import.meta.url));
-const { HTTPParser } = createRequire(import.meta.url)('_http_common');
 
 /**
  * Counts the calls llhttp makes into the proxy's request-body callback: parsers whose `conn` is a
@@ -25,23 +24,11 @@ const { HTTPParser } = createRequire(import.meta.url)('_http_common');
  * test's own clients and upstreams.
  */
 const bodyCalls = { n: 0 };
-const kStored = Symbol('onBody');
-function countingOnBody(chunk) {
-  bodyCalls.n++;
-  return this[kStored].call(this, chunk);
-}
-function installBodyCounter() {
-  Object.defineProperty(HTTPParser.prototype, HTTPParser.kOnBody, {
-    configurable: true,
-    set(fn) {
-      this[kStored] = fn;
-    },
-    get() {
-      const fn = this[kStored];
-      return typeof fn === 'function' && this.conn !== undefined && 'pendingUrl' in this.conn ? countingOnBody : fn;
-    },
-  });
-}
+const installBodyCounter = () =>
+  watchOnBody(
+    (parser) => parser.conn !== undefined && 'pendingUrl' in parser.conn,
+    () => bodyCalls.n++,
+  );
 
 /** The suite's seeded generator (mulberry32), as a bare function. */
 const rng = (seed) => seededRng(seed).next;
@@ -136,14 +123,6 @@ function cut(text, forced, random, maxPiece) {
   return pieces;
 }
 
-/** Writes the pieces one by one (each waits for the previous to be flushed and a timer turn). */
-async function writePieces(socket, pieces) {
-  for (const piece of pieces) {
-    await new Promise((resolve) => socket.write(piece, 'latin1', resolve));
-    await new Promise((resolve) => setTimeout(resolve, 1));
-  }
-}
-
 /** Everything read from `socket` until it closes; `seen.text` holds what was read so far. */
 function readAll(socket, seen = { text: '' }) {
   return new Promise((resolve) => {
@@ -151,23 +130,6 @@ function readAll(socket, seen = { text: '' }) {
     socket.on('error', () => {});
     socket.on('close', () => resolve(seen.text));
   });
-}
-
-/** The upstream's JSON answers in a raw HTTP/1.1 response stream, in order. */
-function answers(raw) {
-  const out = [];
-  let rest = raw;
-  for (;;) {
-    const headEnd = rest.indexOf('\r\n\r\n');
-    if (headEnd === -1) break;
-    const head = rest.slice(0, headEnd);
-    const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? NaN);
-    assert.ok(Number.isFinite(length), `no content-length in ${head}`);
-    out.push({ status: Number(head.split(' ')[1]), body: JSON.parse(rest.slice(headEnd + 4, headEnd + 4 + length)) });
-    rest = rest.slice(headEnd + 4 + length);
-  }
-  assert.equal(rest, '', 'nothing after the last response');
-  return out;
 }
 
 describe('the chunk scan (data of bytes llhttp accepted)', () => {
@@ -348,9 +310,10 @@ describe('chunked request bodies', () => {
   let up;
   let px;
   let tlsPx;
+  let uninstallBodyCounter;
 
   before(async () => {
-    installBodyCounter();
+    uninstallBodyCounter = installBodyCounter();
     dir = mkdtempSync(join(tmpdir(), 'cmux-chunked-'));
     execFileSync('bash', [GEN, '--out', dir, '--name', 'main', 'localhost'], { stdio: 'ignore' });
     rec = await startRecordingUpstream();
@@ -359,7 +322,7 @@ describe('chunked request bodies', () => {
     tlsPx = await startProxy({ tls: { certFile: join(dir, 'main.pem'), keyFile: join(dir, 'main-key.pem') } });
   });
   after(async () => {
-    delete HTTPParser.prototype[HTTPParser.kOnBody];
+    uninstallBodyCounter();
     await px.proxy.stop();
     await tlsPx.proxy.stop();
     await rec.close();
@@ -448,7 +411,7 @@ describe('chunked request bodies', () => {
     socket.write(burst(''));
     assert.ok(await waitFor(() => read.text.includes('"url":"/five"'), { timeoutMs: 10000 }), 'the first burst is answered');
     socket.end(burst('Connection: close\r\n'));
-    const got = answers(await raw);
+    const got = jsonAnswers(await raw);
     const once = [
       [200, '/one', 'hello'],
       [200, '/two', 'world!'],
@@ -477,7 +440,7 @@ describe('chunked request bodies', () => {
         const text = await raw;
         const at = text.lastIndexOf('HTTP/1.1 400 ');
         assert.ok(at > 0, text.slice(-300));
-        const got = answers(text.slice(0, at));
+        const got = jsonAnswers(text.slice(0, at));
         assert.deepEqual(got.map((a) => [a.status, a.body.url, a.body.body]).slice(warm ? 1 : 0), [
           [200, '/one', 'ab'],
           [200, '/two', 'cd'],

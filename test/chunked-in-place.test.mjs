@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { once } from 'node:events';
-import { startProxy, startRawServer, sleep, waitFor } from './helpers/servers.mjs';
+import { readResponses, startProxy, startRawServer, sleep, writePieces } from './helpers/servers.mjs';
 import { assertNoBufferHeld, positionCoded } from './helpers/lent-buffers.mjs';
 import { FREE_MAX, readBufferCounts } from '../dist/upstream/read-buffers.js';
 import { rng as seededRng } from './helpers/fuzz-core.mjs';
@@ -82,14 +82,6 @@ function cutAtMarks(bytes, marks, random, min) {
   return pieces;
 }
 
-async function writePieces(socket, pieces) {
-  for (const piece of pieces) {
-    if (socket.destroyed) return;
-    await new Promise((resolve) => socket.write(piece, resolve));
-    await sleep(1);
-  }
-}
-
 /** Parses a chunked body exactly (strict framing, lower-case hex, no extensions): data, trailers, what follows. */
 function parseStrictChunked(buf) {
   const data = [];
@@ -145,29 +137,8 @@ async function startRecordingUpstream() {
   return { ...raw, requests };
 }
 
-/** Reads HTTP/1.1 responses (with Content-Length) from `socket` until `count` came or it closed. */
-function responses(socket, count) {
-  return new Promise((resolve) => {
-    let buf = Buffer.alloc(0);
-    const out = [];
-    const done = () => resolve(out);
-    socket.on('data', (chunk) => {
-      buf = Buffer.concat([buf, chunk]);
-      for (;;) {
-        const end = buf.indexOf('\r\n\r\n', 0, 'latin1');
-        if (end === -1) return;
-        const head = buf.toString('latin1', 0, end);
-        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
-        if (buf.length < end + 4 + length) return;
-        out.push({ status: Number(head.split(' ')[1]), body: buf.toString('latin1', end + 4, end + 4 + length) });
-        buf = buf.subarray(end + 4 + length);
-        if (out.length === count) return done();
-      }
-    });
-    socket.on('close', done);
-    socket.on('error', () => {});
-  });
-}
+/** The responses on `socket` until `count` came or it closed. */
+const responses = (socket, count) => readResponses(socket, count, { partial: true });
 
 function firstDifference(got, want) {
   const n = Math.min(got.length, want.length);

@@ -6,11 +6,10 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { once } from 'node:events';
 import { directWritable, writeLatin1 } from '../dist/direct-write.js';
-import { startProxy, startUpstream } from './helpers/servers.mjs';
+import { proxyFor, sleep, startUpstream } from './helpers/servers.mjs';
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function socketPair() {
+/** A connected pair of TCP sockets for test `t`, both destroyed after it. */
+async function socketPair(t) {
   const server = net.createServer();
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -18,110 +17,99 @@ async function socketPair() {
   const [accepted] = await once(server, 'connection');
   await once(client, 'connect');
   server.close();
+  t.after(() => {
+    accepted.destroy();
+    client.destroy();
+  });
   return { writer: accepted, reader: client };
 }
 
 describe('direct writes to a TCP handle', () => {
-  it('a peer that stops reading: a write taken in part returns false, then drain; every byte arrives in order, mixed with socket.write', async () => {
-    const { writer, reader } = await socketPair();
-    try {
-      assert.equal(directWritable(writer), true);
-      reader.pause();
-      const piece = (i) => `${String(i).padStart(8, '0')}:${'x'.repeat(16 * 1024 - 10)}\n`;
-      let expected = '';
-      let i = 0;
-      let refused = 0;
-      let drains = 0;
-      writer.on('drain', () => drains++);
-      // Fill the socket buffers until a direct write is taken in part (false), a few times over.
-      while (refused < 3 && i < 10_000) {
-        const data = piece(i++);
-        expected += data;
-        if (!writeLatin1(writer, data)) {
-          refused++;
-          // Behind a pending write: the next goes through the stream, then directly again.
-          const tail = piece(i++);
-          expected += tail;
-          writer.write(tail, 'latin1');
-          const more = piece(i++);
-          expected += more;
-          writeLatin1(writer, more);
-          const received = [];
-          reader.on('data', (c) => received.push(c));
-          reader.resume();
-          await once(writer, 'drain');
-          reader.pause();
-          reader.removeAllListeners('data');
-          const got = Buffer.concat(received).toString('latin1');
-          assert.equal(got, expected.slice(0, got.length));
-          expected = expected.slice(got.length);
-        }
+  it('a peer that stops reading: a write taken in part returns false, then drain; every byte arrives in order, mixed with socket.write', async (t) => {
+    const { writer, reader } = await socketPair(t);
+    assert.equal(directWritable(writer), true);
+    reader.pause();
+    const piece = (i) => `${String(i).padStart(8, '0')}:${'x'.repeat(16 * 1024 - 10)}\n`;
+    let expected = '';
+    let i = 0;
+    let refused = 0;
+    let drains = 0;
+    writer.on('drain', () => drains++);
+    // Fill the socket buffers until a direct write is taken in part (false), a few times over.
+    while (refused < 3 && i < 10_000) {
+      const data = piece(i++);
+      expected += data;
+      if (!writeLatin1(writer, data)) {
+        refused++;
+        // Behind a pending write: the next goes through the stream, then directly again.
+        const tail = piece(i++);
+        expected += tail;
+        writer.write(tail, 'latin1');
+        const more = piece(i++);
+        expected += more;
+        writeLatin1(writer, more);
+        const received = [];
+        reader.on('data', (c) => received.push(c));
+        reader.resume();
+        await once(writer, 'drain');
+        reader.pause();
+        reader.removeAllListeners('data');
+        const got = Buffer.concat(received).toString('latin1');
+        assert.equal(got, expected.slice(0, got.length));
+        expected = expected.slice(got.length);
       }
-      assert.equal(refused, 3, 'no direct write was ever taken in part');
-      assert.ok(drains >= 3);
-      writer.end();
-      const rest = [];
-      reader.on('data', (c) => rest.push(c));
-      reader.resume();
-      await once(reader, 'end');
-      assert.equal(Buffer.concat(rest).toString('latin1'), expected);
-    } finally {
-      writer.destroy();
-      reader.destroy();
     }
+    assert.equal(refused, 3, 'no direct write was ever taken in part');
+    assert.ok(drains >= 3);
+    writer.end();
+    const rest = [];
+    reader.on('data', (c) => rest.push(c));
+    reader.resume();
+    await once(reader, 'end');
+    assert.equal(Buffer.concat(rest).toString('latin1'), expected);
   });
 
-  it('every byte in order across partial writes (whole stream checked)', async () => {
-    const { writer, reader } = await socketPair();
-    try {
-      reader.pause();
-      const chunks = [];
-      reader.on('data', (c) => chunks.push(c));
-      let expected = '';
-      let refused = 0;
-      for (let i = 0; i < 2000; i++) {
-        const data = `${String(i).padStart(6, '0')}${'y'.repeat(8 * 1024 + (i % 97))}\n`;
-        expected += data;
-        const ok = i % 5 === 4 ? writer.write(data, 'latin1') : writeLatin1(writer, data);
-        if (!ok) {
-          refused++;
-          reader.resume();
-          await once(writer, 'drain');
-          reader.pause();
-        }
+  it('every byte in order across partial writes (whole stream checked)', async (t) => {
+    const { writer, reader } = await socketPair(t);
+    reader.pause();
+    const chunks = [];
+    reader.on('data', (c) => chunks.push(c));
+    let expected = '';
+    let refused = 0;
+    for (let i = 0; i < 2000; i++) {
+      const data = `${String(i).padStart(6, '0')}${'y'.repeat(8 * 1024 + (i % 97))}\n`;
+      expected += data;
+      const ok = i % 5 === 4 ? writer.write(data, 'latin1') : writeLatin1(writer, data);
+      if (!ok) {
+        refused++;
+        reader.resume();
+        await once(writer, 'drain');
+        reader.pause();
       }
-      assert.ok(refused > 0, 'the peer never pushed back');
-      writer.end();
-      reader.resume();
-      await once(reader, 'end');
-      assert.equal(Buffer.concat(chunks).toString('latin1'), expected);
-    } finally {
-      writer.destroy();
-      reader.destroy();
     }
+    assert.ok(refused > 0, 'the peer never pushed back');
+    writer.end();
+    reader.resume();
+    await once(reader, 'end');
+    assert.equal(Buffer.concat(chunks).toString('latin1'), expected);
   });
 
-  it('bytesWritten counts direct writes as it counts socket.write', async () => {
-    const { writer, reader } = await socketPair();
-    try {
-      writeLatin1(writer, 'hello');
-      writer.write('there', 'latin1');
-      writeLatin1(writer, 'ab');
-      await new Promise((r) => setImmediate(r));
-      assert.equal(writer.bytesWritten, 12);
-      const got = [];
-      reader.on('data', (c) => got.push(c));
-      writer.end();
-      await once(reader, 'end');
-      assert.equal(Buffer.concat(got).toString('latin1'), 'hellothereab');
-    } finally {
-      writer.destroy();
-      reader.destroy();
-    }
+  it('bytesWritten counts direct writes as it counts socket.write', async (t) => {
+    const { writer, reader } = await socketPair(t);
+    writeLatin1(writer, 'hello');
+    writer.write('there', 'latin1');
+    writeLatin1(writer, 'ab');
+    await new Promise((r) => setImmediate(r));
+    assert.equal(writer.bytesWritten, 12);
+    const got = [];
+    reader.on('data', (c) => got.push(c));
+    writer.end();
+    await once(reader, 'end');
+    assert.equal(Buffer.concat(got).toString('latin1'), 'hellothereab');
   });
 
-  it('a write on a destroyed socket does not throw and delivers nothing', async () => {
-    const { writer, reader } = await socketPair();
+  it('a write on a destroyed socket does not throw and delivers nothing', async (t) => {
+    const { writer, reader } = await socketPair(t);
     writer.destroy();
     await once(writer, 'close');
     writeLatin1(writer, 'late');
@@ -130,50 +118,46 @@ describe('direct writes to a TCP handle', () => {
 });
 
 describe('proxied responses through direct writes', () => {
-  it('a client that pipelines rounds of GETs for ~4 KiB answers and reads none of them for a while: every answer arrives, in order, intact', async () => {
+  it('a client that pipelines rounds of GETs for ~4 KiB answers and reads none of them for a while: every answer arrives, in order, intact', async (t) => {
     const up = await startUpstream((req, res) => {
       const body = `${req.url}:${'z'.repeat(4000)}`;
       res.writeHead(200, { 'content-length': Buffer.byteLength(body) });
       res.end(body);
     });
-    const { proxy, port } = await startProxy();
+    t.after(() => up.close());
+    const { port } = await proxyFor(t);
     const socket = net.connect(port, '127.0.0.1');
-    try {
-      await once(socket, 'connect');
-      socket.pause();
-      // Rounds within the pipelining bound (32 queued), sent while nothing is read: ~8 MB of
-      // answers pile up until the proxy's writes to this client are taken in part.
-      const rounds = 64;
-      const perRound = 30;
-      let next = 0;
-      for (let r = 0; r < rounds; r++) {
-        let data = '';
-        for (let i = 0; i < perRound; i++) data += `GET /r/${next++} HTTP/1.1\r\nHost: a\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`;
-        socket.write(data);
-        // The next round once the proxy has forwarded this one (at most one is still queued).
-        const until = Date.now() + 10_000;
-        while (up.requests.length < next && Date.now() < until) await sleep(2);
-      }
-      const n = next;
-      let text = '';
-      socket.on('data', (c) => {
-        text += c.toString('latin1');
-      });
-      socket.resume();
-      const deadline = Date.now() + 30_000;
-      let bodies = [];
-      while (Date.now() < deadline) {
-        bodies = [...text.matchAll(/\r\n\r\n(\/r\/\d+):z{4000}(?=HTTP\/1\.1 |$)/g)].map((m) => m[1]);
-        if (bodies.length === n) break;
-        await sleep(20);
-      }
-      assert.equal(bodies.length, n);
-      for (let i = 0; i < n; i++) assert.equal(bodies[i], `/r/${i}`);
-      assert.equal((text.match(/HTTP\/1\.1 200 /g) ?? []).length, n);
-    } finally {
-      socket.destroy();
-      await proxy.stop();
-      await up.close();
+    t.after(() => socket.destroy());
+    await once(socket, 'connect');
+    socket.pause();
+    // Rounds within the pipelining bound (32 queued), sent while nothing is read: ~8 MB of
+    // answers pile up until the proxy's writes to this client are taken in part.
+    const rounds = 64;
+    const perRound = 30;
+    let next = 0;
+    for (let r = 0; r < rounds; r++) {
+      let data = '';
+      for (let i = 0; i < perRound; i++) data += `GET /r/${next++} HTTP/1.1\r\nHost: a\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`;
+      socket.write(data);
+      // The next round once the proxy has forwarded this one (at most one is still queued).
+      const until = Date.now() + 10_000;
+      while (up.requests.length < next && Date.now() < until) await sleep(2);
     }
+    const n = next;
+    let text = '';
+    socket.on('data', (c) => {
+      text += c.toString('latin1');
+    });
+    socket.resume();
+    const deadline = Date.now() + 30_000;
+    let bodies = [];
+    while (Date.now() < deadline) {
+      bodies = [...text.matchAll(/\r\n\r\n(\/r\/\d+):z{4000}(?=HTTP\/1\.1 |$)/g)].map((m) => m[1]);
+      if (bodies.length === n) break;
+      await sleep(20);
+    }
+    assert.equal(bodies.length, n);
+    for (let i = 0; i < n; i++) assert.equal(bodies[i], `/r/${i}`);
+    assert.equal((text.match(/HTTP\/1\.1 200 /g) ?? []).length, n);
   });
 });

@@ -5,7 +5,7 @@
 // be ended with the last body bytes.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { sleep, startProxy, startRawServer, waitFor } from './helpers/servers.mjs';
+import { onRequestHeads, sleep, startProxy, startRawServer, waitFor } from './helpers/servers.mjs';
 import { ERROR, FRAME, FLAG, H2RawClient, headersFrame, requestHeaders, rstStreamFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
 
 const BODY = 'x'.repeat(99) + '\n';
@@ -41,16 +41,7 @@ describe('HTTP/2 responses end with their last DATA frame', () => {
   before(async () => {
     up = await startRawServer((socket) => {
       upstreamConnections++;
-      let buffered = '';
-      socket.on('data', (chunk) => {
-        buffered += chunk.toString('latin1');
-        let end;
-        while ((end = buffered.indexOf('\r\n\r\n')) !== -1) {
-          const head = buffered.slice(0, end);
-          buffered = buffered.slice(end + 4);
-          answer(socket, head.split(' ')[1]);
-        }
-      });
+      onRequestHeads(socket, (s, head) => answer(s, head.split(' ')[1]));
     });
     px = await startProxy();
   });
@@ -118,46 +109,40 @@ describe('HTTP/2 responses ending with their last Content-Length bytes: hostile 
   let up;
   let px;
   before(async () => {
-    up = await startRawServer((socket) => {
-      let buffered = '';
-      socket.on('data', (chunk) => {
-        buffered += chunk.toString('latin1');
-        let end;
-        while ((end = buffered.indexOf('\r\n\r\n')) !== -1) {
-          const [method, path] = buffered.slice(0, end).split(' ');
-          buffered = buffered.slice(end + 4);
-          if (path === '/short') {
-            socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${BODY.length}\r\n\r\n${BODY.slice(0, 60)}`);
-            setTimeout(() => socket.destroy(), 30);
-          } else if (path === '/short-big') {
-            socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${MiB}\r\n\r\n`);
-            socket.write(big.subarray(0, MiB - 1));
-            setTimeout(() => socket.destroy(), 100);
-          } else if (path === '/long') {
-            socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${BODY.length}\r\n\r\n${BODY}${'y'.repeat(50)}`);
-          } else if (path === '/long-split') {
-            socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${BODY.length}\r\n\r\n${BODY.slice(0, 10)}`);
-            setTimeout(() => socket.write(`${BODY.slice(10)}HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil`), 30);
-          } else if (path === '/long-big') {
-            socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${MiB}\r\n\r\n`);
-            socket.write(Buffer.concat([big, Buffer.from('zzzz')]));
-          } else if (path === '/204') {
-            socket.write('HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n');
-          } else if (path === '/304') {
-            socket.write(`HTTP/1.1 304 Not Modified\r\nContent-Length: ${BODY.length}\r\nETag: "e"\r\n\r\n`);
-          } else if (path === '/head' && method === 'HEAD') {
-            socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${BODY.length}\r\n\r\n`);
-          } else if (path.startsWith('/gate/')) {
-            // All but the last byte now; the last when the test opens the gate.
-            socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${MiB}\r\n\r\n`);
-            socket.write(big.subarray(0, MiB - 1));
-            gates.set(path, () => socket.write(big.subarray(MiB - 1)));
-          } else {
-            socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${BODY.length}\r\n\r\n${BODY}`);
-          }
+    up = await startRawServer((socket) =>
+      onRequestHeads(socket, (_, head) => {
+        const [method, path] = head.split(' ');
+        if (path === '/short') {
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${BODY.length}\r\n\r\n${BODY.slice(0, 60)}`);
+          setTimeout(() => socket.destroy(), 30);
+        } else if (path === '/short-big') {
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${MiB}\r\n\r\n`);
+          socket.write(big.subarray(0, MiB - 1));
+          setTimeout(() => socket.destroy(), 100);
+        } else if (path === '/long') {
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${BODY.length}\r\n\r\n${BODY}${'y'.repeat(50)}`);
+        } else if (path === '/long-split') {
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${BODY.length}\r\n\r\n${BODY.slice(0, 10)}`);
+          setTimeout(() => socket.write(`${BODY.slice(10)}HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil`), 30);
+        } else if (path === '/long-big') {
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${MiB}\r\n\r\n`);
+          socket.write(Buffer.concat([big, Buffer.from('zzzz')]));
+        } else if (path === '/204') {
+          socket.write('HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n');
+        } else if (path === '/304') {
+          socket.write(`HTTP/1.1 304 Not Modified\r\nContent-Length: ${BODY.length}\r\nETag: "e"\r\n\r\n`);
+        } else if (path === '/head' && method === 'HEAD') {
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${BODY.length}\r\n\r\n`);
+        } else if (path.startsWith('/gate/')) {
+          // All but the last byte now; the last when the test opens the gate.
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${MiB}\r\n\r\n`);
+          socket.write(big.subarray(0, MiB - 1));
+          gates.set(path, () => socket.write(big.subarray(MiB - 1)));
+        } else {
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${BODY.length}\r\n\r\n${BODY}`);
         }
-      });
-    });
+      }),
+    );
     px = await startProxy();
   });
   after(async () => {

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import http2 from 'node:http2';
 import { resolveOptions } from '../dist/options.js';
-import { startProxy, startUpstream, sleep } from './helpers/servers.mjs';
+import { proxyFor, startUpstream, sleep } from './helpers/servers.mjs';
 import { ERROR, FLAG, FRAME, H2RawClient, frame, SETTING, errorName, headersFrame, pingFrame, requestHeaders, rstStreamFrame, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
 
 const KIB = 1024;
@@ -83,8 +83,8 @@ describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { t
     assert.throws(() => resolveOptions({ listenPort: 0, http2MaxSessionMemoryMb: 0 }), /http2MaxSessionMemoryMb/);
   });
 
-  it('session memory held by unread responses: refusals, then GOAWAY(NO_ERROR) naming the last stream served, running streams finish, the socket closes, a new connection is served', async () => {
-    const px = await startProxy({ http2MaxSessionMemoryMb: 1 });
+  it('session memory held by unread responses: refusals, then GOAWAY(NO_ERROR) naming the last stream served, running streams finish, the socket closes, a new connection is served', async (t) => {
+    const px = await proxyFor(t, { http2MaxSessionMemoryMb: 1 });
     const c = await H2RawClient.connect(px.port, { keepData: false, settings: { [SETTING.INITIAL_WINDOW_SIZE]: 0 } });
     try {
       // One request every 20 ms, as a page would keep sending them, until the proxy says GOAWAY;
@@ -128,12 +128,11 @@ describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { t
       }
     } finally {
       c.close();
-      await px.proxy.stop();
     }
   });
 
-  it('streams the client resets in the same write as their HEADERS are not refusals: no GOAWAY, the next request is served', async () => {
-    const px = await startProxy();
+  it('streams the client resets in the same write as their HEADERS are not refusals: no GOAWAY, the next request is served', async (t) => {
+    const px = await proxyFor(t);
     const c = await H2RawClient.connect(px.port, { keepData: false });
     try {
       // One running stream, so the session is looked at while it has streams open.
@@ -151,12 +150,11 @@ describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { t
       assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 0);
     } finally {
       c.close();
-      await px.proxy.stop();
     }
   });
 
-  it('idle streams opened by PRIORITY frames (an RFC 7540 dependency tree, as nghttp sends) are not refusals: no GOAWAY, every request is served', async () => {
-    const px = await startProxy();
+  it('idle streams opened by PRIORITY frames (an RFC 7540 dependency tree, as nghttp sends) are not refusals: no GOAWAY, every request is served', async (t) => {
+    const px = await proxyFor(t);
     const c = await H2RawClient.connect(px.port, { keepData: false });
     try {
       // nghttp's anchors: PRIORITY on idle streams 3, 5, 7, 9 and 11, then requests from 13 on
@@ -171,12 +169,11 @@ describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { t
       assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 0);
     } finally {
       c.close();
-      await px.proxy.stop();
     }
   });
 
-  it('a PRIORITY frame for a far idle stream (id 2^31-1) does not hide the refusals that follow: GOAWAY as without it', async () => {
-    const px = await startProxy({ http2MaxSessionMemoryMb: 1 });
+  it('a PRIORITY frame for a far idle stream (id 2^31-1) does not hide the refusals that follow: GOAWAY as without it', async (t) => {
+    const px = await proxyFor(t, { http2MaxSessionMemoryMb: 1 });
     const c = await H2RawClient.connect(px.port, { keepData: false, settings: { [SETTING.INITIAL_WINDOW_SIZE]: 0 } });
     try {
       c.send(priority(0x7fffffff, 0, 16));
@@ -188,12 +185,11 @@ describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { t
       assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 1);
     } finally {
       c.close();
-      await px.proxy.stop();
     }
   });
 
-  it('PRIORITY frames (1,000 before and 1,000 after the first request, for idle, open, far and even ids) never call into JavaScript, and are no refusals', async () => {
-    const px = await startProxy();
+  it('PRIORITY frames (1,000 before and 1,000 after the first request, for idle, open, far and even ids) never call into JavaScript, and are no refusals', async (t) => {
+    const px = await proxyFor(t);
     const c = await H2RawClient.connect(px.port, { keepData: false });
     // Node 20 calls into JavaScript for each PRIORITY frame while a 'priority' listener exists
     // (on the session or a stream), at ~5x the cost of nghttp2's own work for the frame. (1,000
@@ -223,12 +219,11 @@ describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { t
     } finally {
       counter.stop();
       c.close();
-      await px.proxy.stop();
     }
   });
 
-  it('a busy healthy connection is not closed: 32 concurrent 2 MiB uploads and 32 concurrent 512 KiB downloads, 2 rounds', async () => {
-    const px = await startProxy();
+  it('a busy healthy connection is not closed: 32 concurrent 2 MiB uploads and 32 concurrent 512 KiB downloads, 2 rounds', async (t) => {
+    const px = await proxyFor(t);
     // maxSessionMemory: the Node client's own limit would make it refuse answers itself.
     const session = http2.connect(px.url, { maxSessionMemory: 256 });
     session.on('error', () => {});
@@ -261,7 +256,6 @@ describe('HTTP/2: a session that refuses new streams is closed with GOAWAY', { t
       assert.equal(px.proxy.getStats().http2RefusingSessionsClosed, 0);
     } finally {
       session.destroy();
-      await px.proxy.stop();
     }
   });
 });

@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { startUpstream, request } from './helpers/servers.mjs';
 import net from 'node:net';
 import http2 from 'node:http2';
-import { H2RawClient, FRAME, dataFrame, errorName, frame, headersFrame, requestHeaders, settingsFrame, ERROR } from './helpers/h2-raw.mjs';
+import { H2RawClient, FRAME, dataFrame, errorName, frame, headersFrame, requestHeaders, serveH2cFrames, ERROR } from './helpers/h2-raw.mjs';
 
 const CHILD = fileURLToPath(new URL('./helpers/proxy-child.mjs', import.meta.url));
 
@@ -89,29 +89,11 @@ async function rawH2cUpstream(answer) {
   const server = net.createServer((socket) => {
     const connection = ++connections;
     const ids = [];
-    let buf = Buffer.alloc(0);
-    let preface = false;
     socket.on('error', () => {});
-    socket.on('data', (c) => {
-      buf = Buffer.concat([buf, c]);
-      if (!preface) {
-        if (buf.length < 24) return;
-        buf = buf.subarray(24);
-        preface = true;
-        socket.write(settingsFrame());
-      }
-      while (buf.length >= 9) {
-        const length = buf.readUIntBE(0, 3);
-        if (buf.length < 9 + length) return;
-        const type = buf[3];
-        const flags = buf[4];
-        const id = buf.readUInt32BE(5) & 0x7fffffff;
-        buf = buf.subarray(9 + length);
-        if (type === FRAME.SETTINGS && (flags & 1) === 0) socket.write(settingsFrame({}, { ack: true }));
-        if (type === FRAME.HEADERS) {
-          ids.push(id);
-          answer(socket, ids, connection);
-        }
+    serveH2cFrames(socket, ({ type, streamId }) => {
+      if (type === FRAME.HEADERS) {
+        ids.push(streamId);
+        answer(socket, ids, connection);
       }
     });
   });

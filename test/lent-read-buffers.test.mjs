@@ -9,48 +9,33 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import http2 from 'node:http2';
-import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import WebSocket, { WebSocketServer } from 'ws';
-import { startProxy, sleep } from './helpers/servers.mjs';
-import { createRequire } from 'node:module';
+import { proxyFor, rawUpstream, sleep } from './helpers/servers.mjs';
 import { FREE_MAX, readBufferCounts } from '../dist/upstream/read-buffers.js';
-import { assertNoBufferHeld, positionCoded } from './helpers/lent-buffers.mjs';
+import { BodyCheck, assertNoBufferHeld, positionCoded } from './helpers/lent-buffers.mjs';
+import { watchOnBody } from './helpers/llhttp-body.mjs';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const { HTTPParser } = createRequire(import.meta.url)('_http_common');
 
 /**
  * Counts the body bytes llhttp hands to the proxy's upstream response parsers (whose `conn` is a
  * pooled upstream connection: it has `entry`), each a copy; not the test's own parsers.
  */
 const upstreamBodyCopies = { bytes: 0 };
-const kStored = Symbol('onBody');
-function countingOnBody(chunk) {
-  upstreamBodyCopies.bytes += chunk.length;
-  return this[kStored].call(this, chunk);
-}
-function installBodyCounter() {
-  Object.defineProperty(HTTPParser.prototype, HTTPParser.kOnBody, {
-    configurable: true,
-    set(fn) {
-      this[kStored] = fn;
-    },
-    get() {
-      const fn = this[kStored];
-      return typeof fn === 'function' && this.conn !== undefined && this.conn !== null && 'entry' in this.conn ? countingOnBody : fn;
-    },
-  });
-}
-
+const installBodyCounter = () =>
+  watchOnBody(
+    (parser) => parser.conn !== undefined && parser.conn !== null && 'entry' in parser.conn,
+    (chunk) => (upstreamBodyCopies.bytes += chunk.length),
+  );
 
 /**
  * An upstream writing as fast as its socket takes it: `/body/<seed>/<bytes>/<piece>` answers a
  * Content-Length body in writes of `piece` bytes (with a turn of the event loop between them,
- * so the proxy sees reads of about that size while it keeps up). WebSockets echo.
+ * so the proxy sees reads of about that size while it keeps up). WebSockets echo. Closed after test `t`.
  */
-async function startBodyUpstream() {
+async function startBodyUpstream(t) {
   const server = http.createServer(async (req, res) => {
     const [, , seedText, sizeText, pieceText] = req.url.split('/');
     const seed = Number(seedText);
@@ -75,42 +60,12 @@ async function startBodyUpstream() {
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
-  return {
-    port: server.address().port,
-    async close() {
-      for (const ws of wss.clients) ws.terminate();
-      server.closeAllConnections();
-      await new Promise((r) => server.close(r));
-    },
-  };
-}
-
-/** Checks a download as it arrives: every byte against its position, and the whole by sha256. */
-class BodyCheck {
-  constructor(seed, size) {
-    this.seed = seed;
-    this.size = size;
-    this.bytes = 0;
-    this.firstBad = -1;
-    this.hash = createHash('sha256');
-  }
-  add(chunk) {
-    if (this.firstBad === -1 && this.bytes + chunk.length <= this.size) {
-      const want = positionCoded(this.seed, this.bytes, chunk.length);
-      if (!want.equals(chunk)) {
-        let i = 0;
-        while (want[i] === chunk[i]) i++;
-        this.firstBad = this.bytes + i;
-      }
-    }
-    this.hash.update(chunk);
-    this.bytes += chunk.length;
-  }
-  assertWhole(label) {
-    assert.equal(this.firstBad, -1, `${label}: byte ${this.firstBad} of ${this.size} is not the upstream's`);
-    assert.equal(this.bytes, this.size, `${label}: ${this.bytes} of ${this.size} bytes`);
-    assert.equal(this.hash.digest('hex'), createHash('sha256').update(positionCoded(this.seed, 0, this.size)).digest('hex'), `${label}: sha256`);
-  }
+  t.after(async () => {
+    for (const ws of wss.clients) ws.terminate();
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  });
+  return { port: server.address().port };
 }
 
 /** A slow reader: after every `burst` bytes it stops reading for `stallMs`. */
@@ -161,10 +116,8 @@ const noBufferHeld = (label) => assertNoBufferHeld(label, 3000, FREE_MAX);
 
 describe('bodies read into reused buffers reach slow clients byte for byte', () => {
   it('slow HTTP/1.1 and HTTP/2 clients download 8-24 MiB bodies concurrently from a fast upstream; idle sockets keep no buffer', async (t) => {
-    const up = await startBodyUpstream();
-    t.after(() => up.close());
-    const { proxy, port } = await startProxy();
-    t.after(() => proxy.stop());
+    const up = await startBodyUpstream(t);
+    const { proxy, port } = await proxyFor(t);
     const session = http2.connect(`http://127.0.0.1:${port}`);
     session.on('error', () => {});
     t.after(() => session.close());
@@ -186,7 +139,7 @@ describe('bodies read into reused buffers reach slow clients byte for byte', () 
       const check = new BodyCheck(seed, size);
       const path = `/body/${seed}/${size}/${piece}`;
       const done = via === 'h1' ? h1Download(port, up.port, path, check) : h2Download(session, up.port, path, check);
-      downloads.push(done.then(() => check.assertWhole(`${via} ${size / MiB} MiB in ${piece / KiB} KiB writes`)));
+      downloads.push(done.then(() => check.assertWhole(`${via} ${size / MiB} MiB in ${piece / KiB} KiB writes`, 'upstream')));
     });
     await Promise.all(downloads);
     assert.ok(readBufferCounts().created > before, 'the bodies were not read into lent buffers');
@@ -197,13 +150,11 @@ describe('bodies read into reused buffers reach slow clients byte for byte', () 
   });
 
   it('a WebSocket on a pooled socket that relayed a lent body holds no read buffer and relays byte for byte', async (t) => {
-    const up = await startBodyUpstream();
-    t.after(() => up.close());
-    const { proxy, port } = await startProxy();
-    t.after(() => proxy.stop());
+    const up = await startBodyUpstream(t);
+    const { proxy, port } = await proxyFor(t);
     const check = new BodyCheck(7, 4 * MiB);
     await h1Download(port, up.port, `/body/7/${4 * MiB}/64000`, check);
-    check.assertWhole('download before the WebSocket');
+    check.assertWhole('download before the WebSocket', 'upstream');
     await sleep(50);
     const reused = proxy.getStats().upstreamSocketsReused ?? 0;
     const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { 'x-cmux-port-internal': String(up.port) } });
@@ -225,14 +176,10 @@ describe('bodies read into reused buffers reach slow clients byte for byte', () 
  * answers a Content-Length body in one write; `/split/<seed>/<bytes>` writes its head in pieces
  * (cut inside a header name and inside a value) with pauses between them, then its body;
  * `/upgrade/<seed>/<bytes>` answers 101 with the first tunnel bytes in the same write, then
- * the rest in 64 KiB writes.
+ * the rest in 64 KiB writes. Closed after test `t`.
  */
-async function startRawUpstream() {
-  const sockets = new Set();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    socket.on('error', () => {});
+function startRawUpstream(t) {
+  return rawUpstream(t, (socket) => {
     let pending = Buffer.alloc(0);
     let busy = false;
     const serve = async () => {
@@ -270,35 +217,27 @@ async function startRawUpstream() {
       serve();
     });
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return {
-    port: server.address().port,
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise((r) => server.close(r));
-    },
-  };
+}
+
+/** A GET through the proxy on `port` to the upstream on `upstreamPort`: the response and its whole body. */
+function getVia(port, upstreamPort, path) {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path, agent: false, headers: { 'x-cmux-port-internal': String(upstreamPort) } }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ res, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+  });
 }
 
 describe('response heads on a socket that relayed a lent body', () => {
   it('long responses on the pooled socket: llhttp copies at most 16 KiB of each body (what shares its head\'s read), the rest is lent', async (t) => {
-    const up = await startRawUpstream();
-    t.after(() => up.close());
-    installBodyCounter();
-    t.after(() => delete HTTPParser.prototype[HTTPParser.kOnBody]);
-    const { proxy, port } = await startProxy();
-    t.after(() => proxy.stop());
-    const get = (path) =>
-      new Promise((resolve, reject) => {
-        const req = http.get({ host: '127.0.0.1', port, path, agent: false, headers: { 'x-cmux-port-internal': String(up.port) } }, (res) => {
-          const chunks = [];
-          res.on('data', (c) => chunks.push(c));
-          res.on('end', () => resolve(Buffer.concat(chunks)));
-          res.on('error', reject);
-        });
-        req.on('error', reject);
-      });
+    const up = await startRawUpstream(t);
+    t.after(installBodyCounter());
+    const { proxy, port } = await proxyFor(t);
+    const get = async (path) => (await getVia(port, up.port, path)).body;
     // The first response takes the socket's reads over; later heads are read into the parking buffer.
     assert.ok((await get(`/body/40/${MiB}`)).equals(positionCoded(40, 0, MiB)));
     await sleep(20);
@@ -316,20 +255,9 @@ describe('response heads on a socket that relayed a lent body', () => {
   });
 
   it('a head split across reads and a 101 with tunnel bytes in its read reach the client intact on the pooled socket', async (t) => {
-    const up = await startRawUpstream();
-    t.after(() => up.close());
-    const { proxy, port } = await startProxy();
-    t.after(() => proxy.stop());
-    const get = (path) =>
-      new Promise((resolve, reject) => {
-        const req = http.get({ host: '127.0.0.1', port, path, agent: false, headers: { 'x-cmux-port-internal': String(up.port) } }, (res) => {
-          const chunks = [];
-          res.on('data', (c) => chunks.push(c));
-          res.on('end', () => resolve({ res, body: Buffer.concat(chunks) }));
-          res.on('error', reject);
-        });
-        req.on('error', reject);
-      });
+    const up = await startRawUpstream(t);
+    const { proxy, port } = await proxyFor(t);
+    const get = (path) => getVia(port, up.port, path);
     const before = readBufferCounts().created;
     const first = await get(`/body/11/${2 * MiB}`);
     assert.ok(first.body.equals(positionCoded(11, 0, 2 * MiB)), 'the lent body differs');

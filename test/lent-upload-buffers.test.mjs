@@ -10,44 +10,14 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
-import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { startProxy, sleep, waitFor } from './helpers/servers.mjs';
+import { proxyFor, readResponses, sleep, waitFor } from './helpers/servers.mjs';
 import { FREE_MAX, ReadRing, readBufferCounts } from '../dist/upstream/read-buffers.js';
-import { assertNoBufferHeld, positionCoded } from './helpers/lent-buffers.mjs';
+import { BodyCheck, assertNoBufferHeld, assertWhole, positionCoded } from './helpers/lent-buffers.mjs';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-
-/** Checks a body as it arrives: every byte against its position, and the whole by sha256. */
-class BodyCheck {
-  constructor(seed, size) {
-    this.seed = seed;
-    this.size = size;
-    this.bytes = 0;
-    this.firstBad = -1;
-    this.hash = createHash('sha256');
-  }
-  add(chunk) {
-    if (this.firstBad === -1) {
-      const n = Math.min(chunk.length, Math.max(0, this.size - this.bytes));
-      const want = positionCoded(this.seed, this.bytes, n);
-      if (n < chunk.length || !want.equals(chunk.subarray(0, n))) {
-        let i = 0;
-        while (i < n && want[i] === chunk[i]) i++;
-        this.firstBad = this.bytes + i;
-      }
-    }
-    this.hash.update(chunk);
-    this.bytes += chunk.length;
-  }
-  summary() {
-    return { bytes: this.bytes, firstBad: this.firstBad, sha: this.hash.digest('hex') };
-  }
-}
-
-const shaOf = (seed, size) => createHash('sha256').update(positionCoded(seed, 0, size)).digest('hex');
 
 /** Reads `stream` (a request or an h2 stream); a slow reader stops for `stallMs` after every `burst` bytes. */
 function readBody(stream, check, slow) {
@@ -123,6 +93,13 @@ async function startUploadUpstreams() {
       await Promise.all([new Promise((r) => h1.close(r)), new Promise((r) => h2.close(r))]);
     },
   };
+}
+
+/** startUploadUpstreams for test `t`, closed after it. */
+async function uploadUpstreamsFor(t) {
+  const up = await startUploadUpstreams();
+  t.after(() => up.close());
+  return up;
 }
 
 /**
@@ -243,51 +220,17 @@ async function uploadChunked(port, upstreamPort, seed, size, { slowClient, slowU
   }
 }
 
-/** Reads HTTP/1.1 responses with a Content-Length body from a raw socket. */
-function responses(socket, count) {
-  return new Promise((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const out = [];
-    const onData = (chunk) => {
-      buf = Buffer.concat([buf, chunk]);
-      for (;;) {
-        const end = buf.indexOf('\r\n\r\n');
-        if (end === -1) return;
-        const head = buf.subarray(0, end).toString('latin1');
-        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
-        if (buf.length < end + 4 + length) return;
-        out.push({ status: Number(head.split(' ')[1]), body: buf.subarray(end + 4, end + 4 + length).toString('latin1') });
-        buf = buf.subarray(end + 4 + length);
-        if (out.length === count) {
-          socket.removeListener('data', onData);
-          resolve(out);
-          return;
-        }
-      }
-    };
-    socket.on('data', onData);
-    socket.on('error', reject);
-    socket.on('close', () => reject(new Error(`closed after ${out.length} of ${count} responses`)));
-  });
-}
-
 /** Every read buffer made is back in the free list or let go (past its cap): no socket keeps one. */
 const noBufferHeld = (label) => assertNoBufferHeld(label, 5000, FREE_MAX);
 
-function assertWhole(got, seed, size, label) {
-  assert.equal(got.firstBad, -1, `${label}: byte ${got.firstBad} of ${size} is not the client's`);
-  assert.equal(got.bytes, size, `${label}: ${got.bytes} of ${size} bytes`);
-  assert.equal(got.sha, shaOf(seed, size), `${label}: sha256`);
-}
+/** The upload came whole: every byte the client's, in place (see assertWhole). */
+const assertUploaded = (got, seed, size, label) => assertWhole(got, seed, size, label, 'client');
 
 describe('uploads read into reused buffers reach the upstream byte for byte', () => {
   it('slow and fast clients upload 8-64 MiB at once to slow and fast HTTP/1.1 and h2c upstreams', async (t) => {
-    const up = await startUploadUpstreams();
-    t.after(() => up.close());
-    const h1 = await startProxy();
-    t.after(() => h1.proxy.stop());
-    const h2c = await startProxy({ upstreamProtocol: 'h2c' });
-    t.after(() => h2c.proxy.stop());
+    const up = await uploadUpstreamsFor(t);
+    const h1 = await proxyFor(t);
+    const h2c = await proxyFor(t, { upstreamProtocol: 'h2c' });
     const before = readBufferCounts().created;
     const plan = [
       { via: 'h1', size: 64 * MiB, slowClient: false, slowUpstream: false },
@@ -302,7 +245,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
       plan.map(async (p, i) => {
         const seed = 0x0a5e0000 + i;
         const got = p.via === 'h1' ? await upload(h1.port, up.h1Port, seed, p.size, p) : await upload(h2c.port, up.h2Port, seed, p.size, p);
-        assertWhole(got, seed, p.size, `${p.via} ${p.size / MiB} MiB (${p.slowClient ? 'slow' : 'fast'} client, ${p.slowUpstream ? 'slow' : 'fast'} upstream)`);
+        assertUploaded(got, seed, p.size, `${p.via} ${p.size / MiB} MiB (${p.slowClient ? 'slow' : 'fast'} client, ${p.slowUpstream ? 'slow' : 'fast'} upstream)`);
       }),
     );
     const failed = results.filter((r) => r.status === 'rejected').map((r) => r.reason.message);
@@ -313,12 +256,9 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
   });
 
   it('chunked uploads (chunks of 1 byte to 300 KiB) from slow and fast clients reach slow and fast HTTP/1.1 and h2c upstreams byte for byte', async (t) => {
-    const up = await startUploadUpstreams();
-    t.after(() => up.close());
-    const h1 = await startProxy();
-    t.after(() => h1.proxy.stop());
-    const h2c = await startProxy({ upstreamProtocol: 'h2c' });
-    t.after(() => h2c.proxy.stop());
+    const up = await uploadUpstreamsFor(t);
+    const h1 = await proxyFor(t);
+    const h2c = await proxyFor(t, { upstreamProtocol: 'h2c' });
     const before = readBufferCounts().created;
     const plan = [
       { via: 'h1', size: 32 * MiB, slowClient: false, slowUpstream: false },
@@ -334,7 +274,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
         const seed = 0x0e5e0000 + i;
         const proxy = p.via === 'h1' ? h1 : h2c;
         const got = await uploadChunked(proxy.port, p.via === 'h1' ? up.h1Port : up.h2Port, seed, p.size, p);
-        assertWhole(got, seed, p.size, `chunked ${p.via} ${p.size / MiB} MiB (${p.slowClient ? 'slow' : 'fast'} client, ${p.slowUpstream ? 'slow' : 'fast'} upstream)`);
+        assertUploaded(got, seed, p.size, `chunked ${p.via} ${p.size / MiB} MiB (${p.slowClient ? 'slow' : 'fast'} client, ${p.slowUpstream ? 'slow' : 'fast'} upstream)`);
       }),
     );
     const failed = results.filter((r) => r.status === 'rejected').map((r) => r.reason.message);
@@ -369,10 +309,8 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
   });
 
   it('a GET pipelined in the same write as the body\'s last bytes is answered after the upload', async (t) => {
-    const up = await startUploadUpstreams();
-    t.after(() => up.close());
-    const { proxy, port } = await startProxy();
-    t.after(() => proxy.stop());
+    const up = await uploadUpstreamsFor(t);
+    const { port } = await proxyFor(t);
     const seed = 0x0b5e0001;
     const size = 8 * MiB;
     const tail = 1000;
@@ -380,7 +318,7 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     const socket = net.connect(port, '127.0.0.1');
     t.after(() => socket.destroy());
     await once(socket, 'connect');
-    const answers = responses(socket, 3);
+    const answers = readResponses(socket, 3);
     const headers = `host: app.test\r\nx-cmux-port-internal: ${up.h1Port}\r\n`;
     socket.write(`POST ${path} HTTP/1.1\r\n${headers}content-length: ${size}\r\n\r\n`);
     await writeBody(socket, seed, 0, size - tail, true);
@@ -390,41 +328,39 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
     socket.write(Buffer.concat([positionCoded(seed, size - tail, tail), Buffer.from(`GET /after HTTP/1.1\r\n${headers}\r\nGET /last HTTP/1.1\r\n${headers}\r\n`)]));
     const [first, second, third] = await answers;
     assert.equal(first.status, 200);
-    assertWhole(JSON.parse(first.body), seed, size, 'the upload');
+    assertUploaded(JSON.parse(first.body), seed, size, 'the upload');
     assert.deepEqual([second.status, second.body], [200, 'got GET /after']);
     assert.deepEqual([third.status, third.body], [200, 'got GET /last']);
     // The connection serves on: another upload on it, this time to a fast reader.
     const seed2 = seed + 1;
     const path2 = `/up/${seed2}/${size}/fast`;
-    const next = responses(socket, 1);
+    const next = readResponses(socket, 1);
     socket.write(`POST ${path2} HTTP/1.1\r\n${headers}content-length: ${size}\r\n\r\n`);
     await writeBody(socket, seed2, 0, size, false);
     const [fourth] = await next;
-    assertWhole(JSON.parse(fourth.body), seed2, size, 'the second upload');
+    assertUploaded(JSON.parse(fourth.body), seed2, size, 'the second upload');
     socket.end();
     await noBufferHeld('after the pipelined requests');
   });
 
   it('a connection whose first read held a small body (paused before its reads were taken over) serves on after an upload', async (t) => {
-    const up = await startUploadUpstreams();
-    t.after(() => up.close());
-    const { proxy, port } = await startProxy();
-    t.after(() => proxy.stop());
+    const up = await uploadUpstreamsFor(t);
+    const { port } = await proxyFor(t);
     const socket = net.connect(port, '127.0.0.1');
     t.after(() => socket.destroy());
     await once(socket, 'connect');
     const headers = `host: app.test\r\nx-cmux-port-internal: ${up.h1Port}\r\n`;
     const seed = 0x0d5e0001;
     // Head and body in one write: the body waits for the upstream socket, the client is paused.
-    const first = responses(socket, 1);
+    const first = readResponses(socket, 1);
     socket.write(Buffer.concat([Buffer.from(`POST /up/${seed}/100/fast HTTP/1.1\r\n${headers}content-length: 100\r\n\r\n`), positionCoded(seed, 0, 100)]));
-    assertWhole(JSON.parse((await first)[0].body), seed, 100, 'the small body');
+    assertUploaded(JSON.parse((await first)[0].body), seed, 100, 'the small body');
     const size = 2 * MiB;
-    const second = responses(socket, 1);
+    const second = readResponses(socket, 1);
     socket.write(`POST /up/${seed + 1}/${size}/fast HTTP/1.1\r\n${headers}content-length: ${size}\r\n\r\n`);
     await writeBody(socket, seed + 1, 0, size, false);
-    assertWhole(JSON.parse((await second)[0].body), seed + 1, size, 'the upload');
-    const third = responses(socket, 1);
+    assertUploaded(JSON.parse((await second)[0].body), seed + 1, size, 'the upload');
+    const third = readResponses(socket, 1);
     socket.write(`GET /after HTTP/1.1\r\n${headers}\r\n`);
     const [answer] = await Promise.race([third, sleep(10_000).then(() => [{ status: 0, body: 'no answer in 10 s' }])]);
     assert.deepEqual([answer.status, answer.body], [200, 'got GET /after']);
@@ -434,10 +370,8 @@ describe('uploads read into reused buffers reach the upstream byte for byte', ()
 
   for (const how of ['FIN', 'RST']) {
     it(`a client that stops mid-body (${how}) leaves the upstream a cut request, its bytes exact up to the cut`, async (t) => {
-      const up = await startUploadUpstreams();
-      t.after(() => up.close());
-      const { proxy, port } = await startProxy();
-      t.after(() => proxy.stop());
+      const up = await uploadUpstreamsFor(t);
+      const { port } = await proxyFor(t);
       const seed = how === 'FIN' ? 0x0c5e0001 : 0x0c5e0002;
       const size = 32 * MiB;
       const sent = 12 * MiB + 12345;

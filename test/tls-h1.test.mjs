@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
-import { startProxy, startUpstream } from './helpers/servers.mjs';
+import { jsonAnswers, startProxy, startUpstream } from './helpers/servers.mjs';
 import { nextMessage, openWs, startWsEcho } from './helpers/ws.mjs';
 
 const GEN = fileURLToPath(new URL('../scripts/gen-dev-cert.sh', import.meta.url));
@@ -29,23 +29,6 @@ function tlsExchange(port, write) {
     });
     write(socket);
   });
-}
-
-/** The upstream's JSON answers in a raw HTTP/1.1 response stream, in order. */
-function answers(raw) {
-  const out = [];
-  let rest = raw;
-  for (;;) {
-    const headEnd = rest.indexOf('\r\n\r\n');
-    if (headEnd === -1) break;
-    const head = rest.slice(0, headEnd);
-    const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? NaN);
-    assert.ok(Number.isFinite(length), `no content-length in ${head}`);
-    out.push({ status: Number(head.split(' ')[1]), body: JSON.parse(rest.slice(headEnd + 4, headEnd + 4 + length)) });
-    rest = rest.slice(headEnd + 4 + length);
-  }
-  assert.equal(rest, '', 'nothing after the last response');
-  return out;
 }
 
 describe('HTTP/1.1 over TLS on the proxy port', () => {
@@ -82,7 +65,7 @@ describe('HTTP/1.1 over TLS on the proxy port', () => {
         next();
       });
     });
-    const got = answers(raw);
+    const got = jsonAnswers(raw);
     assert.deepEqual(got.map((a) => [a.status, a.body.url]), [[200, '/first'], [200, '/second'], [200, '/third']]);
     assert.equal(got[0].body.headers['x-forwarded-proto'], 'https');
   });
@@ -131,7 +114,7 @@ describe('HTTP/1.1 over TLS on the proxy port', () => {
     const raw = await tlsExchange(px.port, (socket) => {
       socket.end(get('/half', up.port));
     });
-    const got = answers(raw);
+    const got = jsonAnswers(raw);
     assert.deepEqual(got.map((a) => [a.status, a.body.url]), [[200, '/half']]);
   });
 });

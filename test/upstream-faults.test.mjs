@@ -7,24 +7,9 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { once } from 'node:events';
-import { startProxy, startUpstream, startRawServer, request, h2connect, h2request, sleep, waitFor, refusedPort } from './helpers/servers.mjs';
+import { onRequestHeads, proxyFor, rawUpstream, startProxy, startUpstream, request, h2connect, h2request, sleep, waitFor, refusedPort } from './helpers/servers.mjs';
 
 const TEXT_PLAIN = 'text/plain; charset=utf-8';
-
-/** Calls `onRequest(socket, head, index)` for each request head (no body parsing) a raw upstream gets. */
-function onRequestHeads(socket, onRequest) {
-  let buf = '';
-  let index = 0;
-  socket.on('data', (c) => {
-    buf += c.toString('latin1');
-    let at;
-    while ((at = buf.indexOf('\r\n\r\n')) !== -1) {
-      const head = buf.slice(0, at);
-      buf = buf.slice(at + 4);
-      onRequest(socket, head, index++);
-    }
-  });
-}
 
 /**
  * An HTTP/1.1 request that reports how the response ended: `complete` is true only when the
@@ -162,17 +147,26 @@ describe('upstream faults', () => {
     await echo.close();
   });
 
-  /** A fresh proxy for one test, stopped after it. */
-  async function proxyFor(t, options = {}) {
-    const p = await startProxy(options);
-    t.after(() => p.proxy.stop());
-    return p;
-  }
-  async function rawUpstream(t, onConnection) {
-    const up = await startRawServer(onConnection);
-    t.after(() => up.close());
-    return up;
-  }
+  /** Answers Content-Length 1000 with 10 bytes, then closes. */
+  const cutAfterTenBytes = (t) =>
+    rawUpstream(t, (socket) =>
+      onRequestHeads(socket, async () => {
+        socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n0123456789');
+        await sleep(50);
+        socket.destroy();
+      }),
+    );
+  /** Answers a chunked body cut inside its second chunk. */
+  const cutChunked = (t) =>
+    rawUpstream(t, (socket) =>
+      onRequestHeads(socket, async () => {
+        socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n');
+        await sleep(30);
+        socket.write('10\r\nabcde');
+        await sleep(30);
+        socket.destroy();
+      }),
+    );
 
   it("refused -> 502 'upstream request error: ECONNREFUSED', counted in upstreamErrors", async (t) => {
     const { proxy, url } = await proxyFor(t);
@@ -230,13 +224,7 @@ describe('upstream faults', () => {
 
   it('Content-Length 1000 then 10 bytes then close -> the HTTP/1.1 client never sees a complete response', async (t) => {
     const { proxy, url } = await proxyFor(t);
-    const up = await rawUpstream(t, (socket) =>
-      onRequestHeads(socket, async () => {
-        socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n0123456789');
-        await sleep(50);
-        socket.destroy();
-      }),
-    );
+    const up = await cutAfterTenBytes(t);
     const out = await h1Outcome(`${url}/short`, { headers: { 'x-cmux-port-internal': String(up.port) } });
     assert.notEqual(out.error, 'client timeout', 'the client was left hanging instead of being reset');
     assert.equal(out.complete, false, `the truncated body looked complete: ${JSON.stringify(out)}`);
@@ -249,13 +237,7 @@ describe('upstream faults', () => {
 
   it('Content-Length 1000 then 10 bytes then close -> over HTTP/2 the stream is reset, not ended', async (t) => {
     const { proxy, port, url } = await proxyFor(t);
-    const up = await rawUpstream(t, (socket) =>
-      onRequestHeads(socket, async () => {
-        socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n0123456789');
-        await sleep(50);
-        socket.destroy();
-      }),
-    );
+    const up = await cutAfterTenBytes(t);
     const tap = await tappedH2Session(port);
     t.after(() => tap.close());
     const session = tap.session;
@@ -335,15 +317,7 @@ describe('upstream faults', () => {
 
   it('a chunked upstream response cut mid-body is incomplete at the HTTP/1.1 client', async (t) => {
     const { proxy, url } = await proxyFor(t);
-    const up = await rawUpstream(t, (socket) =>
-      onRequestHeads(socket, async () => {
-        socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n');
-        await sleep(30);
-        socket.write('10\r\nabcde');
-        await sleep(30);
-        socket.destroy();
-      }),
-    );
+    const up = await cutChunked(t);
     const out = await h1Outcome(`${url}/chunked`, { headers: { 'x-cmux-port-internal': String(up.port) } });
     assert.notEqual(out.error, 'client timeout', 'the client was left hanging instead of being reset');
     assert.equal(out.complete, false, `the cut chunked body looked complete: ${JSON.stringify(out)}`);
@@ -355,15 +329,7 @@ describe('upstream faults', () => {
 
   it('a chunked upstream response cut mid-body resets the HTTP/2 stream', async (t) => {
     const { proxy, port } = await proxyFor(t);
-    const up = await rawUpstream(t, (socket) =>
-      onRequestHeads(socket, async () => {
-        socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n');
-        await sleep(30);
-        socket.write('10\r\nabcde');
-        await sleep(30);
-        socket.destroy();
-      }),
-    );
+    const up = await cutChunked(t);
     const tap = await tappedH2Session(port);
     t.after(() => tap.close());
     const out = await h2Outcome(tap.session, { ':method': 'GET', ':path': '/chunked', 'x-cmux-port-internal': String(up.port) });
@@ -381,9 +347,7 @@ describe('upstream faults', () => {
 
   it("an invalid status line ('HTTP/1.1 abc') -> 502", async (t) => {
     const { proxy, url } = await proxyFor(t);
-    const up = await rawUpstream(t, (socket) =>
-      onRequestHeads(socket, () => socket.write('HTTP/1.1 abc\r\nContent-Length: 2\r\n\r\nok')),
-    );
+    const up = await rawUpstream(t, 'HTTP/1.1 abc\r\nContent-Length: 2\r\n\r\nok');
     const res = await request(`${url}/garbage`, { headers: { 'x-cmux-port-internal': String(up.port) } });
     assert.equal(res.status, 502);
     assert.equal(res.headers['content-type'], TEXT_PLAIN);

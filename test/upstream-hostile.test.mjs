@@ -7,37 +7,10 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { startProxy, startRawServer, rawRequest, request, sleep, waitFor } from './helpers/servers.mjs';
-import { ERROR, FRAME, SETTING, headersFrame, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
+import { onRequestHeads, proxyFor, rawUpstream, startProxy, rawRequest, request, sleep, waitFor } from './helpers/servers.mjs';
+import { ERROR, FRAME, SETTING, headersFrame, serveH2cFrames, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
 
 const TEXT_PLAIN = 'text/plain; charset=utf-8';
-
-/** Calls `onRequest(socket, head, index)` for each request head a raw upstream gets (no bodies). */
-function onRequestHeads(socket, onRequest) {
-  let buf = '';
-  let index = 0;
-  socket.on('data', (c) => {
-    buf += c.toString('latin1');
-    let at;
-    while ((at = buf.indexOf('\r\n\r\n')) !== -1) {
-      const head = buf.slice(0, at);
-      buf = buf.slice(at + 4);
-      onRequest(socket, head, index++);
-    }
-  });
-}
-
-async function proxyFor(t, options = {}) {
-  const p = await startProxy(options);
-  t.after(() => p.proxy.stop());
-  return p;
-}
-
-async function rawUpstream(t, onConnection) {
-  const up = await startRawServer(onConnection);
-  t.after(() => up.close());
-  return up;
-}
 
 /** The attacker's response: what a victim must never receive. */
 const EVIL = 'HTTP/1.1 200 OK\r\nSet-Cookie: session=attacker; Path=/\r\nContent-Length: 6\r\n\r\nPWNED!';
@@ -150,10 +123,26 @@ describe('a Content-Length body relayed outside llhttp is counted to its last by
     return { proxy, port, route, seen };
   }
 
+  /** The whole response: its head and 1000 body bytes, then all but the last byte, then the last byte (50 ms apart). */
+  async function writeInThreeReads(s) {
+    s.write(head + 'a'.repeat(1000));
+    await sleep(50);
+    s.write('b'.repeat(N - 1001));
+    await sleep(50);
+    s.write('z');
+  }
+
   function attackerRequest(port, route) {
     return rawRequest(port, `GET /attacker HTTP/1.1\r\nHost: a\r\n${route}\r\n`, {
       timeoutMs: 5000,
       until: (s) => s.length >= s.indexOf('\r\n\r\n') + 4 + N && s.endsWith('z'),
+    });
+  }
+
+  function victimRequest(port, route) {
+    return rawRequest(port, `GET /victim HTTP/1.1\r\nHost: v\r\n${route}\r\n`, {
+      timeoutMs: 5000,
+      until: (s) => /victim answer on conn \d+$/.test(s) || s.includes('PWNED'),
     });
   }
 
@@ -176,10 +165,7 @@ describe('a Content-Length body relayed outside llhttp is counted to its last by
     });
     const attacker = attackerRequest(port, route);
     await waitFor(() => seen.length === 1, { timeoutMs: 3000 });
-    const victim = rawRequest(port, `GET /victim HTTP/1.1\r\nHost: v\r\n${route}\r\n`, {
-      timeoutMs: 5000,
-      until: (s) => /victim answer on conn \d+$/.test(s) || s.includes('PWNED'),
-    });
+    const victim = victimRequest(port, route);
     const [a, v] = await Promise.all([attacker, victim]);
     assertWholeBody(a);
     assert.doesNotMatch(v, /attacker|PWNED/, `the victim got the attacker's response:\n${v}`);
@@ -191,13 +177,9 @@ describe('a Content-Length body relayed outside llhttp is counted to its last by
 
   it('extra bytes in a later read, on the idle socket: it is destroyed, the next client gets a fresh socket and its own answer', async (t) => {
     let attackerSocket = null;
-    const { proxy, port, route, seen } = await setup(t, async (s) => {
+    const { proxy, port, route, seen } = await setup(t, (s) => {
       attackerSocket = s;
-      s.write(head + 'a'.repeat(1000));
-      await sleep(50);
-      s.write('b'.repeat(N - 1001));
-      await sleep(50);
-      s.write('z');
+      return writeInThreeReads(s);
     });
     const a = await attackerRequest(port, route);
     assertWholeBody(a);
@@ -205,10 +187,7 @@ describe('a Content-Length body relayed outside llhttp is counted to its last by
     assert.ok(await waitFor(() => proxy.getStats().upstreamSocketsIdle === 1, { timeoutMs: 3000 }), 'the socket went idle');
     attackerSocket.write(EVIL);
     assert.ok(await waitFor(() => proxy.getStats().upstreamErrors.UNEXPECTED_RESPONSE === 1, { timeoutMs: 3000 }), 'the idle socket is discarded');
-    const v = await rawRequest(port, `GET /victim HTTP/1.1\r\nHost: v\r\n${route}\r\n`, {
-      timeoutMs: 5000,
-      until: (s) => /victim answer on conn \d+$/.test(s) || s.includes('PWNED'),
-    });
+    const v = await victimRequest(port, route);
     assert.doesNotMatch(v, /attacker|PWNED/, `the victim got the attacker's response:\n${v}`);
     assert.match(v, /victim answer on conn 2$/);
     assert.deepEqual(seen, ['1 /attacker', '2 /victim']);
@@ -226,10 +205,7 @@ describe('a Content-Length body relayed outside llhttp is counted to its last by
     const body = a.slice(a.indexOf('\r\n\r\n') + 4);
     assert.equal(body.length, N);
     assert.equal(body, 'a'.repeat(1000) + fake + 'b'.repeat(N - 1001 - fake.length) + 'z');
-    const v = await rawRequest(port, `GET /victim HTTP/1.1\r\nHost: v\r\n${route}\r\n`, {
-      timeoutMs: 5000,
-      until: (s) => /victim answer on conn \d+$/.test(s) || s.includes('PWNED'),
-    });
+    const v = await victimRequest(port, route);
     assert.doesNotMatch(v, /PWNED/);
     assert.match(v, /victim answer on conn 1$/);
     assert.deepEqual(seen, ['1 /attacker', '1 /victim']);
@@ -237,13 +213,7 @@ describe('a Content-Length body relayed outside llhttp is counted to its last by
   });
 
   it('a body that ends exactly at a read boundary, then a second response on the same socket: reused, both whole', async (t) => {
-    const { proxy, port, route, seen } = await setup(t, async (s) => {
-      s.write(head + 'a'.repeat(1000));
-      await sleep(50);
-      s.write('b'.repeat(N - 1001));
-      await sleep(50);
-      s.write('z');
-    });
+    const { proxy, port, route, seen } = await setup(t, writeInThreeReads);
     const a = await attackerRequest(port, route);
     assertWholeBody(a);
     // The next response on the same socket is parsed by a fresh llhttp state.
@@ -294,7 +264,7 @@ describe('an upstream 101 to a request that did not ask to upgrade', () => {
   for (const [name, bytes] of Object.entries(answers)) {
     it(`${name} -> 502 BAD_RESPONSE at once (HTTP/1.1 client), upstream socket destroyed`, async (t) => {
       const { proxy, port } = await proxyFor(t, { upstreamResponseTimeoutMs: 30_000 });
-      const up = await rawUpstream(t, (socket) => onRequestHeads(socket, (s) => s.write(bytes)));
+      const up = await rawUpstream(t, bytes);
       const started = Date.now();
       const out = await rawRequest(port, `GET /plain HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`, {
         timeoutMs: 3000,
@@ -312,7 +282,7 @@ describe('an upstream 101 to a request that did not ask to upgrade', () => {
 
     it(`${name} -> 502 BAD_RESPONSE at once (HTTP/2 client)`, async (t) => {
       const { proxy, port } = await proxyFor(t, { upstreamResponseTimeoutMs: 30_000 });
-      const up = await rawUpstream(t, (socket) => onRequestHeads(socket, (s) => s.write(bytes)));
+      const up = await rawUpstream(t, bytes);
       const res = await h2Get(port, '/plain', { 'x-cmux-port-internal': String(up.port) });
       assert.equal(res.status, 502);
       assert.equal(res.body, 'upstream request error: BAD_RESPONSE');
@@ -332,7 +302,7 @@ describe('upstream status codes outside 100-599', () => {
   for (const [code, bytes] of Object.entries(statuses)) {
     it(`${code} -> 502 upstream request error: BAD_RESPONSE (HTTP/1.1 client), nothing else on the connection`, async (t) => {
       const { proxy, port } = await proxyFor(t);
-      const up = await rawUpstream(t, (socket) => onRequestHeads(socket, (s) => s.write(bytes)));
+      const up = await rawUpstream(t, bytes);
       const out = await rawRequest(port, `GET /status HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`, { timeoutMs: 1500 });
       const body = 'upstream request error: BAD_RESPONSE';
       assert.match(out, /^HTTP\/1\.1 502 Bad Gateway\r\n/);
@@ -345,7 +315,7 @@ describe('upstream status codes outside 100-599', () => {
 
     it(`${code} -> 502 upstream request error: BAD_RESPONSE (HTTP/2 client)`, async (t) => {
       const { proxy, port } = await proxyFor(t);
-      const up = await rawUpstream(t, (socket) => onRequestHeads(socket, (s) => s.write(bytes)));
+      const up = await rawUpstream(t, bytes);
       const res = await h2Get(port, '/status', { 'x-cmux-port-internal': String(up.port) });
       assert.equal(res.status, 502);
       assert.equal(res.body, 'upstream request error: BAD_RESPONSE');
@@ -360,33 +330,13 @@ describe('upstream status codes outside 100-599', () => {
    * the error code of each RST_STREAM it receives goes to `resets`.
    */
   function rawH2cUpstream(status, resets = []) {
-    return (socket) => {
-      let buf = Buffer.alloc(0);
-      let prefaceSeen = false;
-      socket.on('data', (c) => {
-        buf = Buffer.concat([buf, c]);
-        if (!prefaceSeen) {
-          if (buf.length < 24) return;
-          buf = buf.subarray(24);
-          prefaceSeen = true;
-          socket.write(settingsFrame());
-        }
-        while (buf.length >= 9) {
-          const length = buf.readUIntBE(0, 3);
-          if (buf.length < 9 + length) return;
-          const type = buf[3];
-          const flags = buf[4];
-          const streamId = buf.readUInt32BE(5) & 0x7fffffff;
-          const payload = buf.subarray(9, 9 + length);
-          buf = buf.subarray(9 + length);
-          if (type === FRAME.SETTINGS && (flags & 1) === 0) socket.write(settingsFrame({}, { ack: true }));
-          if (type === FRAME.RST_STREAM && length === 4) resets.push(payload.readUInt32BE(0));
-          if (type === FRAME.HEADERS && streamId !== 0) {
-            socket.write(headersFrame(streamId, [[':status', status], ['content-type', 'text/plain'], ['set-cookie', 'session=attacker']], { endStream: true }));
-          }
+    return (socket) =>
+      serveH2cFrames(socket, ({ type, streamId, payload }) => {
+        if (type === FRAME.RST_STREAM && payload.length === 4) resets.push(payload.readUInt32BE(0));
+        if (type === FRAME.HEADERS && streamId !== 0) {
+          socket.write(headersFrame(streamId, [[':status', status], ['content-type', 'text/plain'], ['set-cookie', 'session=attacker']], { endStream: true }));
         }
       });
-    };
   }
 
   // nghttp2 1.70 and later (Node 24) reset an upstream stream whose :status is below 100 as
@@ -417,7 +367,7 @@ describe('upstream status codes outside 100-599', () => {
 
   it('100-599 pass: a 599 is relayed', async (t) => {
     const { port } = await proxyFor(t);
-    const up = await rawUpstream(t, (socket) => onRequestHeads(socket, (s) => s.write('HTTP/1.1 599 Edge\r\nContent-Length: 2\r\n\r\nok')));
+    const up = await rawUpstream(t, 'HTTP/1.1 599 Edge\r\nContent-Length: 2\r\n\r\nok');
     const out = await rawRequest(port, `GET / HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`, { timeoutMs: 3000, until: (s) => s.endsWith('ok') });
     assert.match(out, /^HTTP\/1\.1 599 Edge\r\n/);
   });
@@ -471,7 +421,7 @@ describe('an h2c upstream that opens its windows wide and stops reading', () => 
     const { proxy, port } = await startProxy({ upstreamProtocol: 'h2c' });
     let upSocket = null;
     let upClosed = false;
-    const up = await startRawServer((socket) => {
+    const up = await rawUpstream(t, (socket) => {
       upSocket = socket;
       socket.on('close', () => (upClosed = true));
       let seenPreface = false;
@@ -486,7 +436,6 @@ describe('an h2c upstream that opens its windows wide and stops reading', () => 
         setTimeout(() => socket.pause(), 100);
       });
     });
-    t.after(() => up.close());
     // A 64 MiB upload: the proxy writes it upstream until the socket buffers are full.
     const client = net.connect(port, '127.0.0.1');
     client.on('error', () => {});

@@ -67,6 +67,7 @@ export interface StreamHandle {
   isStreamBase?: boolean;
   _consumed?: boolean;
   reading?: boolean;
+  readonly writeQueueSize: number;
   readStart(): number;
   readStop(): number;
 }

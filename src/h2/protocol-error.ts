@@ -1,4 +1,5 @@
 import type http2 from 'node:http2';
+import type { StreamHandle } from '../h1/parser.js';
 
 /**
  * nghttp2 reports a malformed stream it has already reset (DATA beyond or short of
@@ -21,13 +22,6 @@ type Destroy = (this: http2.Http2Session, error?: Error, code?: number) => void;
 
 /** Node's own `Http2Session#destroy` (the class is not exported: taken from the first session). */
 let nodeDestroy: Destroy | null = null;
-
-/** The part of Node's libuv stream handle used to tell the two cases apart. */
-interface StreamHandle {
-  readStart(): number;
-  readStop(): number;
-  readonly writeQueueSize: number;
-}
 
 /** Looks one loop turn apart (see settle): Node resumes reading after a write completes. */
 const SECOND_LOOK_MS = 10;

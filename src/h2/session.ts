@@ -6,6 +6,7 @@ import type { ProxyCore } from '../proxy-core.js';
 import { hostName } from '../route/host-patterns.js';
 import type { UpstreamConn } from '../upstream/h1-pool.js';
 import { startExtendedConnect } from './extended-connect.js';
+import type { StreamHandle } from '../h1/parser.js';
 import { isReportedProtocolError } from './protocol-error.js';
 import { http2 as loadHttp2 } from '../builtins.js';
 import {
@@ -85,13 +86,6 @@ interface SessionState {
   refusedWindowStart: number;
   /** `lastProcStreamID` at the previous look (see lookForRefusals). */
   lastProcessed: number;
-}
-
-/** The part of Node's libuv stream handle the dead-session probe uses. */
-interface StreamHandle {
-  readStart(): number;
-  readStop(): number;
-  readonly writeQueueSize: number;
 }
 
 /**

@@ -112,6 +112,36 @@ export function goawayFrame(lastStreamId, code = ERROR.NO_ERROR, debug = '') {
   return frame(FRAME.GOAWAY, 0, 0, Buffer.concat([p, Buffer.from(debug)]));
 }
 
+/**
+ * The server side of a raw h2c connection on `socket`: skips the client's preface, sends empty
+ * SETTINGS and ACKs the client's, and hands every frame after the preface to
+ * `onFrame({ type, flags, streamId, payload })`.
+ */
+export function serveH2cFrames(socket, onFrame) {
+  let buf = Buffer.alloc(0);
+  let prefaceSeen = false;
+  socket.on('data', (c) => {
+    buf = Buffer.concat([buf, c]);
+    if (!prefaceSeen) {
+      if (buf.length < 24) return;
+      buf = buf.subarray(24);
+      prefaceSeen = true;
+      socket.write(settingsFrame());
+    }
+    while (buf.length >= 9) {
+      const length = buf.readUIntBE(0, 3);
+      if (buf.length < 9 + length) return;
+      const type = buf[3];
+      const flags = buf[4];
+      const streamId = buf.readUInt32BE(5) & 0x7fffffff;
+      const payload = buf.subarray(9, 9 + length);
+      buf = buf.subarray(9 + length);
+      if (type === FRAME.SETTINGS && (flags & FLAG.ACK) === 0) socket.write(settingsFrame({}, { ack: true }));
+      onFrame({ type, flags, streamId, payload });
+    }
+  });
+}
+
 /** A well-formed request header list routed with X-Cmux-Port-Internal; `extra` pairs are appended. */
 export function requestHeaders(port, { method = 'GET', path = '/', authority = 'localhost', extra = [] } = {}) {
   return [[':method', method], [':scheme', 'http'], [':authority', authority], [':path', path], ['x-cmux-port-internal', String(port)], ...extra];

@@ -1,6 +1,7 @@
-// Shared by the tests of bodies read into reused (lent) buffers: position-coded body bytes, and
-// the check that every lent buffer came back.
+// Shared by the tests of bodies read into reused (lent) buffers: position-coded body bytes, their
+// check as they arrive, and the check that every lent buffer came back.
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { readBufferCounts } from '../../dist/upstream/read-buffers.js';
 import { waitFor } from './servers.mjs';
 
@@ -23,4 +24,46 @@ export async function assertNoBufferHeld(label, timeoutMs, freeMax) {
   const { created, free, dropped } = readBufferCounts();
   assert.ok(settled, `${label}: ${created} read buffers made, ${free} free, ${dropped} let go: ${created - free - dropped} still held`);
   assert.ok(free <= freeMax);
+}
+
+/** The sha256 (hex) of body `seed` [0, size). */
+export const shaOf = (seed, size) => createHash('sha256').update(positionCoded(seed, 0, size)).digest('hex');
+
+/** Checks a body as it arrives: every byte against its position, and the whole by sha256. */
+export class BodyCheck {
+  constructor(seed, size) {
+    this.seed = seed;
+    this.size = size;
+    this.bytes = 0;
+    this.firstBad = -1;
+    this.hash = createHash('sha256');
+  }
+  add(chunk) {
+    if (this.firstBad === -1) {
+      const n = Math.min(chunk.length, Math.max(0, this.size - this.bytes));
+      const want = positionCoded(this.seed, this.bytes, n);
+      if (n < chunk.length || !want.equals(chunk.subarray(0, n))) {
+        let i = 0;
+        while (i < n && want[i] === chunk[i]) i++;
+        this.firstBad = this.bytes + i;
+      }
+    }
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+  }
+  /** What arrived: { bytes, firstBad, sha } (once: the hash is done then). */
+  summary() {
+    return { bytes: this.bytes, firstBad: this.firstBad, sha: this.hash.digest('hex') };
+  }
+  /** The body came whole (see assertWhole); `from` names who sent it. */
+  assertWhole(label, from) {
+    assertWhole(this.summary(), this.seed, this.size, label, from);
+  }
+}
+
+/** A BodyCheck summary `got` is body `seed` [0, size) exactly; `from` names who sent it. */
+export function assertWhole(got, seed, size, label, from) {
+  assert.equal(got.firstBad, -1, `${label}: byte ${got.firstBad} of ${size} is not the ${from}'s`);
+  assert.equal(got.bytes, size, `${label}: ${got.bytes} of ${size} bytes`);
+  assert.equal(got.sha, shaOf(seed, size), `${label}: sha256`);
 }

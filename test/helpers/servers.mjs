@@ -1,5 +1,6 @@
 // Real servers on port 0 for the tests: the proxy (through the public API), upstreams that
 // record what reached them, and raw clients.
+import assert from 'node:assert/strict';
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
@@ -108,6 +109,66 @@ export async function startRawServer(onConnection, { host = '127.0.0.1', port = 
   };
 }
 
+/** A fresh proxy for test `t` (see startProxy), stopped after it. */
+export async function proxyFor(t, options = {}) {
+  const p = await startProxy(options);
+  t.after(() => p.proxy.stop());
+  return p;
+}
+
+/** Calls `onRequest(socket, head, index)` for each request head (no body parsing) a raw upstream gets. */
+export function onRequestHeads(socket, onRequest) {
+  let buf = '';
+  let index = 0;
+  socket.on('data', (c) => {
+    buf += c.toString('latin1');
+    let at;
+    while ((at = buf.indexOf('\r\n\r\n')) !== -1) {
+      const head = buf.slice(0, at);
+      buf = buf.slice(at + 4);
+      onRequest(socket, head, index++);
+    }
+  });
+}
+
+/**
+ * A raw upstream for test `t` (see startRawServer), closed after it: its connections get
+ * `onConnection(socket)`, or, given bytes instead of a function, every request head it gets is
+ * answered with those bytes.
+ */
+export async function rawUpstream(t, onConnection) {
+  const handler = typeof onConnection === 'function' ? onConnection : (socket) => onRequestHeads(socket, (s) => s.write(onConnection));
+  const up = await startRawServer(handler);
+  t.after(() => up.close());
+  return up;
+}
+
+/** Writes the pieces one by one (each waits for the previous to be flushed and a timer turn); stops once the socket is destroyed. */
+export async function writePieces(socket, pieces) {
+  for (const piece of pieces) {
+    if (socket.destroyed) return;
+    await new Promise((resolve) => socket.write(piece, 'latin1', resolve));
+    await sleep(1);
+  }
+}
+
+/** The JSON answers of startUpstream's default handler in a raw HTTP/1.1 response stream, in order. */
+export function jsonAnswers(raw) {
+  const out = [];
+  let rest = raw;
+  for (;;) {
+    const headEnd = rest.indexOf('\r\n\r\n');
+    if (headEnd === -1) break;
+    const head = rest.slice(0, headEnd);
+    const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? NaN);
+    assert.ok(Number.isFinite(length), `no content-length in ${head}`);
+    out.push({ status: Number(head.split(' ')[1]), body: JSON.parse(rest.slice(headEnd + 4, headEnd + 4 + length)) });
+    rest = rest.slice(headEnd + 4 + length);
+  }
+  assert.equal(rest, '', 'nothing after the last response');
+  return out;
+}
+
 /** Sends raw bytes, collects everything until the server closes (or `timeoutMs`). */
 export function rawRequest(port, data, { timeoutMs = 3000, host = '127.0.0.1', until } = {}) {
   return new Promise((resolve, reject) => {
@@ -140,6 +201,43 @@ export function rawRequest(port, data, { timeoutMs = 3000, host = '127.0.0.1', u
     socket.on('end', finish);
     socket.on('close', finish);
     socket.on('error', (err) => (chunks.length ? finish() : reject(err)));
+  });
+}
+
+/**
+ * Reads HTTP/1.1 responses (with a Content-Length body or none) from a raw socket: resolves
+ * [{ status, body }] once `count` came, and reads no further. If the socket closes first: with
+ * `partial`, resolves with those that came (errors ignored); otherwise rejects.
+ */
+export function readResponses(socket, count, { partial = false } = {}) {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const out = [];
+    const onData = (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end === -1) return;
+        const head = buf.toString('latin1', 0, end);
+        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+        if (buf.length < end + 4 + length) return;
+        out.push({ status: Number(head.split(' ')[1]), body: buf.toString('latin1', end + 4, end + 4 + length) });
+        buf = buf.subarray(end + 4 + length);
+        if (out.length === count) {
+          socket.removeListener('data', onData);
+          resolve(out);
+          return;
+        }
+      }
+    };
+    socket.on('data', onData);
+    if (partial) {
+      socket.on('close', () => resolve(out));
+      socket.on('error', () => {});
+    } else {
+      socket.on('error', reject);
+      socket.on('close', () => reject(new Error(`closed after ${out.length} of ${count} responses`)));
+    }
   });
 }
 
