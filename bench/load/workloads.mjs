@@ -307,7 +307,7 @@ const h2cUpload = {
   /** Processes whose upload paths were warmed: system name -> its pid when warmed. */
   warmed: new Map(),
   async run(ctx, system) {
-    // The first large h2c body through a process costs it ~5x the CPU of later ones (its body
+    // The first large h2c body through a process costs it 3-5x the CPU of later ones (its body
     // path compiled, its heap grown for the garbage of Node's per-read DATA buffers), and the
     // HTTP/1.1 upload after it in the same repetition never pays that: one unmeasured upload of
     // each kind first, so repetition 1 compares warm paths like the others.
