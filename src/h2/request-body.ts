@@ -13,40 +13,41 @@ import { EX_HEAD_SENT, type Exchange } from '../exchange.js';
  * go on at once; once a stream has pieces waiting, later ones join them, so order holds whatever
  * happens to the upstream in between.
  */
+/** The part of an exchange's `clientState` (an HTTP/2 stream's) that holds its waiting pieces. */
 export interface GatheredBody {
-  readonly exchange: Exchange;
   /** Pieces read this turn, not written yet; null when none. */
   pieces: Buffer[] | null;
 }
 
-let waiting: GatheredBody[] = [];
+let waiting: Exchange[] = [];
 
-export function requestBodyPiece(body: GatheredBody, chunk: Buffer): void {
+export function requestBodyPiece(ex: Exchange, chunk: Buffer): void {
+  const body = ex.clientState as GatheredBody;
   const pieces = body.pieces;
   if (pieces !== null) {
     pieces.push(chunk);
     return;
   }
-  const ex = body.exchange;
   if (ex.conn === null || (ex.flags & EX_HEAD_SENT) === 0) {
     ex.requestBody(chunk);
     return;
   }
   body.pieces = [chunk];
-  waiting.push(body);
+  waiting.push(ex);
   if (waiting.length === 1) setImmediate(writeWaiting);
 }
 
-/** Writes a stream's waiting pieces now (its request is ending). */
-export function flushRequestBody(body: GatheredBody): void {
+/** Writes an exchange's waiting pieces now (its request is ending). */
+export function flushRequestBody(ex: Exchange): void {
+  const body = ex.clientState as GatheredBody;
   const pieces = body.pieces;
   if (pieces === null) return;
   body.pieces = null;
-  body.exchange.requestBodyPieces(pieces);
+  ex.requestBodyPieces(pieces);
 }
 
 function writeWaiting(): void {
   const batch = waiting;
   waiting = [];
-  for (const body of batch) flushRequestBody(body);
+  for (const ex of batch) flushRequestBody(ex);
 }

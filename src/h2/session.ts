@@ -256,7 +256,7 @@ export function resetStream(stream: http2.ServerHttp2Stream): void {
 
 function streamOnData(this: ProxyStream, chunk: Buffer): void {
   const ex = this[kEx];
-  if (ex !== undefined) requestBodyPiece(ex.clientState as H2StreamState, chunk);
+  if (ex !== undefined) requestBodyPiece(ex, chunk);
 }
 
 function streamOnEnd(this: ProxyStream): void {
@@ -271,9 +271,8 @@ function streamOnEnd(this: ProxyStream): void {
     if (!this.destroyed) this.destroy();
     return;
   }
-  const state = ex.clientState as H2StreamState;
-  flushRequestBody(state);
-  ex.requestEnd(state.requestTrailers);
+  flushRequestBody(ex);
+  ex.requestEnd((ex.clientState as H2StreamState).requestTrailers);
 }
 
 /** The client's trailing HEADERS (Node emits them before 'end'). */
@@ -796,7 +795,7 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   const ended = (flags & NGHTTP2_FLAG_END_STREAM) !== 0;
   const bodyMode = ended ? BODY_NONE : facts.contentLength !== undefined ? BODY_LENGTH : BODY_CHUNKED;
   const ex = new Exchange(core, h2ClientSide, method, path, raw, facts, host, clientAddress, tls ? 'https' : 'http', '2', bodyMode);
-  const state: H2StreamState = { exchange: ex, pieces: null, stream, session, trailers: null, requestTrailers: null, drainListened: false };
+  const state: H2StreamState = { pieces: null, stream, session, trailers: null, requestTrailers: null, drainListened: false };
   ex.clientState = state;
   stream[kEx] = ex;
   stream.on('aborted', streamOnAborted);
