@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { startProxy, startRawServer, startUpstream, waitFor, sleep } from './helpers/servers.mjs';
+import { digestBody, startProxy, startRawServer, startUpstream, waitFor, sleep } from './helpers/servers.mjs';
 import { H2RawClient, ERROR, FRAME, frame, headersFrame, dataFrame, rstStreamFrame, requestHeaders, encodeHeaders, FLAG } from './helpers/h2-raw.mjs';
 
 /** A raw upstream that records, per connection, every byte it gets and whether it closed; `onBytes(rec)` after each read. */
@@ -30,8 +30,8 @@ function split(raw) {
   return at === -1 ? { head: text, body: '' } : { head: text.slice(0, at), body: text.slice(at + 4) };
 }
 
-async function setup(t) {
-  const { up, conns } = await recordingUpstream();
+async function setup(t, onBytes) {
+  const { up, conns } = await recordingUpstream(onBytes);
   const px = await startProxy();
   const c = await H2RawClient.connect(px.port);
   t.after(async () => {
@@ -170,11 +170,7 @@ it('client connection ends (FIN) in the same write as DATA: upstream closed, bod
   });
   for (const length of [undefined, 100]) {
     const c = await H2RawClient.connect(px.port);
-    const extra = length === undefined ? [] : [['content-length', String(length)]];
-    const n = conns.length;
-    c.send(headersFrame(1, requestHeaders(up.port, { method: 'POST', path: '/x', extra })));
-    assert.ok(await waitFor(() => conns.length > n && conns.at(-1).bytes.includes('\r\n\r\n')));
-    const rec = conns.at(-1);
+    const rec = await open(c, up, conns, 1, { length });
     c.socket.end(Buffer.concat([dataFrame(1, Buffer.from('aaaa')), dataFrame(1, Buffer.from('bbbb')), dataFrame(1, Buffer.from('cccc'))]));
     assert.ok(await waitFor(() => rec.closed), 'upstream closed');
     const { body } = split(rec.bytes);
@@ -186,7 +182,7 @@ it('client connection ends (FIN) in the same write as DATA: upstream closed, bod
 });
 
 it('upstream closes when the first body bytes arrive while DATA keeps coming: 502 or reset, then the session serves on', async (t) => {
-  const { up, conns } = await recordingUpstream((rec) => {
+  const { up, conns, c } = await setup(t, (rec) => {
     const text = rec.bytes.toString('latin1');
     const headEnd = text.indexOf('\r\n\r\n');
     if (rec.index === 0) {
@@ -197,15 +193,7 @@ it('upstream closes when the first body bytes arrive while DATA keeps coming: 50
       rec.socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
     }
   });
-  const px = await startProxy();
-  const c = await H2RawClient.connect(px.port);
-  t.after(async () => {
-    c.close();
-    await px.proxy.stop();
-    await up.close();
-  });
-  c.send(headersFrame(1, requestHeaders(up.port, { method: 'POST', path: '/a', extra: [['content-length', String(40 * 1000)]] })));
-  assert.ok(await waitFor(() => conns.length === 1 && conns[0].bytes.includes('\r\n\r\n')));
+  await open(c, up, conns, 1, { length: 40 * 1000 });
   for (let i = 0; i < 40; i += 4) {
     c.send(...Array.from({ length: 4 }, (_, j) => dataFrame(1, Buffer.alloc(1000, 97 + j), { endStream: i + j === 39 })));
     await c.flushed();
@@ -220,7 +208,7 @@ it('upstream closes when the first body bytes arrive while DATA keeps coming: 50
 });
 
 it('upstream answers (keep-alive) before the body ends; the rest of the body comes in later reads: no leftover body bytes ever precede another request on that upstream connection', async (t) => {
-  const { up, conns } = await recordingUpstream((rec) => {
+  const { up, conns, c } = await setup(t, (rec) => {
     const text = rec.bytes.toString('latin1');
     rec.answeredN ??= 0;
     // Every request head is answered at once, whatever its body.
@@ -228,13 +216,6 @@ it('upstream answers (keep-alive) before the body ends; the rest of the body com
       rec.answeredN++;
       rec.socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
     }
-  });
-  const px = await startProxy();
-  const c = await H2RawClient.connect(px.port);
-  t.after(async () => {
-    c.close();
-    await px.proxy.stop();
-    await up.close();
   });
   const chunks = Array.from({ length: 12 }, (_, i) => Buffer.alloc(500, 65 + i));
   c.send(headersFrame(1, requestHeaders(up.port, { method: 'POST', path: '/a', extra: [['content-length', '6000']] })));
@@ -260,16 +241,11 @@ it('upstream answers (keep-alive) before the body ends; the rest of the body com
 });
 
 it('an upstream that stops reading for a while: 4 concurrent 6 MiB uploads on one connection arrive byte-exact', async (t) => {
+  // Nothing reads a request for its first 400 ms.
   const up = await startUpstream((req, res) => {
-    req.pause();
-    const hash = createHash('sha256');
-    let n = 0;
-    req.on('data', (c) => {
-      hash.update(c);
-      n += c.length;
-    });
-    setTimeout(() => req.resume(), 400);
-    req.on('end', () => res.end(JSON.stringify({ n, sha: hash.digest('hex') })));
+    sleep(400)
+      .then(() => digestBody(req))
+      .then((d) => res.end(JSON.stringify(d)), () => {});
   });
   const px = await startProxy();
   t.after(async () => {
@@ -290,7 +266,7 @@ it('an upstream that stops reading for a while: 4 concurrent 6 MiB uploads on on
     let text = '';
     req.setEncoding('utf8');
     for await (const c of req) text += c;
-    assert.deepEqual(JSON.parse(text), { n: size, sha: createHash('sha256').update(payload).digest('hex') });
+    assert.deepEqual(JSON.parse(text), { length: size, sha: createHash('sha256').update(payload).digest('hex') });
   });
   await Promise.all(runs);
 });

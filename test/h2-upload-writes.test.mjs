@@ -8,7 +8,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { startProxy, startUpstream } from './helpers/servers.mjs';
+import { digestBody, startProxy, startUpstream } from './helpers/servers.mjs';
 import { H2RawClient, dataFrame, headersFrame, requestHeaders } from './helpers/h2-raw.mjs';
 
 const MIB = 1024 * 1024;
@@ -66,13 +66,7 @@ describe('HTTP/2 request bodies toward an HTTP/1.1 upstream', () => {
     payload = body();
     sha = createHash('sha256').update(payload).digest('hex');
     upstream = await startUpstream((req, res) => {
-      const hash = createHash('sha256');
-      let length = 0;
-      req.on('data', (c) => {
-        hash.update(c);
-        length += c.length;
-      });
-      req.on('end', () => res.end(JSON.stringify({ length, sha: hash.digest('hex'), te: req.headers['transfer-encoding'] ?? null })));
+      digestBody(req).then((d) => res.end(JSON.stringify({ ...d, te: req.headers['transfer-encoding'] ?? null })), () => {});
     });
     proxy = await startProxy();
   });

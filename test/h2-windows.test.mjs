@@ -7,7 +7,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { startProxy, h2connect, waitFor, sleep } from './helpers/servers.mjs';
+import { digestBody, startProxy, h2connect, waitFor, sleep } from './helpers/servers.mjs';
 
 const MiB = 1024 * 1024;
 const STREAM_WINDOW = MiB;
@@ -34,16 +34,10 @@ async function startH2Upstream(big) {
       stream.end(big);
       return;
     }
-    const hash = createHash('sha256');
-    let length = 0;
-    stream.on('data', (c) => {
-      hash.update(c);
-      length += c.length;
-    });
-    stream.on('end', () => {
+    digestBody(stream).then(({ length, sha }) => {
       stream.respond({ ':status': 200, 'content-type': 'application/json' });
-      stream.end(JSON.stringify({ sha: hash.digest('hex'), length }));
-    });
+      stream.end(JSON.stringify({ sha, length }));
+    }, () => {});
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');

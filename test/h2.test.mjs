@@ -9,6 +9,7 @@ import { once } from 'node:events';
 import { ERR_NO_ROUTE } from '../dist/route/router.js';
 import { refusedPort } from './helpers/servers.mjs';
 import {
+  digestBody,
   startProxy,
   startUpstream,
   startRawServer,
@@ -247,13 +248,7 @@ describe('HTTP/2 (h2c prior knowledge) -> HTTP/1.1 upstream', () => {
         req.pipe(res);
         return;
       }
-      const hash = createHash('sha256');
-      let length = 0;
-      req.on('data', (c) => {
-        hash.update(c);
-        length += c.length;
-      });
-      req.on('end', () => res.end(JSON.stringify({ length, sha: hash.digest('hex') })));
+      digestBody(req).then((d) => res.end(JSON.stringify(d)), () => {});
     });
     try {
       const upload = await h2requestRaw(session, routed({ ':method': 'PUT', ':path': '/upload' }, up.port), payload);

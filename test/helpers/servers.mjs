@@ -5,6 +5,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { once } from 'node:events';
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createProxyServer } from '../../dist/index.js';
 
@@ -277,6 +278,17 @@ export function h2connect(port) {
   const session = http2.connect(`http://127.0.0.1:${port}`);
   session.on('error', () => {});
   return session;
+}
+
+/** Reads a body stream through to its end: its byte count and sha256 (hex), nothing kept. */
+export async function digestBody(readable) {
+  const hash = createHash('sha256');
+  let length = 0;
+  for await (const chunk of readable) {
+    hash.update(chunk);
+    length += chunk.length;
+  }
+  return { length, sha: hash.digest('hex') };
 }
 
 export function sleep(ms) {
