@@ -1,3 +1,5 @@
+import { ChurnSet } from './churn-set.js';
+
 /** Something with a deadline that a sweep may expire. */
 export interface Expirable {
   /** When it expires (ms since the epoch); 0 when not armed. */
@@ -13,9 +15,10 @@ export interface Expirable {
  * when it passes. A keep-alive connection that arms and disarms on every request therefore costs
  * no Set traffic on the hot path, where `socket.setTimeout()` would allocate a timer per call.
  * Deadlines fire up to `intervalMs` late; a disarmed item stays referenced until the next sweep.
+ * Items come and go with connections: the set is a ChurnSet.
  */
 export class DeadlineSweep {
-  private readonly items = new Set<Expirable>();
+  private readonly items = new ChurnSet<Expirable>();
   private readonly intervalMs: number;
   private timer: NodeJS.Timeout | null = null;
 

@@ -33,6 +33,7 @@ import { H2UpstreamPool, probeH2c } from './upstream/h2-pool.js';
 import { LRUCache } from 'lru-cache';
 import type http2 from 'node:http2';
 import type { Tunnel } from './tunnel.js';
+import { ChurnSet } from './churn-set.js';
 
 /** A request being routed: an exchange, a WebSocket bridge or a tunnel. */
 export interface Routable {
@@ -143,7 +144,7 @@ export class ProxyCore {
   /** True from `stop()` on: keep-alive ends after the current exchange. */
   draining = false;
   /** Open WebSocket tunnels (HTTP/1.1 Upgrade and RFC 8441), for the close frames at `stop()`. */
-  readonly websockets = new Set<Tunnel>();
+  readonly websockets = new ChurnSet<Tunnel>();
   /**
    * The `routes` option compiled, or null without routes. Swapped whole by `updateRoutes()`:
    * an exchange holds its member (and so its old group) until it ends.

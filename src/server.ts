@@ -5,6 +5,7 @@ import type tls from 'node:tls';
 import { http as loadHttp, tls as loadTls } from './builtins.js';
 import { GOAWAY_HTTP_1_1_REQUIRED, RESPONSE_503_AT_CAPACITY } from './errors.js';
 import { DeadlineSweep } from './deadlines.js';
+import { ChurnSet } from './churn-set.js';
 import { H1Connection, type SessionHost } from './h1/session.js';
 import { createH2Server, serveH2, type H2Host } from './h2/session.js';
 import { createLogger } from './log.js';
@@ -86,7 +87,7 @@ export class ProxyServer implements SessionHost, H2Host {
   /** The pending stop() that nothing was queued after: another stop() returns it. */
   private pendingStop: Promise<void> | null = null;
   /** Client sockets being served (not the queued ones). */
-  private readonly sockets = new Set<AcceptedSocket>();
+  private readonly sockets = new ChurnSet<AcceptedSocket>();
   /** Every accepted socket still open, served or not (queued, refused, lingering). */
   private readonly accepted = new Set<AcceptedSocket>();
   private readonly h1 = new Set<H1Connection>();
@@ -686,7 +687,7 @@ function noop(): void {}
 /** How long a connection that has sent nothing yet may still send its first request once a drain began. */
 const SILENT_DRAIN_GRACE_MS = 1000;
 
-function closeSilentSockets(sockets: Set<AcceptedSocket>): void {
+function closeSilentSockets(sockets: ChurnSet<AcceptedSocket>): void {
   for (const socket of sockets) if (socket[kSniff] !== undefined) socket.destroy();
 }
 

@@ -1,6 +1,7 @@
 import type { Duplex } from 'node:stream';
 import type net from 'node:net';
 import type { StatsCounters } from './stats.js';
+import type { ChurnSet } from './churn-set.js';
 import type { TunnelRecord } from './observe.js';
 import { publishTunnelEnd, type DiagnosticsRequest } from './diagnostics.js';
 import { FRAMES_CLOSED, FRAMES_FORWARD, FRAMES_WAIT_BOUNDARY, WsFrames, goingAwayFrame } from './ws-frames.js';
@@ -57,7 +58,7 @@ export class Tunnel {
   readonly fromClient: WsFrames | null;
   readonly fromUpstream: WsFrames | null;
   /** The open WebSockets this one is listed in until it closes. */
-  private readonly websockets: Set<Tunnel> | null;
+  private readonly websockets: ChurnSet<Tunnel> | null;
   /** Set by the opener when an observer watches (see observe.ts). */
   record: TunnelRecord | null = null;
   /** Set by the opener when the diagnostics channels are subscribed: its `request:end` comes at the close. */
@@ -74,7 +75,7 @@ export class Tunnel {
    * accounting) is taken off the socket and run first by the tunnel's own: one listener per event
    * and socket, no listener arrays, for as long as the tunnel lives.
    */
-  constructor(a: Duplex, b: Duplex, kind: number, stats: StatsCounters, websockets: Set<Tunnel> | null = null, onClosed?: (tunnel: Tunnel) => void, adopt = false) {
+  constructor(a: Duplex, b: Duplex, kind: number, stats: StatsCounters, websockets: ChurnSet<Tunnel> | null = null, onClosed?: (tunnel: Tunnel) => void, adopt = false) {
     this.a = a as TunnelEnd;
     this.b = b as TunnelEnd;
     this.kind = kind;

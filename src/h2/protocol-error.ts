@@ -1,5 +1,6 @@
 import type http2 from 'node:http2';
 import type { StreamHandle } from '../h1/parser.js';
+import { ChurnSet } from '../churn-set.js';
 
 /**
  * nghttp2 reports a malformed stream it has already reset (DATA beyond or short of
@@ -54,7 +55,7 @@ export function keepSessionOnStreamError(session: http2.ClientHttp2Session): voi
 
 /** How often watched upstream sessions are looked at (see keepSessionOnStreamError). */
 const DEAD_PROBE_MS = 250;
-const watched = new Set<http2.Http2Session>();
+const watched = new ChurnSet<http2.Http2Session>();
 let probeTimer: NodeJS.Timeout | null = null;
 /** Sessions a look is under way for (a report or a probe), so one look runs at a time. */
 const looking = new WeakSet<http2.Http2Session>();

@@ -26,6 +26,8 @@ import {
 } from './constants.js';
 import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from './windows.js';
 import { flushRequestBody, requestBodyPiece, type GatheredBody } from './request-body.js';
+import { watchStreamTables } from './stream-tables.js';
+import { ChurnSet } from '../churn-set.js';
 
 
 const kEx = Symbol('cmux.h2.exchange');
@@ -118,7 +120,7 @@ const MAX_RESETS_PER_SECOND = 200;
 const DEAD_PROBE_MS = 250;
 
 /** Sessions the dead-session probe watches (those with a known stream handle). */
-const probed = new Set<TrackedSession>();
+const probed = new ChurnSet<TrackedSession>();
 let probeTimer: NodeJS.Timeout | null = null;
 
 const NO_BODY_STATUS = (status: number): boolean => status === 204 || status === 304;
@@ -389,6 +391,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
     sessionDestroy ??= session.destroy;
     session.destroy = destroyUnlessStreamError;
     host.sessionOpened(session);
+    watchStreamTables(session);
     watchForDeath(session, state);
     session.on('error', sessionOnError);
     session.on('goaway', sessionOnGoaway);

@@ -11,6 +11,7 @@ import type { Target } from '../route/target.js';
 import type { StatsCounters } from '../stats.js';
 import type { FdBudget } from '../fd-budget.js';
 import type { BodyLease } from './read-buffers.js';
+import { watchStreamTables } from '../h2/stream-tables.js';
 
 
 /** What an h2c upstream stream reports to the exchange using it. */
@@ -267,6 +268,7 @@ class UpSession implements Expirable {
           : { initialWindowSize: H2_STREAM_WINDOW, maxHeaderListSize: pool.maxHeaderListSize },
     });
     this.session = session;
+    watchStreamTables(session);
     session.once('connect', setConnectionWindow);
     // One malformed response stream must not cost the other streams on this session.
     keepSessionOnStreamError(session);
