@@ -10,6 +10,7 @@ import { execFile, spawn } from 'node:child_process';
 import http from 'node:http';
 import http2 from 'node:http2';
 import { once } from 'node:events';
+import { h2request } from './helpers/servers.mjs';
 
 const ROOT = new URL('..', import.meta.url);
 /** As the CLI runs: its young-generation cap (src/gc-tuning.ts) applied from the start. */
@@ -99,18 +100,9 @@ function ask(child, message) {
 
 async function requests(session, upstreamPort, count, concurrency) {
   let next = 0;
-  const one = () =>
-    new Promise((resolve, reject) => {
-      const req = session.request({ ':path': '/small', 'x-cmux-port-internal': String(upstreamPort) });
-      req.on('response', (h) => {
-        if (h[':status'] !== 200) reject(new Error(`status ${h[':status']}`));
-      });
-      req.on('error', reject);
-      req.resume();
-      req.on('end', resolve);
-    });
+  const headers = { ':path': '/small', 'x-cmux-port-internal': String(upstreamPort) };
   const worker = async () => {
-    while (next++ < count) await one();
+    while (next++ < count) assert.equal((await h2request(session, headers)).status, 200);
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
 }

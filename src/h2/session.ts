@@ -27,6 +27,7 @@ import {
 import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from './windows.js';
 import { flushRequestBody, requestBodyPiece, type GatheredBody } from './request-body.js';
 import { watchStreamTables } from './stream-tables.js';
+import { releaseTimerOnClose } from './session-timeout.js';
 import { ChurnSet } from '../churn-set.js';
 
 
@@ -410,6 +411,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
     if (options.clientIdleTimeoutMs > 0) {
       session.on('timeout', sessionOnTimeout);
       session.setTimeout(options.clientIdleTimeoutMs);
+      releaseTimerOnClose(session);
     }
   });
   server.on('stream', (stream: ProxyStream, headers: http2.IncomingHttpHeaders, flags: number, raw: string[]) => {

@@ -12,6 +12,7 @@ import type { StatsCounters } from '../stats.js';
 import type { FdBudget } from '../fd-budget.js';
 import type { BodyLease } from './read-buffers.js';
 import { watchStreamTables } from '../h2/stream-tables.js';
+import { releaseTimerOnClose } from '../h2/session-timeout.js';
 
 
 /** What an h2c upstream stream reports to the exchange using it. */
@@ -293,6 +294,7 @@ class UpSession implements Expirable {
     });
     session.on('close', () => this.onClose());
     session.setTimeout(pool.idleTimeoutMs, this.closeIfIdle);
+    releaseTimerOnClose(session);
     if (pool.keepaliveMs > 0) {
       this.ping = setInterval(pingUpstream, pool.keepaliveMs, this);
       this.ping.unref();

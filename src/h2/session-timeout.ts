@@ -1,0 +1,47 @@
+import type http2 from 'node:http2';
+
+/**
+ * node:http2 marks a session destroyed before its close path calls `session.setTimeout(0)`, and
+ * `setTimeout` returns at once on a destroyed session (Node 20, 22 and 24): the idle timer of a
+ * session that was given one stays in node's timer list until it fires, and holds the closed
+ * session, its socket and everything they reach until then: `clientIdleTimeoutMs` (120 s by
+ * default) for client sessions, ~5.4 KB of heap per closed h2c session. The proxy clears that
+ * timer itself once the session has closed. Node keeps the Timeout under a symbol of its own; it
+ * is found by shape, and left alone where there is none.
+ */
+
+type AnySession = http2.Http2Session & Record<symbol, unknown>;
+
+/** The symbol node keeps a session's Timeout under, once seen (undefined until then). */
+let timeoutKey: symbol | undefined;
+
+function isTimeout(value: unknown): value is NodeJS.Timeout {
+  if (typeof value !== 'object' || value === null) return false;
+  const t = value as { _onTimeout?: unknown; _idleTimeout?: unknown; refresh?: unknown };
+  return typeof t._onTimeout === 'function' && typeof t._idleTimeout === 'number' && typeof t.refresh === 'function';
+}
+
+function sessionTimer(session: AnySession): NodeJS.Timeout | null {
+  if (timeoutKey !== undefined) {
+    const value = session[timeoutKey];
+    return isTimeout(value) ? value : null;
+  }
+  for (const key of Object.getOwnPropertySymbols(session)) {
+    const value = session[key];
+    if (isTimeout(value)) {
+      timeoutKey = key;
+      return value;
+    }
+  }
+  return null;
+}
+
+/** Clears the session's idle timer when it closes (node leaves it armed, see above). */
+export function releaseTimerOnClose(session: http2.Http2Session): void {
+  session.once('close', clearClosedSessionTimer);
+}
+
+function clearClosedSessionTimer(this: http2.Http2Session): void {
+  const timer = sessionTimer(this as AnySession);
+  if (timer !== null) clearTimeout(timer);
+}
