@@ -76,13 +76,15 @@ describe('HTTP/2 client idle timeout', () => {
     }
   });
 
-  it('a session that never opens a stream gets GOAWAY after the idle timeout', async () => {
+  it('a session that never opens a stream gets GOAWAY after the idle timeout, counted in clientIdleTimeouts', async () => {
+    const idleBefore = px.proxy.getStats().clientIdleTimeouts;
     const session = http2.connect(px.url);
     session.on('error', () => {});
     const started = Date.now();
     try {
       const at = await new Promise((resolve) => session.once('goaway', () => resolve(Date.now() - started)));
       assert.ok(at >= 800 && at < 4000, `GOAWAY after ${at} ms`);
+      assert.ok(px.proxy.getStats().clientIdleTimeouts > idleBefore, 'the idle close is counted');
     } finally {
       session.destroy();
     }

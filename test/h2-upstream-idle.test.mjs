@@ -31,3 +31,36 @@ it('an h2c upstream session whose only stream outlived upstreamIdleTimeoutMs clo
     upstream.close();
   }
 });
+
+it('one h2c upstream session serving 30 requests one after another keeps one idle-timeout listener (no MaxListenersExceededWarning)', async () => {
+  // Re-arming the idle timer with setTimeout(ms, callback) each time the session went idle
+  // added a 'timeout' listener per request: Node warned past 10 and the listeners piled up.
+  const upstream = http2.createServer();
+  let sessions = 0;
+  upstream.on('session', () => sessions++);
+  upstream.on('stream', (stream) => {
+    stream.respond({ ':status': 200 });
+    stream.end('ok');
+  });
+  upstream.listen(0, '127.0.0.1');
+  await once(upstream, 'listening');
+  const warnings = [];
+  const onWarning = (w) => {
+    if (w.name === 'MaxListenersExceededWarning') warnings.push(w.message);
+  };
+  process.on('warning', onWarning);
+  const { proxy, url } = await startProxy({ upstreamProtocol: 'h2c' });
+  try {
+    for (let i = 0; i < 30; i++) {
+      const res = await request(url, { headers: { 'x-cmux-port-internal': String(upstream.address().port) } });
+      assert.equal(res.status, 200);
+    }
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(sessions, 1);
+    assert.deepEqual(warnings, []);
+  } finally {
+    process.off('warning', onWarning);
+    await proxy.stop();
+    upstream.close();
+  }
+});

@@ -3,12 +3,13 @@
 // codes outside 100-599, and an upstream whose TCP handshake never completes.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { onRequestHeads, proxyFor, rawUpstream, startProxy, rawRequest, request, sleep, waitFor } from './helpers/servers.mjs';
-import { ERROR, FRAME, SETTING, headersFrame, serveH2cFrames, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
+import { ERROR, FRAME, SETTING, dataFrame, headersFrame, rstStreamFrame, serveH2cFrames, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
 
 const TEXT_PLAIN = 'text/plain; charset=utf-8';
 
@@ -457,5 +458,67 @@ describe('an h2c upstream that opens its windows wide and stops reading', () => 
     // Reading again, the upstream gets everything queued, then the close.
     upSocket.resume();
     assert.ok(await waitFor(() => upClosed, { timeoutMs: 10_000 }), 'the upstream sees the close');
+  });
+});
+
+describe('an h2c upstream that resets a stream with NO_ERROR or CANCEL', () => {
+  // Node ends the readable side of an upstream stream reset with NO_ERROR or CANCEL as it ends
+  // one that got END_STREAM. Taken for a complete response, a reset before the head left the
+  // client waiting for ever, and one mid-body reached the client as a complete, truncated body.
+  /** Answers each request stream with `frames(streamId)`, written in one write. */
+  const answering = (frames) => (socket) =>
+    serveH2cFrames(socket, ({ type, streamId }) => {
+      if (type === FRAME.HEADERS && streamId !== 0) socket.write(Buffer.concat(frames(streamId)));
+    });
+  const head = (id) => headersFrame(id, [[':status', '200'], ['content-type', 'text/plain']]);
+
+  /** What an HTTP/1.1 client gets: status, body and whether the message was complete. */
+  function h1Get(port, upstreamPort) {
+    return new Promise((resolve, reject) => {
+      const req = http.get({ port, path: '/', headers: { 'x-cmux-port-internal': String(upstreamPort) } }, (res) => {
+        let body = '';
+        res.setEncoding('latin1');
+        res.on('data', (d) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode, body, complete: res.complete }));
+        res.on('error', () => resolve({ status: res.statusCode, body, complete: false }));
+      });
+      req.on('error', reject);
+      req.setTimeout(4000, () => reject(new Error('HTTP/1.1 client timeout')));
+    });
+  }
+
+  for (const [name, code, answer] of [
+    ['NO_ERROR', ERROR.NO_ERROR, 'UPSTREAM_CLOSED'],
+    ['CANCEL', ERROR.CANCEL, 'UPSTREAM_RESET'],
+  ]) {
+    it(`RST_STREAM(${name}) before the head: 502 ${answer} to HTTP/1.1 and HTTP/2 clients`, async (t) => {
+      const { proxy, port } = await proxyFor(t, { upstreamProtocol: 'h2c' });
+      const up = await rawUpstream(t, answering((id) => [rstStreamFrame(id, code)]));
+      const h2 = await h2Get(port, '/', { 'x-cmux-port-internal': String(up.port) });
+      assert.equal(h2.status, 502);
+      assert.equal(h2.body, `upstream request error: ${answer}`);
+      const h1 = await h1Get(port, up.port);
+      assert.equal(h1.status, 502);
+      assert.equal(h1.body, `upstream request error: ${answer}`);
+      assert.equal(proxy.getStats().upstreamErrors[answer], 2);
+    });
+
+    it(`RST_STREAM(${name}) mid-body: no client gets a complete-looking response`, async (t) => {
+      const { port } = await proxyFor(t, { upstreamProtocol: 'h2c' });
+      const up = await rawUpstream(t, answering((id) => [head(id), dataFrame(id, Buffer.from('partial-')), rstStreamFrame(id, code)]));
+      await assert.rejects(h2Get(port, '/', { 'x-cmux-port-internal': String(up.port) }), (err) => err.code === 'ERR_HTTP2_STREAM_ERROR');
+      const h1 = await h1Get(port, up.port);
+      assert.equal(h1.status, 200);
+      assert.equal(h1.complete, false, `HTTP/1.1 client got ${JSON.stringify(h1)}`);
+    });
+  }
+
+  it('RST_STREAM(NO_ERROR) right after a complete response (RFC 9113 §8.1) leaves it complete', async (t) => {
+    const { port } = await proxyFor(t, { upstreamProtocol: 'h2c' });
+    const up = await rawUpstream(t, answering((id) => [head(id), dataFrame(id, Buffer.from('whole body'), { endStream: true }), rstStreamFrame(id, ERROR.NO_ERROR)]));
+    const h2 = await h2Get(port, '/', { 'x-cmux-port-internal': String(up.port) });
+    assert.deepEqual([h2.status, h2.body], [200, 'whole body']);
+    const h1 = await h1Get(port, up.port);
+    assert.deepEqual(h1, { status: 200, body: 'whole body', complete: true });
   });
 });

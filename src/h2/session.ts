@@ -683,6 +683,7 @@ function sessionOnTimeout(this: TrackedSession): void {
     return;
   }
   // Idle: close gracefully (GOAWAY, running streams finish).
+  if (state !== undefined) state.core.stats.clientIdleTimeouts++;
   this.close();
   boundGoingAway(this);
 }

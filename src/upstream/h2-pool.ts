@@ -169,6 +169,10 @@ export class H2UpstreamRequest implements Expirable {
   }
 
   onEnd(): void {
+    // Node also ends the readable side of a stream the upstream reset (RST_STREAM NO_ERROR or
+    // CANCEL) before its END_STREAM; the stream is already closed then, and after a normal
+    // END_STREAM it is not yet. A reset is not a complete response: 'close' reports it.
+    if (!this.responded || this.stream.closed) return;
     const user = this.user;
     this.user = null;
     this.session.pool.deadlines.disarm(this);
@@ -293,7 +297,9 @@ class UpSession implements Expirable {
       this.failWaiters(tlsCode.startsWith('UPSTREAM_TLS_') ? tlsCode : h2UpstreamCode(err, 'BAD_RESPONSE'));
     });
     session.on('close', () => this.onClose());
-    session.setTimeout(pool.idleTimeoutMs, this.closeIfIdle);
+    // One listener for the session's life: setTimeout(ms, callback) would add one per call.
+    session.on('timeout', this.closeIfIdle);
+    session.setTimeout(pool.idleTimeoutMs);
     releaseTimerOnClose(session);
     if (pool.keepaliveMs > 0) {
       this.ping = setInterval(pingUpstream, pool.keepaliveMs, this);
@@ -325,7 +331,7 @@ class UpSession implements Expirable {
     else {
       // The session's inactivity timer fires once; if a long stream (SSE, long poll) held the
       // session through it, idleness is counted again from this stream's end.
-      if (this.active === 0 && !this.session.destroyed) this.session.setTimeout(this.pool.idleTimeoutMs, this.closeIfIdle);
+      if (this.active === 0 && !this.session.destroyed) this.session.setTimeout(this.pool.idleTimeoutMs);
       this.pool.serveWaiters(this.entry);
     }
   }
