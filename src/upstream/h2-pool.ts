@@ -169,10 +169,12 @@ export class H2UpstreamRequest implements Expirable {
   }
 
   onEnd(): void {
-    // Node also ends the readable side of a stream the upstream reset (RST_STREAM NO_ERROR or
-    // CANCEL) before its END_STREAM; the stream is already closed then, and after a normal
-    // END_STREAM it is not yet. A reset is not a complete response: 'close' reports it.
-    if (!this.responded || this.stream.closed) return;
+    // Node also ends the readable side of a stream the upstream reset with RST_STREAM(NO_ERROR)
+    // or (CANCEL). With no response head that is never a response, and a stream closed with an
+    // error code is not a complete one: 'close' reports both. (A normal END_STREAM may also
+    // come after the stream has closed, its data still buffered, so `closed` alone says nothing;
+    // a reset with NO_ERROR mid-body looks like the end of the body.)
+    if (!this.responded || (this.stream.rstCode ?? 0) !== 0) return;
     const user = this.user;
     this.user = null;
     this.session.pool.deadlines.disarm(this);
