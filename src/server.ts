@@ -89,9 +89,9 @@ export class ProxyServer implements SessionHost, H2Host {
   /** Client sockets being served (not the queued ones). */
   private readonly sockets = new ChurnSet<AcceptedSocket>();
   /** Every accepted socket still open, served or not (queued, refused, lingering). */
-  private readonly accepted = new Set<AcceptedSocket>();
-  private readonly h1 = new Set<H1Connection>();
-  private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private readonly accepted = new ChurnSet<AcceptedSocket>();
+  private readonly h1 = new ChurnSet<H1Connection>();
+  private readonly sessions = new ChurnSet<http2.ServerHttp2Session>();
   private readonly queue: QueuedConnection[] = [];
   private allClosed: (() => void) | null = null;
   /** Client connections that are HTTP/1.1 tunnels now (WebSockets, CONNECT). */

@@ -1,4 +1,5 @@
 import type http2 from 'node:http2';
+import { symbolHolding } from './node-internals.js';
 
 /**
  * node:http2 marks a session destroyed before its close path calls `session.setTimeout(0)`, and
@@ -22,18 +23,11 @@ function isTimeout(value: unknown): value is NodeJS.Timeout {
 }
 
 function sessionTimer(session: AnySession): NodeJS.Timeout | null {
-  if (timeoutKey !== undefined) {
-    const value = session[timeoutKey];
-    return isTimeout(value) ? value : null;
-  }
-  for (const key of Object.getOwnPropertySymbols(session)) {
-    const value = session[key];
-    if (isTimeout(value)) {
-      timeoutKey = key;
-      return value;
-    }
-  }
-  return null;
+  // Looked for until found: the property holds null while no timer is set.
+  timeoutKey ??= symbolHolding(session, isTimeout) ?? undefined;
+  if (timeoutKey === undefined) return null;
+  const value = session[timeoutKey];
+  return isTimeout(value) ? value : null;
 }
 
 /** Clears the session's idle timer when it closes (node leaves it armed, see above). */

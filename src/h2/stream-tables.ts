@@ -1,5 +1,6 @@
 import type http2 from 'node:http2';
-import { ChurnSet, renewAfterMajorCollections } from '../churn-set.js';
+import { ChurnSet } from '../churn-set.js';
+import { symbolHolding } from './node-internals.js';
 
 /**
  * node:http2 keeps each session's streams in a Map (`streams`) and a Set (`pendingStreams`) of
@@ -25,14 +26,15 @@ type AnySession = http2.Http2Session & Record<symbol, unknown>;
 const toTag = Object.prototype.toString;
 /** The state's symbol on sessions: undefined until looked for, null when this Node has none of that shape. */
 let stateKey: symbol | null | undefined;
-const watched = new ChurnSet<http2.Http2Session>();
-/** Renews every watched session (registered once, with the first). */
-const watchedTables = {
-  renew(): void {
-    for (const session of watched) renewStreamTables(session);
-  },
-};
-let registered = false;
+
+/** The watched sessions: after each major collection the set, and each session's stream tables, are renewed. */
+class SessionsWithTables extends ChurnSet<http2.Http2Session> {
+  override renew(): void {
+    super.renew();
+    for (const session of this) renewStreamTables(session);
+  }
+}
+const watched = new SessionsWithTables();
 
 function isStreamTables(value: unknown): value is StreamTables {
   if (typeof value !== 'object' || value === null) return false;
@@ -41,31 +43,22 @@ function isStreamTables(value: unknown): value is StreamTables {
 }
 
 function tablesOf(session: AnySession): StreamTables | null {
-  if (stateKey === undefined) {
-    stateKey = null;
-    for (const key of Object.getOwnPropertySymbols(session)) {
-      if (isStreamTables(session[key])) {
-        stateKey = key;
-        break;
-      }
-    }
-  }
+  if (stateKey === undefined) stateKey = symbolHolding(session, isStreamTables);
   if (stateKey === null) return null;
   const state = session[stateKey];
   return isStreamTables(state) ? state : null;
 }
 
 /** Gives a session's state fresh copies of its stream collections (same entries, same order). */
-export function renewStreamTables(session: http2.Http2Session): boolean {
-  if (session.destroyed) return false;
+function renewStreamTables(session: http2.Http2Session): void {
+  if (session.destroyed) return;
   const tables = tablesOf(session as AnySession);
-  if (tables === null) return false;
+  if (tables === null) return;
   const streams = new (tables.streams.constructor as MapConstructor)(tables.streams);
   const pending = new (tables.pendingStreams.constructor as SetConstructor)(tables.pendingStreams);
-  if (streams.size !== tables.streams.size || pending.size !== tables.pendingStreams.size) return false;
+  if (streams.size !== tables.streams.size || pending.size !== tables.pendingStreams.size) return;
   tables.streams = streams;
   tables.pendingStreams = pending;
-  return true;
 }
 
 /** Renews the session's stream collections after each major collection, until it closes. */
@@ -73,10 +66,6 @@ export function watchStreamTables(session: http2.Http2Session): void {
   if (session.destroyed || tablesOf(session as AnySession) === null) return;
   watched.add(session);
   session.once('close', unwatch);
-  if (!registered) {
-    registered = true;
-    renewAfterMajorCollections(watchedTables);
-  }
 }
 
 function unwatch(this: http2.Http2Session): void {
