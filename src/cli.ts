@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { createProxyServer } from './server.js';
 import { resolveWorkers, startCluster } from './cluster.js';
 import { loadTracingOnlyWhenRegistered } from './tracing.js';
-import { capYoungGeneration } from './gc-tuning.js';
+import { tuneHeapForConnections } from './gc-tuning.js';
 import { OptionError, describeValue, resolveOptions, type ProxyOptions } from './options.js';
 
 /**
@@ -290,7 +290,7 @@ function version(): string {
 }
 
 async function main(): Promise<void> {
-  capYoungGeneration();
+  tuneHeapForConnections();
   loadTracingOnlyWhenRegistered();
   let parsed: Parsed;
   try {

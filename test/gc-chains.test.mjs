@@ -23,8 +23,8 @@ const REQUESTS = 30000;
  */
 const MEASURE_PROMOTION = `
 import v8 from 'node:v8';
-import { capYoungGeneration } from './dist/gc-tuning.js';
-capYoungGeneration();
+import { tuneHeapForConnections } from './dist/gc-tuning.js';
+tuneHeapForConnections();
 const settle = () => new Promise((resolve) => setTimeout(resolve, 50));
 const oldSpace = (at) => at.heapSpaceStatistics.find((s) => s.spaceName === 'old_space').spaceUsedSize;
 let profiler = null;

@@ -39,3 +39,52 @@ describe('young-generation cap', () => {
     assert.ok(free.young >= 32 * MiB, `uncapped young generation ${free.young / MiB} MiB`);
   });
 });
+
+// The CLI's old-generation growth limit (limitOldGenerationGrowth): objects that outlive two
+// scavenges and then die (what each of thousands of WebSockets opening in a burst leaves) are
+// garbage in the old generation until the next mark-compact. V8 lets a small heap grow to ~4x
+// what the last one left live first; at 1.3x the same allocations peak ~20-30 % lower.
+const burst = (limit) => `
+import v8 from 'node:v8';
+import { PerformanceObserver, constants } from 'node:perf_hooks';
+import { capYoungGeneration, limitOldGenerationGrowth } from './dist/gc-tuning.js';
+capYoungGeneration();
+${limit ? 'limitOldGenerationGrowth();' : ''}
+let majors = 0;
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) if (e.detail.kind === constants.NODE_PERFORMANCE_GC_MAJOR) majors++;
+}).observe({ entryTypes: ['gc'] });
+const oldSpace = () => v8.getHeapSpaceStatistics().find((s) => s.space_name === 'old_space').space_size;
+const kept = [];
+let recent = [];
+let peak = 0;
+for (let turn = 0; turn < 3000; turn++) {
+  for (let i = 0; i < 100; i++) kept.push({ a: turn, b: [i], c: 'k' + i });
+  // Held for 300-600 turns: long enough to be promoted, then dropped.
+  recent.push(Array.from({ length: 100 }, (_, i) => ({ x: turn, y: [i, i], z: 'g' + i })));
+  if (recent.length > 600) recent = recent.slice(300);
+  await new Promise((resolve) => setImmediate(resolve));
+  peak = Math.max(peak, oldSpace());
+}
+await new Promise((resolve) => setTimeout(resolve, 20));
+process.stdout.write(JSON.stringify({ peak, majors, kept: kept.length }));
+`;
+
+function runBurst(limit) {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, ['--input-type=module', '-e', burst(limit)], { cwd: new URL('..', import.meta.url) }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`${err.message}\n${stderr}`));
+      else resolve(JSON.parse(stdout));
+    });
+  });
+}
+
+describe('old-generation growth limit', () => {
+  it('collects promoted garbage sooner: the old generation peaks at most 0.85x as high as with V8\'s own growth', async () => {
+    const limited = await runBurst(true);
+    const free = await runBurst(false);
+    assert.equal(limited.kept, 300000);
+    assert.ok(limited.majors > free.majors, `mark-compacts ${limited.majors} limited, ${free.majors} free`);
+    assert.ok(limited.peak <= 0.85 * free.peak, `old generation peak ${(limited.peak / MiB).toFixed(1)} MiB limited, ${(free.peak / MiB).toFixed(1)} MiB free`);
+  });
+});
