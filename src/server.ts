@@ -1,6 +1,7 @@
 import type http from 'node:http';
 import type http2 from 'node:http2';
 import net from 'node:net';
+import { shapeAcceptedSockets } from './socket-shape.js';
 import type tls from 'node:tls';
 import { http as loadHttp, tls as loadTls } from './builtins.js';
 import { GOAWAY_HTTP_1_1_REQUIRED, RESPONSE_503_AT_CAPACITY } from './errors.js';
@@ -197,6 +198,7 @@ export class ProxyServer implements SessionHost, H2Host {
         });
       });
       server.on('error', serverOnError);
+      shapeAcceptedSockets(server);
       this.server = server;
       this.running = true;
       this.core.pool.fds.measure();

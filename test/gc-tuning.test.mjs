@@ -43,7 +43,9 @@ describe('young-generation cap', () => {
 // The CLI's old-generation growth limit (limitOldGenerationGrowth): objects that outlive two
 // scavenges and then die (what each of thousands of WebSockets opening in a burst leaves) are
 // garbage in the old generation until the next mark-compact. V8 lets a small heap grow to ~4x
-// what the last one left live first; at 1.3x the same allocations peak ~20-30 % lower.
+// what the last one left live first; at 1.3x the same allocations make 4-6 mark-compacts instead
+// of 1-2 and peak ~20-30 % lower on a quiet machine (V8 marks concurrently, so on a busy one the
+// heap grows further before each mark-compact ends, in both cases).
 const burst = (limit) => `
 import v8 from 'node:v8';
 import { PerformanceObserver, constants } from 'node:perf_hooks';
@@ -80,11 +82,12 @@ function runBurst(limit) {
 }
 
 describe('old-generation growth limit', () => {
-  it('collects promoted garbage sooner: the old generation peaks at most 0.85x as high as with V8\'s own growth', async () => {
+  it('collects promoted garbage sooner: more mark-compacts, a lower old-generation peak', async () => {
     const limited = await runBurst(true);
     const free = await runBurst(false);
     assert.equal(limited.kept, 300000);
-    assert.ok(limited.majors > free.majors, `mark-compacts ${limited.majors} limited, ${free.majors} free`);
-    assert.ok(limited.peak <= 0.85 * free.peak, `old generation peak ${(limited.peak / MiB).toFixed(1)} MiB limited, ${(free.peak / MiB).toFixed(1)} MiB free`);
+    assert.ok(limited.majors >= free.majors + 2, `mark-compacts ${limited.majors} limited, ${free.majors} free`);
+    console.log(`# old generation peak ${(limited.peak / MiB).toFixed(1)} MiB limited (${limited.majors} mark-compacts), ${(free.peak / MiB).toFixed(1)} MiB free (${free.majors})`);
+    assert.ok(limited.peak <= 0.95 * free.peak, `old generation peak ${(limited.peak / MiB).toFixed(1)} MiB limited, ${(free.peak / MiB).toFixed(1)} MiB free`);
   });
 });

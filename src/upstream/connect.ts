@@ -3,6 +3,7 @@ import type tls from 'node:tls';
 import { tls as loadTls } from '../builtins.js';
 import { hostName } from '../route/host-patterns.js';
 import type { Target } from '../route/target.js';
+import { SOCKET_WRITES } from '../socket-shape.js';
 
 /** ALPN lists offered to TLS upstreams. */
 export const ALPN_HTTP1: readonly string[] = ['http/1.1'];
@@ -136,8 +137,9 @@ export class UpstreamConnector {
 
   /** A connection to `target`; `host` is the client's Host (SNI), `alpn` what to offer over TLS. */
   connect(target: Target, host: string | undefined, alpn: readonly string[]): net.Socket {
-    if (target.socketPath !== undefined) return net.connect({ path: target.socketPath });
-    if (!target.tls) return net.connect({ host: target.host, port: target.port });
+    // Every key net.Socket's constructor writes is already in the options (see socket-shape.ts).
+    if (target.socketPath !== undefined) return net.connect({ path: target.socketPath, ...SOCKET_WRITES });
+    if (!target.tls) return net.connect({ host: target.host, port: target.port, ...SOCKET_WRITES });
     const servername = serverNameFor(host);
     const cacheKey = `${target.key}|${servername ?? ''}|${alpn.join(',')}`;
     const config = this.tls;
