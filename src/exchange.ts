@@ -11,7 +11,7 @@ import type { BodyLease } from './upstream/read-buffers.js';
 import type { Span } from './tracing.js';
 import { diagnosticsRequest, publishEnd, requestEnd, requestError, requestStart, responseHeaders, upstreamConnect, type DiagnosticsRequest } from './diagnostics.js';
 import { OUTCOME_FAILED, OUTCOME_NEUTRAL, OUTCOME_OK, holdMemberUntilClose, type GroupMember } from './upstream/group.js';
-import { writeLatin1 } from './direct-write.js';
+import { writeInTurn, writeLatin1 } from './direct-write.js';
 
 export const BODY_NONE = 0;
 export const BODY_LENGTH = 1;
@@ -368,8 +368,11 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     this.queued = null;
     this.flags |= EX_HEAD_SENT;
     if (queued === null && (this.bodyMode === BODY_NONE || (this.flags & EX_REQUEST_ENDED) === 0)) {
-      // Only the head goes now (the common GET): one plain write, nothing to batch.
-      writeLatin1(socket, this.head);
+      // Only the head goes now (the common GET): one plain write, with the turn's others. An
+      // upgrade's goes at once: what the client sends after it, and its FIN, follow through the
+      // socket's stream.
+      if ((this.flags & EX_UPGRADE) === 0) writeInTurn(conn, this.head);
+      else writeLatin1(socket, this.head);
       return;
     }
     socket.cork();

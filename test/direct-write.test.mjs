@@ -1,11 +1,18 @@
 // Writes straight to a TCP handle (src/direct-write.ts): heads and small bodies skip the Writable
 // machinery. A write the kernel takes only in part goes on in libuv; these tests make that
 // happen with real sockets (a peer that stops reading) and check order, backpressure and drain.
+// Writes that wait for the end of the event-loop turn (writeInTurn) are checked for order against
+// the socket's stream, end() and destroy().
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import tls from 'node:tls';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeCert } from './helpers/apps.mjs';
 import { once } from 'node:events';
-import { directWritable, writeLatin1 } from '../dist/direct-write.js';
+import { directWritable, flushTurnWrite, writeInTurn, writeLatin1 } from '../dist/direct-write.js';
 import { proxyFor, sleep, startUpstream } from './helpers/servers.mjs';
 
 /** A connected pair of TCP sockets for test `t`, both destroyed after it. */
@@ -159,5 +166,152 @@ describe('proxied responses through direct writes', () => {
     assert.equal(bodies.length, n);
     for (let i = 0; i < n; i++) assert.equal(bodies[i], `/r/${i}`);
     assert.equal((text.match(/HTTP\/1\.1 200 /g) ?? []).length, n);
+  });
+});
+
+/** Reads everything `reader` receives until it closes: { text, error }. */
+function collect(reader) {
+  const chunks = [];
+  reader.on('data', (c) => chunks.push(c));
+  return new Promise((resolve) => {
+    let error = null;
+    reader.on('error', (e) => (error = e));
+    reader.on('close', () => resolve({ text: Buffer.concat(chunks).toString('latin1'), error }));
+  });
+}
+
+describe('writes that wait for the end of the event-loop turn (writeInTurn)', () => {
+  it('wait, corked, until the turn\'s check phase, then leave in one write per socket', async (t) => {
+    const a = await socketPair(t);
+    const b = await socketPair(t);
+    const wa = { socket: a.writer, turnSlot: -1 };
+    const wb = { socket: b.writer, turnSlot: -1 };
+    const gotA = collect(a.reader);
+    const gotB = collect(b.reader);
+    assert.equal(writeInTurn(wa, 'HTTP/1.1 200 OK\r\n'), true);
+    assert.equal(writeInTurn(wb, 'one'), true);
+    assert.equal(writeInTurn(wa, 'content-length: 0\r\n\r\n'), true);
+    // Nothing reached the handle yet: both wait in the turn's batch, their sockets corked.
+    assert.equal(a.writer.writableCorked, 1);
+    assert.equal(b.writer.writableCorked, 1);
+    assert.ok(wa.turnSlot >= 0 && wb.turnSlot >= 0 && wa.turnSlot !== wb.turnSlot);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(wa.turnSlot, -1);
+    assert.equal(wb.turnSlot, -1);
+    assert.equal(a.writer.writableCorked, 0);
+    assert.equal(b.writer.writableCorked, 0);
+    a.writer.end();
+    b.writer.end();
+    assert.equal((await gotA).text, 'HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n');
+    assert.equal((await gotB).text, 'one');
+  });
+
+  it('what goes through the stream meanwhile follows the waiting bytes; a small write after it follows it too', async (t) => {
+    const { writer, reader } = await socketPair(t);
+    const w = { socket: writer, turnSlot: -1 };
+    const got = collect(reader);
+    writeInTurn(w, '[head]');
+    writeInTurn(w, '[joined]');
+    writer.write('[body via the stream]');
+    // The stream holds something now: this may not join the waiting bytes, which leave first.
+    writeInTurn(w, '[last chunk]');
+    writer.write(Buffer.from('[after]'));
+    await new Promise((r) => setImmediate(r));
+    writer.end();
+    assert.equal((await got).text, '[head][joined][body via the stream][last chunk][after]');
+  });
+
+  it('flushTurnWrite before end() or destroy() writes the waiting bytes first; end() without it resets instead of reordering', async (t) => {
+    {
+      const { writer, reader } = await socketPair(t);
+      const w = { socket: writer, turnSlot: -1 };
+      const got = collect(reader);
+      writeInTurn(w, 'answer;');
+      writer.write('more;');
+      flushTurnWrite(w);
+      writer.end('bye');
+      assert.equal((await got).text, 'answer;more;bye');
+    }
+    {
+      const { writer, reader } = await socketPair(t);
+      const w = { socket: writer, turnSlot: -1 };
+      const got = collect(reader);
+      writeInTurn(w, 'last answer');
+      flushTurnWrite(w);
+      writer.destroy();
+      assert.equal((await got).text, 'last answer');
+    }
+    {
+      const { writer, reader } = await socketPair(t);
+      const w = { socket: writer, turnSlot: -1 };
+      const got = collect(reader);
+      writer.on('error', () => {});
+      writeInTurn(w, 'first');
+      writer.end('second');
+      const { text } = await got;
+      // Never "secondfirst": the waiting bytes are dropped with the connection.
+      assert.ok(!text.includes('first'), `got ${JSON.stringify(text)}`);
+      assert.equal(writer.destroyed, true);
+    }
+  });
+
+  it('a destroyed socket\'s waiting bytes are dropped without a throw, and the other sockets of the turn still get theirs', async (t) => {
+    const a = await socketPair(t);
+    const b = await socketPair(t);
+    const wa = { socket: a.writer, turnSlot: -1 };
+    const wb = { socket: b.writer, turnSlot: -1 };
+    const gotA = collect(a.reader);
+    const gotB = collect(b.reader);
+    writeInTurn(wa, 'lost');
+    writeInTurn(wb, 'kept');
+    a.writer.destroy();
+    await new Promise((r) => setImmediate(r));
+    b.writer.end();
+    assert.equal((await gotA).text, '');
+    assert.equal((await gotB).text, 'kept');
+  });
+
+  it('a socket its owner corked is written through the stream at once, behind what it holds', async (t) => {
+    const { writer, reader } = await socketPair(t);
+    const w = { socket: writer, turnSlot: -1 };
+    const got = collect(reader);
+    writer.cork();
+    writer.write('held;');
+    // Corked by someone else: no waiting of its own, it queues behind what the stream holds.
+    writeInTurn(w, 'then this');
+    assert.equal(w.turnSlot, -1);
+    writer.uncork();
+    writer.end();
+    assert.equal((await got).text, 'held;then this');
+  });
+
+  it('on a TLS socket the turn\'s writes wait in its corked stream and leave in order, also when it ends in the same turn', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'turn-tls-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const { certFile, keyFile } = makeCert(dir, []);
+    const server = tls.createServer({ cert: readFileSync(certFile), key: readFileSync(keyFile) });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    t.after(() => server.close());
+    for (const ending of [false, true]) {
+      const accepted = once(server, 'secureConnection');
+      const reader = tls.connect({ port: server.address().port, host: '127.0.0.1', rejectUnauthorized: false });
+      const [writer] = await accepted;
+      const w = { socket: writer, turnSlot: -1 };
+      const got = collect(reader);
+      writeInTurn(w, '[head]');
+      assert.equal(writer.writableCorked, 1);
+      writer.write('[body]');
+      writeInTurn(w, '[end]');
+      if (ending) {
+        writer.end('[bye]');
+      } else {
+        await new Promise((r) => setImmediate(r));
+        assert.equal(writer.writableCorked, 0);
+        assert.equal(w.turnSlot, -1);
+        writer.end('[bye]');
+      }
+      assert.equal((await got).text, '[head][body][end][bye]');
+    }
   });
 });

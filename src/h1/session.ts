@@ -49,7 +49,7 @@ import {
   type StreamHandle,
 } from './parser.js';
 import { ChunkedScan, SCAN_MORE, SCAN_TOO_LARGE } from './chunked.js';
-import { writeLatin1 } from '../direct-write.js';
+import { flushTurnWrite, writeInTurn, type TurnWriter } from '../direct-write.js';
 
 const kOnMessageBegin = Parser.kOnMessageBegin;
 const HTTP_SLASH = Buffer.from(' HTTP/', 'latin1');
@@ -123,7 +123,7 @@ export interface SessionHost {
 }
 
 /** One HTTP/1.x client connection, parsed by llhttp, its exchanges answered in order. */
-export class H1Connection implements ClientSide, Expirable, TunnelUser {
+export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWriter {
   readonly socket: ClientSocket;
   readonly host: SessionHost;
   readonly core: ProxyCore;
@@ -144,6 +144,8 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   pendingUrl = '';
   /** A response head held for the body bytes of the same upstream read (see respond). */
   private heldHead: string | null = null;
+  /** Responses waiting for the end of the event-loop turn (see writeInTurn). */
+  turnSlot = -1;
   /** Request-head deadline (DeadlineSweep). */
   deadline = 0;
   /** Held by the DeadlineSweep's set (managed by the sweep). */
@@ -469,8 +471,16 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     // Reading may have been stopped at the handle (pipelining, backpressure): start it again,
     // or the client's close would only be seen when the linger timer fires.
     resumeSocket(socket);
+    // What waits for the turn goes first: end() would otherwise overtake it.
+    flushTurnWrite(this);
     socket.end(data);
     socket.setTimeout(5_000);
+  }
+
+  /** Closes the connection now, after the responses already complete (those waiting for the turn). */
+  destroySocket(): void {
+    flushTurnWrite(this);
+    this.socket.destroy();
   }
 
   expire(): void {
@@ -846,7 +856,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     const head = this.heldHead;
     if (head === null) return;
     this.heldHead = null;
-    if (!this.socket.destroyed) writeLatin1(this.socket, head);
+    if (!this.socket.destroyed) writeInTurn(this, head);
   }
 
   pauseRequest(): void {
@@ -893,7 +903,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     }
     this.core.stats.countStatus(status);
     if ((this.flags & C_IN_BATCH) === 0 || noBody) {
-      writeLatin1(this.socket, head);
+      writeInTurn(this, head);
     } else if (framing === FRAME_PASS) {
       // The body usually follows in the same read: head and body then go as one string.
       this.heldHead = head;
@@ -924,7 +934,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     if (head !== null) {
       this.heldHead = null;
       if (chunk.length <= JOIN_BODY_MAX) {
-        if (done === undefined) return writeLatin1(socket, head + chunk.toString('latin1'));
+        if (done === undefined) return writeInTurn(this, head + chunk.toString('latin1'));
         return socket.write(head + chunk.toString('latin1'), 'latin1', done);
       }
       socket.cork();
@@ -945,7 +955,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   end(ex: Exchange, trailers: string[] | null): void {
     this.flushHeldHead();
     if (ex.clientState === FRAME_CHUNKED && !this.socket.destroyed) {
-      writeLatin1(this.socket, trailers === null ? '0\r\n\r\n' : `0\r\n${trailerLines(trailers, false)}\r\n`);
+      writeInTurn(this, trailers === null ? '0\r\n\r\n' : `0\r\n${trailerLines(trailers, false)}\r\n`);
     }
   }
 
@@ -969,7 +979,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     // HTTP/1.1 has no per-response reset: closing without the final chunk (or short of
     // Content-Length) is how the client learns the body is incomplete.
     this.heldHead = null;
-    this.socket.destroy();
+    this.destroySocket();
   }
 
   upgraded(ex: Exchange, conn: UpstreamConn, status: number, statusMessage: string, raw: string[], rest: Buffer): void {
@@ -997,6 +1007,8 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
   }
 
   private openTunnel(upstream: net.Socket, kind: number, ex: Exchange): Tunnel {
+    // The tunnel writes and ends the socket through its stream: nothing may wait for the turn.
+    flushTurnWrite(this);
     const { keepaliveMs } = this.core.options;
     configureTunnelSocket(this.socket, keepaliveMs);
     configureTunnelSocket(upstream, keepaliveMs);
@@ -1187,14 +1199,14 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     if ((flags & (C_CLOSED | C_TUNNEL)) !== 0) return;
     if (this.raw) {
       // Short of its Content-Length: the upstream must not get a complete-looking request.
-      this.socket.destroy();
+      this.destroySocket();
       return;
     }
     if ((flags & C_UPGRADING) !== 0) {
       // `CONNECT ... \r\n\r\n<early data>` then FIN: the early data goes upstream, then the FIN.
       const ex = this.current;
       if (ex === null || ((ex.flags & EX_UPGRADE) === 0 && ex.method !== 'CONNECT')) {
-        this.socket.destroy();
+        this.destroySocket();
         return;
       }
       this.flags |= C_CLIENT_ENDED;
@@ -1202,7 +1214,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
         // The upgrade head is upstream already: the rest follows it now. Still queued for a
         // socket: the client gave up waiting. Connecting: the rest goes with the head's answer.
         if (ex.conn !== null) this.sendEarlyData(ex.conn.socket);
-        else if (ex.connecting === null) this.socket.destroy();
+        else if (ex.connecting === null) this.destroySocket();
       }
       return;
     }
@@ -1212,7 +1224,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
       // already going upstream is aborted with the connection.
       const parsing = this.parsing;
       if (this.current === null || parsing === this.current) {
-        this.socket.destroy();
+        this.destroySocket();
         return;
       }
       if (parsing !== null) {
@@ -1228,7 +1240,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser {
     // Idle: nothing in flight and nothing received for clientIdleTimeoutMs.
     if (this.current === null && this.parsing === null) {
       this.core.stats.clientIdleTimeouts++;
-      this.socket.destroy();
+      this.destroySocket();
     }
   }
 }

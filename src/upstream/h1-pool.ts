@@ -2,6 +2,7 @@ import { acceptedContentLength } from '../headers.js';
 import type net from 'node:net';
 import { DeadlineSweep, type Expirable } from '../deadlines.js';
 import { FdBudget } from '../fd-budget.js';
+import type { TurnWriter } from '../direct-write.js';
 import { ALPN_HTTP1, poolKey, readyEvent, upstreamErrorCode, type UpstreamConnector } from './connect.js';
 import type { Target } from '../route/target.js';
 import type { StatsCounters, PoolStats } from '../stats.js';
@@ -105,7 +106,7 @@ type UpstreamSocket = net.Socket & { [kUpstream]: UpstreamConn };
 type ResponseParser = HTTPParser & { conn: UpstreamConn };
 
 /** One keep-alive socket to an upstream, with its own llhttp response parser. */
-export class UpstreamConn implements Expirable {
+export class UpstreamConn implements Expirable, TurnWriter {
   readonly socket: UpstreamSocket;
   readonly parser: ResponseParser;
   readonly entry: PoolEntry;
@@ -113,6 +114,8 @@ export class UpstreamConn implements Expirable {
   phase = PHASE_CONNECTING;
   /** Responses completed on this socket; > 0 means a reused socket. */
   responses = 0;
+  /** A request head waiting for the end of the event-loop turn (see writeInTurn). */
+  turnSlot = -1;
   /** Upstream's `Keep-Alive: timeout`, in ms (0: none given). */
   keepAliveMs = 0;
   /** Set by the response head: the upstream will keep the socket open. */
