@@ -178,6 +178,9 @@ export function writeInTurn(writer: TurnWriter, data: string): boolean {
   }
   if (s.encrypted === true) return writeTlsInTurn(writer, s, data);
   if (WriteWrap === undefined || !streamIdle(s)) return s.write(data, 'latin1');
+  // libuv still holds an earlier write (the peer reads slowly): written now, behind it, so the
+  // caller is told to wait for 'drain' as before.
+  if (s._handle!.writeQueueSize !== 0) return writeToHandle(s, data);
   s.cork();
   joinTurn(writer, data);
   return true;

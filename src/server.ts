@@ -358,6 +358,9 @@ export class ProxyServer implements SessionHost, H2Host {
     if (silentTimer !== null) clearTimeout(silentTimer);
     if (core.websockets.size > 0) await this.closeWebSockets();
     for (const session of this.sessions) session.destroy();
+    // An HTTP/1 connection writes the responses it finished (maybe waiting for the end of this
+    // turn, see writeInTurn) before its socket goes.
+    for (const conn of this.h1) conn.destroySocket();
     for (const socket of this.accepted) socket.destroy();
     core.pool.close();
     core.h2pool.close();

@@ -271,6 +271,31 @@ describe('writes that wait for the end of the event-loop turn (writeInTurn)', ()
     assert.equal((await gotB).text, 'kept');
   });
 
+  it('a socket whose peer reads slowly (libuv holds an earlier write) is written at once and says wait', async (t) => {
+    const { writer, reader } = await socketPair(t);
+    reader.pause();
+    const piece = 'y'.repeat(64 * 1024);
+    let sent = 0;
+    while (writeLatin1(writer, piece)) sent += piece.length;
+    sent += piece.length;
+    const w = { socket: writer, turnSlot: -1 };
+    assert.equal(writeInTurn(w, 'tail'), false);
+    assert.equal(w.turnSlot, -1);
+    assert.equal(writer.writableCorked, 0);
+    let received = 0;
+    let text = '';
+    reader.on('data', (c) => {
+      received += c.length;
+      if (received > sent) text += c.toString('latin1');
+    });
+    reader.resume();
+    await once(writer, 'drain');
+    writer.end();
+    await once(reader, 'end');
+    assert.equal(received, sent + 4);
+    assert.ok(text.endsWith('tail'));
+  });
+
   it('a socket its owner corked is written through the stream at once, behind what it holds', async (t) => {
     const { writer, reader } = await socketPair(t);
     const w = { socket: writer, turnSlot: -1 };

@@ -210,6 +210,39 @@ describe('graceful stop', () => {
   });
 });
 
+describe('stop() in the turn a response finished', () => {
+  it('with no drain time: the finished response still reaches its client before the close', async () => {
+    const up = await startUpstream((req, res) => {
+      if (req.url === '/now') res.end('done');
+      // '/later' stays unanswered: its connection is busy when stop() comes
+    });
+    let px = null;
+    let stopping = null;
+    px = await startProxy({
+      drainTimeoutMs: 0,
+      // The access log is written as the exchange ends, in the turn its response was written.
+      accessLog: () => {
+        stopping ??= px.proxy.stop();
+      },
+    });
+    try {
+      const socket = net.connect(px.port, '127.0.0.1');
+      await once(socket, 'connect');
+      let text = '';
+      socket.on('data', (c) => (text += c.toString('latin1')));
+      socket.on('error', () => {});
+      const closed = new Promise((r) => socket.on('close', r));
+      const head = `Host: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`;
+      socket.write(`GET /now HTTP/1.1\r\n${head}GET /later HTTP/1.1\r\n${head}`);
+      await closed;
+      await stopping;
+      assert.match(text, /^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\ndone$/);
+    } finally {
+      await up.close();
+    }
+  });
+});
+
 describe('silent connections', () => {
   it('closes a connection that sends nothing within requestHeadersTimeoutMs', async () => {
     const px = await startProxy({ requestHeadersTimeoutMs: 300 });
