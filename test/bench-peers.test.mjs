@@ -2,7 +2,9 @@
 // process): fastify + @fastify/http-proxy (HTTP/1.1 + WebSocket, and h2c on a second listener)
 // and http-proxy-3 (HTTP/1.1 + WebSocket). Each must route by X-Cmux-Port-Internal, carry a
 // request body, echo a WebSocket message, and answer 400 without the header: a peer that broke
-// (an upgrade, an API change) fails here instead of as an empty row in the benchmark.
+// (an upgrade, an API change) fails here instead of as an empty row in the benchmark. The
+// `node-splice` reference (no HTTP, one upstream connection per client connection) must carry
+// keep-alive requests both ways and close its upstream side when the client goes.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -107,6 +109,48 @@ describe('benchmark peers', () => {
     echo?.closeAllConnections();
     await Promise.all([upstream, echo].map((s) => s && new Promise((r) => s.close(r))));
     if (workDir) rmSync(workDir, { recursive: true, force: true });
+  });
+
+  describe('node-splice', () => {
+    before(async () => {
+      systems['node-splice'] = await startSystem('node-splice', { workDir, nginxRoutes: {}, backends: { upstream: { port: upstreamPort } } });
+    });
+
+    it('carries keep-alive requests to its one upstream and closes that connection with the client', { timeout: 60_000 }, async () => {
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      const clientSockets = new Set();
+      const get = (path) =>
+        new Promise((resolve, reject) => {
+          const req = http.request({ host: '127.0.0.1', port: systems['node-splice'].port, path, agent, timeout: 15_000 }, (res) => {
+            clientSockets.add(res.socket);
+            const chunks = [];
+            res.on('data', (c) => chunks.push(c));
+            res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString() }));
+          });
+          req.on('timeout', () => req.destroy(new Error('request timed out')));
+          req.on('error', reject);
+          req.end();
+        });
+      // the other peers' suites use the same upstream: count only this test's requests
+      const seen = new Set();
+      const onRequest = (req) => {
+        if (req.url.startsWith('/splice-')) seen.add(req.socket);
+      };
+      upstream.on('request', onRequest);
+      try {
+        assert.deepEqual(await get('/splice-a'), { status: 200, body: 'upstream GET /splice-a 0' });
+        assert.deepEqual(await get('/splice-b'), { status: 200, body: 'upstream GET /splice-b 0' });
+        assert.equal(clientSockets.size, 1, 'both requests on one client connection');
+        assert.equal(seen.size, 1, 'one upstream connection for it');
+        const [upstreamSide] = seen;
+        const closed = new Promise((resolve) => upstreamSide.once('close', resolve));
+        agent.destroy();
+        await closed;
+      } finally {
+        upstream.off('request', onRequest);
+        agent.destroy();
+      }
+    });
   });
 
   for (const name of ['fastify', 'http-proxy-3']) {

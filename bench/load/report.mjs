@@ -145,10 +145,10 @@ export function floorsTable(floors) {
  * The summary the README carries: one row per figure the proxy is judged on, cmux-proxy beside the
  * other systems of the same run, and its ratios. Cells are medians; `spread` rows add min–max.
  */
-const SUMMARY_COLUMNS = ['cmux-proxy', 'nginx', 'direct', 'baseline-ka', 'http-proxy-3', 'fastify', 'http2-proxy'];
+const SUMMARY_COLUMNS = ['cmux-proxy', 'nginx', 'direct', 'baseline-ka', 'http-proxy-3', 'fastify', 'http2-proxy', 'node-splice'];
 const SUMMARY_ROWS = [
   { label: 'HTTP/1.1 small, req/s (`wrk -t1 -c50`)', workload: 'h1-small', key: 'rps', digits: 0, refs: ['nginx', 'direct'] },
-  { label: 'HTTP/1.1 small, CPU µs/req', workload: 'h1-small', key: 'cpuUsPerReq', refs: ['nginx', 'baseline-ka', 'http-proxy-3', 'fastify'] },
+  { label: 'HTTP/1.1 small, CPU µs/req', workload: 'h1-small', key: 'cpuUsPerReq', refs: ['nginx', 'baseline-ka', 'http-proxy-3', 'fastify', 'node-splice'] },
   { label: 'HTTP/1.1 small, p99 ms', workload: 'h1-small', key: 'p99Ms', digits: 2, refs: ['nginx'] },
   { label: 'h2c small, CPU µs/req (`h2load -c10 -m10`)', workload: 'h2c-small', key: 'cpuUsPerReq', refs: ['nginx', 'http2-proxy', 'fastify'] },
   { label: 'TLS h2 small, CPU µs/req (`h2load -c8 -m10`)', workload: 'tls-h2-small', key: 'cpuUsPerReq', refs: ['nginx'] },
@@ -161,7 +161,7 @@ const SUMMARY_ROWS = [
   { label: 'h2c 64 MiB upload ÷ HTTP/1.1 (same system)', workload: 'h2c-upload-64m', key: 'h2cVsH1', digits: 2, refs: [] },
   { label: 'h2c 1 MiB downloads ÷ HTTP/1.1 (same system)', workload: 'h2c-download-1m', key: 'h2cVsH1', digits: 2, refs: [] },
   { label: 'KiB RSS per open WebSocket', workload: 'ws', key: 'kibPerConn', refs: ['nginx'] },
-  { label: 'CPU % of a core at 1,000 req/s', workload: 'rps-1000', key: 'cpuPct', digits: 2, refs: ['nginx', 'baseline-ka'] },
+  { label: 'CPU % of a core at 1,000 req/s', workload: 'rps-1000', key: 'cpuPct', digits: 2, refs: ['nginx', 'baseline-ka', 'node-splice'] },
   { label: 'idle RSS, MiB', workload: 'idle', key: 'rssMiB', refs: [] },
 ];
 

@@ -25,6 +25,7 @@ export const paths = {
   http2Proxy: join(here, 'http2-proxy-server.mjs'),
   fastify: join(here, 'fastify-proxy-server.mjs'),
   httpProxy3: join(here, 'http-proxy-3-server.mjs'),
+  nodeSplice: join(here, 'node-splice-server.mjs'),
   uploadSink: join(here, 'upload-sink.mjs'),
   wsEcho: join(here, 'ws-echo-server.mjs'),
 };
@@ -212,7 +213,7 @@ const nodeEnv = () => {
 };
 
 /** System names, in table order. */
-export const SYSTEM_NAMES = ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'cmux-proxy-workers4', 'cmux-proxy-workers4-young2', 'cmux-proxy-single', 'baseline', 'baseline-ka', 'nginx', 'http2-proxy', 'fastify', 'http-proxy-3', 'bare-node'];
+export const SYSTEM_NAMES = ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'cmux-proxy-workers4', 'cmux-proxy-workers4-young2', 'cmux-proxy-single', 'baseline', 'baseline-ka', 'nginx', 'http2-proxy', 'fastify', 'http-proxy-3', 'node-splice', 'bare-node'];
 
 /** Workers of the `cmux-proxy-workers4` system. */
 export const WS_WORKERS = 4;
@@ -319,6 +320,9 @@ export async function startSystem(name, { workDir, nginxRoutes, backends }) {
       return nodeSystem((port) => [paths.http2Proxy, '--port', String(port)]);
     case 'http-proxy-3':
       return nodeSystem((port) => [paths.httpProxy3, '--port', String(port)]);
+    case 'node-splice':
+      // no routing: every connection goes to the HTTP/1.1 upstream the small-response loads use
+      return nodeSystem((port) => [paths.nodeSplice, '--port', String(port), '--target-port', String(backends.upstream.port)]);
     case 'fastify': {
       // HTTP/1.1 + WebSocket and h2c on two listeners of one process
       const h2cPort = await freePort();

@@ -46,7 +46,7 @@ async function h2load(system, { backendPort, directPort, args, seconds, requests
 
 /** Systems that accept h2c (prior knowledge) and the ones that speak HTTP/1.1. */
 const H2C = new Set(['direct', 'cmux-proxy', 'cmux-proxy-ref', 'nginx', 'http2-proxy', 'fastify']);
-const H1 = new Set(['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx', 'fastify', 'http-proxy-3']);
+const H1 = new Set(['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx', 'fastify', 'http-proxy-3', 'node-splice']);
 /** Systems that terminate TLS (h2 and HTTP/1.1 by ALPN); direct is the upstream nginx's TLS port. */
 const TLS = new Set(['direct', 'cmux-proxy', 'cmux-proxy-ref', 'nginx']);
 
@@ -78,7 +78,8 @@ const h1Small = {
   title: 'HTTP/1.1 keep-alive, 100 B responses (wrk -t1 -c50 --latency)',
   // cmux-proxy-observed: the row "HTTP/1.1 with access log and metrics on" (access log to a file,
   // admin listener up), its CPU per request beside the plain cmux-proxy row.
-  systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx', 'fastify', 'http-proxy-3'],
+  // node-splice: no HTTP at all, the floor a Node process pays for the same bytes (a reference).
+  systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'cmux-proxy-observed', 'baseline', 'baseline-ka', 'nginx', 'fastify', 'http-proxy-3', 'node-splice'],
   columns: [
     { key: 'rps', label: 'req/s', digits: 0 },
     { key: 'p99Ms', label: 'p99 ms', digits: 2 },
@@ -86,7 +87,7 @@ const h1Small = {
   ],
   ratios: [
     { key: 'rps', label: 'req/s', refs: ['direct', 'baseline-ka', 'nginx'] },
-    { key: 'cpuUsPerReq', label: 'CPU/req', refs: ['cmux-proxy', 'baseline-ka', 'nginx', 'fastify', 'http-proxy-3'] },
+    { key: 'cpuUsPerReq', label: 'CPU/req', refs: ['cmux-proxy', 'baseline-ka', 'nginx', 'fastify', 'http-proxy-3', 'node-splice'] },
     { key: 'p99Ms', label: 'p99', refs: ['nginx'] },
   ],
   async run(ctx, system) {
@@ -576,13 +577,13 @@ async function paced(ctx, system, seconds) {
 const rps1000 = {
   name: 'rps-1000',
   title: 'CPU at a fixed 1,000 req/s, HTTP/1.1 100 B (paced Node client: 10 keep-alive connections, a burst of 10 requests every 10 ms)',
-  systems: ['cmux-proxy', 'cmux-proxy-ref', 'baseline', 'baseline-ka', 'nginx'],
+  systems: ['cmux-proxy', 'cmux-proxy-ref', 'baseline', 'baseline-ka', 'nginx', 'node-splice'],
   columns: [
     { key: 'cpuPct', label: 'CPU % of a core', digits: 1 },
     { key: 'rps', label: 'req/s', digits: 0 },
     { key: 'p99Ms', label: 'p99 ms', digits: 2 },
   ],
-  ratios: [{ key: 'cpuPct', label: 'CPU', refs: ['cmux-proxy-ref', 'baseline-ka', 'nginx'] }],
+  ratios: [{ key: 'cpuPct', label: 'CPU', refs: ['cmux-proxy-ref', 'baseline-ka', 'nginx', 'node-splice'] }],
   async run(ctx, system) {
     const r = await paced(ctx, system, ctx.cfg.seconds.rps);
     return {
