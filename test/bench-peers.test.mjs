@@ -4,7 +4,8 @@
 // request body, echo a WebSocket message, and answer 400 without the header: a peer that broke
 // (an upgrade, an API change) fails here instead of as an empty row in the benchmark. The
 // `node-splice` reference (no HTTP, one upstream connection per client connection) must carry
-// keep-alive requests both ways and close its upstream side when the client goes.
+// keep-alive requests both ways, close its upstream side when the client goes, and outlive a
+// client's reset.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -146,6 +147,15 @@ describe('benchmark peers', () => {
         const closed = new Promise((resolve) => upstreamSide.once('close', resolve));
         agent.destroy();
         await closed;
+        // A client that resets: its upstream connection goes too, and the splice serves on.
+        seen.clear();
+        assert.deepEqual(await get('/splice-c'), { status: 200, body: 'upstream GET /splice-c 0' });
+        const [second] = seen;
+        const secondClosed = new Promise((resolve) => second.once('close', resolve));
+        const [clientSocket] = [...clientSockets].filter((sock) => !sock.destroyed);
+        clientSocket.resetAndDestroy();
+        await secondClosed;
+        assert.deepEqual(await get('/splice-d'), { status: 200, body: 'upstream GET /splice-d 0' });
       } finally {
         upstream.off('request', onRequest);
         agent.destroy();

@@ -21,10 +21,12 @@ const server = net.createServer((client) => {
   upstream.setNoDelay(true);
   client.pipe(upstream);
   upstream.pipe(client);
+  // A reset on either side resets the other. An orderly end travels through the pipes (the
+  // peer gets a FIN after what is still queued for it); once the client is gone for good, so is
+  // its upstream connection.
   client.on('error', () => upstream.destroy());
   upstream.on('error', () => client.destroy());
   client.on('close', () => upstream.destroy());
-  upstream.on('close', () => client.destroy());
 });
 server.listen(Number(values.port), values.host, () => console.log(`node-splice on ${values.port} -> ${targetPort}`));
 for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exit(0));

@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 // Load benchmark: cmux-proxy against direct, the baseline (a re-creation of the old cmux Node
 // proxy, bench/baseline/old-cmux-proxy.mjs, with and without keep-alive), nginx as a reverse
-// proxy, http2-proxy, fastify + @fastify/http-proxy and http-proxy-3, on this machine, in one run.
+// proxy, http2-proxy, fastify + @fastify/http-proxy and http-proxy-3, on this machine, in one run;
+// node-splice (a Node process piping the same bytes with no HTTP) as the floor under Node proxies.
 //
-//   npm run bench                    full run (5 repetitions, under 15 minutes)
+//   npm run bench                    full run (5 repetitions, ~35 minutes on 2 vCPUs)
 //   npm run bench -- --quick         3 repetitions, short loads (under 2 minutes)
 //   options: --reps N  --only h1-small,ws,...  --systems direct,nginx,...  --ws-conns N  --ws20k-conns N
 //            --seconds S (every timed load)  --json FILE (default bench/results/latest.json)
