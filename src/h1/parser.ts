@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import { requireBuiltin } from '../builtins.js';
+import { settleStreamPull } from '../upstream/read-buffers.js';
 
 /**
  * Node's own llhttp binding, as `node:http` uses it (through `_http_common`, which Node keeps for
@@ -82,12 +83,13 @@ function streamHandle(socket: object): StreamHandle | undefined {
  * read); each read's result goes to `onExecute`. Null when the socket has no such handle or it
  * is consumed already.
  */
-export function consumeSocket(parser: HTTPParser, socket: object, onExecute: (this: never, ret: number | ParseError) => void): StreamHandle | null {
+export function consumeSocket(parser: HTTPParser, socket: Readable, onExecute: (this: never, ret: number | ParseError) => void): StreamHandle | null {
   const handle = streamHandle(socket);
   if (handle === undefined || handle._consumed === true) return null;
   handle._consumed = true;
   parser.consume(handle);
   parser[kOnExecute] = onExecute;
+  settleStreamPull(socket);
   return handle;
 }
 

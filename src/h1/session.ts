@@ -1140,7 +1140,10 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWrit
     const next = this.pending?.shift();
     if (next !== undefined) {
       this.current = next;
-      if (this.pending!.length === 0 && (this.flags & C_NO_MORE) === 0) this.unpause(P_PIPELINE);
+      // The last queued request reads on only for a body still to come. One already whole keeps
+      // the socket paused until it is answered: requests pipelined meanwhile are then read and
+      // parsed together in one read, not one read each as they trickle in.
+      if (this.pending!.length === 0 && (this.flags & C_NO_MORE) === 0 && (next.flags & EX_REQUEST_ENDED) === 0) this.unpause(P_PIPELINE);
       this.startExchange(next);
       return;
     }

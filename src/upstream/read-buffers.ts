@@ -236,11 +236,25 @@ export function useReadBuffers(
   if (s === null) return false;
   const slots = socket as unknown as Record<symbol, unknown>;
   if (slots[s.kBuffer] !== null || slots[s.kBufferCb] !== null || slots[s.kBufferGen] !== null) return false;
+  settleStreamPull(socket);
   slots[s.kBuffer] = first;
   slots[s.kBufferCb] = onRead;
   slots[s.kBufferGen] = next;
   handle.useUserBuffer(first);
   return true;
+}
+
+/**
+ * Before reads bypass a socket's stream (llhttp consuming its handle, or reads into lent
+ * buffers): the stream's pull for more still due from the last 'data' it delivered
+ * (`maybeReadMore`, on the next tick) would call `read(0)` -> `_read`, which starts a handle
+ * stopped since, and a socket paused there (pipelining, backpressure, a body queued while the
+ * upstream connects) would read on. One pull now leaves the stream waiting for a push, which
+ * never comes while reads bypass it: it asks no more. Whoever switches the reads over decides
+ * right after whether the handle reads (this pull may start it).
+ */
+export function settleStreamPull(socket: { read(size: number): unknown }): void {
+  socket.read(0);
 }
 
 /** A read's bytes in a Buffer of their own (what Node's default read path hands out). */

@@ -1,0 +1,173 @@
+// When the proxy stops reading a client connection, it stops: what the client sends meanwhile
+// stays in the kernel (TCP backpressure on the client) until the proxy reads on. Cleartext and
+// TLS, each from the connection's first read (the bytes that chose its protocol):
+// - pipelined requests waiting: nothing more is read until they are answered, and those that
+//   came meanwhile are read and parsed together (counted as the heads the proxy parsed,
+//   `totalRequests`, while the upstream still holds its answers);
+// - a request body sent while its route resolves (or its upstream connects): held in the
+//   kernel, not queued in the proxy's memory, then forwarded whole.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import tls from 'node:tls';
+import { fileURLToPath } from 'node:url';
+import { jsonAnswers, sleep, startProxy, startUpstream, waitFor } from './helpers/servers.mjs';
+
+const GEN = fileURLToPath(new URL('../scripts/gen-dev-cert.sh', import.meta.url));
+/** How long the upstream holds each answer: far longer than the checks made while it does. */
+const HOLD_MS = 300;
+
+describe('reading a client connection with pipelined requests waiting', () => {
+  let dir;
+  let slow;
+  let px;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'cmux-pipeline-reads-'));
+    execFileSync('bash', [GEN, '--out', dir, '--name', 'main', 'localhost'], { stdio: 'ignore' });
+    slow = await startUpstream((req, res) => {
+      setTimeout(() => {
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ url: req.url }));
+      }, HOLD_MS);
+    });
+    px = await startProxy({ tls: { certFile: join(dir, 'main.pem'), keyFile: join(dir, 'main-key.pem') } });
+  });
+  after(async () => {
+    await px?.proxy.stop();
+    await slow?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const get = (path, extra = '') => `GET ${path} HTTP/1.1\r\nHost: a.test\r\nX-Cmux-Port-Internal: ${slow.port}\r\n${extra}\r\n`;
+
+  /** A connected client (cleartext or TLS, ALPN http/1.1) collecting what it reads. */
+  async function connect(secure) {
+    const socket = secure
+      ? tls.connect({ port: px.port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] })
+      : net.connect(px.port, '127.0.0.1');
+    socket.on('error', () => {});
+    const client = { socket, text: '', ended: false };
+    socket.on('data', (c) => {
+      client.text += c.toString('latin1');
+    });
+    socket.on('end', () => {
+      client.ended = true;
+    });
+    await new Promise((resolve, reject) => {
+      socket.once(secure ? 'secureConnect' : 'connect', resolve);
+      socket.once('error', reject);
+    });
+    return client;
+  }
+
+  for (const secure of [false, true]) {
+    const kind = secure ? 'TLS' : 'cleartext';
+
+    it(`${kind}: requests sent while three are queued are not read until the queue is answered, then all are, in order`, async () => {
+      const client = await connect(secure);
+      const before = px.proxy.getStats().totalRequests;
+      client.socket.write(get('/a1') + get('/a2') + get('/a3'));
+      assert.ok(await waitFor(() => px.proxy.getStats().totalRequests - before === 3, { timeoutMs: 2000 }), 'the first three were read');
+      // The upstream holds /a1 for HOLD_MS: the proxy has two requests queued behind it.
+      client.socket.write(get('/b1') + get('/b2') + get('/b3', 'Connection: close\r\n'));
+      await sleep(HOLD_MS / 3);
+      assert.equal(px.proxy.getStats().totalRequests - before, 3, 'nothing more was read while requests were queued');
+      assert.ok(await waitFor(() => client.ended, { timeoutMs: 10 * HOLD_MS }), 'the connection closed after the last answer');
+      assert.deepEqual(
+        jsonAnswers(client.text).map((a) => [a.status, a.body.url]),
+        ['/a1', '/a2', '/a3', '/b1', '/b2', '/b3'].map((u) => [200, u]),
+      );
+    });
+
+    it(`${kind}: while the last queued request is answered, what the client sends waits until it is`, async () => {
+      const client = await connect(secure);
+      const before = px.proxy.getStats().totalRequests;
+      client.socket.write(get('/c1') + get('/c2'));
+      // /c1's answer: /c2, already whole, is being answered and nothing is queued behind it.
+      assert.ok(await waitFor(() => client.text.includes('"/c1"'), { timeoutMs: 4 * HOLD_MS }));
+      client.socket.write(get('/d1', 'Connection: close\r\n'));
+      await sleep(HOLD_MS / 3);
+      assert.equal(px.proxy.getStats().totalRequests - before, 2, '/d1 was not read while /c2 was answered');
+      assert.ok(await waitFor(() => client.ended, { timeoutMs: 10 * HOLD_MS }));
+      assert.deepEqual(
+        jsonAnswers(client.text).map((a) => [a.status, a.body.url]),
+        ['/c1', '/c2', '/d1'].map((u) => [200, u]),
+      );
+    });
+  }
+});
+
+describe('a request body sent while its route resolves', () => {
+  const BODY_BYTES = 48 * 1024 * 1024;
+  /** The resolver's delay; the bytes the proxy took in are read before it ends. */
+  const RESOLVE_MS = 1500;
+  /** Above what loopback's socket buffers hold (a few MiB each way), far below what a reading proxy takes in. */
+  const HELD_MAX = 32 * 1024 * 1024;
+  let dir;
+  let sink;
+  let px;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'cmux-queued-body-'));
+    execFileSync('bash', [GEN, '--out', dir, '--name', 'main', 'localhost'], { stdio: 'ignore' });
+    sink = await startUpstream((req, res) => {
+      let n = 0;
+      req.on('data', (c) => {
+        n += c.length;
+      });
+      req.on('end', () => res.end(String(n)));
+    });
+    px = await startProxy({
+      tls: { certFile: join(dir, 'main.pem'), keyFile: join(dir, 'main-key.pem') },
+      containerPortResolver: () => new Promise((resolve) => setTimeout(() => resolve(sink.port), RESOLVE_MS)),
+      portResolverCacheTtlMs: 0,
+    });
+  });
+  after(async () => {
+    await px?.proxy.stop();
+    await sink?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  for (const secure of [false, true]) {
+    for (const framing of ['chunked', 'content-length']) {
+      it(`${secure ? 'TLS' : 'cleartext'}, ${framing}: the body waits in the kernel, then reaches the upstream whole`, async () => {
+        const socket = secure
+          ? tls.connect({ port: px.port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] })
+          : net.connect(px.port, '127.0.0.1');
+        let text = '';
+        socket.on('data', (c) => {
+          text += c.toString('latin1');
+        });
+        await once(socket, secure ? 'secureConnect' : 'connect');
+        const piece = Buffer.alloc(64 * 1024, 0x61);
+        const frame = framing === 'chunked' ? Buffer.concat([Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from('\r\n')]) : piece;
+        const fields = framing === 'chunked' ? 'Transfer-Encoding: chunked' : `Content-Length: ${BODY_BYTES}`;
+        // The head and the body's first piece in one write: the connection's first read.
+        socket.write(Buffer.concat([Buffer.from(`POST /up HTTP/1.1\r\nHost: app.3000.localhost\r\n${fields}\r\n\r\n`), frame]));
+        let sent = piece.length;
+        const pump = () => {
+          while (sent < BODY_BYTES) {
+            sent += piece.length;
+            if (!socket.write(frame)) return void socket.once('drain', pump);
+          }
+          if (framing === 'chunked') socket.write('0\r\n\r\n');
+        };
+        pump();
+        await sleep(RESOLVE_MS - 400);
+        // What left the client: in the kernel's buffers, or read by the proxy.
+        const taken = socket.bytesWritten - socket.writableLength;
+        assert.ok(taken < HELD_MAX, `the proxy took in ${(taken / 2 ** 20).toFixed(1)} MiB before it had an upstream`);
+        assert.ok(await waitFor(() => text.includes('\r\n\r\n') && text.endsWith(String(BODY_BYTES)), { timeoutMs: 30_000 }), text.slice(0, 200));
+        assert.match(text, /^HTTP\/1\.1 200 /);
+        socket.destroy();
+      });
+    }
+  }
+});
