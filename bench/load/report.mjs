@@ -152,7 +152,7 @@ const SUMMARY_ROWS = [
   { label: 'HTTP/1.1 small, p99 ms', workload: 'h1-small', key: 'p99Ms', digits: 2, refs: ['nginx'] },
   { label: 'h2c small, CPU µs/req (`h2load -c10 -m10`)', workload: 'h2c-small', key: 'cpuUsPerReq', refs: ['nginx', 'http2-proxy', 'fastify'] },
   { label: 'TLS h2 small, CPU µs/req (`h2load -c8 -m10`)', workload: 'tls-h2-small', key: 'cpuUsPerReq', refs: ['nginx'] },
-  { label: 'TLS HTTP/1.1 small, CPU µs/req (`wrk -t1 -c50`)', workload: 'tls-h1-small', key: 'cpuUsPerReq', refs: ['nginx'] },
+  { label: 'TLS HTTP/1.1 small, CPU µs/req (`h2load --h1 -c8 -m10`)', workload: 'tls-h1-small', key: 'cpuUsPerReq', refs: ['nginx'] },
   ...DOWNLOAD_CONNECTIONS.map((n) => ({
     label: `1 MiB downloads, MiB/s (\`wrk -t1 -c${n}\`)`, workload: `download-1m-c${n}`, key: 'mibps', digits: 0, refs: ['direct', 'nginx'], spread: true,
   })),
