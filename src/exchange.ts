@@ -19,6 +19,14 @@ export const BODY_CHUNKED = 2;
 
 const CRLF = Buffer.from('\r\n', 'latin1');
 const LAST_CHUNK = '0\r\n\r\n';
+/**
+ * Interim (1xx) answers relayed per request. They are not flow-controlled toward the client (an
+ * HTTP/2 client's go through nghttp2's queue, past any window) and the upstream's response
+ * deadline waits for the final answer: an upstream writing 103s without end would fill the
+ * proxy's memory as fast as it writes. A 100 Continue and a few 103 Early Hints fit well under
+ * this; past it the upstream is a bad one (502 BAD_RESPONSE, its socket closed).
+ */
+const INTERIM_MAX = 16;
 
 /** Methods that may be replayed on a fresh socket when a reused one dies before any byte back (RFC 9110 §9.2.2). */
 const RETRYABLE_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
@@ -96,6 +104,8 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   h2: H2UpstreamRequest | null = null;
   /** Request body that arrived before the upstream socket was ready. */
   private queued: Buffer[] | null = null;
+  /** Interim (1xx) answers relayed so far (INTERIM_MAX). */
+  private interims = 0;
   private requestTrailers: string[] | null = null;
   head = '';
   status = 0;
@@ -497,6 +507,7 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     // Relayed, a "0" would even pass as an interim answer and its body as the next response.
     if (status < 100 || status > 599) return this.badResponse(conn);
     if (status < 200 && status !== 101) {
+      if (++this.interims > INTERIM_MAX) return this.badResponse(conn);
       this.client.interim(this, status, statusMessage, raw);
       return 0;
     }

@@ -374,6 +374,44 @@ describe('upstream status codes outside 100-599', () => {
   });
 });
 
+describe('an upstream that answers with 1xx without end', () => {
+  // 103 Early Hints with a 1 KiB Link each, 2,000 of them in one burst: more than a response
+  // deadline would ever stop in time (they went on without limit, ~90 MiB/s into the proxy's memory).
+  const hint = `HTTP/1.1 103 Early Hints\r\nLink: </${'a'.repeat(1024)}>; rel=preload\r\n\r\n`;
+  const flood = (socket) => onRequestHeads(socket, (s) => s.write(hint.repeat(2000)));
+
+  it('HTTP/1.1 client: 16 interim answers are relayed, then 502 BAD_RESPONSE; the upstream socket is closed', async (t) => {
+    const { proxy, port } = await proxyFor(t);
+    const up = await rawUpstream(t, flood);
+    const out = await rawRequest(port, `GET /hints HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`, {
+      timeoutMs: 3000,
+      until: (text) => text.endsWith('upstream request error: BAD_RESPONSE'),
+    });
+    const statuses = [...out.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]);
+    assert.deepEqual(statuses, [...Array(16).fill('103'), '502'], `statuses: ${statuses.length} ${statuses.slice(-3)}`);
+    assert.ok(await waitFor(() => up.sockets.size === 0, { timeoutMs: 2000 }), 'the upstream socket stays open');
+    assert.equal(proxy.getStats().upstreamErrors.BAD_RESPONSE, 1);
+  });
+
+  it('HTTP/2 client: the stream gets 502 BAD_RESPONSE; the upstream socket is closed', async (t) => {
+    const { proxy, port } = await proxyFor(t);
+    const up = await rawUpstream(t, flood);
+    const res = await h2Get(port, '/hints', { 'x-cmux-port-internal': String(up.port) });
+    assert.equal(res.status, 502);
+    assert.equal(res.body, 'upstream request error: BAD_RESPONSE');
+    assert.ok(await waitFor(() => up.sockets.size === 0, { timeoutMs: 2000 }), 'the upstream socket stays open');
+    assert.equal(proxy.getStats().upstreamErrors.BAD_RESPONSE, 1);
+  });
+
+  it('a 100 Continue and 15 Early Hints before the answer are all relayed', async (t) => {
+    const { port } = await proxyFor(t);
+    const up = await rawUpstream(t, 'HTTP/1.1 100 Continue\r\n\r\n' + hint.repeat(15) + 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    const out = await rawRequest(port, `GET /hints HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`, { timeoutMs: 3000, until: (text) => text.endsWith('\r\n\r\nok') });
+    const statuses = [...out.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]);
+    assert.deepEqual(statuses, ['100', ...Array(15).fill('103'), '200']);
+  });
+});
+
 describe('connect timeout', () => {
   /**
    * A loopback listener whose accept queue is full, so the kernel drops further SYNs and a
