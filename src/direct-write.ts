@@ -137,6 +137,19 @@ function writeToHandle(s: DirectSocket, data: string): boolean {
 }
 
 /**
+ * Whether a socket's peer reads slower than the socket is written, with a 'drain' to come when
+ * it catches up: its stream waits for 'drain' (a `write` returned false), or libuv holds bytes of
+ * a direct write (whose completion emits 'drain'; bytes of a stream write it holds show in the
+ * stream's length, and count once they pass its high-water mark).
+ */
+export function writeBacklogged(socket: net.Socket): boolean {
+  const s = socket as DirectSocket;
+  if (s.writableNeedDrain) return true;
+  const handle = s._handle;
+  return handle != null && s.encrypted !== true && s._writableState.length === 0 && handle.writeQueueSize > 0;
+}
+
+/**
  * The owner of a socket whose small writes may wait for the end of the event-loop turn: an
  * HTTP/1 client connection (its responses) or an upstream connection (its request heads).
  */

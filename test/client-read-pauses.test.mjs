@@ -5,7 +5,9 @@
 //   came meanwhile are read and parsed together (counted as the heads the proxy parsed,
 //   `totalRequests`, while the upstream still holds its answers);
 // - a request body sent while its route resolves (or its upstream connects): held in the
-//   kernel, not queued in the proxy's memory, then forwarded whole.
+//   kernel, not queued in the proxy's memory, then forwarded whole;
+// - a client pipelining requests without reading the answers: once the answers wait for it to
+//   read, no further request is started (nor read) until it does.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -169,5 +171,84 @@ describe('a request body sent while its route resolves', () => {
         socket.destroy();
       });
     }
+  }
+});
+
+describe('a client that pipelines requests and does not read the answers', () => {
+  // Answers that each arrive from the upstream in one read and leave in one write: no body
+  // backpressure ever pauses the upstream, only the client's unread answers can.
+  const ANSWER_BYTES = 60 * 1024;
+  const REQUESTS = 800;
+  let dir;
+  let up;
+  let px;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'cmux-unread-answers-'));
+    execFileSync('bash', [GEN, '--out', dir, '--name', 'main', 'localhost'], { stdio: 'ignore' });
+    const body = Buffer.alloc(ANSWER_BYTES, 0x62);
+    up = await startUpstream((req, res) => {
+      res.setHeader('content-length', body.length);
+      res.end(body);
+    });
+    px = await startProxy({ tls: { certFile: join(dir, 'main.pem'), keyFile: join(dir, 'main-key.pem') } });
+  });
+  after(async () => {
+    await px?.proxy.stop();
+    await up?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** The status and body length of each response in a raw HTTP/1.1 stream (Content-Length framed). */
+  function answers(raw) {
+    const out = [];
+    let at = 0;
+    for (;;) {
+      const headEnd = raw.indexOf('\r\n\r\n', at);
+      if (headEnd === -1) break;
+      const head = raw.subarray(at, headEnd).toString('latin1');
+      const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1]);
+      out.push([Number(head.split(' ')[1]), Math.min(length, raw.length - headEnd - 4)]);
+      at = headEnd + 4 + length;
+    }
+    return out;
+  }
+
+  for (const secure of [false, true]) {
+    it(`${secure ? 'TLS' : 'cleartext'}: 800 paced GETs for 60 KiB answers, unread: no more are fetched than the sockets' buffers hold; what was fetched arrives whole`, async () => {
+      const socket = secure
+        ? tls.connect({ port: px.port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] })
+        : net.connect(px.port, '127.0.0.1');
+      socket.on('error', () => {});
+      await once(socket, secure ? 'secureConnect' : 'connect');
+      socket.pause();
+      let ended = false;
+      socket.on('end', () => {
+        ended = true;
+      });
+      up.requests.length = 0;
+      const get = `GET /answer HTTP/1.1\r\nHost: a.test\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`;
+      // 8 requests every 10 ms: no read of the proxy's carries more than the pipelining bound.
+      for (let i = 0; i < REQUESTS; i += 8) {
+        socket.write(get.repeat(8));
+        await sleep(10);
+      }
+      await sleep(500);
+      const fetched = up.requests.length;
+      // The sockets' buffers on loopback hold ~10 MiB of answers (~170): the client's
+      // requests wait behind them in the kernel, unread.
+      assert.ok(fetched <= REQUESTS / 2, `${fetched} of ${REQUESTS} answers (${((fetched * ANSWER_BYTES) / 2 ** 20).toFixed(0)} MiB) were fetched for a client that read none`);
+      const chunks = [];
+      socket.on('data', (c) => chunks.push(c));
+      socket.resume();
+      // Read on, the proxy answers what it fetched and then the requests read after the pause,
+      // up to the pipelining bound, and closes (the client retries the rest).
+      assert.ok(await waitFor(() => ended, { timeoutMs: 20_000 }), 'the connection ends');
+      const got = answers(Buffer.concat(chunks));
+      assert.equal(got.length, up.requests.length, 'every request fetched was answered');
+      assert.ok(got.length > fetched && got.length < REQUESTS, `${got.length} answers`);
+      assert.deepEqual(got, Array.from({ length: got.length }, () => [200, ANSWER_BYTES]));
+      socket.destroy();
+    });
   }
 });

@@ -49,7 +49,7 @@ import {
   type StreamHandle,
 } from './parser.js';
 import { ChunkedScan, SCAN_MORE, SCAN_TOO_LARGE } from './chunked.js';
-import { flushTurnWrite, writeInTurn, type TurnWriter } from '../direct-write.js';
+import { flushTurnWrite, writeBacklogged, writeInTurn, type TurnWriter } from '../direct-write.js';
 
 const kOnMessageBegin = Parser.kOnMessageBegin;
 const HTTP_SLASH = Buffer.from(' HTTP/', 'latin1');
@@ -81,6 +81,7 @@ const C_CLIENT_ENDED = 8192; // the client half-closed while its upgrade or CONN
 const C_CLOSE_DELIMITED = 16384; // the response being written ends with the close: nothing may follow it
 const C_CHUNK_PAUSED = 1 << 20; // llhttp was paused right after a chunked request's head
 const C_CHUNK_RAW = 1 << 21; // a chunked request body goes on past the read: the socket's reads go to its scan
+const C_WAIT_DRAIN = 1 << 22; // an answer is done and the client reads slower: what follows waits for 'drain'
 
 /** One digit of a chunk size: fed to llhttp after a chunked head so that it checks the head's framing. */
 const CHUNK_SIZE_PROBE = Buffer.from('0', 'latin1');
@@ -111,6 +112,7 @@ const RAW_BODY_MIN = READ_BUFFER_SIZE;
 const P_BACKPRESSURE = 1;
 const P_PIPELINE = 2;
 const P_UPGRADE = 4;
+const P_DRAIN = 8; // answers wait for the client to read: nothing more is read or started
 
 /** Hooks the server gives each session. */
 export interface SessionHost {
@@ -1125,6 +1127,16 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWrit
     // The exchange may have paused reading for its body (queued while the upstream connected,
     // or upstream backpressure) and then failed: its pause ends with it.
     this.unpause(P_BACKPRESSURE);
+    this.afterAnswer();
+  }
+
+  /**
+   * What follows a finished answer: the close it asked for, the next queued request, or reading
+   * on. A client that reads its answers slower than they come (writes wait for 'drain') gets
+   * nothing more started and nothing more read until it catches up: else a client pipelining
+   * requests it never reads the answers to would have every answer held in the proxy's memory.
+   */
+  private afterAnswer(): void {
     if ((this.flags & C_CLOSE_AFTER) !== 0) {
       // The answer to bad input read behind this request follows it, unless the response ends
       // with the close (HTTP/1.0, no length): then anything more would read as its body.
@@ -1135,6 +1147,11 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWrit
     if ((this.flags & C_UPGRADING) !== 0) {
       // After a refused upgrade head nothing more is HTTP.
       this.closeWith('');
+      return;
+    }
+    if (writeBacklogged(this.socket)) {
+      this.flags |= C_WAIT_DRAIN;
+      this.pause(P_DRAIN);
       return;
     }
     const next = this.pending?.shift();
@@ -1163,6 +1180,14 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWrit
       this.parser[kOnMessageBegin] = null;
       this.host.headTimer.arm(this, this.core.options.requestHeadersTimeoutMs);
     }
+  }
+
+  /** The client read what was written: the answer that waited for it goes on. */
+  drained(): void {
+    if ((this.flags & (C_WAIT_DRAIN | C_CLOSED)) !== C_WAIT_DRAIN || this.current !== null) return;
+    this.flags &= ~C_WAIT_DRAIN;
+    this.unpause(P_DRAIN);
+    this.afterAnswer();
   }
 
   /** `stop()`: close now if idle, else after the current response. */
@@ -1380,8 +1405,10 @@ function parserOnExecute(this: RequestParser, ret: number | ParseError): void {
 }
 
 function socketOnDrain(this: ClientSocket): void {
-  const ex = this[kH1].current;
+  const conn = this[kH1];
+  const ex = conn.current;
   if (ex !== null) ex.clientDrained();
+  else conn.drained();
 }
 
 function socketOnTimeout(this: ClientSocket): void {
