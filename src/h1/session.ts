@@ -82,6 +82,7 @@ const C_CLOSE_DELIMITED = 16384; // the response being written ends with the clo
 const C_CHUNK_PAUSED = 1 << 20; // llhttp was paused right after a chunked request's head
 const C_CHUNK_RAW = 1 << 21; // a chunked request body goes on past the read: the socket's reads go to its scan
 const C_WAIT_DRAIN = 1 << 22; // an answer is done and the client reads slower: what follows waits for 'drain'
+const C_ENDING = 1 << 23; // closeWith ran: the socket ends after what is written
 
 /** One digit of a chunk size: fed to llhttp after a chunked head so that it checks the head's framing. */
 const CHUNK_SIZE_PROBE = Buffer.from('0', 'latin1');
@@ -457,9 +458,11 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWrit
 
   /** Writes a last answer and closes after it is flushed (the client gets to read it). */
   closeWith(data: Buffer | string): void {
-    if ((this.flags & C_CLOSED) !== 0) return;
+    if ((this.flags & (C_CLOSED | C_ENDING)) !== 0) return;
     this.flushHeldHead();
-    this.flags |= C_CLOSE_AFTER;
+    // Once: a second end() would destroy the socket with what the first left queued. A 'drain'
+    // that comes now has nothing to start.
+    this.flags = (this.flags | C_CLOSE_AFTER | C_ENDING) & ~C_WAIT_DRAIN;
     this.host.headTimer.disarm(this);
     const socket = this.socket;
     this.unconsume();
@@ -541,7 +544,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWrit
       this.parsing = null;
       return 0;
     }
-    if (this.current !== null && this.pending !== null && this.pending.length >= PIPELINE_MAX) {
+    if ((this.current !== null || (this.flags & C_WAIT_DRAIN) !== 0) && this.pending !== null && this.pending.length >= PIPELINE_MAX) {
       // This head and everything after it go unanswered; the connection closes after the queue.
       this.flags |= C_NO_MORE;
       this.parsing = null;
@@ -635,10 +638,12 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWrit
         this.bodyLeft = acceptedContentLength(facts.contentLength!);
       }
     }
-    if (this.current === null) {
+    if (this.current === null && (this.flags & C_WAIT_DRAIN) === 0) {
       this.current = ex;
       this.startExchange(ex);
     } else {
+      // Behind the one being answered, or behind answers the client has still to read (a
+      // request read in the same read as one the proxy answered itself): drained() starts it.
       (this.pending ??= []).push(ex);
       this.pause(P_PIPELINE);
     }
