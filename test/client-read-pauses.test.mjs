@@ -242,6 +242,28 @@ describe('a client that pipelines requests and does not read the answers', () =>
     socket.destroy();
   });
 
+  it('TLS: a WebSocket upgrade read behind refusals the client has still to read is treated as pipelined: the refusals are answered, it is not, the connection closes', async () => {
+    const socket = tls.connect({ port: px.port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
+    socket.on('error', () => {});
+    await once(socket, 'secureConnect');
+    let text = '';
+    socket.on('data', (c) => {
+      text += c.toString('latin1');
+    });
+    const closed = once(socket, 'close');
+    const unrouted = (i) => `GET /none${i} HTTP/1.1\r\nHost: a.test\r\n\r\n`;
+    const upgrade =
+      `GET /ws HTTP/1.1\r\nHost: a.test\r\nX-Cmux-Port-Internal: ${up.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n';
+    socket.write(Array.from({ length: 70 }, (_, i) => unrouted(i)).join('') + upgrade);
+    await Promise.race([closed, sleep(5000)]);
+    assert.ok(socket.destroyed || socket.readableEnded, 'the connection closed');
+    const statuses = [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]);
+    assert.equal(statuses.length, 70, `answers: ${statuses.length}`);
+    assert.ok(!statuses.includes('101'));
+    assert.equal(up.requests.filter((r) => r.url === '/ws').length, 0, 'the upgrade never reached the upstream');
+  });
+
   for (const secure of [false, true]) {
     it(`${secure ? 'TLS' : 'cleartext'}: 800 paced GETs for 60 KiB answers, unread: no more are fetched than the sockets' buffers hold; what was fetched arrives whole`, async () => {
       const socket = secure

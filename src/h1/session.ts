@@ -611,10 +611,11 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWrit
       this.broken(400, null);
       return 0;
     }
-    if (upgrade && this.current !== null) {
-      // A WebSocket upgrade or CONNECT read behind other requests: what follows its head is not
-      // HTTP. It goes unanswered like a head past the pipelining bound; the requests read before
-      // it are still answered, the last of them closing the connection.
+    if (upgrade && (this.current !== null || (this.flags & C_WAIT_DRAIN) !== 0)) {
+      // A WebSocket upgrade or CONNECT read behind other requests (or behind answers the client
+      // has still to read): what follows its head is not HTTP. It goes unanswered like a head
+      // past the pipelining bound; the requests read before it are still answered, the last of
+      // them closing the connection.
       this.parsing = null;
       this.flags |= C_NO_MORE;
       return 0;
