@@ -82,7 +82,6 @@ const C_CLOSE_DELIMITED = 16384; // the response being written ends with the clo
 const C_CHUNK_PAUSED = 1 << 20; // llhttp was paused right after a chunked request's head
 const C_CHUNK_RAW = 1 << 21; // a chunked request body goes on past the read: the socket's reads go to its scan
 const C_WAIT_DRAIN = 1 << 22; // an answer is done and the client reads slower: what follows waits for 'drain'
-const C_ENDING = 1 << 23; // closeWith ran: the socket ends after what is written
 
 /** One digit of a chunk size: fed to llhttp after a chunked head so that it checks the head's framing. */
 const CHUNK_SIZE_PROBE = Buffer.from('0', 'latin1');
@@ -458,11 +457,11 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWrit
 
   /** Writes a last answer and closes after it is flushed (the client gets to read it). */
   closeWith(data: Buffer | string): void {
-    if ((this.flags & (C_CLOSED | C_ENDING)) !== 0) return;
+    // Once: a second end() would destroy the socket with what the first left queued.
+    if ((this.flags & C_CLOSED) !== 0 || this.socket.writableEnded) return;
     this.flushHeldHead();
-    // Once: a second end() would destroy the socket with what the first left queued. A 'drain'
-    // that comes now has nothing to start.
-    this.flags = (this.flags | C_CLOSE_AFTER | C_ENDING) & ~C_WAIT_DRAIN;
+    // A 'drain' that comes now has nothing to start.
+    this.flags = (this.flags | C_CLOSE_AFTER) & ~C_WAIT_DRAIN;
     this.host.headTimer.disarm(this);
     const socket = this.socket;
     this.unconsume();
@@ -544,7 +543,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWrit
       this.parsing = null;
       return 0;
     }
-    if ((this.current !== null || (this.flags & C_WAIT_DRAIN) !== 0) && this.pending !== null && this.pending.length >= PIPELINE_MAX) {
+    if (this.answering() && this.pending !== null && this.pending.length >= PIPELINE_MAX) {
       // This head and everything after it go unanswered; the connection closes after the queue.
       this.flags |= C_NO_MORE;
       this.parsing = null;
@@ -611,7 +610,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWrit
       this.broken(400, null);
       return 0;
     }
-    if (upgrade && (this.current !== null || (this.flags & C_WAIT_DRAIN) !== 0)) {
+    if (upgrade && this.answering()) {
       // A WebSocket upgrade or CONNECT read behind other requests (or behind answers the client
       // has still to read): what follows its head is not HTTP. It goes unanswered like a head
       // past the pipelining bound; the requests read before it are still answered, the last of
@@ -639,7 +638,7 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWrit
         this.bodyLeft = acceptedContentLength(facts.contentLength!);
       }
     }
-    if (this.current === null && (this.flags & C_WAIT_DRAIN) === 0) {
+    if (!this.answering()) {
       this.current = ex;
       this.startExchange(ex);
     } else {
@@ -1186,6 +1185,14 @@ export class H1Connection implements ClientSide, Expirable, TunnelUser, TurnWrit
       this.parser[kOnMessageBegin] = null;
       this.host.headTimer.arm(this, this.core.options.requestHeadersTimeoutMs);
     }
+  }
+
+  /**
+   * Whether a request read now goes behind others: one is being answered, or answers wait for
+   * the client to read them (C_WAIT_DRAIN; drained() goes on).
+   */
+  private answering(): boolean {
+    return this.current !== null || (this.flags & C_WAIT_DRAIN) !== 0;
   }
 
   /** The client read what was written: the answer that waited for it goes on. */
