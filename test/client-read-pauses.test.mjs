@@ -18,66 +18,74 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
-import { jsonAnswers, sleep, startProxy, startUpstream, waitFor } from './helpers/servers.mjs';
+import { jsonAnswers, sleep, startProxy, startUpstream, statusCodes, waitFor } from './helpers/servers.mjs';
 
 const GEN = fileURLToPath(new URL('../scripts/gen-dev-cert.sh', import.meta.url));
 /** How long the upstream holds each answer: far longer than the checks made while it does. */
 const HOLD_MS = 300;
 
+/** One certificate for every proxy of this file (each also takes cleartext on its port). */
+let certDir;
+before(() => {
+  certDir = mkdtempSync(join(tmpdir(), 'cmux-read-pauses-'));
+  execFileSync('bash', [GEN, '--out', certDir, '--name', 'main', 'localhost'], { stdio: 'ignore' });
+});
+after(() => rmSync(certDir, { recursive: true, force: true }));
+const tlsOption = () => ({ certFile: join(certDir, 'main.pem'), keyFile: join(certDir, 'main-key.pem') });
+
+/** A client of the proxy on `port`, connected (cleartext, or TLS with ALPN http/1.1). */
+async function connectClient(port, secure) {
+  const socket = secure
+    ? tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] })
+    : net.connect(port, '127.0.0.1');
+  socket.on('error', () => {});
+  await once(socket, secure ? 'secureConnect' : 'connect');
+  return socket;
+}
+
+/** What `socket` reads from now on, as latin1 text, and whether it ended. */
+function readText(socket) {
+  const read = { text: '', ended: false };
+  socket.on('data', (c) => {
+    read.text += c.toString('latin1');
+  });
+  socket.on('end', () => {
+    read.ended = true;
+  });
+  return read;
+}
+
 describe('reading a client connection with pipelined requests waiting', () => {
-  let dir;
   let slow;
   let px;
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'cmux-pipeline-reads-'));
-    execFileSync('bash', [GEN, '--out', dir, '--name', 'main', 'localhost'], { stdio: 'ignore' });
     slow = await startUpstream((req, res) => {
       setTimeout(() => {
         res.setHeader('content-type', 'application/json');
         res.end(JSON.stringify({ url: req.url }));
       }, HOLD_MS);
     });
-    px = await startProxy({ tls: { certFile: join(dir, 'main.pem'), keyFile: join(dir, 'main-key.pem') } });
+    px = await startProxy({ tls: tlsOption() });
   });
   after(async () => {
     await px?.proxy.stop();
     await slow?.close();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   const get = (path, extra = '') => `GET ${path} HTTP/1.1\r\nHost: a.test\r\nX-Cmux-Port-Internal: ${slow.port}\r\n${extra}\r\n`;
-
-  /** A connected client (cleartext or TLS, ALPN http/1.1) collecting what it reads. */
-  async function connect(secure) {
-    const socket = secure
-      ? tls.connect({ port: px.port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] })
-      : net.connect(px.port, '127.0.0.1');
-    socket.on('error', () => {});
-    const client = { socket, text: '', ended: false };
-    socket.on('data', (c) => {
-      client.text += c.toString('latin1');
-    });
-    socket.on('end', () => {
-      client.ended = true;
-    });
-    await new Promise((resolve, reject) => {
-      socket.once(secure ? 'secureConnect' : 'connect', resolve);
-      socket.once('error', reject);
-    });
-    return client;
-  }
 
   for (const secure of [false, true]) {
     const kind = secure ? 'TLS' : 'cleartext';
 
     it(`${kind}: requests sent while three are queued are not read until the queue is answered, then all are, in order`, async () => {
-      const client = await connect(secure);
+      const socket = await connectClient(px.port, secure);
+      const client = readText(socket);
       const before = px.proxy.getStats().totalRequests;
-      client.socket.write(get('/a1') + get('/a2') + get('/a3'));
+      socket.write(get('/a1') + get('/a2') + get('/a3'));
       assert.ok(await waitFor(() => px.proxy.getStats().totalRequests - before === 3, { timeoutMs: 2000 }), 'the first three were read');
       // The upstream holds /a1 for HOLD_MS: the proxy has two requests queued behind it.
-      client.socket.write(get('/b1') + get('/b2') + get('/b3', 'Connection: close\r\n'));
+      socket.write(get('/b1') + get('/b2') + get('/b3', 'Connection: close\r\n'));
       await sleep(HOLD_MS / 3);
       assert.equal(px.proxy.getStats().totalRequests - before, 3, 'nothing more was read while requests were queued');
       assert.ok(await waitFor(() => client.ended, { timeoutMs: 10 * HOLD_MS }), 'the connection closed after the last answer');
@@ -88,12 +96,13 @@ describe('reading a client connection with pipelined requests waiting', () => {
     });
 
     it(`${kind}: while the last queued request is answered, what the client sends waits until it is`, async () => {
-      const client = await connect(secure);
+      const socket = await connectClient(px.port, secure);
+      const client = readText(socket);
       const before = px.proxy.getStats().totalRequests;
-      client.socket.write(get('/c1') + get('/c2'));
+      socket.write(get('/c1') + get('/c2'));
       // /c1's answer: /c2, already whole, is being answered and nothing is queued behind it.
       assert.ok(await waitFor(() => client.text.includes('"/c1"'), { timeoutMs: 4 * HOLD_MS }));
-      client.socket.write(get('/d1', 'Connection: close\r\n'));
+      socket.write(get('/d1', 'Connection: close\r\n'));
       await sleep(HOLD_MS / 3);
       assert.equal(px.proxy.getStats().totalRequests - before, 2, '/d1 was not read while /c2 was answered');
       assert.ok(await waitFor(() => client.ended, { timeoutMs: 10 * HOLD_MS }));
@@ -111,13 +120,10 @@ describe('a request body sent while its route resolves', () => {
   const RESOLVE_MS = 1500;
   /** Above what loopback's socket buffers hold (a few MiB each way), far below what a reading proxy takes in. */
   const HELD_MAX = 32 * 1024 * 1024;
-  let dir;
   let sink;
   let px;
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'cmux-queued-body-'));
-    execFileSync('bash', [GEN, '--out', dir, '--name', 'main', 'localhost'], { stdio: 'ignore' });
     sink = await startUpstream((req, res) => {
       let n = 0;
       req.on('data', (c) => {
@@ -126,7 +132,7 @@ describe('a request body sent while its route resolves', () => {
       req.on('end', () => res.end(String(n)));
     });
     px = await startProxy({
-      tls: { certFile: join(dir, 'main.pem'), keyFile: join(dir, 'main-key.pem') },
+      tls: tlsOption(),
       containerPortResolver: () => new Promise((resolve) => setTimeout(() => resolve(sink.port), RESOLVE_MS)),
       portResolverCacheTtlMs: 0,
     });
@@ -134,20 +140,13 @@ describe('a request body sent while its route resolves', () => {
   after(async () => {
     await px?.proxy.stop();
     await sink?.close();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   for (const secure of [false, true]) {
     for (const framing of ['chunked', 'content-length']) {
       it(`${secure ? 'TLS' : 'cleartext'}, ${framing}: the body waits in the kernel, then reaches the upstream whole`, async () => {
-        const socket = secure
-          ? tls.connect({ port: px.port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] })
-          : net.connect(px.port, '127.0.0.1');
-        let text = '';
-        socket.on('data', (c) => {
-          text += c.toString('latin1');
-        });
-        await once(socket, secure ? 'secureConnect' : 'connect');
+        const socket = await connectClient(px.port, secure);
+        const read = readText(socket);
         const piece = Buffer.alloc(64 * 1024, 0x61);
         const frame = framing === 'chunked' ? Buffer.concat([Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from('\r\n')]) : piece;
         const fields = framing === 'chunked' ? 'Transfer-Encoding: chunked' : `Content-Length: ${BODY_BYTES}`;
@@ -166,8 +165,8 @@ describe('a request body sent while its route resolves', () => {
         // What left the client: in the kernel's buffers, or read by the proxy.
         const taken = socket.bytesWritten - socket.writableLength;
         assert.ok(taken < HELD_MAX, `the proxy took in ${(taken / 2 ** 20).toFixed(1)} MiB before it had an upstream`);
-        assert.ok(await waitFor(() => text.includes('\r\n\r\n') && text.endsWith(String(BODY_BYTES)), { timeoutMs: 30_000 }), text.slice(0, 200));
-        assert.match(text, /^HTTP\/1\.1 200 /);
+        assert.ok(await waitFor(() => read.text.includes('\r\n\r\n') && read.text.endsWith(String(BODY_BYTES)), { timeoutMs: 30_000 }), read.text.slice(0, 200));
+        assert.match(read.text, /^HTTP\/1\.1 200 /);
         socket.destroy();
       });
     }
@@ -179,26 +178,25 @@ describe('a client that pipelines requests and does not read the answers', () =>
   // backpressure ever pauses the upstream, only the client's unread answers can.
   const ANSWER_BYTES = 60 * 1024;
   const REQUESTS = 800;
-  let dir;
   let up;
   let px;
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'cmux-unread-answers-'));
-    execFileSync('bash', [GEN, '--out', dir, '--name', 'main', 'localhost'], { stdio: 'ignore' });
     const body = Buffer.alloc(ANSWER_BYTES, 0x62);
     up = await startUpstream((req, res) => {
       res.setHeader('content-length', req.url.startsWith('/slow') ? 7 : body.length);
       if (req.url.startsWith('/slow')) setTimeout(() => res.end(body.subarray(0, 7)), 300);
       else res.end(body);
     });
-    px = await startProxy({ tls: { certFile: join(dir, 'main.pem'), keyFile: join(dir, 'main-key.pem') } });
+    px = await startProxy({ tls: tlsOption() });
   });
   after(async () => {
     await px?.proxy.stop();
     await up?.close();
-    rmSync(dir, { recursive: true, force: true });
   });
+
+  /** `n` requests with no route, each refused by the proxy itself. */
+  const refusals = (n) => Array.from({ length: n }, (_, i) => `GET /none${i} HTTP/1.1\r\nHost: a.test\r\n\r\n`).join('');
 
   /** The status and body length of each response in a raw HTTP/1.1 stream (Content-Length framed). */
   function answers(raw) {
@@ -220,48 +218,36 @@ describe('a client that pipelines requests and does not read the answers', () =>
     // held by the socket's stream: the answers wait for 'drain'. The GET parsed after them in
     // the same read must wait too (it once started at once, took the 'drain' meant for the
     // connection, and left it paused for good: the next request got a 408 after the head timeout).
-    const socket = tls.connect({ port: px.port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
-    socket.on('error', () => {});
-    await once(socket, 'secureConnect');
-    let text = '';
-    socket.on('data', (c) => {
-      text += c.toString('latin1');
-    });
-    const unrouted = (i) => `GET /none${i} HTTP/1.1\r\nHost: a.test\r\n\r\n`;
+    const socket = await connectClient(px.port, true);
+    const read = readText(socket);
     const routed = (path) => `GET ${path} HTTP/1.1\r\nHost: a.test\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`;
     // A short answer, after the 'drain' for the refusals has come.
-    socket.write(Array.from({ length: 70 }, (_, i) => unrouted(i)).join('') + routed('/slow-after-refusals'));
-    assert.ok(await waitFor(() => text.split('\r\n\r\n').length > 71 && text.endsWith('\r\n\r\nbbbbbbb'), { timeoutMs: 5000 }), 'the 71 answers');
-    const before = text.length;
+    socket.write(refusals(70) + routed('/slow-after-refusals'));
+    assert.ok(await waitFor(() => read.text.split('\r\n\r\n').length > 71 && read.text.endsWith('\r\n\r\nbbbbbbb'), { timeoutMs: 5000 }), 'the 71 answers');
+    const before = read.text.length;
     socket.write(routed('/next'));
-    assert.ok(await waitFor(() => text.length - before > ANSWER_BYTES, { timeoutMs: 3000 }), `the next request got no answer: ${JSON.stringify(text.slice(before, before + 80))}`);
-    assert.match(text.slice(before), /^HTTP\/1\.1 200 /);
-    const statuses = [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]);
+    assert.ok(await waitFor(() => read.text.length - before > ANSWER_BYTES, { timeoutMs: 3000 }), `the next request got no answer: ${JSON.stringify(read.text.slice(before, before + 80))}`);
+    assert.match(read.text.slice(before), /^HTTP\/1\.1 200 /);
+    const statuses = statusCodes(read.text);
     assert.deepEqual(statuses, [...Array(70).fill(statuses[0]), '200', '200']);
     assert.match(statuses[0], /^4\d\d$/);
     socket.destroy();
   });
 
   it('TLS: a WebSocket upgrade read behind refusals the client has still to read: the refusals are answered first, no tunnel opens, the connection closes', async () => {
-    const socket = tls.connect({ port: px.port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
-    socket.on('error', () => {});
-    await once(socket, 'secureConnect');
-    let text = '';
-    socket.on('data', (c) => {
-      text += c.toString('latin1');
-    });
+    const socket = await connectClient(px.port, true);
+    const read = readText(socket);
     const closed = once(socket, 'close');
-    const unrouted = (i) => `GET /none${i} HTTP/1.1\r\nHost: a.test\r\n\r\n`;
     const upgrade =
       `GET /ws HTTP/1.1\r\nHost: a.test\r\nX-Cmux-Port-Internal: ${up.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
       'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n';
-    socket.write(Array.from({ length: 70 }, (_, i) => unrouted(i)).join('') + upgrade);
+    socket.write(refusals(70) + upgrade);
     // Whether the refusals are still unread when the upgrade head is parsed depends on when
     // Node completes the TLS writes (it differs between versions): either way no tunnel opens
     // behind them, they come first, and the connection ends (this upstream takes no upgrades).
     await Promise.race([closed, sleep(5000)]);
     assert.ok(socket.destroyed || socket.readableEnded, 'the connection closed');
-    const statuses = [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]);
+    const statuses = statusCodes(read.text);
     assert.ok(statuses.length >= 70, `answers: ${statuses.length}`);
     assert.deepEqual(statuses.slice(0, 70), Array(70).fill(statuses[0]));
     assert.ok(!statuses.includes('101'), statuses.slice(70).join());
@@ -269,11 +255,7 @@ describe('a client that pipelines requests and does not read the answers', () =>
 
   for (const secure of [false, true]) {
     it(`${secure ? 'TLS' : 'cleartext'}: 800 paced GETs for 60 KiB answers, unread: no more are fetched than the sockets' buffers hold; what was fetched arrives whole`, async () => {
-      const socket = secure
-        ? tls.connect({ port: px.port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] })
-        : net.connect(px.port, '127.0.0.1');
-      socket.on('error', () => {});
-      await once(socket, secure ? 'secureConnect' : 'connect');
+      const socket = await connectClient(px.port, secure);
       socket.pause();
       let ended = false;
       socket.on('end', () => {

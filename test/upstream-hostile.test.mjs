@@ -8,7 +8,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { onRequestHeads, proxyFor, rawUpstream, startProxy, rawRequest, request, sleep, waitFor } from './helpers/servers.mjs';
+import { onRequestHeads, proxyFor, rawUpstream, startProxy, rawRequest, request, sleep, statusCodes, waitFor } from './helpers/servers.mjs';
 import { ERROR, FRAME, SETTING, dataFrame, headersFrame, rstStreamFrame, serveH2cFrames, settingsFrame, windowUpdateFrame } from './helpers/h2-raw.mjs';
 
 const TEXT_PLAIN = 'text/plain; charset=utf-8';
@@ -257,6 +257,15 @@ async function h2Get(port, path, headers) {
   }
 }
 
+/** An HTTP/2 request for `path` through the proxy to `up` gets 502 BAD_RESPONSE; the upstream socket is closed and the error counted. */
+async function assertH2BadResponse(proxy, port, up, path) {
+  const res = await h2Get(port, path, { 'x-cmux-port-internal': String(up.port) });
+  assert.equal(res.status, 502);
+  assert.equal(res.body, 'upstream request error: BAD_RESPONSE');
+  assert.ok(await waitFor(() => up.sockets.size === 0, { timeoutMs: 2000 }), 'the upstream socket stays open');
+  assert.equal(proxy.getStats().upstreamErrors.BAD_RESPONSE, 1);
+}
+
 describe('an upstream 101 to a request that did not ask to upgrade', () => {
   const answers = {
     'with Upgrade: websocket': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello from the other protocol',
@@ -283,12 +292,7 @@ describe('an upstream 101 to a request that did not ask to upgrade', () => {
 
     it(`${name} -> 502 BAD_RESPONSE at once (HTTP/2 client)`, async (t) => {
       const { proxy, port } = await proxyFor(t, { upstreamResponseTimeoutMs: 30_000 });
-      const up = await rawUpstream(t, bytes);
-      const res = await h2Get(port, '/plain', { 'x-cmux-port-internal': String(up.port) });
-      assert.equal(res.status, 502);
-      assert.equal(res.body, 'upstream request error: BAD_RESPONSE');
-      assert.ok(await waitFor(() => up.sockets.size === 0, { timeoutMs: 2000 }), 'the upstream socket stays open');
-      assert.equal(proxy.getStats().upstreamErrors.BAD_RESPONSE, 1);
+      await assertH2BadResponse(proxy, port, await rawUpstream(t, bytes), '/plain');
     });
   }
 });
@@ -387,7 +391,7 @@ describe('an upstream that answers with 1xx without end', () => {
       timeoutMs: 3000,
       until: (text) => text.endsWith('upstream request error: BAD_RESPONSE'),
     });
-    const statuses = [...out.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]);
+    const statuses = statusCodes(out);
     assert.deepEqual(statuses, [...Array(16).fill('103'), '502'], `statuses: ${statuses.length} ${statuses.slice(-3)}`);
     assert.ok(await waitFor(() => up.sockets.size === 0, { timeoutMs: 2000 }), 'the upstream socket stays open');
     assert.equal(proxy.getStats().upstreamErrors.BAD_RESPONSE, 1);
@@ -395,19 +399,14 @@ describe('an upstream that answers with 1xx without end', () => {
 
   it('HTTP/2 client: the stream gets 502 BAD_RESPONSE; the upstream socket is closed', async (t) => {
     const { proxy, port } = await proxyFor(t);
-    const up = await rawUpstream(t, flood);
-    const res = await h2Get(port, '/hints', { 'x-cmux-port-internal': String(up.port) });
-    assert.equal(res.status, 502);
-    assert.equal(res.body, 'upstream request error: BAD_RESPONSE');
-    assert.ok(await waitFor(() => up.sockets.size === 0, { timeoutMs: 2000 }), 'the upstream socket stays open');
-    assert.equal(proxy.getStats().upstreamErrors.BAD_RESPONSE, 1);
+    await assertH2BadResponse(proxy, port, await rawUpstream(t, flood), '/hints');
   });
 
   it('a 100 Continue and 15 Early Hints before the answer are all relayed', async (t) => {
     const { port } = await proxyFor(t);
     const up = await rawUpstream(t, 'HTTP/1.1 100 Continue\r\n\r\n' + hint.repeat(15) + 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
     const out = await rawRequest(port, `GET /hints HTTP/1.1\r\nHost: x\r\nX-Cmux-Port-Internal: ${up.port}\r\n\r\n`, { timeoutMs: 3000, until: (text) => text.endsWith('\r\n\r\nok') });
-    const statuses = [...out.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]);
+    const statuses = statusCodes(out);
     assert.deepEqual(statuses, ['100', ...Array(15).fill('103'), '200']);
   });
 });

@@ -170,6 +170,11 @@ export function jsonAnswers(raw) {
   return out;
 }
 
+/** The status code of each HTTP/1.1 response line in a raw response stream, in order (strings). */
+export function statusCodes(raw) {
+  return [...raw.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]);
+}
+
 /** Sends raw bytes, collects everything until the server closes (or `timeoutMs`). */
 export function rawRequest(port, data, { timeoutMs = 3000, host = '127.0.0.1', until } = {}) {
   return new Promise((resolve, reject) => {
