@@ -8,6 +8,7 @@ export const NGHTTP2_NO_ERROR = 0;
 export const NGHTTP2_REFUSED_STREAM = 7;
 export const NGHTTP2_CANCEL = 8;
 export const NGHTTP2_ENHANCE_YOUR_CALM = 11;
+export const NGHTTP2_SETTINGS_TIMEOUT = 0x4;
 export const HTTP2_HEADER_STATUS = ':status';
 export const HTTP2_HEADER_CONTENT_TYPE = 'content-type';
 export const HTTP2_HEADER_CONTENT_LENGTH = 'content-length';

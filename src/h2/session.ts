@@ -14,6 +14,7 @@ import {
   HTTP2_HEADER_CONTENT_TYPE,
   HTTP2_HEADER_STATUS,
   NGHTTP2_ENHANCE_YOUR_CALM,
+  NGHTTP2_SETTINGS_TIMEOUT,
   NGHTTP2_FLAG_END_STREAM,
   NGHTTP2_NO_ERROR,
   NGHTTP2_REFUSED_STREAM,
@@ -25,6 +26,7 @@ import {
   NGHTTP2_COMPRESSION_ERROR,
 } from './constants.js';
 import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from './windows.js';
+import { StreamWindowFit } from './stream-window.js';
 import { flushRequestBody, requestBodyPiece, type GatheredBody } from './request-body.js';
 import { watchStreamTables } from './stream-tables.js';
 import { releaseTimerOnClose } from './session-timeout.js';
@@ -80,6 +82,8 @@ interface SessionState {
   socket: net.Socket | null;
   /** Streams open now (exchanges, WebSockets, tunnels): a session with any is not idle. */
   streams: number;
+  /** Narrows the client's stream window while many streams are open (see stream-window.ts). */
+  readonly windows: StreamWindowFit<TrackedSession>;
   /** The last client stream that reached the proxy ('stream' event). */
   lastStreamId: number;
   /** The highest client stream id looked at: one that reached the proxy, or one counted in `refused`. */
@@ -300,6 +304,7 @@ function streamOnClose(this: ProxyStream): void {
   if (counted !== undefined) {
     this[kCounted] = undefined;
     counted.streams--;
+    counted.windows.fit(counted.streams, counted.core.options.http2MaxConcurrentStreams);
   }
   abandoned(this);
 }
@@ -374,6 +379,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       wire: null,
       socket: handingOver,
       streams: 0,
+      windows: new StreamWindowFit(session, session, settingsNotAcknowledged),
       lastStreamId: 0,
       accountedId: 0,
       refused: 0,
@@ -401,6 +407,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       const s = this[kSession];
       if (s?.ping) clearInterval(s.ping);
       if (s?.closeTimer) clearTimeout(s.closeTimer);
+      s?.windows.dispose();
       probed.delete(this);
       host.sessionClosed(this);
     });
@@ -708,6 +715,13 @@ function sessionOnStream(this: TrackedSession, stream: http2.ServerHttp2Stream):
   state.lastStreamId = id;
 }
 
+/** A client left a narrowing of its stream window unacknowledged (see stream-window.ts): GOAWAY(SETTINGS_TIMEOUT). */
+function settingsNotAcknowledged(session: TrackedSession): void {
+  session[kSession]?.core.log.warn(`HTTP/2 client ${session.socket?.remoteAddress ?? ''} did not acknowledge SETTINGS: closing the session`);
+  session.goaway(NGHTTP2_SETTINGS_TIMEOUT);
+  destroySession(session);
+}
+
 function sessionOnGoaway(this: TrackedSession): void {
   boundGoingAway(this);
 }
@@ -766,6 +780,7 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   if (sessionState !== undefined) {
     sessionState.streams++;
     stream[kCounted] = sessionState;
+    sessionState.windows.fit(sessionState.streams, core.options.http2MaxConcurrentStreams);
   }
   stream.on('close', streamOnClose);
   if (core.draining) {

@@ -4,6 +4,7 @@ import { http2 as loadHttp2 } from '../builtins.js';
 import { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_REFUSED_STREAM } from '../h2/constants.js';
 import { keepSessionOnStreamError } from '../h2/protocol-error.js';
 import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from '../h2/windows.js';
+import { StreamWindowFit } from '../h2/stream-window.js';
 import { trailersH2 } from '../headers.js';
 import { ALPN_H2, poolKey, upstreamErrorCode, type UpstreamConnector } from './connect.js';
 import type { DeadlineSweep, Expirable } from '../deadlines.js';
@@ -258,6 +259,8 @@ class UpSession implements Expirable {
   deadline = 0;
   inSweep = false;
   private ping: NodeJS.Timeout | null = null;
+  /** Narrows the upstream's stream window while many streams are open (see stream-window.ts). */
+  private readonly windows: StreamWindowFit<UpSession>;
 
   constructor(pool: H2UpstreamPool, entry: H2Entry, host: string | undefined) {
     this.pool = pool;
@@ -275,6 +278,8 @@ class UpSession implements Expirable {
           : { initialWindowSize: H2_STREAM_WINDOW, maxHeaderListSize: pool.maxHeaderListSize },
     });
     this.session = session;
+    // An upstream is left to acknowledge in its own time (see stream-window.ts).
+    this.windows = new StreamWindowFit<UpSession>(session, this, null);
     watchStreamTables(session);
     session.once('connect', setConnectionWindow);
     // One malformed response stream must not cost the other streams on this session.
@@ -327,8 +332,14 @@ class UpSession implements Expirable {
     if (this.active === 0) this.session.close();
   };
 
+  /** A stream was opened on the session (`active` counts it) or failed to open. */
+  streamsChanged(): void {
+    this.windows.fit(this.active, this.maxStreams);
+  }
+
   streamClosed(_req: H2UpstreamRequest): void {
     this.active--;
+    this.windows.fit(this.active, this.maxStreams);
     if (this.goneAway && this.active === 0) this.session.close();
     else {
       // The session's inactivity timer fires once; if a long stream (SSE, long poll) held the
@@ -346,6 +357,7 @@ class UpSession implements Expirable {
 
   private onClose(): void {
     this.closed = true;
+    this.windows.dispose();
     this.pool.deadlines.disarm(this);
     if (this.pool.fds !== null) this.pool.fds.upstream--;
     if (this.ping !== null) clearInterval(this.ping);
@@ -490,12 +502,14 @@ export class H2UpstreamPool {
         req = new H2UpstreamRequest(session, user);
       } catch (err) {
         session.active--;
+        session.streamsChanged();
         // Node refused to build the request (a header it will not send, or the session just
         // went); nothing was sent. Its ERR_HTTP2_* code is not shown.
         void err;
         user.h2Failure(session.session.destroyed || session.session.closed ? 'UPSTREAM_CLOSED' : 'BAD_REQUEST_HEADERS', false);
         continue;
       }
+      session.streamsChanged();
       user.h2Started(req);
     }
   }
