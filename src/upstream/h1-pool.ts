@@ -59,7 +59,8 @@ export interface UpstreamUser {
  */
 export interface ReadBatch {
   beginBatch(): void;
-  endBatch(): void;
+  /** The read is through: what it produced is written. False: the client is not taking it (wait for 'drain'). */
+  endBatch(): boolean;
 }
 
 export const PHASE_CONNECTING = 0;
@@ -307,7 +308,16 @@ function parserOnHeadersComplete(
 function parserOnBody(this: ResponseParser, chunk: Buffer): void {
   const conn = this.conn;
   if (conn.bodyLeft > 0) conn.bodyLeft -= chunk.length;
-  conn.user?.onResponseBody(chunk, null);
+  const user = conn.user;
+  if (user === null) return;
+  // Consuming: the body pieces of one read leave in one write (uncorked in parserOnExecute),
+  // as a head's read does (a chunked body's read may hold thousands of chunks).
+  const out = user.out;
+  if (conn.handle !== null && out !== null && conn.corked === null) {
+    out.beginBatch();
+    conn.corked = out;
+  }
+  user.onResponseBody(chunk, null);
 }
 
 /**
@@ -452,7 +462,7 @@ function parserOnExecute(this: ResponseParser, ret: number | ParseError): void {
   const corked = conn.corked;
   if (corked !== null) {
     conn.corked = null;
-    corked.endBatch();
+    if (!corked.endBatch()) conn.pauseReading();
   }
   const socket = conn.socket;
   // No 'data' events when consuming: keep the inactivity timer honest by hand.
@@ -509,7 +519,7 @@ function parseRead(conn: UpstreamConn, chunk: Buffer, borrowed: boolean): void {
   const out = conn.user.out;
   if (out !== null) out.beginBatch();
   const ret = conn.parser.execute(chunk);
-  if (out !== null) out.endBatch();
+  if (out !== null && !out.endBatch()) conn.pauseReading();
   if (isParseError(ret)) {
     parseFailed(conn);
     return;
