@@ -15,6 +15,8 @@ import { H2_STREAM_WINDOW } from './windows.js';
  * too, so a stream that holds its old window's worth gets no more. A session then holds at most
  * WIDE_STREAMS × 1 MiB (filled before the change) plus NARROW_BUDGET: ~32 MiB with 100 streams
  * (a narrow window of 163 KiB). Past 256 streams the 64 KiB floor rules: 64 KiB per stream.
+ * That holds for a peer that acknowledges at once: until it does, it may fill every stream's
+ * old window (the timeout below bounds how long it may wait, not what it sends meanwhile).
  *
  * nghttp2 enforces a new setting only once the peer acknowledges it: a peer that does not within
  * SETTINGS_ACK_TIMEOUT_MS gets `onAckTimeout` (RFC 9113 §6.5.3, SETTINGS_TIMEOUT), when given.
