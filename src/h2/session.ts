@@ -379,7 +379,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       wire: null,
       socket: handingOver,
       streams: 0,
-      windows: new StreamWindowFit(session, session, settingsNotAcknowledged),
+      windows: new StreamWindowFit(session, settingsNotAcknowledged),
       lastStreamId: 0,
       accountedId: 0,
       refused: 0,

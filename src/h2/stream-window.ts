@@ -23,26 +23,22 @@ import { H2_STREAM_WINDOW } from './windows.js';
  * A client's session is closed then; an h2c upstream's is left to wait (a local dev server whose
  * event loop is busy compiling may take that long, and its running streams would be lost).
  */
-export const WIDE_STREAMS = 16;
+const WIDE_STREAMS = 16;
 const NARROW_BUDGET = 16 * 1024 * 1024;
 /** RFC 9113's default window (what nginx lets a stream send before it reads): a narrow window is never below it. */
 const MIN_STREAM_WINDOW = 64 * 1024;
-export const SETTINGS_ACK_TIMEOUT_MS = 10_000;
+const SETTINGS_ACK_TIMEOUT_MS = 10_000;
 
 /** The stream window while narrow: NARROW_BUDGET spread over the most streams the session may open. */
-export function narrowStreamWindow(maxStreams: number): number {
+function narrowStreamWindow(maxStreams: number): number {
   const share = Math.floor(NARROW_BUDGET / Math.max(1, maxStreams));
   return Math.max(MIN_STREAM_WINDOW, Math.min(H2_STREAM_WINDOW, share - (share % 1024)));
 }
 
-/**
- * Fits one session's stream window to its open streams (see above); `fit` runs on each open and
- * close. `owner` (the session, or what holds it) is what `onAckTimeout` closes.
- */
-export class StreamWindowFit<O> {
-  private readonly session: http2.Http2Session;
-  private readonly owner: O;
-  private readonly onAckTimeout: ((owner: O) => void) | null;
+/** Fits one session's stream window to its open streams (see above); `fit` runs on each open and close. */
+export class StreamWindowFit<S extends http2.Http2Session> {
+  private readonly session: S;
+  private readonly onAckTimeout: ((session: S) => void) | null;
   private narrow = false;
   /** A SETTINGS frame of ours awaits its ACK: no other is sent meanwhile. */
   private awaitingAck = false;
@@ -50,9 +46,8 @@ export class StreamWindowFit<O> {
   private open = 0;
   private maxStreams = 0;
 
-  constructor(session: http2.Http2Session, owner: O, onAckTimeout: ((owner: O) => void) | null) {
+  constructor(session: S, onAckTimeout: ((session: S) => void) | null) {
     this.session = session;
-    this.owner = owner;
     this.onAckTimeout = onAckTimeout;
   }
 
@@ -93,6 +88,6 @@ export class StreamWindowFit<O> {
 
   private readonly expired = (): void => {
     this.ackTimer = null;
-    if (!this.session.destroyed) this.onAckTimeout?.(this.owner);
+    if (!this.session.destroyed) this.onAckTimeout?.(this.session);
   };
 }

@@ -289,13 +289,7 @@ function parserOnHeadersComplete(
     conn.keepAlive = keepAlive;
     conn.phase = PHASE_STREAMING;
   }
-  // Consuming: everything this read produces for the client leaves in one write (uncorked in
-  // parserOnExecute once llhttp is through the read).
-  const out = user.out;
-  if (conn.handle !== null && out !== null && conn.corked === null) {
-    out.beginBatch();
-    conn.corked = out;
-  }
+  batchRead(conn, user);
   const skipBody = user.onResponseHead(conn, status, statusMessage, raw, upgrade, keepAlive);
   // A final response with a Content-Length body (HEAD, 204 and 304 have none): its bytes after
   // this read bypass llhttp (takeBody). Bodies of other framings stay with llhttp.
@@ -310,14 +304,21 @@ function parserOnBody(this: ResponseParser, chunk: Buffer): void {
   if (conn.bodyLeft > 0) conn.bodyLeft -= chunk.length;
   const user = conn.user;
   if (user === null) return;
-  // Consuming: the body pieces of one read leave in one write (uncorked in parserOnExecute),
-  // as a head's read does (a chunked body's read may hold thousands of chunks).
+  // A chunked body's read may hold thousands of chunks.
+  batchRead(conn, user);
+  user.onResponseBody(chunk, null);
+}
+
+/**
+ * Consuming: everything the read llhttp is parsing produces for the client (a head, body
+ * pieces) leaves in one write, uncorked in parserOnExecute once llhttp is through the read.
+ */
+function batchRead(conn: UpstreamConn, user: UpstreamUser): void {
   const out = user.out;
   if (conn.handle !== null && out !== null && conn.corked === null) {
     out.beginBatch();
     conn.corked = out;
   }
-  user.onResponseBody(chunk, null);
 }
 
 /**

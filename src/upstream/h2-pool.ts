@@ -260,7 +260,7 @@ class UpSession implements Expirable {
   inSweep = false;
   private ping: NodeJS.Timeout | null = null;
   /** Narrows the upstream's stream window while many streams are open (see stream-window.ts). */
-  private readonly windows: StreamWindowFit<UpSession>;
+  private readonly windows: StreamWindowFit<http2.ClientHttp2Session>;
 
   constructor(pool: H2UpstreamPool, entry: H2Entry, host: string | undefined) {
     this.pool = pool;
@@ -279,7 +279,7 @@ class UpSession implements Expirable {
     });
     this.session = session;
     // An upstream is left to acknowledge in its own time (see stream-window.ts).
-    this.windows = new StreamWindowFit<UpSession>(session, this, null);
+    this.windows = new StreamWindowFit(session, null);
     watchStreamTables(session);
     session.once('connect', setConnectionWindow);
     // One malformed response stream must not cost the other streams on this session.
@@ -332,14 +332,14 @@ class UpSession implements Expirable {
     if (this.active === 0) this.session.close();
   };
 
-  /** A stream was opened on the session (`active` counts it) or failed to open. */
+  /** `active` changed: the stream window follows (see stream-window.ts). */
   streamsChanged(): void {
     this.windows.fit(this.active, this.maxStreams);
   }
 
   streamClosed(_req: H2UpstreamRequest): void {
     this.active--;
-    this.windows.fit(this.active, this.maxStreams);
+    this.streamsChanged();
     if (this.goneAway && this.active === 0) this.session.close();
     else {
       // The session's inactivity timer fires once; if a long stream (SSE, long poll) held the
@@ -501,8 +501,8 @@ export class H2UpstreamPool {
       try {
         req = new H2UpstreamRequest(session, user);
       } catch (err) {
+        // Back to the count the window was last fitted to: nothing to change.
         session.active--;
-        session.streamsChanged();
         // Node refused to build the request (a header it will not send, or the session just
         // went); nothing was sent. Its ERR_HTTP2_* code is not shown.
         void err;
