@@ -5,15 +5,13 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import tls from 'node:tls';
 import { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { startProxy, startRawServer, waitFor } from './helpers/servers.mjs';
+import { connectClient, startProxy, startRawServer, waitFor } from './helpers/servers.mjs';
 
 const GEN = fileURLToPath(new URL('../scripts/gen-dev-cert.sh', import.meta.url));
 
@@ -120,10 +118,7 @@ describe('chunked answers of small chunks', () => {
 
   /** Sends `paths` pipelined on one connection; resolves with the decoded answers and the proxy's stream writes to it. */
   async function fetchAll(secure, paths) {
-    const socket = secure
-      ? tls.connect({ port: px.port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] })
-      : net.connect(px.port, '127.0.0.1');
-    await once(socket, secure ? 'secureConnect' : 'connect');
+    const socket = await connectClient(px.port, secure);
     let text = '';
     socket.on('data', (d) => (text += d.toString('latin1')));
     const writesBefore = new Map(streamWrites);
@@ -159,10 +154,7 @@ describe('chunked answers of small chunks', () => {
           socket.on('close', () => clearInterval(timer));
         });
       });
-      const socket = secure
-        ? tls.connect({ port: px.port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] })
-        : net.connect(px.port, '127.0.0.1');
-      await once(socket, secure ? 'secureConnect' : 'connect');
+      const socket = await connectClient(px.port, secure);
       try {
         socket.pause();
         socket.write(`GET /paced HTTP/1.1\r\nHost: a\r\nX-Cmux-Port-Internal: ${paced.port}\r\n\r\n`);

@@ -13,12 +13,10 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
-import { jsonAnswers, sleep, startProxy, startUpstream, statusCodes, waitFor } from './helpers/servers.mjs';
+import { connectClient, jsonAnswers, sleep, startProxy, startUpstream, statusCodes, waitFor } from './helpers/servers.mjs';
 
 const GEN = fileURLToPath(new URL('../scripts/gen-dev-cert.sh', import.meta.url));
 /** How long the upstream holds each answer: far longer than the checks made while it does. */
@@ -32,16 +30,6 @@ before(() => {
 });
 after(() => rmSync(certDir, { recursive: true, force: true }));
 const tlsOption = () => ({ certFile: join(certDir, 'main.pem'), keyFile: join(certDir, 'main-key.pem') });
-
-/** A client of the proxy on `port`, connected (cleartext, or TLS with ALPN http/1.1). */
-async function connectClient(port, secure) {
-  const socket = secure
-    ? tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] })
-    : net.connect(port, '127.0.0.1');
-  socket.on('error', () => {});
-  await once(socket, secure ? 'secureConnect' : 'connect');
-  return socket;
-}
 
 /** What `socket` reads from now on, as latin1 text, and whether it ended. */
 function readText(socket) {

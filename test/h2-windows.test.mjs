@@ -305,28 +305,36 @@ describe('HTTP/2 stream windows with many streams open', () => {
     }
   });
 
-  /** A raw client that ACKs the proxy's first SETTINGS only, with 17 POSTs open (their route held). */
-  async function clientPastWideStreams(px, port) {
-    const client = await H2RawClient.connect(px.port, { autoAck: false });
-    const first = await client.waitForFrame((f) => f.type === FRAME.SETTINGS && !(f.flags & FLAG.ACK));
-    assert.ok(first !== null, 'no SETTINGS from the proxy');
-    client.send(settingsFrame({}, { ack: true }));
-    for (let i = 0; i < 17; i++) {
-      client.send(headersFrame(1 + 2 * i, [[':method', 'POST'], [':scheme', 'http'], [':authority', 'app.3000.localhost'], [':path', `/p${i}`]]));
-    }
-    const narrowing = await client.waitForFrame((f) => f.type === FRAME.SETTINGS && !(f.flags & FLAG.ACK), { from: client.frames.indexOf(first) + 1, timeoutMs: 5000 });
-    assert.ok(narrowing !== null, 'the proxy sent no second SETTINGS with 17 streams open');
-    assert.equal(narrowing.payload.length, 6);
-    assert.deepEqual([narrowing.payload.readUInt16BE(0), narrowing.payload.readUInt32BE(2)], [SETTING.INITIAL_WINDOW_SIZE, NARROW_CLIENT_WINDOW]);
-    return client;
-  }
-
-  it('a client that does not acknowledge the narrowing gets GOAWAY(SETTINGS_TIMEOUT) after 10 s, and the connection closes', async () => {
+  /**
+   * Runs `check(client, px)` with a raw client of a fresh proxy that ACKs the proxy's first
+   * SETTINGS only and has 17 POSTs open (their route held), once the narrowing SETTINGS came.
+   */
+  async function withClientPastWideStreams(check) {
     const held = heldResolver(1, 30_000);
     const px = await startProxy({ containerPortResolver: held.resolver, portResolverCacheTtlMs: 0 });
     let client;
     try {
-      client = await clientPastWideStreams(px, 1);
+      client = await H2RawClient.connect(px.port, { autoAck: false });
+      const first = await client.waitForFrame((f) => f.type === FRAME.SETTINGS && !(f.flags & FLAG.ACK));
+      assert.ok(first !== null, 'no SETTINGS from the proxy');
+      client.send(settingsFrame({}, { ack: true }));
+      for (let i = 0; i < 17; i++) {
+        client.send(headersFrame(1 + 2 * i, [[':method', 'POST'], [':scheme', 'http'], [':authority', 'app.3000.localhost'], [':path', `/p${i}`]]));
+      }
+      const narrowing = await client.waitForFrame((f) => f.type === FRAME.SETTINGS && !(f.flags & FLAG.ACK), { from: client.frames.indexOf(first) + 1, timeoutMs: 5000 });
+      assert.ok(narrowing !== null, 'the proxy sent no second SETTINGS with 17 streams open');
+      assert.equal(narrowing.payload.length, 6);
+      assert.deepEqual([narrowing.payload.readUInt16BE(0), narrowing.payload.readUInt32BE(2)], [SETTING.INITIAL_WINDOW_SIZE, NARROW_CLIENT_WINDOW]);
+      await check(client, px);
+    } finally {
+      client?.close();
+      held.release();
+      await px.proxy.stop();
+    }
+  }
+
+  it('a client that does not acknowledge the narrowing gets GOAWAY(SETTINGS_TIMEOUT) after 10 s, and the connection closes', async () => {
+    await withClientPastWideStreams(async (client, px) => {
       const started = Date.now();
       const goaway = await client.waitForGoaway({ timeoutMs: 14_000 });
       assert.ok(goaway !== null, 'no GOAWAY');
@@ -334,19 +342,11 @@ describe('HTTP/2 stream windows with many streams open', () => {
       assert.ok(Date.now() - started > 9000, `GOAWAY after ${Date.now() - started} ms`);
       assert.ok(await client.waitForClose({ timeoutMs: 3000 }), 'the connection stayed open');
       assert.ok(await waitFor(() => px.proxy.getStats().activeConnections === 0), 'the connection still counts');
-    } finally {
-      client?.close();
-      held.release();
-      await px.proxy.stop();
-    }
+    });
   });
 
   it('a client that acknowledges the narrowing and sends past it gets FLOW_CONTROL_ERROR', async () => {
-    const held = heldResolver(1, 30_000);
-    const px = await startProxy({ containerPortResolver: held.resolver, portResolverCacheTtlMs: 0 });
-    let client;
-    try {
-      client = await clientPastWideStreams(px, 1);
+    await withClientPastWideStreams(async (client) => {
       client.send(settingsFrame({}, { ack: true }));
       // The connection window (16 MiB) allows it; stream 1's narrowed window does not.
       const piece = Buffer.alloc(16 * 1024, 0x61);
@@ -354,10 +354,6 @@ describe('HTTP/2 stream windows with many streams open', () => {
       const error = await client.waitForFrame((f) => (f.type === FRAME.RST_STREAM && f.streamId === 1) || f.type === FRAME.GOAWAY, { timeoutMs: 5000 });
       assert.ok(error !== null, 'the proxy took 256 KiB on a stream whose window is 163 KiB');
       assert.equal(error.errorCode, ERROR.FLOW_CONTROL_ERROR, errorName(error.errorCode));
-    } finally {
-      client?.close();
-      held.release();
-      await px.proxy.stop();
-    }
+    });
   });
 });

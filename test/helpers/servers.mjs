@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
+import tls from 'node:tls';
 import { once } from 'node:events';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -277,6 +278,16 @@ export function h2request(session, headers, body) {
     stream.on('error', reject);
     if (body !== undefined) stream.end(body);
   });
+}
+
+/** An HTTP/1.1 client of the proxy on `port`, connected (cleartext, or TLS with ALPN http/1.1). */
+export async function connectClient(port, secure) {
+  const socket = secure
+    ? tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] })
+    : net.connect(port, '127.0.0.1');
+  socket.on('error', () => {});
+  await once(socket, secure ? 'secureConnect' : 'connect');
+  return socket;
 }
 
 export function h2connect(port) {
