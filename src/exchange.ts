@@ -109,8 +109,11 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   private requestTrailers: string[] | null = null;
   head = '';
   status = 0;
-  /** Batches the client writes of one upstream read (HTTP/1.1 clients), else null. */
-  readonly out: ReadBatch | null;
+  /**
+   * Batches the client writes of one upstream read, else null: an HTTP/1.1 client's session
+   * (from `readBatch()`), or an HTTP/2 stream's state (set by the HTTP/2 side with its state).
+   */
+  out: ReadBatch | null;
   /** Free slot for the client side's own per-exchange state. */
   clientState: unknown = undefined;
   readonly responseFacts: ResponseHeadFacts = { contentLength: false, keepAliveTimeoutSec: 0 };
@@ -484,6 +487,19 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
     if (ok || socket.writableLength === 0) return true;
     this.client.pauseRequest(this);
     return false;
+  }
+
+  /**
+   * Request body bytes this exchange holds on the way to its upstream: queued until the upstream
+   * is ready, or written and not yet taken by it (the socket's or the HTTP/2 stream's queue).
+   */
+  heldRequestBytes(): number {
+    let held = 0;
+    const queued = this.queued;
+    if (queued !== null) for (const piece of queued) held += piece.length;
+    if (this.h2 !== null) held += this.h2.stream.writableLength;
+    else if (this.conn !== null) held += this.conn.socket.writableLength;
+    return held;
   }
 
   requestEnd(trailers: string[] | null): void {

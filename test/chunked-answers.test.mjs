@@ -1,11 +1,13 @@
-// Chunked answers to HTTP/1.1 clients: the small chunks of one upstream read leave the proxy in
-// one write (each keeps its own size line), not in three writes each. An answer of 1-byte chunks
-// cost the proxy three writes a byte (~7 µs of CPU a byte, ~0.13 MiB/s). Byte-exact with small, large and
-// mixed chunks, a trailer, and the next answer on the same connections, over TCP and TLS.
+// Chunked answers of small chunks: those of one upstream read leave the proxy in one write. To an
+// HTTP/1.1 client (each chunk keeps its own size line) an answer of 1-byte chunks cost three
+// writes a byte (~7 µs of CPU a byte, ~0.13 MiB/s); to an HTTP/2 client, one stream write a byte.
+// Byte-exact with small, large and mixed chunks, a trailer, and the next answer on the same
+// connections, over TCP and TLS, h2c and TLS h2; a client reading nothing still stops the upstream.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import http2 from 'node:http2';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,10 +20,15 @@ const GEN = fileURLToPath(new URL('../scripts/gen-dev-cert.sh', import.meta.url)
 /** Writes asked of a socket's stream (`write` calls), per local port; the last socket that wrote, per local port. */
 const streamWrites = new Map();
 const lastWriter = new Map();
+/** Writes asked of the proxy's HTTP/2 streams, and the last such stream. */
+const h2Writes = { count: 0, last: null };
 const write = Duplex.prototype.write;
 before(() => {
   Duplex.prototype.write = function countedWrite(...args) {
-    if (this instanceof net.Socket) {
+    if (this.constructor.name === 'ServerHttp2Stream') {
+      h2Writes.count++;
+      h2Writes.last = this;
+    } else if (this instanceof net.Socket) {
       const port = this.localPort;
       if (port !== undefined) {
         streamWrites.set(port, (streamWrites.get(port) ?? 0) + 1);
@@ -87,6 +94,47 @@ function decodeAnswers(bytes) {
   }
 }
 
+/** Small, large and small chunks (604) with an `x-sum: 7` trailer: one read's batch is cut short by a large chunk. */
+function mixedBody() {
+  return chunkedBody(
+    [
+      ...Array.from({ length: 300 }, (_, i) => [1 + (i % 7), i]),
+      [1025, 3],
+      [5000, 9],
+      ...Array.from({ length: 300 }, (_, i) => [1 + (i % 3), 200 + i]),
+      [40_000, 77],
+      [2, 5],
+    ],
+    'x-sum: 7\r\n',
+  );
+}
+
+/**
+ * An upstream answering with 1-byte chunks, 2,000 (12 KB) a write, one write a millisecond while
+ * the last is taken: each of the proxy's reads stays under a batch's 16 KiB, so only the write at
+ * the end of the read can tell the proxy to stop reading. `taken()`: bytes the proxy read.
+ */
+async function startPacedUpstream() {
+  const piece = chunkedBody(Array.from({ length: 2000 }, (_, i) => [1, i])).wire.subarray(0, -5);
+  let upstream = null;
+  const server = await startRawServer((socket) => {
+    upstream = socket;
+    socket.once('data', () => {
+      socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n');
+      const timer = setInterval(() => {
+        if (socket.destroyed) return clearInterval(timer);
+        if (socket.writableLength === 0) socket.write(piece);
+      }, 1);
+      socket.on('close', () => clearInterval(timer));
+    });
+  });
+  return {
+    server,
+    answering: () => upstream !== null,
+    taken: () => (upstream === null ? 0 : upstream.bytesWritten - upstream.writableLength),
+  };
+}
+
 describe('chunked answers of small chunks', () => {
   let certDir;
   let up;
@@ -135,38 +183,20 @@ describe('chunked answers of small chunks', () => {
     const kind = secure ? 'TLS' : 'TCP';
 
     it(`${kind}: a client reading nothing stops an answer of small chunks coming in small reads (backpressure from each read's write)`, async () => {
-      // 2,000 1-byte chunks (12 KB) a write, one write a millisecond: each read's chunks stay
-      // under the batch's 16 KiB, so only the write at the end of the read can tell the proxy
-      // to stop reading.
-      const piece = chunkedBody(Array.from({ length: 2000 }, (_, i) => [1, i])).wire.subarray(0, -5);
-      let upstream = null;
-      let taken = () => 0;
-      answers.set('/paced', []);
-      const paced = await startRawServer((socket) => {
-        upstream = socket;
-        socket.once('data', () => {
-          socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n');
-          taken = () => socket.bytesWritten - socket.writableLength;
-          const timer = setInterval(() => {
-            if (socket.destroyed) return clearInterval(timer);
-            if (socket.writableLength === 0) socket.write(piece);
-          }, 1);
-          socket.on('close', () => clearInterval(timer));
-        });
-      });
+      const paced = await startPacedUpstream();
       const socket = await connectClient(px.port, secure);
       try {
         socket.pause();
-        socket.write(`GET /paced HTTP/1.1\r\nHost: a\r\nX-Cmux-Port-Internal: ${paced.port}\r\n\r\n`);
-        assert.ok(await waitFor(() => upstream !== null, { timeoutMs: 5000 }));
+        socket.write(`GET /paced HTTP/1.1\r\nHost: a\r\nX-Cmux-Port-Internal: ${paced.server.port}\r\n\r\n`);
+        assert.ok(await waitFor(() => paced.answering(), { timeoutMs: 5000 }));
         await new Promise((r) => setTimeout(r, 2000));
         // What the proxy queued for the client beyond the sockets' buffers: a read's worth, not
         // every read's (without the end-of-read check, 3-4 MB here and growing while the upstream sends).
         const queued = lastWriter.get(px.port)?.writableLength ?? -1;
-        assert.ok(queued >= 0 && queued < 256 * 1024, `the proxy queued ${queued} bytes for a client reading nothing (upstream handed ${taken()})`);
+        assert.ok(queued >= 0 && queued < 256 * 1024, `the proxy queued ${queued} bytes for a client reading nothing (upstream handed ${paced.taken()})`);
       } finally {
         socket.destroy();
-        await paced.close();
+        await paced.server.close();
       }
     });
 
@@ -183,17 +213,7 @@ describe('chunked answers of small chunks', () => {
     });
 
     it(`${kind}: small, large and small chunks with a trailer, then the next answer on the same connections: both exact, in order`, async () => {
-      const mixed = chunkedBody(
-        [
-          ...Array.from({ length: 300 }, (_, i) => [1 + (i % 7), i]),
-          [1025, 3],
-          [5000, 9],
-          ...Array.from({ length: 300 }, (_, i) => [1 + (i % 3), 200 + i]),
-          [40_000, 77],
-          [2, 5],
-        ],
-        'x-sum: 7\r\n',
-      );
+      const mixed = mixedBody();
       const plain = chunkedBody([[3, 65]]);
       const head = 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n';
       // The head with the first chunks, then the rest through the trailer: one read each.
@@ -206,6 +226,72 @@ describe('chunked answers of small chunks', () => {
       assert.equal(got[0].chunks, 604);
       assert.deepEqual(got[0].trailers, ['x-sum: 7']);
       assert.ok(got[1].data.equals(plain.data), 'second answer differs');
+    });
+  }
+
+  /** One GET over HTTP/2; resolves with the answer's data, trailers and the proxy's stream writes for it. */
+  async function fetchH2(secure, path) {
+    const client = http2.connect(`${secure ? 'https' : 'http'}://localhost:${px.port}`, { rejectUnauthorized: false });
+    client.on('error', () => {});
+    try {
+      const before = h2Writes.count;
+      const req = client.request({ ':path': path, 'x-cmux-port-internal': String(up.port) });
+      const data = [];
+      let status = 0;
+      let trailers = null;
+      req.on('response', (h) => (status = h[':status']));
+      req.on('trailers', (t) => (trailers = t));
+      req.on('data', (d) => data.push(d));
+      await new Promise((resolve, reject) => {
+        req.on('end', resolve);
+        req.on('error', reject);
+      });
+      return { status, data: Buffer.concat(data), trailers, writes: h2Writes.count - before };
+    } finally {
+      client.close();
+    }
+  }
+
+  for (const secure of [false, true]) {
+    const kind = secure ? 'TLS h2' : 'h2c';
+
+    it(`${kind}: 4,000 1-byte chunks in a read of their own arrive exact, in a few stream writes, not one a chunk`, async () => {
+      const body = chunkedBody(Array.from({ length: 4000 }, (_, i) => [1, i]));
+      answers.set('/ones-h2', [Buffer.from('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n'), body.wire]);
+      const got = await fetchH2(secure, '/ones-h2');
+      assert.equal(got.status, 200);
+      assert.ok(got.data.equals(body.data), 'data differs');
+      // One write per upstream read (and per 16 KiB batched); the build before made one a chunk.
+      assert.ok(got.writes <= 10, `${got.writes} stream writes for one answer`);
+    });
+
+    it(`${kind}: small, large and small chunks with a trailer: exact, in order, the trailer relayed`, async () => {
+      const mixed = mixedBody();
+      const first = Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n'), mixed.wire]);
+      answers.set('/mixed-h2', [first.subarray(0, 700), first.subarray(700)]);
+      const got = await fetchH2(secure, '/mixed-h2');
+      assert.equal(got.status, 200);
+      assert.ok(got.data.equals(mixed.data), 'data differs');
+      assert.equal(got.trailers?.['x-sum'], '7');
+    });
+
+    it(`${kind}: a stream reading nothing stops an answer of small chunks coming in small reads`, async () => {
+      const paced = await startPacedUpstream();
+      const client = http2.connect(`${secure ? 'https' : 'http'}://localhost:${px.port}`, { rejectUnauthorized: false });
+      client.on('error', () => {});
+      try {
+        const req = client.request({ ':path': '/paced', 'x-cmux-port-internal': String(paced.server.port) });
+        req.on('error', () => {});
+        req.pause();
+        assert.ok(await waitFor(() => paced.answering(), { timeoutMs: 5000 }));
+        await new Promise((r) => setTimeout(r, 2000));
+        // Past the client's 64 KiB window, what the proxy's stream holds: about a read's worth.
+        const queued = h2Writes.last?.writableLength ?? -1;
+        assert.ok(queued >= 0 && queued < 256 * 1024, `the proxy's stream queued ${queued} bytes for a client reading nothing (upstream handed ${paced.taken()})`);
+      } finally {
+        client.destroy();
+        await paced.server.close();
+      }
     });
   }
 });

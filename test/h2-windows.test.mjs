@@ -3,7 +3,8 @@
 // destination does not read still stops its sender. With more than 16 streams open on a session
 // the stream window narrows (16 MiB spread over the session's streams), so that what a peer's
 // unread streams make the proxy hold stays ~32 MiB per session, not 1 MiB per stream; a peer
-// that does not acknowledge the narrowing, or sends past it, loses the session.
+// that does not acknowledge the narrowing, sends past it, or fills its streams' old windows past
+// 48 MiB while it holds the acknowledgement back, loses the session.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -340,6 +341,44 @@ describe('HTTP/2 stream windows with many streams open', () => {
       assert.ok(goaway !== null, 'no GOAWAY');
       assert.equal(goaway.errorCode, ERROR.SETTINGS_TIMEOUT, errorName(goaway.errorCode));
       assert.ok(Date.now() - started > 9000, `GOAWAY after ${Date.now() - started} ms`);
+      assert.ok(await client.waitForClose({ timeoutMs: 3000 }), 'the connection stayed open');
+      assert.ok(await waitFor(() => px.proxy.getStats().activeConnections === 0), 'the connection still counts');
+    });
+  });
+
+  it('a client that holds its acknowledgement back while filling every stream\'s old window loses the session past 48 MiB held, long before the 10 s timeout', async () => {
+    await withClientPastWideStreams(async (client, px) => {
+      const started = Date.now();
+      // 83 more POSTs (100 open, all held): the narrowing is not acknowledged, so nghttp2 lets
+      // each take its old 1 MiB window. Before, the proxy took in all 100 MiB and held it for the
+      // 10 s the client may take to acknowledge.
+      for (let i = 17; i < STREAMS; i++) {
+        client.send(headersFrame(1 + 2 * i, [[':method', 'POST'], [':scheme', 'http'], [':authority', 'app.3000.localhost'], [':path', `/p${i}`]]));
+      }
+      // 1 MiB a stream, within the connection window the proxy gives back (16 MiB at first).
+      const granted = () => 65_535 + client.frames.reduce((sum, f) => (f.type === FRAME.WINDOW_UPDATE && f.streamId === 0 ? sum + (f.payload.readUInt32BE(0) & 0x7fffffff) : sum), 0);
+      const piece = Buffer.alloc(16 * 1024, 0x62);
+      let sent = 0;
+      for (let i = 0; i < STREAMS && !client.closed; i++) {
+        if (!(await waitFor(() => client.closed || granted() - sent >= STREAM_WINDOW, { timeoutMs: 2000 }))) break;
+        for (let k = 0; k < STREAM_WINDOW / piece.length; k++) client.send(dataFrame(1 + 2 * i, piece));
+        sent += STREAM_WINDOW;
+        await client.flushed();
+      }
+      const goaway = await client.waitForGoaway({ timeoutMs: 12_000 });
+      assert.ok(goaway !== null, `no GOAWAY after ${sent / MiB} MiB sent`);
+      if (sent > HELD_MAX) {
+        // Node 20 and 22 give the connection window back as data arrives: the client got past
+        // 48 MiB, and the session is closed for it at once, not at the 10 s timeout.
+        assert.equal(goaway.errorCode, ERROR.ENHANCE_YOUR_CALM, `${errorName(goaway.errorCode)} after ${sent / MiB} MiB sent`);
+        assert.ok(Date.now() - started < 8000, `GOAWAY after ${Date.now() - started} ms`);
+        // Closed about when the client had sent what it may hold, not all 100 MiB.
+        assert.ok(sent < 80 * MiB, `${sent / MiB} MiB sent before the GOAWAY`);
+      } else {
+        // Node 24 stopped giving the connection window back before the client got that far:
+        // then the timeout ends the session.
+        assert.equal(goaway.errorCode, ERROR.SETTINGS_TIMEOUT, `${errorName(goaway.errorCode)} after ${sent / MiB} MiB sent`);
+      }
       assert.ok(await client.waitForClose({ timeoutMs: 3000 }), 'the connection stayed open');
       assert.ok(await waitFor(() => px.proxy.getStats().activeConnections === 0), 'the connection still counts');
     });

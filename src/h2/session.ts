@@ -26,8 +26,10 @@ import {
   NGHTTP2_COMPRESSION_ERROR,
 } from './constants.js';
 import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from './windows.js';
-import { StreamWindowFit } from './stream-window.js';
-import { flushRequestBody, requestBodyPiece, type GatheredBody } from './request-body.js';
+import { StreamWindowFit, type AckWatch } from './stream-window.js';
+import { flushRequestBody, requestBodyPiece } from './request-body.js';
+import { H2StreamState } from './stream-state.js';
+import { HELD_BODY_BYTES_MAX, requestBytesHeld } from './held-bodies.js';
 import { watchStreamTables } from './stream-tables.js';
 import { releaseTimerOnClose } from './session-timeout.js';
 import { ChurnSet } from '../churn-set.js';
@@ -39,19 +41,6 @@ const kCounted = Symbol('cmux.h2.counted');
 const kSession = Symbol('cmux.h2.session');
 
 type ProxyStream = http2.ServerHttp2Stream & { [kEx]?: Exchange; [kCounted]?: SessionState | undefined };
-
-/** Per-exchange state of the HTTP/2 side, in `exchange.clientState`. */
-interface H2StreamState extends GatheredBody {
-  stream: ProxyStream;
-  /** Kept here: `stream.session` is gone once the stream is destroyed. */
-  session: TrackedSession | undefined;
-  /** Response trailers, sent when Node asks for them ('wantTrailers'). */
-  trailers: string[] | null;
-  /** The client's request trailers (raw), passed on with the request's end. */
-  requestTrailers: string[] | null;
-  /** 'drain' is listened to (from the first write the stream could not take whole). */
-  drainListened: boolean;
-}
 
 /** Hooks the server gives the HTTP/2 sessions. */
 export interface H2Host {
@@ -174,6 +163,10 @@ const h2ClientSide: ClientSide = {
       lease?.release();
       return true;
     }
+    if (lease === null && last !== true && state.batchChunk(chunk)) return !state.batchFull || state.flushBatched();
+    // A chunk that cannot wait goes behind those that did (the same stream's queue: its write
+    // then reports the backpressure of both).
+    state.flushBatched();
     let ok: boolean;
     if (lease === null) ok = stream.write(chunk);
     else {
@@ -182,11 +175,8 @@ const h2ClientSide: ClientSide = {
       lease.holder = stream;
       ok = stream.write(chunk, lease.release);
     }
-    if (!ok && !state.drainListened) {
-      // The exchange now waits for 'drain' to read its upstream on: listened to from here.
-      state.drainListened = true;
-      stream.on('drain', streamOnDrain);
-    }
+    // The exchange then waits for 'drain' to read its upstream on.
+    state.written(ok);
     // The body's last bytes: ended in the same callback as the write, Node shuts the stream's
     // writable side before nghttp2 takes the data, and the last DATA frame carries END_STREAM.
     // Ended later (with the upstream's message end, after Node has run its ticks between llhttp's
@@ -196,6 +186,7 @@ const h2ClientSide: ClientSide = {
   },
   end(ex, trailers) {
     const state = ex.clientState as H2StreamState;
+    state.flushBatched();
     state.trailers = trailers;
     if (!state.stream.destroyed && !state.stream.writableEnded) state.stream.end();
   },
@@ -317,7 +308,7 @@ function abandoned(stream: ProxyStream): void {
   const ex = stream[kEx];
   if (ex === undefined || (ex.flags & EX_FINISHED) !== 0) return;
   ex.abort();
-  const session = (ex.clientState as H2StreamState).session;
+  const session = (ex.clientState as H2StreamState).session as TrackedSession | undefined;
   const state = session?.[kSession];
   if (session === undefined || state === undefined || session.destroyed) return;
   const now = Date.now();
@@ -379,7 +370,7 @@ export function createH2Server(host: H2Host): http2.Http2Server {
       wire: null,
       socket: handingOver,
       streams: 0,
-      windows: new StreamWindowFit(session, settingsNotAcknowledged),
+      windows: new StreamWindowFit(session, clientAckWatch),
       lastStreamId: 0,
       accountedId: 0,
       refused: 0,
@@ -579,6 +570,28 @@ function probeSessions(): void {
 }
 
 /**
+ * A client holding back its acknowledgement of a narrower stream window while its streams fill
+ * the old one (see held-bodies.ts) loses the session: GOAWAY(ENHANCE_YOUR_CALM), then destroyed.
+ */
+function closeIfHoldingTooMuch(session: TrackedSession): void {
+  const held = requestBytesHeld(session, exchangeOfStream);
+  if (held === null || held <= HELD_BODY_BYTES_MAX) return;
+  session[kSession]?.core.log.warn(
+    `HTTP/2 client ${session.socket?.remoteAddress ?? ''} holds ${(held / 1048576).toFixed(1)} MiB of request bodies without acknowledging SETTINGS: closing the session`,
+  );
+  try {
+    session.goaway(NGHTTP2_ENHANCE_YOUR_CALM);
+  } catch {
+    // the session is already going
+  }
+  destroySession(session);
+}
+
+function exchangeOfStream(stream: http2.Http2Stream): Exchange | undefined {
+  return (stream as ProxyStream)[kEx];
+}
+
+/**
  * Node refuses a new client stream with RST_STREAM(ENHANCE_YOUR_CALM) when its session has no
  * room for it (the session's memory over `http2MaxSessionMemoryMb`, or as many streams as
  * SETTINGS_MAX_CONCURRENT_STREAMS still held), and tells JavaScript nothing. Such a session
@@ -715,12 +728,15 @@ function sessionOnStream(this: TrackedSession, stream: http2.ServerHttp2Stream):
   state.lastStreamId = id;
 }
 
-/** A client left a narrowing of its stream window unacknowledged (see stream-window.ts): GOAWAY(SETTINGS_TIMEOUT). */
+/** A client left a change of its stream window unacknowledged (see stream-window.ts): GOAWAY(SETTINGS_TIMEOUT). */
 function settingsNotAcknowledged(session: TrackedSession): void {
   session[kSession]?.core.log.warn(`HTTP/2 client ${session.socket?.remoteAddress ?? ''} did not acknowledge SETTINGS: closing the session`);
   session.goaway(NGHTTP2_SETTINGS_TIMEOUT);
   destroySession(session);
 }
+
+/** How a client's session is watched while it has not acknowledged a change of its stream window. */
+const clientAckWatch: AckWatch<TrackedSession> = { narrowingWaits: closeIfHoldingTooMuch, overdue: settingsNotAcknowledged };
 
 function sessionOnGoaway(this: TrackedSession): void {
   boundGoingAway(this);
@@ -816,8 +832,9 @@ function onStream(core: ProxyCore, stream: ProxyStream, headers: http2.IncomingH
   const ended = (flags & NGHTTP2_FLAG_END_STREAM) !== 0;
   const bodyMode = ended ? BODY_NONE : facts.contentLength !== undefined ? BODY_LENGTH : BODY_CHUNKED;
   const ex = new Exchange(core, h2ClientSide, method, path, raw, facts, host, clientAddress, tls ? 'https' : 'http', '2', bodyMode);
-  const state: H2StreamState = { pieces: null, stream, session, trailers: null, requestTrailers: null, drainListened: false };
+  const state = new H2StreamState(stream, session, streamOnDrain);
   ex.clientState = state;
+  ex.out = state;
   stream[kEx] = ex;
   stream.on('aborted', streamOnAborted);
   if (ended) {

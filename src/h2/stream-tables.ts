@@ -61,6 +61,12 @@ function renewStreamTables(session: http2.Http2Session): void {
   tables.pendingStreams = pending;
 }
 
+/** The session's open streams as node:http2 keeps them; null when this Node keeps them otherwise. */
+export function openStreams(session: http2.Http2Session): Iterable<unknown> | null {
+  const tables = tablesOf(session as AnySession);
+  return tables === null ? null : tables.streams.values();
+}
+
 /** Renews the session's stream collections after each major collection, until it closes. */
 export function watchStreamTables(session: http2.Http2Session): void {
   if (session.destroyed || tablesOf(session as AnySession) === null) return;

@@ -16,10 +16,12 @@ import { H2_STREAM_WINDOW } from './windows.js';
  * WIDE_STREAMS × 1 MiB (filled before the change) plus NARROW_BUDGET: ~32 MiB with 100 streams
  * (a narrow window of 163 KiB). Past 256 streams the 64 KiB floor rules: 64 KiB per stream.
  * That holds for a peer that acknowledges at once: until it does, it may fill every stream's
- * old window (the timeout below bounds how long it may wait, not what it sends meanwhile).
+ * old window (the timeout below bounds how long it may wait; a client session is also closed
+ * once its streams hold more than held-bodies.ts allows meanwhile).
  *
  * nghttp2 enforces a new setting only once the peer acknowledges it: a peer that does not within
- * SETTINGS_ACK_TIMEOUT_MS gets `onAckTimeout` (RFC 9113 §6.5.3, SETTINGS_TIMEOUT), when given.
+ * SETTINGS_ACK_TIMEOUT_MS is `overdue` (RFC 9113 §6.5.3, SETTINGS_TIMEOUT), when watched, and
+ * while a narrowing waits the watch looks at the session every NARROWING_CHECK_MS.
  * A client's session is closed then; an h2c upstream's is left to wait (a local dev server whose
  * event loop is busy compiling may take that long, and its running streams would be lost).
  */
@@ -28,6 +30,16 @@ const NARROW_BUDGET = 16 * 1024 * 1024;
 /** RFC 9113's default window (what nginx lets a stream send before it reads): a narrow window is never below it. */
 const MIN_STREAM_WINDOW = 64 * 1024;
 const SETTINGS_ACK_TIMEOUT_MS = 10_000;
+/** How often a client's session is looked at while a narrowing waits for its acknowledgement. */
+const NARROWING_CHECK_MS = 25;
+
+/** What is done about a client's session while it has not acknowledged a SETTINGS frame of ours. */
+export interface AckWatch<S> {
+  /** Every NARROWING_CHECK_MS while a narrowing waits (see held-bodies.ts). */
+  narrowingWaits(session: S): void;
+  /** SETTINGS_ACK_TIMEOUT_MS passed without the acknowledgement. */
+  overdue(session: S): void;
+}
 
 /** The stream window while narrow: NARROW_BUDGET spread over the most streams the session may open. */
 function narrowStreamWindow(maxStreams: number): number {
@@ -38,17 +50,18 @@ function narrowStreamWindow(maxStreams: number): number {
 /** Fits one session's stream window to its open streams (see above); `fit` runs on each open and close. */
 export class StreamWindowFit<S extends http2.Http2Session> {
   private readonly session: S;
-  private readonly onAckTimeout: ((session: S) => void) | null;
+  private readonly watch: AckWatch<S> | null;
   private narrow = false;
   /** A SETTINGS frame of ours awaits its ACK: no other is sent meanwhile. */
   private awaitingAck = false;
   private ackTimer: NodeJS.Timeout | null = null;
+  private checkTimer: NodeJS.Timeout | null = null;
   private open = 0;
   private maxStreams = 0;
 
-  constructor(session: S, onAckTimeout: ((session: S) => void) | null) {
+  constructor(session: S, watch: AckWatch<S> | null) {
     this.session = session;
-    this.onAckTimeout = onAckTimeout;
+    this.watch = watch;
   }
 
   fit(open: number, maxStreams: number): void {
@@ -67,16 +80,27 @@ export class StreamWindowFit<S extends http2.Http2Session> {
     }
     this.narrow = narrow;
     this.awaitingAck = true;
-    if (this.onAckTimeout !== null) {
+    if (this.watch !== null) {
       this.ackTimer = setTimeout(this.expired, SETTINGS_ACK_TIMEOUT_MS);
       this.ackTimer.unref();
+      if (narrow) {
+        this.checkTimer = setInterval(this.check, NARROWING_CHECK_MS);
+        this.checkTimer.unref();
+      }
     }
   }
 
-  /** The session closed: its timer goes. */
+  /** A narrowing was sent and not acknowledged yet: the peer may still fill every stream's old window. */
+  get narrowingUnacknowledged(): boolean {
+    return this.narrow && this.awaitingAck;
+  }
+
+  /** The session closed (or the ACK came): its timers go. */
   dispose(): void {
     if (this.ackTimer !== null) clearTimeout(this.ackTimer);
     this.ackTimer = null;
+    if (this.checkTimer !== null) clearInterval(this.checkTimer);
+    this.checkTimer = null;
   }
 
   private readonly acknowledged = (err: Error | null): void => {
@@ -88,6 +112,11 @@ export class StreamWindowFit<S extends http2.Http2Session> {
 
   private readonly expired = (): void => {
     this.ackTimer = null;
-    if (!this.session.destroyed) this.onAckTimeout?.(this.session);
+    if (!this.session.destroyed) this.watch?.overdue(this.session);
+  };
+
+  private readonly check = (): void => {
+    if (this.session.destroyed) this.dispose();
+    else this.watch?.narrowingWaits(this.session);
   };
 }
