@@ -384,6 +384,42 @@ describe('HTTP/2 stream windows with many streams open', () => {
     });
   });
 
+  it('a client sending its request bodies as 1-byte DATA frames to stalled streams loses the session once they cost the proxy 48 MiB, not at 2 GiB', async () => {
+    const held = heldResolver(1, 30_000);
+    const px = await startProxy({ containerPortResolver: held.resolver, portResolverCacheTtlMs: 0 });
+    const client = await H2RawClient.connect(px.port, { keepData: false });
+    try {
+      // 16 POSTs (their windows stay 1 MiB: no narrowing), their route held: Node keeps each
+      // DATA frame's payload as a Buffer of its own, ~127 bytes a frame. Before, 16 such streams
+      // held 408 MiB after 3 MiB of data, and their windows allowed 16 MiB of it.
+      for (let i = 0; i < 16; i++) {
+        client.send(headersFrame(1 + 2 * i, [[':method', 'POST'], [':scheme', 'http'], [':authority', 'app.3000.localhost'], [':path', `/t${i}`]]));
+      }
+      const frames = [];
+      for (let k = 0; k < 1000; k++) for (let i = 0; i < 16; i++) frames.push(dataFrame(1 + 2 * i, Buffer.from('z')));
+      const batch = Buffer.concat(frames);
+      let sent = 0;
+      // Up to 4.8 million frames: 300 KiB a stream, within every window.
+      for (let round = 0; round < 300 && !client.closed; round++) {
+        if (client.frames.some((f) => f.type === FRAME.GOAWAY)) break;
+        client.send(batch);
+        sent += frames.length;
+        await client.flushed();
+      }
+      const goaway = await client.waitForGoaway({ timeoutMs: 5000 });
+      assert.ok(goaway !== null, `no GOAWAY after ${sent} frames`);
+      assert.equal(goaway.errorCode, ERROR.ENHANCE_YOUR_CALM, errorName(goaway.errorCode));
+      // 48 MiB is ~390,000 such frames; the count runs every 250 ms.
+      assert.ok(sent < 2_500_000, `${sent} frames taken before the GOAWAY`);
+      assert.ok(await client.waitForClose({ timeoutMs: 3000 }), 'the connection stayed open');
+      assert.ok(await waitFor(() => px.proxy.getStats().activeConnections === 0), 'the connection still counts');
+    } finally {
+      client.close();
+      held.release();
+      await px.proxy.stop();
+    }
+  });
+
   it('a client that acknowledges the narrowing and sends past it gets FLOW_CONTROL_ERROR', async () => {
     await withClientPastWideStreams(async (client) => {
       client.send(settingsFrame({}, { ack: true }));

@@ -29,7 +29,7 @@ import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from './windows.js';
 import { StreamWindowFit, type AckWatch } from './stream-window.js';
 import { flushRequestBody, requestBodyPiece } from './request-body.js';
 import { H2StreamState } from './stream-state.js';
-import { HELD_BODY_BYTES_MAX, requestBytesHeld } from './held-bodies.js';
+import { HELD_BODY_MEMORY_MAX, requestMemoryHeld } from './held-bodies.js';
 import { watchStreamTables } from './stream-tables.js';
 import { releaseTimerOnClose } from './session-timeout.js';
 import { ChurnSet } from '../churn-set.js';
@@ -554,8 +554,12 @@ function probeSessions(): void {
       probed.delete(session);
       continue;
     }
-    // Only a session holding streams can be out of room (their memory, or their count).
-    if (session[kSession]!.streams > 0 && !session.closed) lookForRefusals(session, session[kSession]!);
+    // Only a session holding streams can be out of room (their memory, or their count), or hold
+    // too much of their request bodies.
+    if (session[kSession]!.streams > 0 && !session.destroyed) {
+      if (closeIfHoldingTooMuch(session)) continue;
+      if (!session.closed) lookForRefusals(session, session[kSession]!);
+    }
     if (!stoppedReading(session[kSession]!)) continue;
     // Leave it as Node left it and look again once the loop has turned: a write callback
     // already due may be about to resume reading.
@@ -570,14 +574,16 @@ function probeSessions(): void {
 }
 
 /**
- * A client holding back its acknowledgement of a narrower stream window while its streams fill
- * the old one (see held-bodies.ts) loses the session: GOAWAY(ENHANCE_YOUR_CALM), then destroyed.
+ * A client whose streams make the proxy hold more of their request bodies than a session may
+ * (see held-bodies.ts: tiny DATA frames, or the old windows filled while it holds back its
+ * acknowledgement of a narrower one) loses the session: GOAWAY(ENHANCE_YOUR_CALM), then destroyed.
+ * True when it did.
  */
-function closeIfHoldingTooMuch(session: TrackedSession): void {
-  const held = requestBytesHeld(session, exchangeOfStream);
-  if (held === null || held <= HELD_BODY_BYTES_MAX) return;
+function closeIfHoldingTooMuch(session: TrackedSession): boolean {
+  const held = requestMemoryHeld(session, exchangeOfStream);
+  if (held === null || held <= HELD_BODY_MEMORY_MAX) return false;
   session[kSession]?.core.log.warn(
-    `HTTP/2 client ${session.socket?.remoteAddress ?? ''} holds ${(held / 1048576).toFixed(1)} MiB of request bodies without acknowledging SETTINGS: closing the session`,
+    `HTTP/2 client ${session.socket?.remoteAddress ?? ''} makes the proxy hold ${(held / 1048576).toFixed(1)} MiB of request bodies: closing the session`,
   );
   try {
     session.goaway(NGHTTP2_ENHANCE_YOUR_CALM);
@@ -585,6 +591,7 @@ function closeIfHoldingTooMuch(session: TrackedSession): void {
     // the session is already going
   }
   destroySession(session);
+  return true;
 }
 
 function exchangeOfStream(stream: http2.Http2Stream): Exchange | undefined {
