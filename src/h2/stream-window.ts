@@ -90,11 +90,6 @@ export class StreamWindowFit<S extends http2.Http2Session> {
     }
   }
 
-  /** A narrowing was sent and not acknowledged yet: the peer may still fill every stream's old window. */
-  get narrowingUnacknowledged(): boolean {
-    return this.narrow && this.awaitingAck;
-  }
-
   /** The session closed (or the ACK came): its timers go. */
   dispose(): void {
     if (this.ackTimer !== null) clearTimeout(this.ackTimer);
