@@ -156,6 +156,7 @@ const SUMMARY_ROWS = [
   ...DOWNLOAD_CONNECTIONS.map((n) => ({
     label: `1 MiB downloads, MiB/s (\`wrk -t1 -c${n}\`)`, workload: `download-1m-c${n}`, key: 'mibps', digits: 0, refs: ['direct', 'nginx'], spread: true,
   })),
+  { label: '1 MiB downloads, upstream without tcp_nopush, MiB/s (`wrk -t1 -c4`)', workload: 'uncorked-download-1m-c4', key: 'mibps', digits: 0, refs: ['direct', 'nginx'], spread: true },
   { label: '256 MiB upload, MiB/s', workload: 'upload-256m', key: 'mibps', digits: 0, refs: ['nginx', 'direct'] },
   { label: 'upload peak RSS over idle, MiB', workload: 'upload-256m', key: 'peakGrowthMiB', refs: [] },
   { label: 'h2c 64 MiB upload ÷ HTTP/1.1 (same system)', workload: 'h2c-upload-64m', key: 'h2cVsH1', digits: 2, refs: [] },

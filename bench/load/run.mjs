@@ -127,6 +127,7 @@ function estimate() {
     'download-1m-c1': cfg.seconds.download + 0.1,
     'download-1m-c4': cfg.seconds.download + 0.1,
     'download-1m-c16': cfg.seconds.download + 0.1,
+    'uncorked-download-1m-c4': cfg.seconds.download + 0.1,
     'h2c-download-1m': 2 * cfg.seconds.download + 0.2,
     'h2c-upload-64m': 1,
     'rps-1000': cfg.seconds.rps + 0.2,

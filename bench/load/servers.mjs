@@ -4,6 +4,7 @@
 // fastify + @fastify/http-proxy, http-proxy-3, plus "direct" (no proxy at all) and a bare `node`
 // process for idle memory.
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -104,18 +105,24 @@ async function startNginx(name, prefix, conf, ports, cpu) {
 }
 
 /**
- * nginx with 1 worker serving /small (100 bytes) and /1m (1 MiB file), HTTP/1.1 and h2c ports,
+ * nginx with 1 worker serving /small (100 bytes) and /1m (1 MiB file; also as /1m-uncorked), HTTP/1.1 and h2c ports,
  * and a TLS port (h2 and HTTP/1.1 by ALPN) with `tls` ({ cert, key }).
  */
 export async function startUpstream(workDir, tls) {
   const prefix = join(workDir, 'nginx-upstream');
   mkdirSync(join(prefix, 'www'), { recursive: true });
-  writeFileSync(join(prefix, 'www', '1m'), Buffer.alloc(LARGE_BYTES, 0x62));
+  // Random bytes, as a real file's are (a file of one repeated byte is 256 identical pages).
+  writeFileSync(join(prefix, 'www', '1m'), randomBytes(LARGE_BYTES));
   const port = await freePort();
   const h2cPort = await freePort();
   const tlsPort = await freePort();
+  // /1m as a static-file server is usually set up: sendfile, and tcp_nopush (TCP_CORK: the head
+  // and the file's first bytes in one full segment). /1m-uncorked is the same file without
+  // tcp_nopush, to show what corking does to a proxied download (bench/MEASUREMENTS.md).
+  const www = join(prefix, 'www');
   const locations = `    location = /small { default_type text/plain; return 200 "${SMALL_BODY.slice(0, -1)}\\n"; }
-    location = /1m { root ${join(prefix, 'www')}; default_type application/octet-stream; }`;
+    location = /1m { root ${www}; default_type application/octet-stream; sendfile on; tcp_nopush on; }
+    location = /1m-uncorked { alias ${join(www, '1m')}; default_type application/octet-stream; sendfile on; tcp_nopush off; }`;
   const conf = nginxMain(
     prefix,
     `  server {

@@ -183,13 +183,15 @@ const tlsH1Small = {
 };
 
 /**
- * 1 MiB downloads of a file nginx serves with sendfile, over `connections` keep-alive connections.
- * The proxy is held to ≥ DOWNLOAD_FLOOR × direct in the same run (see checkFloors).
+ * 1 MiB downloads of a file nginx serves with sendfile and tcp_nopush, over `connections`
+ * keep-alive connections. The proxy is held to ≥ DOWNLOAD_FLOOR × direct in the same run (see
+ * checkFloors). `uncorked`: the same file without tcp_nopush (not gated; bench/MEASUREMENTS.md).
  */
-function download(connections) {
+function download(connections, uncorked = false) {
+  const path = uncorked ? '/1m-uncorked' : '/1m';
   return {
-    name: `download-1m-c${connections}`,
-    title: `1 MiB downloads (wrk -t1 -c${connections})`,
+    name: uncorked ? `uncorked-download-1m-c${connections}` : `download-1m-c${connections}`,
+    title: `1 MiB downloads (wrk -t1 -c${connections}${uncorked ? '; upstream without tcp_nopush' : ''})`,
     systems: ['direct', 'cmux-proxy', 'cmux-proxy-ref', 'baseline', 'baseline-ka', 'nginx'],
     columns: [
       { key: 'mibps', label: 'MiB/s', digits: 0 },
@@ -204,7 +206,7 @@ function download(connections) {
     async run(ctx, system) {
       const hwmReset = pid(system) ? resetHwm(pid(system)) : null;
       const wait0 = pid(system) ? runQueueWaitMs(pid(system)) : null;
-      const r = await wrk(system, { backendPort: ctx.backends.upstream.port, path: '/1m', connections, seconds: ctx.cfg.seconds.download });
+      const r = await wrk(system, { backendPort: ctx.backends.upstream.port, path, connections, seconds: ctx.cfg.seconds.download });
       const wait1 = pid(system) ? runQueueWaitMs(pid(system)) : null;
       const complete = r.bytes >= r.requests * LARGE_BYTES * 0.99;
       return {
@@ -223,7 +225,7 @@ function download(connections) {
 
 /** Download workloads, by connection count; each one's proxy/direct ratio is a gated floor. */
 export const DOWNLOAD_CONNECTIONS = [1, 4, 16];
-const downloads = DOWNLOAD_CONNECTIONS.map(download);
+const downloads = [...DOWNLOAD_CONNECTIONS.map((c) => download(c)), download(4, true)];
 
 const upload = {
   name: 'upload-256m',
