@@ -155,6 +155,8 @@ async function checkBackends(backends) {
   const large = await get('/1m');
   if (small.toString() !== SMALL_BODY) throw new Error(`upstream /small returned ${small.length} bytes, expected ${SMALL_BODY.length}`);
   if (large.length !== LARGE_BYTES) throw new Error(`upstream /1m returned ${large.length} bytes`);
+  const uncorked = await get('/1m-uncorked');
+  if (!uncorked.equals(large)) throw new Error(`upstream /1m-uncorked returned ${uncorked.length} bytes, not /1m's`);
 }
 
 async function runOne(ctx, workload, system, label) {

@@ -223,7 +223,7 @@ function download(connections, uncorked = false) {
   };
 }
 
-/** Download workloads, by connection count; each one's proxy/direct ratio is a gated floor. */
+/** Gated download workloads, by connection count (each one's proxy/direct ratio is a floor); the uncorked one is not. */
 export const DOWNLOAD_CONNECTIONS = [1, 4, 16];
 const downloads = [...DOWNLOAD_CONNECTIONS.map((c) => download(c)), download(4, true)];
 
