@@ -1,4 +1,5 @@
 import type { Duplex } from 'node:stream';
+import { writableHeld } from './held-memory.js';
 import type net from 'node:net';
 import type { StatsCounters } from './stats.js';
 import type { ChurnSet } from './churn-set.js';
@@ -243,6 +244,20 @@ function tunnelEndOnData(this: TunnelEnd, chunk: Buffer): void {
     frames.scan(chunk, 0, false);
   }
   if (!other.write(chunk)) this.pause();
+}
+
+/**
+ * What a tunnel holds of `end`'s bytes not yet taken by the other side, in memory (bytes plus
+ * HELD_PIECE_COST per queued write, held-memory.ts); 0 when `end` is not in a tunnel. An HTTP/2
+ * stream's DATA frames reach the upstream socket one write each, and the socket's queue pauses the
+ * stream at 16 KiB of bytes: 1-byte frames toward an upstream that does not read held ~1.6 MB
+ * per stream, uncounted (100 WebSocket streams of one session: 214 MB).
+ */
+export function heldTowardPeer(end: Duplex): number {
+  const tunnel = (end as TunnelEnd)[kTunnel];
+  if (tunnel === undefined) return 0;
+  const other = tunnel.other(end as TunnelEnd);
+  return other.destroyed ? 0 : writableHeld(other);
 }
 
 function tunnelEndOnDrain(this: TunnelEnd): void {

@@ -82,3 +82,44 @@ describe('tunnel backpressure', () => {
     });
   }
 });
+
+// What a tunnel holds toward a side that does not read counts in the HTTP/2 session's held memory
+// (src/h2/held-bodies.ts): an extended CONNECT stream's 1-byte DATA frames each became a write of
+// their own on the upstream socket, ~100 bytes of memory each, uncounted below the socket's
+// 16 KiB pause (100 WebSocket streams of one session held 214 MB).
+describe('tunnel: held memory toward a side that does not read', () => {
+  it('counts the bytes and the pieces queued on the other side (heldTowardPeer)', async () => {
+    const { Tunnel, TUNNEL_CONNECT, heldTowardPeer } = await import('../dist/tunnel.js');
+    const { StatsCounters } = await import('../dist/stats.js');
+    const { HELD_PIECE_COST } = await import('../dist/held-memory.js');
+    // a: the accepted end of a loopback connection; b: a socket to a server that never reads.
+    const sink = net.createServer((s) => s.pause());
+    await new Promise((r) => sink.listen(0, '127.0.0.1', r));
+    const front = net.createServer();
+    await new Promise((r) => front.listen(0, '127.0.0.1', r));
+    const client = net.connect(front.address().port, '127.0.0.1');
+    const [a] = await once(front, 'connection');
+    const b = net.connect(sink.address().port, '127.0.0.1');
+    await once(b, 'connect');
+    try {
+      const tunnel = new Tunnel(a, b, TUNNEL_CONNECT, new StatsCounters());
+      assert.equal(heldTowardPeer(a), 0);
+      assert.equal(heldTowardPeer(client), 0, 'not a tunnel end');
+      // Fill the kernel's buffers toward the sink until b's stream queues, then add 1-byte pieces.
+      const big = Buffer.alloc(256 * 1024);
+      for (let i = 0; i < 400 && b.write(big); i++) await new Promise(setImmediate);
+      const queuedBytes = b.writableLength;
+      assert.ok(queuedBytes > 0, 'the sink stopped taking bytes');
+      for (let i = 0; i < 1000; i++) b.write(Buffer.alloc(1));
+      const held = heldTowardPeer(a);
+      assert.ok(held >= b.writableLength + 1000 * HELD_PIECE_COST, `held ${held}, queued ${b.writableLength} bytes and 1000+ pieces`);
+      assert.equal(heldTowardPeer(b), a.writableLength, 'nothing queued toward a');
+      tunnel.destroy();
+    } finally {
+      client.destroy();
+      b.destroy();
+      front.close();
+      sink.close();
+    }
+  });
+});

@@ -1,6 +1,7 @@
 import type http2 from 'node:http2';
 import type { Exchange } from '../exchange.js';
 import { readableHeld } from '../held-memory.js';
+import { heldTowardPeer } from '../tunnel.js';
 import { openStreams } from './stream-tables.js';
 
 /**
@@ -27,8 +28,8 @@ export const HELD_BODY_MEMORY_MAX = 48 * 1024 * 1024;
 
 /**
  * Memory the session's streams hold of request bodies: what Node buffered of each stream unread
- * (a paused stream: its upstream is not ready or not taking more), and what each exchange queued
- * or wrote and its upstream has not taken. Null when this Node keeps its streams where the proxy
+ * (a paused stream: its upstream is not ready or not taking more), what each exchange queued
+ * or wrote and its upstream has not taken, and what a tunnel's upstream socket has not taken. Null when this Node keeps its streams where the proxy
  * does not look (then nothing is counted).
  */
 export function requestMemoryHeld(session: http2.Http2Session, exchangeOf: (stream: http2.Http2Stream) => Exchange | undefined): number | null {
@@ -37,7 +38,8 @@ export function requestMemoryHeld(session: http2.Http2Session, exchangeOf: (stre
   let held = 0;
   for (const value of streams) {
     const stream = value as http2.Http2Stream;
-    held += readableHeld(stream);
+    // An extended CONNECT (or CONNECT) stream spliced to its upstream: what the socket has not taken.
+    held += readableHeld(stream) + heldTowardPeer(stream);
     const ex = exchangeOf(stream);
     if (ex !== undefined) held += ex.heldRequestMemory();
   }
