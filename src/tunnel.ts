@@ -1,6 +1,6 @@
 import type { Duplex } from 'node:stream';
-import { writableHeld } from './held-memory.js';
 import type net from 'node:net';
+import { writableHeld } from './held-memory.js';
 import type { StatsCounters } from './stats.js';
 import type { ChurnSet } from './churn-set.js';
 import type { TunnelRecord } from './observe.js';

@@ -28,9 +28,9 @@ export const HELD_BODY_MEMORY_MAX = 48 * 1024 * 1024;
 
 /**
  * Memory the session's streams hold of request bodies: what Node buffered of each stream unread
- * (a paused stream: its upstream is not ready or not taking more), what each exchange queued
- * or wrote and its upstream has not taken, and what a tunnel's upstream socket has not taken. Null when this Node keeps its streams where the proxy
- * does not look (then nothing is counted).
+ * (a paused stream: its upstream is not ready or not taking more), what each exchange queued or
+ * wrote and its upstream has not taken, and what a tunnel's upstream socket has not taken. Null
+ * when this Node keeps its streams where the proxy does not look (then nothing is counted).
  */
 export function requestMemoryHeld(session: http2.Http2Session, exchangeOf: (stream: http2.Http2Stream) => Exchange | undefined): number | null {
   const streams = openStreams(session);
