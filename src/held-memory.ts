@@ -10,6 +10,7 @@ export const HELD_PIECE_COST = 128;
 
 interface QueueState {
   length: number;
+  pendingcb?: number;
   buffer?: unknown;
   bufferIndex?: number;
   buffered?: unknown;
@@ -33,4 +34,15 @@ export function writableHeld(stream: Writable): number {
   const state = (stream as unknown as { _writableState?: QueueState })._writableState;
   if (state === undefined) return stream.writableLength;
   return state.length + HELD_PIECE_COST * piecesIn(state.buffered, state.bufferedIndex);
+}
+
+/**
+ * What a writable stream's unfinished writes cost beyond their bytes: HELD_PIECE_COST per write
+ * it has taken and not yet called back, queued in it or already below it (an HTTP/2 stream's
+ * writes wait in nghttp2's queue for the peer's window). Its bytes are left out: backpressure
+ * bounds them per stream (the high-water mark plus the write that crossed it).
+ */
+export function writesPendingCost(stream: Writable): number {
+  const pending = (stream as unknown as { _writableState?: QueueState })._writableState?.pendingcb;
+  return typeof pending === 'number' && pending > 0 ? HELD_PIECE_COST * pending : 0;
 }

@@ -1,11 +1,12 @@
 import type http2 from 'node:http2';
 import type { Exchange } from '../exchange.js';
-import { readableHeld } from '../held-memory.js';
+import { readableHeld, writesPendingCost } from '../held-memory.js';
 import { heldTowardPeer } from '../tunnel.js';
 import { openStreams } from './stream-tables.js';
 
 /**
- * What a client session's streams make the proxy hold of their request bodies, in memory.
+ * What a client session's streams make the proxy hold of their bodies, in memory: request
+ * bodies, and the pieces of answers waiting for the client.
  *
  * Stream windows bound the bytes, not the pieces: a client's request bodies in 1-byte DATA
  * frames, to a route still resolving (or an upstream not reading), cost ~127 bytes of memory per
@@ -27,10 +28,11 @@ import { openStreams } from './stream-tables.js';
 export const HELD_BODY_MEMORY_MAX = 48 * 1024 * 1024;
 
 /**
- * Memory the session's streams hold of request bodies: what Node buffered of each stream unread
+ * Memory the session's streams hold of their bodies: what Node buffered of each stream unread
  * (a paused stream: its upstream is not ready or not taking more), what each exchange queued or
- * wrote and its upstream has not taken, and what a tunnel's upstream socket has not taken. Null
- * when this Node keeps its streams where the proxy does not look (then nothing is counted).
+ * wrote and its upstream has not taken, what a tunnel's upstream socket has not taken, and the
+ * writes toward the client each stream has not handed on yet (HELD_PIECE_COST each). Null when
+ * this Node keeps its streams where the proxy does not look (then nothing is counted).
  */
 export function requestMemoryHeld(session: http2.Http2Session, exchangeOf: (stream: http2.Http2Stream) => Exchange | undefined): number | null {
   const streams = openStreams(session);
@@ -40,6 +42,10 @@ export function requestMemoryHeld(session: http2.Http2Session, exchangeOf: (stre
     const stream = value as http2.Http2Stream;
     // An extended CONNECT (or CONNECT) stream spliced to its upstream: what the socket has not taken.
     held += readableHeld(stream) + heldTowardPeer(stream);
+    // Its answer's writes the client has not taken yet (a WebSocket's upstream-to-client side
+    // too): pieces of a few bytes each, from an upstream that writes them one at a time, waited
+    // as ~170 bytes each until 16 KiB of bytes paused the upstream.
+    held += writesPendingCost(stream);
     const ex = exchangeOf(stream);
     if (ex !== undefined) held += ex.heldRequestMemory();
   }

@@ -574,16 +574,17 @@ function probeSessions(): void {
 }
 
 /**
- * A client whose streams make the proxy hold more of their request bodies than a session may
- * (see held-bodies.ts: tiny DATA frames, or the old windows filled while it holds back its
- * acknowledgement of a narrower one) loses the session: GOAWAY(ENHANCE_YOUR_CALM), then destroyed.
+ * A client whose streams make the proxy hold more of their bodies than a session may (see
+ * held-bodies.ts: tiny DATA frames, the old windows filled while it holds back its
+ * acknowledgement of a narrower one, answers in tiny pieces it does not read) loses the session:
+ * GOAWAY(ENHANCE_YOUR_CALM), then destroyed.
  * True when it did.
  */
 function closeIfHoldingTooMuch(session: TrackedSession): boolean {
   const held = requestMemoryHeld(session, exchangeOfStream);
   if (held === null || held <= HELD_BODY_MEMORY_MAX) return false;
   session[kSession]?.core.log.warn(
-    `HTTP/2 client ${session.socket?.remoteAddress ?? ''} makes the proxy hold ${(held / 1048576).toFixed(1)} MiB of request bodies: closing the session`,
+    `HTTP/2 client ${session.socket?.remoteAddress ?? ''} makes the proxy hold ${(held / 1048576).toFixed(1)} MiB of its streams' bodies: closing the session`,
   );
   try {
     session.goaway(NGHTTP2_ENHANCE_YOUR_CALM);
