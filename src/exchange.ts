@@ -6,7 +6,7 @@ import { upstreamFailureAnswer } from './errors.js';
 import { http } from './builtins.js';
 import type { Target } from './route/target.js';
 import { PHASE_UPGRADED, type ReadBatch, type UpstreamConn, type UpstreamUser } from './upstream/h1-pool.js';
-import { HELD_PIECE_COST, writableHeld } from './held-memory.js';
+import { HELD_PIECE_COST, readableHeld, writableHeld } from './held-memory.js';
 import type { H2UpstreamRequest, H2UpstreamUser } from './upstream/h2-pool.js';
 import type { BodyLease } from './upstream/read-buffers.js';
 import type { Span } from './tracing.js';
@@ -491,15 +491,17 @@ export class Exchange implements UpstreamUser, H2UpstreamUser, Routable {
   }
 
   /**
-   * Memory this exchange holds of its request body on the way to its upstream (bytes, and
-   * HELD_PIECE_COST a piece): queued until the upstream is ready, or written and not yet taken
-   * by it (the socket's or the HTTP/2 stream's queue).
+   * Memory this exchange holds of its bodies on the way (bytes, and HELD_PIECE_COST a piece): its
+   * request body queued until the upstream is ready, or written and not yet taken by it (the
+   * socket's or the HTTP/2 stream's queue); and an HTTP/2 upstream's answer read into its stream
+   * while it waits for the client: Node hands a paused stream every DATA frame the window lets
+   * in, one Buffer each (1-byte frames within the 1 MiB window: 16 streams held 1.4 GiB).
    */
   heldRequestMemory(): number {
     let held = 0;
     const queued = this.queued;
     if (queued !== null) for (const piece of queued) held += piece.length + HELD_PIECE_COST;
-    if (this.h2 !== null) held += writableHeld(this.h2.stream);
+    if (this.h2 !== null) held += writableHeld(this.h2.stream) + readableHeld(this.h2.stream);
     else if (this.conn !== null) held += writableHeld(this.conn.socket);
     return held;
   }

@@ -1,6 +1,6 @@
 import type { Duplex } from 'node:stream';
 import type net from 'node:net';
-import { writableHeld } from './held-memory.js';
+import { readableHeld, writableHeld } from './held-memory.js';
 import type { StatsCounters } from './stats.js';
 import type { ChurnSet } from './churn-set.js';
 import type { TunnelRecord } from './observe.js';
@@ -247,17 +247,21 @@ function tunnelEndOnData(this: TunnelEnd, chunk: Buffer): void {
 }
 
 /**
- * What a tunnel holds of `end`'s bytes not yet taken by the other side, in memory (bytes plus
- * HELD_PIECE_COST per queued write, held-memory.ts); 0 when `end` is not in a tunnel. An HTTP/2
- * stream's DATA frames reach the upstream socket one write each, and the socket's queue pauses the
- * stream at 16 KiB of bytes: 1-byte frames toward an upstream that does not read held ~1.6 MB
- * per stream, uncounted (100 WebSocket streams of one session: 214 MB).
+ * What a tunnel holds at its other side, in memory (bytes plus HELD_PIECE_COST a piece,
+ * held-memory.ts): `end`'s bytes written to it and not yet taken, and what it has read and
+ * `end` has not taken yet (read on while paused, up to its high-water mark: 16 KiB on Node 20,
+ * 64 KiB on 22 and 24); 0 when `end` is not in a tunnel. An HTTP/2 stream's DATA frames reach
+ * the upstream socket one write each, and the socket's queue pauses the stream at 16 KiB of
+ * bytes: 1-byte frames toward an upstream that does not read held ~1.6 MB per stream, uncounted
+ * (100 WebSocket streams of one session: 214 MB). The other way, an upstream's 1-byte writes
+ * toward a client that does not read waited in the paused socket, one Buffer each: 358-480 MiB
+ * for 100 WebSocket streams, uncounted.
  */
 export function heldTowardPeer(end: Duplex): number {
   const tunnel = (end as TunnelEnd)[kTunnel];
   if (tunnel === undefined) return 0;
   const other = tunnel.other(end as TunnelEnd);
-  return other.destroyed ? 0 : writableHeld(other);
+  return other.destroyed ? 0 : writableHeld(other) + readableHeld(other);
 }
 
 function tunnelEndOnDrain(this: TunnelEnd): void {

@@ -90,4 +90,123 @@ describe('HTTP/2 answers waiting for the client count in the session memory', ()
       await proxy.stop();
     }
   });
+  it('an extended CONNECT the upstream refuses with an endless answer waits for the client: the upstream is paused, not read on into memory', { timeout: 20_000 }, async () => {
+    let sent = 0;
+    let upstreamSocket = null;
+    const chunk = Buffer.alloc(64 * 1024, 0x61);
+    const upstream = net.createServer((socket) => {
+      upstreamSocket = socket;
+      socket.on('error', () => {});
+      socket.once('data', () => {
+        socket.write('HTTP/1.1 403 Forbidden\r\ncontent-length: 100000000000\r\n\r\n');
+        const pump = () => {
+          while (!socket.destroyed && socket.write(chunk)) sent += chunk.length;
+        };
+        socket.on('drain', pump);
+        pump();
+      });
+    });
+    upstream.listen(0, '127.0.0.1');
+    await once(upstream, 'listening');
+    const { proxy, port } = await startProxy();
+    // A stream window of 0: the answer's DATA frames cannot go; the proxy must not read on for it.
+    const client = http2.connect(`http://127.0.0.1:${port}`, { settings: { initialWindowSize: 0 } });
+    client.on('error', () => {});
+    try {
+      await once(client, 'remoteSettings');
+      const stream = client.request(
+        { ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':path': '/chat', 'sec-websocket-version': '13', 'x-cmux-port-internal': String(upstream.address().port) },
+        { endStream: false },
+      );
+      stream.on('error', () => {});
+      const [headers] = await once(stream, 'response');
+      assert.equal(headers[':status'], 403);
+      await sleep(2000);
+      // Paused: what the kernel's socket buffers hold, a few MiB. Read on, it was ~200 MiB a second.
+      assert.ok(sent < 48 * 1024 * 1024, `the upstream could send ${Math.round(sent / 1048576)} MiB toward a client that took none`);
+    } finally {
+      client.destroy();
+      upstreamSocket?.destroy();
+      upstream.close();
+      await proxy.stop();
+    }
+  });
+
+  it('a tunnel counts what its upstream socket read and its client has not taken (heldTowardPeer, the paused side)', async () => {
+    const { Tunnel, TUNNEL_CONNECT, heldTowardPeer } = await import('../dist/tunnel.js');
+    const { StatsCounters } = await import('../dist/stats.js');
+    const { HELD_PIECE_COST } = await import('../dist/held-memory.js');
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const accepted = [];
+    server.on('connection', (s) => accepted.push(s));
+    const a = net.connect(server.address().port, '127.0.0.1');
+    const b = net.connect(server.address().port, '127.0.0.1');
+    await Promise.all([once(a, 'connect'), once(b, 'connect')]);
+    try {
+      const tunnel = new Tunnel(a, b, TUNNEL_CONNECT, new StatsCounters());
+      void tunnel;
+      assert.equal(heldTowardPeer(a), 0);
+      // b read 1,000 pieces that a has not taken: b is paused (a's writes wait), its buffer holds them.
+      b.pause();
+      for (let i = 0; i < 1000; i++) b.push(Buffer.from('x'));
+      const held = heldTowardPeer(a);
+      assert.ok(held >= 1000 * (1 + HELD_PIECE_COST), `counted ${held} for 1,000 1-byte pieces read and not taken`);
+    } finally {
+      a.destroy();
+      b.destroy();
+      for (const s of accepted) s.destroy();
+      server.close();
+    }
+  });
+
+  it('an h2c upstream answering a byte per DATA frame to a client that reads none: the session gets GOAWAY(ENHANCE_YOUR_CALM)', { timeout: 40_000 }, async () => {
+    const upstream = http2.createServer();
+    const streams = new Set();
+    upstream.on('stream', (stream) => {
+      stream.on('error', () => {});
+      stream.respond({ ':status': 200 });
+      // Past the client stream's high-water mark at once: the proxy pauses this stream from here.
+      stream.write(Buffer.alloc(80 * 1024, 0x61));
+      streams.add(stream);
+      stream.on('close', () => streams.delete(stream));
+    });
+    upstream.on('sessionError', () => {});
+    upstream.listen(0, '127.0.0.1');
+    await once(upstream, 'listening');
+    let trickling = true;
+    const one = Buffer.from('x');
+    const trickle = () => {
+      if (!trickling) return;
+      // One byte per stream per turn, each its own DATA frame, within the window the proxy grants.
+      for (const stream of streams) if (!stream.destroyed && stream.writableLength < 4096) stream.write(one);
+      setImmediate(trickle);
+    };
+    trickle();
+    const { proxy, port } = await startProxy({ upstreamProtocol: 'h2c' });
+    const client = http2.connect(`http://127.0.0.1:${port}`, { settings: { initialWindowSize: 0 } });
+    client.on('error', () => {});
+    try {
+      let timer;
+      const goaway = new Promise((resolve) => {
+        client.once('goaway', (code) => resolve(code));
+        client.once('close', () => resolve('closed'));
+        timer = setTimeout(resolve, 30_000, null);
+      });
+      for (let i = 0; i < 16; i++) {
+        const stream = client.request({ ':path': `/s${i}`, 'x-cmux-port-internal': String(upstream.address().port) });
+        stream.on('error', () => {});
+      }
+      const code = await goaway;
+      clearTimeout(timer);
+      assert.equal(code, ENHANCE_YOUR_CALM, `no GOAWAY(ENHANCE_YOUR_CALM) within 30 s (${code})`);
+    } finally {
+      trickling = false;
+      client.destroy();
+      for (const stream of streams) stream.destroy();
+      upstream.close();
+      await proxy.stop();
+    }
+  });
 });

@@ -37,6 +37,7 @@ import {
   type HTTPParser,
 } from '../h1/parser.js';
 import { resetStream, respondError } from './session.js';
+import { readableHeld } from '../held-memory.js';
 import { OUTCOME_NEUTRAL, holdMemberUntilClose, type GroupMember } from '../upstream/group.js';
 
 const WEBSOCKET_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
@@ -323,8 +324,30 @@ class WebSocketBridge implements Routable, TunnelUser {
     return 0;
   }
 
+  /**
+   * A piece of a refused upgrade's answer (phase 2). It goes to the client at the client's pace:
+   * while the stream holds more than it wants, the upstream socket is paused (an upstream that
+   * streamed a never-ending refusal to a client with no window made the proxy hold 1 GiB in 5 s).
+   */
   onBody(chunk: Buffer): void {
-    if (this.phase === 2 && !this.stream.destroyed) this.stream.write(chunk);
+    if (this.phase !== 2 || this.stream.destroyed) return;
+    const socket = this.socket;
+    if (!this.stream.write(chunk) && socket !== null && !socket.isPaused()) {
+      socket.pause();
+      this.stream.once('drain', bridgeStreamOnDrain);
+    }
+  }
+
+  /** The client took the refusal's answer so far: read the upstream on. */
+  relayDrained(): void {
+    const socket = this.socket;
+    if (this.phase === 2 && socket !== null && !socket.destroyed) socket.resume();
+  }
+
+  /** What a refusal's answer holds on its way (read while the socket is paused), in memory. */
+  heldInRelay(): number {
+    const socket = this.socket;
+    return this.phase === 2 && socket !== null && !socket.destroyed ? readableHeld(socket) : 0;
   }
 
   onMessageComplete(): void {
@@ -464,6 +487,17 @@ function bridgeSocketOnClose(this: BridgeSocket): void {
 
 function bridgeStreamOnClose(this: BridgeStream): void {
   this[kBridge]?.streamClosed();
+}
+
+function bridgeStreamOnDrain(this: BridgeStream): void {
+  const bridge = this[kBridge];
+  if (bridge instanceof WebSocketBridge) bridge.relayDrained();
+}
+
+/** What an extended CONNECT stream's refused upgrade holds of its answer (0 for any other stream). */
+export function heldInRefusal(stream: http2.Http2Stream): number {
+  const bridge = (stream as BridgeStream)[kBridge];
+  return bridge instanceof WebSocketBridge ? bridge.heldInRelay() : 0;
 }
 
 /** Plain HTTP/2 CONNECT: a stream spliced to a TCP connection to the routed target. */

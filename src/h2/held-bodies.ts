@@ -2,6 +2,7 @@ import type http2 from 'node:http2';
 import type { Exchange } from '../exchange.js';
 import { readableHeld, writesPendingCost } from '../held-memory.js';
 import { heldTowardPeer } from '../tunnel.js';
+import { heldInRefusal } from './extended-connect.js';
 import { openStreams } from './stream-tables.js';
 
 /**
@@ -45,7 +46,7 @@ export function requestMemoryHeld(session: http2.Http2Session, exchangeOf: (stre
     // Its answer's writes the client has not taken yet (a WebSocket's upstream-to-client side
     // too): pieces of a few bytes each, from an upstream that writes them one at a time, waited
     // as ~170 bytes each until 16 KiB of bytes paused the upstream.
-    held += writesPendingCost(stream);
+    held += writesPendingCost(stream) + heldInRefusal(stream);
     const ex = exchangeOf(stream);
     if (ex !== undefined) held += ex.heldRequestMemory();
   }
