@@ -132,6 +132,46 @@ describe('HTTP/2 answers waiting for the client count in the session memory', ()
     }
   });
 
+  it('a refused extended CONNECT\'s 8 MiB answer reaches a client that reads it, whole, through the pauses', { timeout: 20_000 }, async () => {
+    const body = Buffer.alloc(8 * 1024 * 1024);
+    for (let i = 0; i < body.length; i++) body[i] = i % 251;
+    const upstream = net.createServer((socket) => {
+      socket.on('error', () => {});
+      socket.once('data', () => {
+        socket.write(`HTTP/1.1 403 Forbidden\r\ncontent-length: ${body.length}\r\n\r\n`);
+        socket.end(body);
+      });
+    });
+    upstream.listen(0, '127.0.0.1');
+    await once(upstream, 'listening');
+    const { proxy, port } = await startProxy();
+    const client = http2.connect(`http://127.0.0.1:${port}`);
+    client.on('error', () => {});
+    try {
+      await once(client, 'remoteSettings');
+      const stream = client.request(
+        { ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':path': '/chat', 'sec-websocket-version': '13', 'x-cmux-port-internal': String(upstream.address().port) },
+        { endStream: false },
+      );
+      const [headers] = await once(stream, 'response');
+      assert.equal(headers[':status'], 403);
+      const chunks = [];
+      // A slow reader first: the stream fills and the upstream is paused; then it reads on.
+      stream.pause();
+      await sleep(300);
+      stream.on('data', (c) => chunks.push(c));
+      stream.resume();
+      await once(stream, 'end');
+      const got = Buffer.concat(chunks);
+      assert.equal(got.length, body.length);
+      assert.ok(got.equals(body), 'the answer arrived changed');
+    } finally {
+      client.destroy();
+      upstream.close();
+      await proxy.stop();
+    }
+  });
+
   it('a tunnel counts what its upstream socket read and its client has not taken (heldTowardPeer, the paused side)', async () => {
     const { Tunnel, TUNNEL_CONNECT, heldTowardPeer } = await import('../dist/tunnel.js');
     const { StatsCounters } = await import('../dist/stats.js');
