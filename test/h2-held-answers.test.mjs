@@ -5,11 +5,44 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';
-import net from 'node:net';
 import { once } from 'node:events';
-import { startProxy, sleep } from './helpers/servers.mjs';
+import { startProxy, startRawServer, sleep } from './helpers/servers.mjs';
 
 const ENHANCE_YOUR_CALM = http2.constants.NGHTTP2_ENHANCE_YOUR_CALM;
+
+/**
+ * Opens `count` streams to `upstreamPort` through the proxy on a session whose stream window is 0
+ * (it reads nothing) and resolves with the session's GOAWAY code, 'closed' when it closes
+ * without one, or null after 30 s.
+ */
+async function goawayOfStalledStreams(port, upstreamPort, count) {
+  const client = http2.connect(`http://127.0.0.1:${port}`, { settings: { initialWindowSize: 0 } });
+  client.on('error', () => {});
+  let timer;
+  const code = new Promise((resolve) => {
+    client.once('goaway', (c) => resolve(c));
+    client.once('close', () => resolve('closed'));
+    timer = setTimeout(resolve, 30_000, null);
+  });
+  for (let i = 0; i < count; i++) {
+    const stream = client.request({ ':path': `/s${i}`, 'x-cmux-port-internal': String(upstreamPort) });
+    stream.on('error', () => {});
+  }
+  try {
+    return await code;
+  } finally {
+    clearTimeout(timer);
+    client.destroy();
+  }
+}
+
+/** An RFC 8441 WebSocket request to `upstreamPort` on `client` (which has the proxy's SETTINGS). */
+function requestWebSocket(client, upstreamPort) {
+  return client.request(
+    { ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':path': '/chat', 'sec-websocket-version': '13', 'x-cmux-port-internal': String(upstreamPort) },
+    { endStream: false },
+  );
+}
 
 describe('HTTP/2 answers waiting for the client count in the session memory', () => {
   it('counts each write a stream has not handed to its client yet (writesPendingCost)', async () => {
@@ -45,58 +78,39 @@ describe('HTTP/2 answers waiting for the client count in the session memory', ()
   });
 
   it('an upstream answering 100 streams a byte at a time to a client that reads none: the session gets GOAWAY(ENHANCE_YOUR_CALM)', { timeout: 40_000 }, async () => {
-    const sockets = new Set();
-    const upstream = net.createServer((socket) => {
+    const answering = new Set();
+    const upstream = await startRawServer((socket) => {
       socket.setNoDelay(true);
-      socket.on('error', () => {});
       socket.once('data', () => {
         socket.write('HTTP/1.1 200 OK\r\ncontent-length: 100000000\r\n\r\n');
-        sockets.add(socket);
+        answering.add(socket);
       });
-      socket.on('close', () => sockets.delete(socket));
+      socket.on('close', () => answering.delete(socket));
     });
-    upstream.listen(0, '127.0.0.1');
-    await once(upstream, 'listening');
     let trickling = true;
     const one = Buffer.from('x');
     const trickle = () => {
       if (!trickling) return;
       // One byte per socket per turn: the proxy reads (and writes on) each byte by itself.
-      for (const socket of sockets) if (socket.writableLength < 4096) socket.write(one);
+      for (const socket of answering) if (socket.writableLength < 4096) socket.write(one);
       setImmediate(trickle);
     };
     trickle();
     const { proxy, port } = await startProxy();
-    const client = http2.connect(`http://127.0.0.1:${port}`, { settings: { initialWindowSize: 0 } });
-    client.on('error', () => {});
     try {
-      let timer;
-      const goaway = new Promise((resolve) => {
-        client.once('goaway', (code) => resolve(code));
-        timer = setTimeout(resolve, 30_000, null);
-      });
-      for (let i = 0; i < 100; i++) {
-        const stream = client.request({ ':path': `/s${i}`, 'x-cmux-port-internal': String(upstream.address().port) });
-        stream.on('error', () => {});
-      }
-      const code = await goaway;
-      clearTimeout(timer);
-      assert.equal(code, ENHANCE_YOUR_CALM, 'no GOAWAY(ENHANCE_YOUR_CALM) within 30 s');
+      const code = await goawayOfStalledStreams(port, upstream.port, 100);
+      assert.equal(code, ENHANCE_YOUR_CALM, `no GOAWAY(ENHANCE_YOUR_CALM) within 30 s (${code})`);
     } finally {
       trickling = false;
-      client.destroy();
-      for (const socket of sockets) socket.destroy();
-      upstream.close();
+      await upstream.close();
       await proxy.stop();
     }
   });
+
   it('an extended CONNECT the upstream refuses with an endless answer waits for the client: the upstream is paused, not read on into memory', { timeout: 20_000 }, async () => {
     let sent = 0;
-    let upstreamSocket = null;
     const chunk = Buffer.alloc(64 * 1024, 0x61);
-    const upstream = net.createServer((socket) => {
-      upstreamSocket = socket;
-      socket.on('error', () => {});
+    const upstream = await startRawServer((socket) => {
       socket.once('data', () => {
         socket.write('HTTP/1.1 403 Forbidden\r\ncontent-length: 100000000000\r\n\r\n');
         const pump = () => {
@@ -106,18 +120,13 @@ describe('HTTP/2 answers waiting for the client count in the session memory', ()
         pump();
       });
     });
-    upstream.listen(0, '127.0.0.1');
-    await once(upstream, 'listening');
     const { proxy, port } = await startProxy();
     // A stream window of 0: the answer's DATA frames cannot go; the proxy must not read on for it.
     const client = http2.connect(`http://127.0.0.1:${port}`, { settings: { initialWindowSize: 0 } });
     client.on('error', () => {});
     try {
       await once(client, 'remoteSettings');
-      const stream = client.request(
-        { ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':path': '/chat', 'sec-websocket-version': '13', 'x-cmux-port-internal': String(upstream.address().port) },
-        { endStream: false },
-      );
+      const stream = requestWebSocket(client, upstream.port);
       stream.on('error', () => {});
       const [headers] = await once(stream, 'response');
       assert.equal(headers[':status'], 403);
@@ -126,8 +135,7 @@ describe('HTTP/2 answers waiting for the client count in the session memory', ()
       assert.ok(sent < 48 * 1024 * 1024, `the upstream could send ${Math.round(sent / 1048576)} MiB toward a client that took none`);
     } finally {
       client.destroy();
-      upstreamSocket?.destroy();
-      upstream.close();
+      await upstream.close();
       await proxy.stop();
     }
   });
@@ -135,24 +143,18 @@ describe('HTTP/2 answers waiting for the client count in the session memory', ()
   it('a refused extended CONNECT\'s 8 MiB answer reaches a client that reads it, whole, through the pauses', { timeout: 20_000 }, async () => {
     const body = Buffer.alloc(8 * 1024 * 1024);
     for (let i = 0; i < body.length; i++) body[i] = i % 251;
-    const upstream = net.createServer((socket) => {
-      socket.on('error', () => {});
+    const upstream = await startRawServer((socket) => {
       socket.once('data', () => {
         socket.write(`HTTP/1.1 403 Forbidden\r\ncontent-length: ${body.length}\r\n\r\n`);
         socket.end(body);
       });
     });
-    upstream.listen(0, '127.0.0.1');
-    await once(upstream, 'listening');
     const { proxy, port } = await startProxy();
     const client = http2.connect(`http://127.0.0.1:${port}`);
     client.on('error', () => {});
     try {
       await once(client, 'remoteSettings');
-      const stream = client.request(
-        { ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':path': '/chat', 'sec-websocket-version': '13', 'x-cmux-port-internal': String(upstream.address().port) },
-        { endStream: false },
-      );
+      const stream = requestWebSocket(client, upstream.port);
       const [headers] = await once(stream, 'response');
       assert.equal(headers[':status'], 403);
       const chunks = [];
@@ -167,37 +169,8 @@ describe('HTTP/2 answers waiting for the client count in the session memory', ()
       assert.ok(got.equals(body), 'the answer arrived changed');
     } finally {
       client.destroy();
-      upstream.close();
+      await upstream.close();
       await proxy.stop();
-    }
-  });
-
-  it('a tunnel counts what its upstream socket read and its client has not taken (heldTowardPeer, the paused side)', async () => {
-    const { Tunnel, TUNNEL_CONNECT, heldTowardPeer } = await import('../dist/tunnel.js');
-    const { StatsCounters } = await import('../dist/stats.js');
-    const { HELD_PIECE_COST } = await import('../dist/held-memory.js');
-    const server = net.createServer();
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    const accepted = [];
-    server.on('connection', (s) => accepted.push(s));
-    const a = net.connect(server.address().port, '127.0.0.1');
-    const b = net.connect(server.address().port, '127.0.0.1');
-    await Promise.all([once(a, 'connect'), once(b, 'connect')]);
-    try {
-      const tunnel = new Tunnel(a, b, TUNNEL_CONNECT, new StatsCounters());
-      void tunnel;
-      assert.equal(heldTowardPeer(a), 0);
-      // b read 1,000 pieces that a has not taken: b is paused (a's writes wait), its buffer holds them.
-      b.pause();
-      for (let i = 0; i < 1000; i++) b.push(Buffer.from('x'));
-      const held = heldTowardPeer(a);
-      assert.ok(held >= 1000 * (1 + HELD_PIECE_COST), `counted ${held} for 1,000 1-byte pieces read and not taken`);
-    } finally {
-      a.destroy();
-      b.destroy();
-      for (const s of accepted) s.destroy();
-      server.close();
     }
   });
 
@@ -225,25 +198,11 @@ describe('HTTP/2 answers waiting for the client count in the session memory', ()
     };
     trickle();
     const { proxy, port } = await startProxy({ upstreamProtocol: 'h2c' });
-    const client = http2.connect(`http://127.0.0.1:${port}`, { settings: { initialWindowSize: 0 } });
-    client.on('error', () => {});
     try {
-      let timer;
-      const goaway = new Promise((resolve) => {
-        client.once('goaway', (code) => resolve(code));
-        client.once('close', () => resolve('closed'));
-        timer = setTimeout(resolve, 30_000, null);
-      });
-      for (let i = 0; i < 16; i++) {
-        const stream = client.request({ ':path': `/s${i}`, 'x-cmux-port-internal': String(upstream.address().port) });
-        stream.on('error', () => {});
-      }
-      const code = await goaway;
-      clearTimeout(timer);
+      const code = await goawayOfStalledStreams(port, upstream.address().port, 16);
       assert.equal(code, ENHANCE_YOUR_CALM, `no GOAWAY(ENHANCE_YOUR_CALM) within 30 s (${code})`);
     } finally {
       trickling = false;
-      client.destroy();
       for (const stream of streams) stream.destroy();
       upstream.close();
       await proxy.stop();

@@ -88,7 +88,7 @@ describe('tunnel backpressure', () => {
 // their own on the upstream socket, ~100 bytes of memory each, uncounted below the socket's
 // 16 KiB pause (100 WebSocket streams of one session held 214 MB).
 describe('tunnel: held memory toward a side that does not read', () => {
-  it('counts the bytes and the pieces queued on the other side (heldTowardPeer)', async () => {
+  it('counts the bytes and the pieces queued on the other side, and those it read and the first has not taken (heldTowardPeer)', async () => {
     const { Tunnel, TUNNEL_CONNECT, heldTowardPeer } = await import('../dist/tunnel.js');
     const { StatsCounters } = await import('../dist/stats.js');
     const { HELD_PIECE_COST } = await import('../dist/held-memory.js');
@@ -114,6 +114,12 @@ describe('tunnel: held memory toward a side that does not read', () => {
       const held = heldTowardPeer(a);
       assert.ok(held >= b.writableLength + 1000 * HELD_PIECE_COST, `held ${held}, queued ${b.writableLength} bytes and 1000+ pieces`);
       assert.equal(heldTowardPeer(b), a.writableLength, 'nothing queued toward a');
+      // The other way: pieces b read and a has not taken (b paused, its read buffer holds them).
+      b.pause();
+      const before = heldTowardPeer(a);
+      for (let i = 0; i < 1000; i++) b.push(Buffer.alloc(1));
+      const read = heldTowardPeer(a) - before;
+      assert.ok(read >= 1000 * (1 + HELD_PIECE_COST), `counted ${read} for 1,000 1-byte pieces read and not taken`);
       tunnel.destroy();
     } finally {
       client.destroy();

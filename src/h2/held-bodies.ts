@@ -41,11 +41,13 @@ export function requestMemoryHeld(session: http2.Http2Session, exchangeOf: (stre
   let held = 0;
   for (const value of streams) {
     const stream = value as http2.Http2Stream;
-    // An extended CONNECT (or CONNECT) stream spliced to its upstream: what the socket has not taken.
+    // An extended CONNECT (or CONNECT) stream spliced to its upstream: what the socket has not
+    // taken, and what it read and the stream has not taken.
     held += readableHeld(stream) + heldTowardPeer(stream);
     // Its answer's writes the client has not taken yet (a WebSocket's upstream-to-client side
     // too): pieces of a few bytes each, from an upstream that writes them one at a time, waited
-    // as ~170 bytes each until 16 KiB of bytes paused the upstream.
+    // as ~170 bytes each until 16 KiB (64 KiB on Node 22 and 24) of bytes paused the upstream.
+    // And a refused WebSocket's answer, read from its paused upstream socket.
     held += writesPendingCost(stream) + heldInRefusal(stream);
     const ex = exchangeOf(stream);
     if (ex !== undefined) held += ex.heldRequestMemory();
